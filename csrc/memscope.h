@@ -1,0 +1,161 @@
+/*
+ * memscope.h: the one interface between the C sampler and Python.
+ *
+ * Everything between the CDEF markers is read verbatim by cffi (memscope_otel/_build.py),
+ * so that block holds plain declarations only: no #if, no includes, no inline code.
+ * Every public name of the C side is declared here and documented here, once.
+ */
+#ifndef MEMSCOPE_H
+#define MEMSCOPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* MEMSCOPE_CDEF_BEGIN */
+
+/* Domains: the three CPython allocator domains, plus the manual API (track_allocation). */
+#define MS_DOMAIN_OBJ 0
+#define MS_DOMAIN_MEM 1
+#define MS_DOMAIN_RAW 2
+#define MS_DOMAIN_MANUAL 3
+#define MS_DOMAINS 4
+
+/* Size classes, decided on the requested size: small < 1024 <= medium < critical <= large. */
+#define MS_CLASS_SMALL 0
+#define MS_CLASS_MEDIUM 1
+#define MS_CLASS_LARGE 2
+#define MS_CLASSES 3
+#define MS_MEDIUM_MIN 1024
+
+/* Power-of-two size buckets: bucket k counts requests with 2^(k-1) < size <= 2^k
+ * (sizes 0 and 1 fall in bucket 0), so bucket k's upper bound is 2^k bytes. */
+#define MS_BUCKETS 65
+
+/* Record flags (u16): bits 0-1 domain, bits 2-3 event, bits 4-5 size class, then single bits. */
+#define MS_FLAG_DOMAIN_MASK 3
+#define MS_FLAG_EVENT_SHIFT 2
+#define MS_FLAG_EVENT_MASK 12
+#define MS_FLAG_CLASS_SHIFT 4
+#define MS_FLAG_CLASS_MASK 48
+#define MS_EVENT_ALLOC 0
+#define MS_EVENT_FREE 1
+#define MS_EVENT_REALLOC 2
+/* Set on an allocation record whose block could not enter the live table (table bucket
+ * full): the reducer leaves it out of the live estimate, since its free cannot be seen. */
+#define MS_FLAG_NOLIVE 64
+/* Set on an allocation sampled by the frequency guarantee (weight 1). Informational. */
+#define MS_FLAG_FREQUENCY 128
+
+/* Site / type ids. A sampled allocation carries the id of its site: (innermost Python code
+ * object, bytecode offset, domain) for the allocator domains, or an interned type name for the
+ * manual domain. Ids are dense, so per-id sums are plain arrays of MS_MAX_IDS entries.
+ * Ids below MS_FIRST_DYNAMIC_ID are fixed: MS_ID_NATIVE + domain is "<native>" (no Python frame),
+ * MS_ID_OVERFLOW + domain is "<overflow>" (the id table was full). */
+#define MS_MAX_IDS 32768
+#define MS_ID_NATIVE 0
+#define MS_ID_OVERFLOW 4
+#define MS_FIRST_DYNAMIC_ID 8
+
+/* The 32-byte record (little-endian; mirrored by memscope_otel.records.RECORD_DTYPE).
+ * time_delta_us: microseconds since the base time of the chunk it was drained in.
+ * For a free event, size/weight/site are those of the sampled allocation being freed. */
+typedef struct {
+    uint64_t address;
+    uint64_t size;
+    uint32_t time_delta_us;
+    uint32_t site;
+    float weight;
+    uint16_t flags;
+    uint16_t thread;
+} ms_record_t;
+
+/* Settings the hooks read. Rates are probabilities in [0, 1]. */
+typedef struct {
+    int domains_mask;               /* bit d set: hook domain d (obj, mem, raw) */
+    uint64_t critical_size;         /* sizes >= this are large: always sampled */
+    double medium_rate;
+    double small_rate;
+    uint64_t frequency_interval;    /* every Nth allocation of a thread is sampled; 0 = off */
+    uint64_t ring_capacity;         /* records per thread ring; rounded up to a power of two */
+    uint64_t seed;                  /* seeds the per-thread sampling RNGs; 0 = from the clock */
+} ms_config_t;
+
+/* Exact counters, summed over live threads, exited threads and the thread-less path.
+ * Semantics: see DESIGN.md ("Counting semantics"). */
+typedef struct {
+    uint64_t allocations[4][3];     /* [domain][size class] */
+    uint64_t bytes[4][3];           /* requested bytes */
+    uint64_t deallocations[4];      /* [domain] */
+    uint64_t by_size[4][65];        /* [domain][bucket] allocation counts */
+    uint64_t samples;               /* records written into rings (allocation and free events) */
+    uint64_t dropped;               /* records lost because a ring was full or had no memory */
+    uint64_t live_untracked;        /* sampled allocations the live table had no room for */
+    uint64_t slow_path_calls;       /* sampled events, each timed */
+    uint64_t slow_path_ns;          /* total nanoseconds spent in the timed sampled path */
+    uint64_t threads_seen;          /* threads that ever entered a hook */
+    uint64_t threads_live;          /* threads registered now */
+    uint64_t ids_used;              /* site/type ids handed out, including the fixed ones */
+    uint64_t footprint_bytes;       /* memory the C side holds now (rings, tables, states) */
+} ms_counters_t;
+
+/* What an id stands for. code is a strong reference to a code object held by the id table
+ * (NULL for fixed ids and types); offset is the bytecode offset in bytes; key is the
+ * caller-given 64-bit key for types. */
+typedef struct {
+    void *code;
+    int32_t offset;
+    int32_t domain;
+    uint64_t key;
+} ms_site_t;
+
+/* Cumulative estimates from records (Horvitz-Thompson: each record counts weight times).
+ * The per-id arrays (MS_MAX_IDS doubles each) belong to the caller. */
+typedef struct {
+    double count[4][3];             /* [domain][class] estimated allocations */
+    double bytes[4][3];             /* estimated requested bytes */
+    double bucket_count[4][65];     /* [domain][bucket] estimated allocations */
+    double live_bytes[4];           /* estimated bytes allocated and not yet freed */
+    double live_count[4];
+    uint64_t records;               /* records reduced */
+    uint64_t free_records;
+    double *id_count;
+    double *id_bytes;
+    double *id_live_bytes;
+} ms_summary_t;
+
+/* --- control (call with the GIL held) --- */
+/* Installs the hooks for cfg->domains_mask and starts counting. 0 on success; -1 if already
+ * active; -2 if cfg is invalid. Counters are cumulative across stop/start. */
+int ms_start(const ms_config_t *cfg);
+/* Stops counting and removes every hook still on top of its domain (a hook that another
+ * allocator was installed over stays in the chain, passing calls through). Returns 0. */
+int ms_stop(void);
+int ms_is_active(void);
+/* Atomic rate change, seen by every thread within one frequency interval of its own. */
+void ms_set_rates(double medium_rate, double small_rate);
+void ms_get_rates(double *medium_rate, double *small_rate);
+/* Marks the calling thread as the tracker's own (1) or not (0): its allocations are not counted. */
+void ms_set_thread_ignored(int ignored);
+/* Heavy part of the fork-child reset; the Python side calls it from os.register_at_fork. */
+void ms_after_fork_child(void);
+
+/* --- reading (may be called without the GIL) --- */
+void ms_read_counters(ms_counters_t *out);
+/* Moves up to capacity records out of every thread's ring into out, rewriting their time
+ * deltas against *base_us (microseconds since the Unix epoch of the earliest record).
+ * Frees the rings of exited threads once empty. Returns the number of records. */
+size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us);
+/* Fills out with what id stands for; 0 on success, -1 if id was never handed out. */
+int ms_site_info(uint32_t id, ms_site_t *out);
+/* Adds a batch of records to a cumulative summary (scalar reducer). */
+void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
+
+/* --- manual API (GIL held) --- */
+/* The id of a type, interned by a caller-computed 64-bit key of its name. */
+uint32_t ms_type_id(uint64_t key);
+void ms_track_allocation(uint64_t address, uint64_t size, uint32_t type_id);
+void ms_track_deallocation(uint64_t address);
+
+/* MEMSCOPE_CDEF_END */
+
+#endif

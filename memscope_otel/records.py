@@ -1,0 +1,41 @@
+"""The 32-byte record as numpy sees it: one structured dtype mirroring ``ms_record_t``.
+
+Records drained from the C rings, and records read back from a dump file, are arrays of this dtype,
+so that both are viewed in place (``numpy.frombuffer`` / ``numpy.memmap``) rather than copied.
+"""
+import numpy as np
+
+RECORD_DTYPE = np.dtype(
+    [
+        ("address", "<u8"),
+        ("size", "<u8"),
+        ("time_delta_us", "<u4"),
+        ("site", "<u4"),
+        ("weight", "<f4"),
+        ("flags", "<u2"),
+        ("thread", "<u2"),
+    ]
+)
+assert RECORD_DTYPE.itemsize == 32
+
+DOMAINS = ("obj", "mem", "raw", "manual")
+SIZE_CLASSES = ("small", "medium", "large")
+EVENTS = ("alloc", "free", "realloc")
+
+DOMAIN_MASK = 0x3
+EVENT_SHIFT, EVENT_MASK = 2, 0xC
+CLASS_SHIFT, CLASS_MASK = 4, 0x30
+FLAG_NOLIVE = 0x40
+FLAG_FREQUENCY = 0x80
+
+
+def domain_of(flags):
+    return flags & DOMAIN_MASK
+
+
+def event_of(flags):
+    return (flags & EVENT_MASK) >> EVENT_SHIFT
+
+
+def size_class_of(flags):
+    return (flags & CLASS_MASK) >> CLASS_SHIFT
