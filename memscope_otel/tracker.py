@@ -121,11 +121,14 @@ class Tracker:
 
     def _snapshot(self):
         counters = sampler.read_counters()
-        used = min(counters.ids_used, len(self.summary.id_bytes))
-        ids = np.nonzero(self.summary.id_count[:used] + np.abs(self.summary.id_live_bytes[:used]))[0]
-        per_id = list(zip(ids.tolist(), self.summary.id_bytes[ids].tolist(), self.summary.id_count[ids].tolist(),
-                          self.summary.id_live_bytes[ids].tolist()))
-        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), self.summary.live_bytes.copy(), per_id)
+        with self.drainer.lock:
+            summary = self.summary
+            used = min(counters.ids_used, len(summary.id_bytes))
+            ids = np.nonzero(summary.id_count[:used] + np.abs(summary.id_live_bytes[:used]))[0]
+            per_id = list(zip(ids.tolist(), summary.id_bytes[ids].tolist(), summary.id_count[ids].tolist(),
+                              summary.id_live_bytes[ids].tolist()))
+            live = summary.live_bytes.copy()
+        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), live, per_id)
         for listener in self.listeners:
             try:
                 listener(snap)
