@@ -31,7 +31,9 @@ def workload_records(n, seed=0, t0_us=0, span_us=10_000_000, sites=40):
     r["weight"] = np.array([1000.0, 20.0, 1.0], dtype=np.float32)[cls]
     r["site"] = 8 + rng.zipf(1.5, n).clip(1, sites)
     event = rng.choice([0, 1, 2], n, p=[0.6, 0.3, 0.1])
-    domain = rng.choice([0, 1, 2, 3], n, p=[0.5, 0.3, 0.1, 0.1])
+    # a site belongs to one domain, as in the sampler: the upper half of the ids are manual-API
+    # types, the rest obj/mem/raw sites
+    domain = np.where(r["site"] - 8 > sites // 2, 3, (r["site"] - 8) % 3)
     r["flags"] = domain | (event << 2) | (cls << 4)
     r["address"] = rng.integers(1, 2**47, n)
     r["time_delta_us"] = t0_us + np.sort(rng.integers(0, span_us, n))
@@ -44,8 +46,8 @@ def write_workload_dump(path, n_chunks=20, per_chunk=500, sites=40):
     written = []
     with DumpWriter(path, {"small_sample_rate": 0.001, "medium_sample_rate": 0.05},
                     start_time_us=BASE_US) as w:
-        w.write_strings({8 + i: f"/srv/app/module{i % 5}.py:function_{i}:{10 * i + 3}" for i in range(1, sites // 2)})
-        w.write_strings({8 + i: f"numpy.ndarray[{i}]" for i in range(sites // 2, sites + 1)})
+        w.write_strings({8 + i: f"/srv/app/module{i % 5}.py:function_{i}:{10 * i + 3}" for i in range(1, sites // 2 + 1)})
+        w.write_strings({8 + i: f"numpy.ndarray[{i}]" for i in range(sites // 2 + 1, sites + 1)})
         for k in range(n_chunks):
             recs = workload_records(per_chunk, seed=k, span_us=500_000, sites=sites)
             w.write_chunk(BASE_US + k * 500_000, recs)
