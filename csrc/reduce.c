@@ -416,8 +416,10 @@ static void decode2_neon(const ms_record_t *r, decoded_block_t *out, uint32_t at
                                    vceq_u32(event, vdup_n_u32(MS_EVENT_REALLOC)));
     uint32x2_t has_nolive = vtst_u32(flags, vdup_n_u32(MS_FLAG_NOLIVE));
     uint32x2_t is_live = vorr_u32(vbic_u32(is_alloc, has_nolive), is_free);
-    /* widen the free mask to 64-bit lanes, keep only the sign bit, flip signs by xor */
-    uint64x2_t sign = vandq_u64(vmovl_u32(is_free), vdupq_n_u64(0x8000000000000000ULL));
+    /* widen the free mask to 64-bit lanes (sign-extending, so all ones stays all ones), keep
+     * only the sign bit, flip signs by xor */
+    uint64x2_t free64 = vreinterpretq_u64_s64(vmovl_s32(vreinterpret_s32_u32(is_free)));
+    uint64x2_t sign = vandq_u64(free64, vdupq_n_u64(0x8000000000000000ULL));
     float64x2_t live_weight = vreinterpretq_f64_u64(veorq_u64(vreinterpretq_u64_f64(weight), sign));
     float64x2_t live_bytes =
         vreinterpretq_f64_u64(veorq_u64(vreinterpretq_u64_f64(weighted_bytes), sign));
