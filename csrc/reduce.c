@@ -1,25 +1,34 @@
 /*
  * reduce.c: records -> cumulative Horvitz-Thompson summary (ms_summary_t).
  *
- * Two halves per path:
- *   decode      per record: event kind, domain, size class, log2 bucket, clamped site id, the
- *               weight w as a double and the product w * size as a double;
- *   accumulate  add those values into the summary's accumulators.
+ * Paths: ms_reduce_scalar (the plain record loop, the reference), and a vector twin per
+ * architecture behind ms_reduce_simd: AVX2 on x86-64 (compiled with a target attribute, so the
+ * file builds without -mavx2, and used only when the CPU reports AVX2), NEON on AArch64.
+ * ms_reduce picks one at run time; ms_reduce_use_simd(0) (ENABLE_SIMD=false) forces the scalar one.
  *
- * Reproducibility (the SIMD and scalar paths give bit-identical summaries): every accumulator is a
- * left fold of its contributions in record order, and both paths share one accumulate function
- * (ms_accumulate below), so they perform the same floating-point additions in the same order.
- * Only the decode is vectorized, and each decoded value is the exact same IEEE result as its scalar
- * twin: float -> double is exact; uint64 -> double is rounded once to nearest (the AVX2 path builds
- * it from two exact 32-bit halves and one rounding addition; NEON's UCVTF rounds once to nearest);
- * w * size is one IEEE multiplication in both; the bucket is integer arithmetic. No fused
- * multiply-add can appear: the build is -std=c11, under which GCC and clang do not contract
- * (-ffp-contract=off), and the only arithmetic on the accumulate side is a lone add or subtract.
+ * Reproducibility: every path gives a bit-identical summary for the same batch (NaN results aside:
+ * when both operands of an addition are NaN, IEEE 754 does not fix which payload survives, and
+ * compilers swap the operands of +). How: each accumulator is a left fold of its contributions in
+ * record order, in every path, and each contribution is the same IEEE value:
+ *   - float -> double is exact; uint64 -> double is rounded once, to nearest (AVX2 builds it from
+ *     two exact 32-bit halves and one rounding addition; NEON's UCVTF rounds once, to nearest);
+ *   - w * size is one IEEE multiplication; a free adds -w and -(w * size) (a sign flip, the same
+ *     in C and in vectors) instead of subtracting;
+ *   - no fused multiply-add: the build is -std=c11, under which GCC and clang do not contract.
+ * Integer fixed-point weights would have allowed reordering, but w * size needs more than 64 bits
+ * for large sizes and weights, and the summary is double anyway; a fixed order was simpler.
  *
- * Why the accumulation stays scalar: it is a scatter-add into tables indexed by domain, class,
- * bucket and site; AVX2 has no scatter, and reordering the additions to vectorize them would break
- * the reproducibility promise above. Vectors carry the decode, which is the arithmetic-heavy part
- * of the scalar loop (branchy uint64 -> double conversions, clz, field extraction, clamping).
+ * What is vectorized, and why not more: the decode of each record (field extraction from the
+ * 32-byte row, event/class/domain masks, clamping, the log2 bucket, uint64 -> double, w * size).
+ * The AVX2 path also keeps the 32 dense accumulators (count and bytes per domain x class, live
+ * bytes and count per domain) in registers, adding each record with a compare-mask-blend so every
+ * cell still sees its additions in record order. The sparse tables (65 buckets per domain, three
+ * per-id arrays of MS_MAX_IDS) take scalar adds: AVX2 has no scatter, and reordering to batch
+ * the additions would break the reproducibility above. The NEON path decodes a block into
+ * arrays plus two lists (allocations; records that move the live estimate) and accumulates them
+ * in branch-free passes. The work is dominated by those ordered scatter-adds, which vectors cannot
+ * speed up, so the vector paths do not beat the scalar loop by much, if at all: see
+ * benchmarks/reduce_throughput.py for the figures on a given machine.
  *
  * Robustness: records may come from a corrupt dump. A site id >= MS_MAX_IDS is folded into the
  * "<overflow>" id of its domain; size class 3 (unused) counts as large; event kind 3 (unused)
@@ -30,7 +39,7 @@
 
 #include <stdatomic.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #define MS_REDUCE_HAVE_AVX2 1
 #elif defined(__aarch64__)
