@@ -8,6 +8,7 @@ array into a fresh summary; the best of --repeat runs is reported (the machine i
 """
 import argparse
 import pathlib
+import platform
 import sys
 import time
 
@@ -40,6 +41,17 @@ def realistic_records(n, seed=0):
     r["time_delta_us"] = np.sort(rng.integers(0, 100_000, n))
     r["thread"] = rng.integers(0, 8, n)
     return r
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def best_time(fn, repeat):
@@ -80,8 +92,8 @@ def main(argv=None):
     # The summary allocation (3 x 256 KiB per-id arrays) is inside the C timings; it is small
     # against 1M records and keeps every run starting from a zeroed summary like numpy's.
     rates = {name: args.records / best_time(fn, args.repeat) for name, fn in paths.items()}
-    simd_note = "AVX2/NEON" if lib.ms_reduce_simd_available() else "no vector unit: scalar fallback"
-    print(f"reducer throughput, {args.records:,} records, best of {args.repeat} ({simd_note})")
+    simd_note = "vector path: " + (platform.machine() if lib.ms_reduce_simd_available() else "none, scalar fallback")
+    print(f"reducer throughput, {args.records:,} records, best of {args.repeat} ({simd_note}; {cpu_model()})")
     for name, rate in rates.items():
         print(f"  {name:7s} {rate / 1e6:9.1f} M records/s")
     print(f"  simd/numpy  {rates['simd'] / rates['numpy']:6.2f}x   (target >= 4x)")

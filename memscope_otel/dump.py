@@ -62,7 +62,7 @@ _CHUNK_HEADER = struct.Struct("<4sHHQII I")  # without its trailing CRC
 _STRING_ENTRY = struct.Struct("<II")
 assert _FILE_HEADER.size == 28 and _CHUNK_HEADER.size == 28
 
-MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 1 << 16  # also bounds the cost of parsing it (huge JSON numbers are slow)
 MAX_CHUNK_RECORDS = 1 << 20  # larger batches are split, keeping payload lengths well inside u32
 MAX_STRING_BYTES = 4096  # longer labels are cut (a site label is file:function:line)
 MAX_STRINGS_PAYLOAD = 1 << 22
@@ -99,8 +99,9 @@ class DumpWriter:
         if start_time_us is None:
             start_time_us = time.time_ns() // 1000
         config_json = json.dumps(config or {}, default=str, sort_keys=True).encode("utf-8")
-        if len(config_json) > MAX_CONFIG_BYTES:
-            raise ValueError(f"dump config is {len(config_json)} bytes of JSON; at most {MAX_CONFIG_BYTES}")
+        if len(config_json) > MAX_CONFIG_BYTES:  # never fail the tracker over a description
+            note = f"config left out: {len(config_json)} bytes of JSON, over the {MAX_CONFIG_BYTES}-byte limit"
+            config_json = json.dumps({"memscope_note": note}).encode("utf-8")
         header_length = _pad32(32 + len(config_json))
         fixed = _FILE_HEADER.pack(MAGIC, FORMAT_VERSION, RECORD_SIZE, header_length,
                                   int(start_time_us), len(config_json))

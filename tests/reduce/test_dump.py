@@ -249,3 +249,8 @@ def test_tracker_dump_end_to_end_sigkill(tmp_path):
     # records are real allocations: obj/mem/raw domains, positive weights, sizes like the workload
     assert (recs["weight"] >= 1).all()
     assert ((recs["size"] >= 2000) & (recs["size"] <= 2064)).any()  # bytearray(2000) buffers
+
+
+def test_config_too_large_is_left_out(tmp_path):
+    DumpWriter(tmp_path / "big.msdump", {"x": "y" * 70000}).close()
+    assert "config left out" in open_dump(tmp_path / "big.msdump").config["memscope_note"]
