@@ -203,7 +203,11 @@ TRACKED_SCRIPT = textwrap.dedent("""
     memscope_otel.start(dump_path=sys.argv[1], drain_interval_ms=20, small_sample_rate=0.05)
     keep = []
     def make_objects():
-        return [bytearray(2000) for _ in range(50)] + [list(range(100)) for _ in range(50)]
+        out = []  # a plain loop: comprehensions are functions of their own before 3.12
+        for _ in range(50):
+            out.append(bytearray(2000))
+            out.append(list(range(100)))
+        return out
     while True:
         keep.append(make_objects())
         if len(keep) > 200:

@@ -146,7 +146,10 @@ def test_cli_run_tracks_a_program_and_writes_a_dump(tmp_path):
     app.write_text(textwrap.dedent("""
         import sys
         def build():
-            return [bytearray(20000) for _ in range(300)]
+            out = []  # a plain loop: comprehensions are functions of their own before 3.12
+            for _ in range(300):
+                out.append(bytearray(20000))
+            return out
         data = build()
         print("args", sys.argv[1:])
         sys.exit(3)
