@@ -166,3 +166,19 @@ def test_cli_run_tracks_a_program_and_writes_a_dump(tmp_path):
     # 300 buffers of 20000 bytes are large (>= 8192): always sampled with weight 1
     build = [r for r in rep.top_sites_by_bytes if ":build" in r.label]
     assert build and build[0].est_count >= 300 and build[0].est_bytes >= 300 * 20000
+
+
+def test_report_survives_arbitrary_record_bits(tmp_path):
+    # records read from a file are arbitrary bits: NaN and infinite weights, huge sizes and sites,
+    # unused event kinds and classes, time deltas all over the 32-bit range
+    from synthetic import chunk_records
+
+    path = tmp_path / "noise.msdump"
+    with DumpWriter(path, {}) as w:
+        for i in range(5):
+            w.write_chunk(BASE_US + i, chunk_records(100 + i, 400))
+        w.write_strings({i: f"s{i}" for i in range(0, 40000, 997)})
+    with np.errstate(all="ignore"):
+        rep = analyze(open_dump(path), top=10, bins=30)
+        text, page = render_text(rep), render_html(rep)
+    assert rep.n_records == 2000 and "Size distribution" in text and page.count("<svg") >= 3
