@@ -65,9 +65,8 @@ static unsigned bucket_of(uint64_t size)
     return size <= 1 ? 0u : 64u - (unsigned)__builtin_clzll(size - 1);
 }
 
-/* The plain record loop: the reference twin of the vector paths. Frees are added as the
- * negated values (x + (-y), not x - y) because that is what the vector paths do; the two differ
- * only in the sign bit of a NaN result, and bit-identical means bit-identical. */
+/* The plain record loop: the reference twin of the vector paths. A free adds the negated values
+ * (x + (-y) rather than x - y), as the vector paths do, so that both make the same operations. */
 void ms_reduce_scalar(const ms_record_t *records, size_t n, ms_summary_t *s)
 {
     double *id_count = s->id_count, *id_bytes = s->id_bytes, *id_live = s->id_live_bytes;
