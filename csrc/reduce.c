@@ -6,29 +6,54 @@
  * file builds without -mavx2, and used only when the CPU reports AVX2), NEON on AArch64.
  * ms_reduce picks one at run time; ms_reduce_use_simd(0) (ENABLE_SIMD=false) forces the scalar one.
  *
- * Reproducibility: every path gives a bit-identical summary for the same batch (NaN results aside:
- * when both operands of an addition are NaN, IEEE 754 does not fix which payload survives, and
- * compilers swap the operands of +). How: each accumulator is a left fold of its contributions in
- * record order, in every path, and each contribution is the same IEEE value:
- *   - float -> double is exact; uint64 -> double is rounded once, to nearest (AVX2 builds it from
- *     two exact 32-bit halves and one rounding addition; NEON's UCVTF rounds once, to nearest);
- *   - w * size is one IEEE multiplication; a free adds -w and -(w * size) (a sign flip, the same
- *     in C and in vectors) instead of subtracting;
- *   - no fused multiply-add: the build is -std=c11, under which GCC and clang do not contract.
- * Integer fixed-point weights would have allowed reordering, but w * size needs more than 64 bits
- * for large sizes and weights, and the summary is double anyway; a fixed order was simpler.
+ * Reproducibility: integer fixed point per block, so that every path may add in any order.
+ * A batch is cut into blocks of BLOCK_RECORDS records from its start. Within a block, each
+ * record's contributions become exact integers:
+ *     count  c = round(w * 2^24)          (units of 2^-24 allocations)
+ *     bytes  b = round(w * size * 2^10)   (units of 2^-10 bytes)
+ * where w is the float weight widened to double (exact), size is the uint64 size rounded once to
+ * double, w * size is one IEEE multiplication, and round is to nearest, ties to even. A free
+ * contributes -c and -b. Integer sums are associative, so every path adds them in whatever order
+ * suits it and gets the same per-block sums. At the end of the block each nonzero integer sum is
+ * converted to double (rounded once) and scaled by the exact power of two, then added into the
+ * cumulative summary: one addition per accumulator per block, the same in every path. The public
+ * Summary stays double and its layout is unchanged.
  *
- * What is vectorized, and why not more: the decode of each record (field extraction from the
- * 32-byte row, event/class/domain masks, clamping, the log2 bucket, uint64 -> double, w * size).
- * The AVX2 path also keeps the 32 dense accumulators (count and bytes per domain x class, live
- * bytes and count per domain) in registers, adding each record with a compare-mask-blend so every
- * cell still sees its additions in record order. The sparse tables (65 buckets per domain, three
- * per-id arrays of MS_MAX_IDS) take scalar adds: AVX2 has no scatter, and reordering to batch
- * the additions would break the reproducibility above. The NEON path decodes a block into
- * arrays plus two lists (allocations; records that move the live estimate) and accumulates them
- * in branch-free passes. The work is dominated by those ordered scatter-adds, which vectors cannot
- * speed up, so the vector paths do not beat the scalar loop by much, if at all: see
- * benchmarks/reduce_throughput.py for the figures on a given machine.
+ * Bounds (why nothing overflows): the integer path takes a record only when |w| <= 2^26 and
+ * |w * size| <= 2^40 bytes, so |c|, |b| <= 2^50, and a block sum of at most 4096 of them stays
+ * within 2^62 < 2^63. Quantization: a record's count is exact for every float weight >= 0.5
+ * (all real Horvitz-Thompson weights are >= 1) and off by at most 2^-25 otherwise; its bytes are
+ * off by at most 2^-11 byte (exact when w * size is an integer below 2^53). The conversion of a
+ * block sum to double rounds once (relative 2^-53), like any double addition.
+ *
+ * Records outside those bounds (NaN or infinite weight, |w| > 2^26 i.e. sampling rates below
+ * 1.5e-8, or w * size beyond 1 TiB, which only corrupt records reach) are not quantized and
+ * never converted to integers (that conversion would be undefined behaviour in C): they go the
+ * double route, each contribution added straight into the summary, in record order, during the
+ * block, in every path. So a NaN weight still shows as NaN, as before. Per accumulator the
+ * sequence of double additions is thus: this block's out-of-bounds records in record order, then
+ * the block's integer sum; identical in every path and reproduced by report.numpy_summary.
+ *
+ * What is vectorized (AVX2): the decode of four records at a time (field extraction from the
+ * 32-byte rows, event/class/domain masks, clamping, the log2 bucket, uint64 -> double, w * size,
+ * the bounds check and the rounding to integers: x + 1.5 * 2^52 rounds to nearest even and leaves
+ * the integer in the low mantissa bits, AVX2 having no double -> int64 conversion); the live
+ * estimate per domain in lane-wise registers; and the sparse tables as 128- and 256-bit integer
+ * read-modify-writes: one (count, bytes) pair per record into a table per domain x class x
+ * bucket (the 12 dense cells and the 4 x 65 buckets are both sums of it, taken at the end of the
+ * block), and one (count, bytes, live bytes) row per record into a per-id scratch table. The
+ * scalar loop does eight separate read-modify-writes per record instead, whose
+ * store-to-load chains on the hot cells bound it. AVX2 has no scatter, so the read-modify-writes
+ * stay one per record; since integer sums need no order, no per-cell ordering work is needed.
+ * NEON (AArch64): the same scheme; the decode and rounding are vectorized two records at a time,
+ * the table updates are scalar (NEON has no scatter either, and the 128-bit registers hold one
+ * pair, not a row).
+ *
+ * Per-id scratch: the per-block integer sums per site id need MS_MAX_IDS rows of 32 bytes
+ * (1 MiB), too much for a thread stack; each thread that reduces gets one, allocated on first use
+ * and freed when the thread exits. It is kept all zero between calls (the end-of-block pass
+ * zeroes every row it adds into the summary). If it cannot be allocated, every path reduces the
+ * batch in blocks of one record instead, which needs no scratch: still identical across paths.
  *
  * Robustness: records may come from a corrupt dump. A site id >= MS_MAX_IDS is folded into the
  * "<overflow>" id of its domain; size class 3 (unused) counts as large; event kind 3 (unused)
@@ -37,7 +62,11 @@
  */
 #include "memscope.h"
 
+#include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -48,6 +77,144 @@
 #endif
 
 _Static_assert(sizeof(ms_record_t) == 32, "ms_record_t must be 32 bytes");
+
+/* ---------------------------------------------------------------- fixed point */
+
+#define COUNT_SCALE 0x1p24           /* count units per allocation */
+#define COUNT_UNIT 0x1p-24
+#define BYTES_SCALE 0x1p10           /* bytes units per byte */
+#define BYTES_UNIT 0x1p-10
+#define WEIGHT_LIMIT 0x1p26          /* |w| * COUNT_SCALE <= 2^50 */
+#define WEIGHTED_BYTES_LIMIT 0x1p40  /* |w * size| * BYTES_SCALE <= 2^50 */
+#define BLOCK_RECORDS 4096           /* 4096 * 2^50 = 2^62: no block sum overflows int64 */
+#define ROUNDING_MAGIC 0x1.8p52      /* 1.5 * 2^52: x + this has spacing 1 for |x| <= 2^51 */
+#define MANTISSA_MASK 0xFFFFFFFFFFFFFULL
+#define MAGIC_MANTISSA ((int64_t)1 << 51)
+
+#define DENSE_CELLS (MS_DOMAINS * MS_CLASSES)
+
+/* x (|x| <= 2^50) rounded to the nearest integer, ties to even: the sum with 1.5 * 2^52 lands
+ * where doubles are spaced 1 apart, so the addition does the rounding and the integer is the
+ * mantissa less that of 1.5 * 2^52. The vector paths compute exactly this. */
+static inline int64_t to_fixed(double x)
+{
+    double t = x + ROUNDING_MAGIC;
+    uint64_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    return (int64_t)(bits & MANTISSA_MASK) - MAGIC_MANTISSA;
+}
+
+/* 1 when a record's contributions go the integer route (see "Bounds"); 0 for NaN too. */
+static inline int in_fixed_range(double w, double wb)
+{
+    return fabs(w) <= WEIGHT_LIMIT && fabs(wb) <= WEIGHTED_BYTES_LIMIT;
+}
+
+/* Integer sums of one block for the dense tables. */
+typedef struct {
+    int64_t count[DENSE_CELLS];
+    int64_t bytes[DENSE_CELLS];
+    int64_t bucket[MS_DOMAINS * MS_BUCKETS];
+    int64_t live_count[MS_DOMAINS];
+    int64_t live_bytes[MS_DOMAINS];
+} dense_sums_t;
+
+/* Integer sums of one block for one site id: one 32-byte row, one AVX2 register. */
+typedef struct {
+    int64_t count, bytes, live_bytes, unused;
+} id_sums_t;
+
+_Static_assert(sizeof(id_sums_t) == 32, "an id row is one 256-bit vector");
+
+static inline void add_block_sum(double *dst, int64_t sum, double unit)
+{
+    if (sum != 0)
+        *dst += (double)sum * unit; /* rounded once; the scaling by a power of two is exact */
+}
+
+static void flush_dense(const dense_sums_t *p, ms_summary_t *s)
+{
+    for (unsigned i = 0; i < DENSE_CELLS; i++) {
+        add_block_sum(&s->count[i / MS_CLASSES][i % MS_CLASSES], p->count[i], COUNT_UNIT);
+        add_block_sum(&s->bytes[i / MS_CLASSES][i % MS_CLASSES], p->bytes[i], BYTES_UNIT);
+    }
+    for (unsigned i = 0; i < MS_DOMAINS * MS_BUCKETS; i++)
+        add_block_sum(&s->bucket_count[i / MS_BUCKETS][i % MS_BUCKETS], p->bucket[i], COUNT_UNIT);
+    for (unsigned d = 0; d < MS_DOMAINS; d++) {
+        add_block_sum(&s->live_count[d], p->live_count[d], COUNT_UNIT);
+        add_block_sum(&s->live_bytes[d], p->live_bytes[d], BYTES_UNIT);
+    }
+}
+
+static inline uint32_t clamped_site(const ms_record_t *r)
+{
+    return r->site < MS_MAX_IDS ? r->site : (uint32_t)(MS_ID_OVERFLOW + (r->flags & MS_FLAG_DOMAIN_MASK));
+}
+
+/* Adds one row of per-id sums into the summary and zeroes it. */
+static inline void flush_row(id_sums_t *row, uint32_t site, ms_summary_t *s)
+{
+    if ((row->count | row->bytes | row->live_bytes) == 0)
+        return;
+    if (s->id_count)
+        add_block_sum(&s->id_count[site], row->count, COUNT_UNIT);
+    if (s->id_bytes)
+        add_block_sum(&s->id_bytes[site], row->bytes, BYTES_UNIT);
+    if (s->id_live_bytes)
+        add_block_sum(&s->id_live_bytes[site], row->live_bytes, BYTES_UNIT);
+    row->count = row->bytes = row->live_bytes = 0;
+}
+
+/* Adds the per-id sums of a block into the summary and zeroes them. The rows a block touched
+ * lie between sites lo and hi and belong to its records: scan whichever is shorter, the rows
+ * lo..hi or the records. The order of the rows does not matter (each row feeds only its own
+ * accumulators, once). id_mask is MS_MAX_IDS - 1, or 0 for a one-row table (blocks of one). */
+static void flush_ids(const ms_record_t *records, size_t n, ms_summary_t *s, id_sums_t *ids,
+                      uint32_t id_mask, uint32_t lo, uint32_t hi)
+{
+    if (lo > hi)
+        return;
+    if ((size_t)(hi - lo) < n) {
+        for (uint32_t site = lo; site <= hi; site++)
+            flush_row(&ids[site & id_mask], site, s);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t site = clamped_site(&records[i]);
+            flush_row(&ids[site & id_mask], site, s);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- per-thread id scratch */
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ready;
+
+static void make_scratch_key(void)
+{
+    scratch_key_ready = pthread_key_create(&scratch_key, free) == 0;
+}
+
+/* This thread's all-zero table of MS_MAX_IDS rows, or NULL if it cannot have one. */
+static id_sums_t *id_scratch(void)
+{
+    pthread_once(&scratch_once, make_scratch_key);
+    if (!scratch_key_ready)
+        return NULL;
+    id_sums_t *rows = pthread_getspecific(scratch_key);
+    if (rows == NULL) {
+        /* 64-byte aligned: a row never straddles two cache lines */
+        rows = aligned_alloc(64, MS_MAX_IDS * sizeof *rows);
+        if (rows != NULL)
+            memset(rows, 0, MS_MAX_IDS * sizeof *rows);
+        if (rows != NULL && pthread_setspecific(scratch_key, rows) != 0) {
+            free(rows);
+            rows = NULL;
+        }
+    }
+    return rows;
+}
 
 /* ---------------------------------------------------------------- scalar path */
 
@@ -65,185 +232,189 @@ static unsigned bucket_of(uint64_t size)
     return size <= 1 ? 0u : 64u - (unsigned)__builtin_clzll(size - 1);
 }
 
-/* The plain record loop: the reference twin of the vector paths. A free adds the negated values
- * (x + (-y) rather than x - y), as the vector paths do, so that both make the same operations. */
-void ms_reduce_scalar(const ms_record_t *records, size_t n, ms_summary_t *s)
+static unsigned class_of(unsigned flags)
 {
-    double *id_count = s->id_count, *id_bytes = s->id_bytes, *id_live = s->id_live_bytes;
-    uint64_t free_records = 0;
+    unsigned c = (flags & MS_FLAG_CLASS_MASK) >> MS_FLAG_CLASS_SHIFT;
+    return c < MS_CLASSES ? c : MS_CLASSES - 1;
+}
+
+/* The double route for a record outside the fixed-point bounds (kind 1 or 2): its
+ * contributions go straight into the summary. A free adds the negated values. */
+static void add_in_double(const ms_record_t *r, unsigned kind, ms_summary_t *s)
+{
+    unsigned flags = r->flags, d = flags & MS_FLAG_DOMAIN_MASK;
+    uint32_t site = clamped_site(r);
+    double w = (double)r->weight;
+    double wb = w * (double)r->size;
+    if (kind == 1) {
+        unsigned c = class_of(flags);
+        s->count[d][c] += w;
+        s->bytes[d][c] += wb;
+        s->bucket_count[d][bucket_of(r->size)] += w;
+        if (s->id_count)
+            s->id_count[site] += w;
+        if (s->id_bytes)
+            s->id_bytes[site] += wb;
+        if (flags & MS_FLAG_NOLIVE)
+            return;
+    } else {
+        w = -w;
+        wb = -wb;
+    }
+    s->live_bytes[d] += wb;
+    s->live_count[d] += w;
+    if (s->id_live_bytes)
+        s->id_live_bytes[site] += wb;
+}
+
+/* One block (n <= BLOCK_RECORDS), the plain record loop: the reference twin of the vector
+ * paths. ids: the per-id scratch (NULL when the summary has no per-id arrays). */
+static void reduce_block_scalar(const ms_record_t *records, size_t n, ms_summary_t *s,
+                                id_sums_t *ids, uint32_t id_mask)
+{
+    dense_sums_t p;
+    memset(&p, 0, sizeof p);
+    uint64_t frees = 0;
+    uint32_t lo = UINT32_MAX, hi = 0; /* range of the per-id rows touched */
     for (size_t i = 0; i < n; i++) {
         const ms_record_t *r = &records[i];
         unsigned flags = r->flags;
         unsigned kind = scalar_kind(flags);
         if (kind == 0)
             continue;
-        unsigned d = flags & MS_FLAG_DOMAIN_MASK;
-        uint32_t site = r->site < MS_MAX_IDS ? r->site : MS_ID_OVERFLOW + d;
+        frees += kind == 2;
         double w = (double)r->weight;
         double wb = w * (double)r->size;
+        if (!in_fixed_range(w, wb)) {
+            add_in_double(r, kind, s);
+            continue;
+        }
+        int64_t count = to_fixed(w * COUNT_SCALE), bytes = to_fixed(wb * BYTES_SCALE);
+        unsigned d = flags & MS_FLAG_DOMAIN_MASK;
+        id_sums_t *row = NULL;
+        if (ids) {
+            uint32_t site = clamped_site(r);
+            lo = site < lo ? site : lo;
+            hi = site > hi ? site : hi;
+            row = &ids[site & id_mask];
+        }
         if (kind == 1) {
-            unsigned c = (flags & MS_FLAG_CLASS_MASK) >> MS_FLAG_CLASS_SHIFT;
-            if (c >= MS_CLASSES)
-                c = MS_CLASSES - 1;
-            s->count[d][c] += w;
-            s->bytes[d][c] += wb;
-            s->bucket_count[d][bucket_of(r->size)] += w;
-            if (id_count)
-                id_count[site] += w;
-            if (id_bytes)
-                id_bytes[site] += wb;
+            unsigned cell = d * MS_CLASSES + class_of(flags);
+            p.count[cell] += count;
+            p.bytes[cell] += bytes;
+            p.bucket[d * MS_BUCKETS + bucket_of(r->size)] += count;
+            if (row) {
+                row->count += count;
+                row->bytes += bytes;
+            }
             if (flags & MS_FLAG_NOLIVE)
                 continue;
         } else {
-            w = -w;
-            wb = -wb;
-            free_records++;
+            count = -count;
+            bytes = -bytes;
         }
-        s->live_bytes[d] += wb;
-        s->live_count[d] += w;
-        if (id_live)
-            id_live[site] += wb;
+        p.live_count[d] += count;
+        p.live_bytes[d] += bytes;
+        if (row)
+            row->live_bytes += bytes;
     }
-    s->free_records += free_records;
+    flush_dense(&p, s);
+    if (ids)
+        flush_ids(records, n, s, ids, id_mask, lo, hi);
+    s->free_records += frees;
+}
+
+/* Without a per-id scratch: blocks of one record, whose per-id sums fit one local row. */
+static void reduce_one_by_one(const ms_record_t *records, size_t n, ms_summary_t *s)
+{
+    id_sums_t row = {0, 0, 0, 0};
+    for (size_t i = 0; i < n; i++)
+        reduce_block_scalar(records + i, 1, s, &row, 0);
+}
+
+static int wants_ids(const ms_summary_t *s)
+{
+    return s->id_count || s->id_bytes || s->id_live_bytes;
+}
+
+void ms_reduce_scalar(const ms_record_t *records, size_t n, ms_summary_t *s)
+{
+    id_sums_t *ids = wants_ids(s) ? id_scratch() : NULL;
+    if (wants_ids(s) && ids == NULL) {
+        reduce_one_by_one(records, n, s);
+    } else {
+        for (size_t done = 0; done < n; done += BLOCK_RECORDS) {
+            size_t m = n - done < BLOCK_RECORDS ? n - done : BLOCK_RECORDS;
+            reduce_block_scalar(records + done, m, s, ids, MS_MAX_IDS - 1);
+        }
+    }
     s->records += n;
 }
 
 /* ---------------------------------------------------------------- vector paths */
 
-#if defined(MS_REDUCE_HAVE_NEON)
+#if defined(MS_REDUCE_HAVE_AVX2) || defined(MS_REDUCE_HAVE_NEON)
 
-/* Records decoded per block: the decoded block stays in L1, and the loops run long enough for
- * the vector decode to pay. A multiple of every vector width used. */
-#define DECODE_BLOCK 256
+/* The vector paths add one (count, bytes) pair per record into a "fine" table: for an
+ * allocation at ((domain * 3 + class) * 2 + nolive) * 65 + bucket, for a free (negated) at
+ * FINE_FREE + domain. The dense sums (per domain x class, per bucket, live per domain) are all
+ * sums of its cells, taken at the end of the block: one table update per record instead of five. */
+#define FINE_FREE (MS_DOMAINS * MS_CLASSES * 2 * MS_BUCKETS)
+#define FINE_CELLS (FINE_FREE + MS_DOMAINS)
 
-/* A block decoded by a vector path (structure of arrays), plus two lists of record positions in
- * record order: the allocations, and the records that move the live estimate (allocations
- * without NOLIVE, and frees). Splitting by list makes the accumulate loops free of branches on
- * the event kind while keeping every accumulator's additions in record order. */
-typedef struct {
-    uint32_t cell[DECODE_BLOCK];      /* domain * MS_CLASSES + class */
-    uint32_t bucket[DECODE_BLOCK];    /* domain * MS_BUCKETS + bucket */
-    uint32_t site[DECODE_BLOCK];      /* clamped site id */
-    uint32_t domain[DECODE_BLOCK];
-    double weight[DECODE_BLOCK];
-    double weighted_bytes[DECODE_BLOCK];
-    double live_weight[DECODE_BLOCK]; /* +weight for a live allocation, -weight for a free */
-    double live_bytes[DECODE_BLOCK];  /* same with weighted bytes */
-    uint32_t allocs[DECODE_BLOCK + 4];
-    uint32_t lives[DECODE_BLOCK + 4];
-    size_t n_allocs, n_lives, n_frees;
-} decoded_block_t;
-
-/* Positions of the set bits of a 4-bit lane mask, packed to the front. */
-static const uint8_t compact_lut[16][4] = {
-    {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {2, 0, 0, 0}, {0, 2, 0, 0},
-    {1, 2, 0, 0}, {0, 1, 2, 0}, {3, 0, 0, 0}, {0, 3, 0, 0}, {1, 3, 0, 0}, {0, 1, 3, 0},
-    {2, 3, 0, 0}, {0, 2, 3, 0}, {1, 2, 3, 0}, {0, 1, 2, 3},
-};
-
-/* Appends the positions at + j of the set bits j of mask (< 16) to list; no branches. */
-static size_t append_positions(uint32_t *list, size_t len, unsigned mask, uint32_t at)
+static void dense_from_fine(const int64_t (*fine)[2], dense_sums_t *p)
 {
-    const uint8_t *lut = compact_lut[mask];
-    list[len + 0] = at + lut[0];
-    list[len + 1] = at + lut[1];
-    list[len + 2] = at + lut[2];
-    list[len + 3] = at + lut[3];
-    return len + (size_t)__builtin_popcount(mask);
+    memset(p, 0, sizeof *p);
+    for (unsigned cell = 0; cell < DENSE_CELLS; cell++) {
+        unsigned d = cell / MS_CLASSES;
+        for (unsigned nolive = 0; nolive < 2; nolive++)
+            for (unsigned b = 0; b < MS_BUCKETS; b++) {
+                const int64_t *pair = fine[(cell * 2 + nolive) * MS_BUCKETS + b];
+                p->count[cell] += pair[0];
+                p->bytes[cell] += pair[1];
+                p->bucket[d * MS_BUCKETS + b] += pair[0];
+                if (!nolive) {
+                    p->live_count[d] += pair[0];
+                    p->live_bytes[d] += pair[1];
+                }
+            }
+    }
+    for (unsigned d = 0; d < MS_DOMAINS; d++) {
+        p->live_count[d] += fine[FINE_FREE + d][0];
+        p->live_bytes[d] += fine[FINE_FREE + d][1];
+    }
 }
 
-/* The accumulate step of the vector paths: plain scalar adds, in record order per accumulator. */
-static void accumulate_block(const decoded_block_t *b, ms_summary_t *s)
+/* Records a vector path reads four (AVX2) or two (NEON) at a time; the tail of a batch is
+ * copied into a padded group whose extra records have event kind 3, which contributes nothing. */
+static void pad_tail(const ms_record_t *tail, size_t n, ms_record_t *group, size_t width)
 {
-    double *count = &s->count[0][0], *bytes = &s->bytes[0][0], *buckets = &s->bucket_count[0][0];
-    double *id_count = s->id_count, *id_bytes = s->id_bytes, *id_live = s->id_live_bytes;
-    for (size_t k = 0; k < b->n_allocs; k++) {
-        uint32_t i = b->allocs[k];
-        count[b->cell[i]] += b->weight[i];
-        bytes[b->cell[i]] += b->weighted_bytes[i];
-        buckets[b->bucket[i]] += b->weight[i];
-    }
-    if (id_count && id_bytes) {
-        for (size_t k = 0; k < b->n_allocs; k++) {
-            uint32_t i = b->allocs[k];
-            id_count[b->site[i]] += b->weight[i];
-            id_bytes[b->site[i]] += b->weighted_bytes[i];
-        }
-    } else {
-        for (size_t k = 0; k < b->n_allocs; k++) {
-            uint32_t i = b->allocs[k];
-            if (id_count)
-                id_count[b->site[i]] += b->weight[i];
-            if (id_bytes)
-                id_bytes[b->site[i]] += b->weighted_bytes[i];
-        }
-    }
-    for (size_t k = 0; k < b->n_lives; k++) {
-        uint32_t i = b->lives[k];
-        s->live_bytes[b->domain[i]] += b->live_bytes[i];
-        s->live_count[b->domain[i]] += b->live_weight[i];
-        if (id_live)
-            id_live[b->site[i]] += b->live_bytes[i];
-    }
-    s->free_records += b->n_frees;
+    memset(group, 0, width * sizeof *group);
+    for (size_t j = 0; j < width; j++)
+        group[j].flags = 3u << MS_FLAG_EVENT_SHIFT;
+    if (n)
+        memcpy(group, tail, n * sizeof *group);
 }
 
 #endif
 
 #if defined(MS_REDUCE_HAVE_AVX2)
 
-/* Four records decoded into vectors (one record per 64-bit lane). */
-typedef struct {
-    __m256i cell;        /* domain * 3 + class for allocations; NO_CELL otherwise */
-    __m256i live_domain; /* domain for records that move the live estimate; NO_CELL otherwise */
-    __m256i bucket;      /* domain * 65 + bucket */
-    __m256i site;        /* clamped site id */
-    __m256d weight, weighted_bytes;
-    __m256d live_weight, live_bytes; /* signed: negated for frees */
-    unsigned alloc_mask, live_mask, free_mask;
-} avx2_decoded_t;
-
-#define NO_CELL 64
-
-__attribute__((target("avx2"))) static inline avx2_decoded_t decode4_avx2(const ms_record_t *r)
+/* size -> double rounded once, and the bucket, for any uint64 size (the slow, general case). */
+__attribute__((target("avx2"))) static void size_general_avx2(__m256i size, __m256d *size_d,
+                                                               __m256i *bucket)
 {
-    avx2_decoded_t out;
-    /* Each record is one 256-bit row of four qwords: address, size, delta|site<<32,
-     * weight|flags<<32|thread<<48. Transpose the 4x4 qword matrix to get one field per vector. */
-    __m256i r0 = _mm256_loadu_si256((const __m256i *)(const void *)&r[0]);
-    __m256i r1 = _mm256_loadu_si256((const __m256i *)(const void *)&r[1]);
-    __m256i r2 = _mm256_loadu_si256((const __m256i *)(const void *)&r[2]);
-    __m256i r3 = _mm256_loadu_si256((const __m256i *)(const void *)&r[3]);
-    __m256i t0 = _mm256_unpacklo_epi64(r0, r1); /* a0 a1 q2_0 q2_1 */
-    __m256i t1 = _mm256_unpackhi_epi64(r0, r1); /* s0 s1 q3_0 q3_1 */
-    __m256i t2 = _mm256_unpacklo_epi64(r2, r3);
-    __m256i t3 = _mm256_unpackhi_epi64(r2, r3);
-    __m256i size = _mm256_permute2x128_si256(t1, t3, 0x20);
-    __m256i q3 = _mm256_permute2x128_si256(t1, t3, 0x31);
-    __m256i q2 = _mm256_permute2x128_si256(t0, t2, 0x31);
-
     const __m256i low32 = _mm256_set1_epi64x(0xFFFFFFFFLL);
     const __m256i exp52 = _mm256_set1_epi64x(0x4330000000000000LL); /* bits of 2^52 */
     const __m256i exp84 = _mm256_set1_epi64x(0x4530000000000000LL); /* bits of 2^84 */
     const __m256d two52 = _mm256_castsi256_pd(exp52);
     const __m256i zero = _mm256_setzero_si256();
-    const __m256i no_cell = _mm256_set1_epi64x(NO_CELL);
-
-    /* weight: low dword of each q3 lane, float -> double (exact). */
-    __m256i pick_low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
-    __m128 weight_f = _mm256_castps256_ps128(
-        _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(q3, pick_low)));
-    out.weight = _mm256_cvtps_pd(weight_f);
-
-    /* size -> double, rounded once: (2^84 + hi*2^32) - (2^84 + 2^52) is exact, then adding
-     * (2^52 + lo) rounds the exact hi*2^32 + lo once to nearest, as the C conversion does. */
+    /* (2^84 + hi*2^32) - (2^84 + 2^52) is exact, then adding (2^52 + lo) rounds the exact
+     * hi*2^32 + lo once to nearest, as the C conversion does. */
     __m256d lo_d = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(size, low32), exp52));
     __m256d hi_d = _mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(size, 32), exp84));
-    __m256d size_d = _mm256_add_pd(
-        _mm256_sub_pd(hi_d, _mm256_set1_pd(19342813118337666422669312.0 /* 2^84 + 2^52 */)),
-        lo_d);
-    out.weighted_bytes = _mm256_mul_pd(out.weight, size_d);
-
+    *size_d = _mm256_add_pd(
+        _mm256_sub_pd(hi_d, _mm256_set1_pd(19342813118337666422669312.0 /* 2^84 + 2^52 */)), lo_d);
     /* bucket = 0 for size <= 1, else floor(log2(size - 1)) + 1, from the exponent of each 32-bit
      * half of size - 1 converted exactly to double. */
     __m256i x = _mm256_sub_epi64(size, _mm256_set1_epi64x(1));
@@ -256,138 +427,214 @@ __attribute__((target("avx2"))) static inline avx2_decoded_t decode4_avx2(const 
         _mm256_castpd_si256(_mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(lo, exp52)), two52)),
         52);
     /* hi != 0: 33 + (hi_exp - 1023); hi == 0: 1 + (lo_exp - 1023) (lo >= 1 here). */
-    __m256i bucket = _mm256_blendv_epi8(_mm256_sub_epi64(hi_exp, _mm256_set1_epi64x(990)),
-                                        _mm256_sub_epi64(lo_exp, _mm256_set1_epi64x(1022)),
-                                        _mm256_cmpeq_epi64(hi, zero));
+    __m256i b = _mm256_blendv_epi8(_mm256_sub_epi64(hi_exp, _mm256_set1_epi64x(990)),
+                                   _mm256_sub_epi64(lo_exp, _mm256_set1_epi64x(1022)),
+                                   _mm256_cmpeq_epi64(hi, zero));
     __m256i tiny = _mm256_cmpeq_epi64(_mm256_srli_epi64(size, 1), zero); /* size <= 1 */
-    bucket = _mm256_andnot_si256(tiny, bucket);
+    *bucket = _mm256_andnot_si256(tiny, b);
+}
 
-    /* flags, cell, site */
-    __m256i flags = _mm256_and_si256(_mm256_srli_epi64(q3, 32), _mm256_set1_epi64x(0xFFFF));
+/* Four records (one per 64-bit lane) reduced into the block's tables. Inlined into the block
+ * loop, so that its constants and the site range stay in registers. */
+__attribute__((target("avx2"), always_inline)) static inline void quad_avx2(
+    const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, __m256i *site_lo, __m256i *site_hi,
+    ms_summary_t *s, uint64_t *frees)
+{
+    /* Each record is one 256-bit row of four qwords: address, size, delta|site<<32,
+     * weight|flags<<32|thread<<48. Transpose to get one field per vector. */
+    __m256i r0 = _mm256_loadu_si256((const __m256i *)(const void *)&r[0]);
+    __m256i r1 = _mm256_loadu_si256((const __m256i *)(const void *)&r[1]);
+    __m256i r2 = _mm256_loadu_si256((const __m256i *)(const void *)&r[2]);
+    __m256i r3 = _mm256_loadu_si256((const __m256i *)(const void *)&r[3]);
+    __m256i t0 = _mm256_unpacklo_epi64(r0, r1); /* a0 a1 q2_0 q2_1 */
+    __m256i t1 = _mm256_unpackhi_epi64(r0, r1); /* s0 s1 q3_0 q3_1 */
+    __m256i t2 = _mm256_unpacklo_epi64(r2, r3);
+    __m256i t3 = _mm256_unpackhi_epi64(r2, r3);
+    __m256i size = _mm256_permute2x128_si256(t1, t3, 0x20);
+    __m256i q3 = _mm256_permute2x128_si256(t1, t3, 0x31);
+    __m256i q2 = _mm256_permute2x128_si256(t0, t2, 0x31);
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i exp52 = _mm256_set1_epi64x(0x4330000000000000LL); /* bits of 2^52 */
+    const __m256d two52 = _mm256_castsi256_pd(exp52);
+
+    /* weight: low dword of each q3 lane, float -> double (exact). */
+    __m256i pick_low = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    __m256d weight = _mm256_cvtps_pd(_mm256_castps256_ps128(
+        _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(q3, pick_low))));
+
+    /* size -> double and bucket. Usual case, 1 <= size <= 2^51: x = size - 1 and size convert
+     * exactly through the 2^52 mantissa trick, and bucket (0 for size 1, else
+     * floor(log2(x)) + 1) is the exponent of x less 1022, clamped at 0 (x = 0 has exponent 0).
+     * Otherwise (size 0 included) the general code, which rounds size once, as C does. */
+    __m256i x = _mm256_sub_epi64(size, _mm256_set1_epi64x(1));
+    __m256d size_d;
+    __m256i bucket;
+    __m256i x_high = _mm256_srli_epi64(x, 51);
+    if (__builtin_expect(_mm256_testz_si256(x_high, x_high), 1)) {
+        size_d = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(size, exp52)), two52);
+        __m256i x_exp = _mm256_srli_epi64(
+            _mm256_castpd_si256(_mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(x, exp52)), two52)),
+            52);
+        bucket = _mm256_max_epi32(_mm256_sub_epi64(x_exp, _mm256_set1_epi64x(1022)), zero);
+    } else {
+        size_general_avx2(size, &size_d, &bucket);
+    }
+    __m256d weighted_bytes = _mm256_mul_pd(weight, size_d);
+
+    /* flags and event masks: event bits 00 alloc, 01 free, 10 realloc, 11 ignored */
+    __m256i flags = _mm256_srli_epi64(q3, 32); /* flags | thread << 16 */
     __m256i domain = _mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_DOMAIN_MASK));
-    __m256i event = _mm256_srli_epi64(
-        _mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_EVENT_MASK)), MS_FLAG_EVENT_SHIFT);
+    __m256i event = _mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_EVENT_MASK));
+    __m256i is_free = _mm256_cmpeq_epi64(event, _mm256_set1_epi64x(MS_EVENT_FREE << MS_FLAG_EVENT_SHIFT));
+    __m256i ignored = _mm256_cmpeq_epi64(event, _mm256_set1_epi64x(MS_FLAG_EVENT_MASK));
+    __m256i is_alloc = _mm256_cmpeq_epi64(_mm256_and_si256(flags, _mm256_set1_epi64x(1 << MS_FLAG_EVENT_SHIFT)),
+                                          zero); /* 00 or 10 */
+    __m256i nolive = _mm256_cmpeq_epi64(_mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_NOLIVE)),
+                                        _mm256_set1_epi64x(MS_FLAG_NOLIVE));
+
+    /* fine cell: ((domain * 3 + class) * 2 + nolive) * 65 + bucket, or FINE_FREE + domain */
     __m256i size_class = _mm256_min_epu32(
         _mm256_srli_epi64(_mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_CLASS_MASK)),
                           MS_FLAG_CLASS_SHIFT),
         _mm256_set1_epi64x(MS_CLASSES - 1));
-    __m256i domain3 = _mm256_add_epi64(_mm256_add_epi64(domain, domain), domain);
-    __m256i domain65 = _mm256_add_epi64(_mm256_slli_epi64(domain, 6), domain);
-    out.bucket = _mm256_add_epi64(domain65, bucket);
+    __m256i cell2 = _mm256_sub_epi64(
+        _mm256_add_epi64(_mm256_mul_epu32(domain, _mm256_set1_epi64x(2 * MS_CLASSES)),
+                         _mm256_add_epi64(size_class, size_class)),
+        nolive); /* nolive is 0 or -1 */
+    __m256i alloc_cell = _mm256_add_epi64(_mm256_mul_epu32(cell2, _mm256_set1_epi64x(MS_BUCKETS)), bucket);
+    __m256i fine_cell = _mm256_blendv_epi8(
+        alloc_cell, _mm256_add_epi64(domain, _mm256_set1_epi64x(FINE_FREE)), is_free);
     __m256i site = _mm256_srli_epi64(q2, 32);
     __m256i site_bad = _mm256_cmpgt_epi64(site, _mm256_set1_epi64x(MS_MAX_IDS - 1));
-    out.site = _mm256_blendv_epi8(site, _mm256_add_epi64(domain, _mm256_set1_epi64x(MS_ID_OVERFLOW)),
-                                  site_bad);
+    site = _mm256_blendv_epi8(site, _mm256_add_epi64(domain, _mm256_set1_epi64x(MS_ID_OVERFLOW)),
+                              site_bad);
 
-    /* event masks and the signed live contributions (-x is a sign flip, as in C) */
-    __m256i is_free = _mm256_cmpeq_epi64(event, _mm256_set1_epi64x(MS_EVENT_FREE));
-    __m256i is_alloc = _mm256_or_si256(_mm256_cmpeq_epi64(event, zero),
-                                       _mm256_cmpeq_epi64(event, _mm256_set1_epi64x(MS_EVENT_REALLOC)));
-    __m256i has_nolive = _mm256_cmpeq_epi64(
-        _mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_NOLIVE)), _mm256_set1_epi64x(MS_FLAG_NOLIVE));
-    __m256i is_live = _mm256_or_si256(_mm256_andnot_si256(has_nolive, is_alloc), is_free);
-    out.cell = _mm256_blendv_epi8(no_cell, _mm256_add_epi64(domain3, size_class), is_alloc);
-    out.live_domain = _mm256_blendv_epi8(no_cell, domain, is_live);
-    __m256d sign = _mm256_and_pd(_mm256_castsi256_pd(is_free), _mm256_set1_pd(-0.0));
-    out.live_weight = _mm256_xor_pd(out.weight, sign);
-    out.live_bytes = _mm256_xor_pd(out.weighted_bytes, sign);
-    out.alloc_mask = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(is_alloc));
-    out.live_mask = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(is_live));
-    out.free_mask = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(is_free));
-    return out;
+    /* bounds: lanes outside them (NaN included) go the double route, in lane = record order */
+    const __m256d abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
+    __m256i fixed_ok = _mm256_castpd_si256(_mm256_and_pd(
+        _mm256_cmp_pd(_mm256_and_pd(weight, abs_mask), _mm256_set1_pd(WEIGHT_LIMIT), _CMP_LE_OQ),
+        _mm256_cmp_pd(_mm256_and_pd(weighted_bytes, abs_mask), _mm256_set1_pd(WEIGHTED_BYTES_LIMIT),
+                      _CMP_LE_OQ)));
+    __m256i used = _mm256_andnot_si256(ignored, fixed_ok);
+    unsigned outside = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_or_si256(used, ignored))) ^ 15u;
+    if (__builtin_expect(outside != 0, 0))
+        for (unsigned m = outside; m; m &= m - 1) {
+            unsigned j = (unsigned)__builtin_ctz(m);
+            add_in_double(&r[j], scalar_kind(r[j].flags), s);
+        }
+    *frees += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(is_free)));
+
+    /* The integers, as to_fixed(w * 2^24) and to_fixed(w * size * 2^10) compute them: adding
+     * 1.5 * 2^28 (resp. 1.5 * 2^42) rounds to a multiple of 2^-24 (2^-10), the same rounding
+     * scaled by a power of two, and the sum stays within [2^28, 2^29) (resp. [2^42, 2^43)),
+     * so the difference of the bit patterns is the integer. Lanes outside the bounds give
+     * garbage that the masks drop. */
+    const __m256d count_magic = _mm256_set1_pd(0x1.8p28), bytes_magic = _mm256_set1_pd(0x1.8p42);
+    __m256i count = _mm256_and_si256(
+        _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(weight, count_magic)),
+                         _mm256_castpd_si256(count_magic)),
+        used);
+    __m256i bytes = _mm256_and_si256(
+        _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(weighted_bytes, bytes_magic)),
+                         _mm256_castpd_si256(bytes_magic)),
+        used);
+    /* signed for the fine table and the live row: -x for frees ((x ^ -1) - -1 = -x) */
+    __m256i signed_count = _mm256_sub_epi64(_mm256_xor_si256(count, is_free), is_free);
+    __m256i signed_bytes = _mm256_sub_epi64(_mm256_xor_si256(bytes, is_free), is_free);
+    __m256i alloc_count = _mm256_and_si256(is_alloc, count);
+    __m256i alloc_bytes = _mm256_and_si256(is_alloc, bytes);
+    /* live row: frees, and allocations without NOLIVE */
+    __m256i live_bytes = _mm256_andnot_si256(_mm256_and_si256(is_alloc, nolive), signed_bytes);
+
+    /* byte offsets of each lane's fine cell (low dword) and id row (high dword): four 64-bit
+     * extracts, split with scalar shifts, cost fewer shuffle uops than eight 32-bit ones */
+    __m256i offsets = _mm256_or_si256(_mm256_slli_epi64(fine_cell, 4), _mm256_slli_epi64(site, 32 + 5));
+    __m128i offsets_hi = _mm256_extracti128_si256(offsets, 1);
+    uint64_t key[4] = {(uint64_t)_mm_cvtsi128_si64(_mm256_castsi256_si128(offsets)),
+                       (uint64_t)_mm_extract_epi64(_mm256_castsi256_si128(offsets), 1),
+                       (uint64_t)_mm_cvtsi128_si64(offsets_hi), (uint64_t)_mm_extract_epi64(offsets_hi, 1)};
+    char *fine_base = (char *)fine;
+    __m256i fine02 = _mm256_unpacklo_epi64(signed_count, signed_bytes); /* c0 b0 c2 b2 */
+    __m256i fine13 = _mm256_unpackhi_epi64(signed_count, signed_bytes); /* c1 b1 c3 b3 */
+#define FINE_ADD(J, PAIR)                                                                       \
+    do {                                                                                        \
+        __m128i *cell_ = (__m128i *)(void *)(fine_base + (uint32_t)key[J]);                     \
+        _mm_store_si128(cell_, _mm_add_epi64(_mm_load_si128(cell_), (PAIR)));                   \
+    } while (0)
+    FINE_ADD(0, _mm256_castsi256_si128(fine02));
+    FINE_ADD(1, _mm256_castsi256_si128(fine13));
+    FINE_ADD(2, _mm256_extracti128_si256(fine02, 1));
+    FINE_ADD(3, _mm256_extracti128_si256(fine13, 1));
+#undef FINE_ADD
+    if (ids) {
+        *site_lo = _mm256_min_epu32(*site_lo, site);
+        *site_hi = _mm256_max_epu32(*site_hi, site);
+        char *id_base = (char *)ids;
+        __m256i ab02 = _mm256_unpacklo_epi64(alloc_count, alloc_bytes);
+        __m256i ab13 = _mm256_unpackhi_epi64(alloc_count, alloc_bytes);
+        __m256i live02 = _mm256_unpacklo_epi64(live_bytes, zero); /* l0 0 l2 0 */
+        __m256i live13 = _mm256_unpackhi_epi64(live_bytes, zero);
+#define ID_ADD(J, ROW)                                                                          \
+    do {                                                                                        \
+        __m256i *row_ = (__m256i *)(void *)(id_base + (key[J] >> 32));                    \
+        _mm256_storeu_si256(row_, _mm256_add_epi64(_mm256_loadu_si256(row_), (ROW)));           \
+    } while (0)
+        ID_ADD(0, _mm256_permute2x128_si256(ab02, live02, 0x20));
+        ID_ADD(1, _mm256_permute2x128_si256(ab13, live13, 0x20));
+        ID_ADD(2, _mm256_permute2x128_si256(ab02, live02, 0x31));
+        ID_ADD(3, _mm256_permute2x128_si256(ab13, live13, 0x31));
+#undef ID_ADD
+    }
 }
 
-/* Adds record J of a decoded quad into the register-resident dense accumulators: each cell
- * register takes acc + value where the record's cell matches and keeps acc elsewhere, so every
- * cell sees exactly the additions the scalar loop makes, in the same order. */
-#define DENSE_STEP(J)                                                                            \
-    do {                                                                                         \
-        const int imm = (J) * 0x55;                                                              \
-        __m256i cell_j = _mm256_permute4x64_epi64(q.cell, imm);                                  \
-        __m256i dom_j = _mm256_permute4x64_epi64(q.live_domain, imm);                            \
-        __m256d w_j = _mm256_permute4x64_pd(q.weight, imm);                                      \
-        __m256d wb_j = _mm256_permute4x64_pd(q.weighted_bytes, imm);                             \
-        __m256d lw_j = _mm256_permute4x64_pd(q.live_weight, imm);                                \
-        __m256d lb_j = _mm256_permute4x64_pd(q.live_bytes, imm);                                 \
-        __m256d m0 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(cell_j, lanes0));                    \
-        __m256d m1 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(cell_j, lanes4));                    \
-        __m256d m2 = _mm256_castsi256_pd(_mm256_cmpeq_epi64(cell_j, lanes8));                    \
-        __m256d ml = _mm256_castsi256_pd(_mm256_cmpeq_epi64(dom_j, lanes0));                     \
-        count0 = _mm256_blendv_pd(count0, _mm256_add_pd(count0, w_j), m0);                      \
-        count1 = _mm256_blendv_pd(count1, _mm256_add_pd(count1, w_j), m1);                      \
-        count2 = _mm256_blendv_pd(count2, _mm256_add_pd(count2, w_j), m2);                      \
-        bytes0 = _mm256_blendv_pd(bytes0, _mm256_add_pd(bytes0, wb_j), m0);                     \
-        bytes1 = _mm256_blendv_pd(bytes1, _mm256_add_pd(bytes1, wb_j), m1);                     \
-        bytes2 = _mm256_blendv_pd(bytes2, _mm256_add_pd(bytes2, wb_j), m2);                     \
-        live_count = _mm256_blendv_pd(live_count, _mm256_add_pd(live_count, lw_j), ml);         \
-        live_bytes = _mm256_blendv_pd(live_bytes, _mm256_add_pd(live_bytes, lb_j), ml);         \
-    } while (0)
+#ifndef PREFETCH_RECORDS
+#define PREFETCH_RECORDS 64
+#endif
 
-__attribute__((target("avx2"))) static void reduce_avx2(const ms_record_t *records, size_t n,
-                                                         ms_summary_t *s)
+__attribute__((target("avx2"))) static void reduce_block_avx2(const ms_record_t *records, size_t n,
+                                                               ms_summary_t *s, id_sums_t *ids)
 {
-    size_t vec = n & ~(size_t)3;
-    const __m256i lanes0 = _mm256_setr_epi64x(0, 1, 2, 3);
-    const __m256i lanes4 = _mm256_setr_epi64x(4, 5, 6, 7);
-    const __m256i lanes8 = _mm256_setr_epi64x(8, 9, 10, 11);
-    double *count = &s->count[0][0], *bytes = &s->bytes[0][0], *buckets = &s->bucket_count[0][0];
-    double *id_count = s->id_count, *id_bytes = s->id_bytes, *id_live = s->id_live_bytes;
-    __m256d count0 = _mm256_loadu_pd(count), count1 = _mm256_loadu_pd(count + 4);
-    __m256d count2 = _mm256_loadu_pd(count + 8);
-    __m256d bytes0 = _mm256_loadu_pd(bytes), bytes1 = _mm256_loadu_pd(bytes + 4);
-    __m256d bytes2 = _mm256_loadu_pd(bytes + 8);
-    __m256d live_count = _mm256_loadu_pd(s->live_count), live_bytes = _mm256_loadu_pd(s->live_bytes);
+    _Alignas(32) int64_t fine[FINE_CELLS][2];
+    memset(fine, 0, sizeof fine);
+    /* lane-wise range of the per-id rows touched (sites are below 2^15: the low dword) */
+    __m256i site_lo = _mm256_set1_epi32(-1), site_hi = _mm256_setzero_si256();
     uint64_t frees = 0;
+    size_t vec = n & ~(size_t)3;
     for (size_t i = 0; i < vec; i += 4) {
-        avx2_decoded_t q = decode4_avx2(records + i);
-        DENSE_STEP(0);
-        DENSE_STEP(1);
-        DENSE_STEP(2);
-        DENSE_STEP(3);
-        /* the sparse tables (buckets, per id) take scalar adds, allocations then live movers */
-        uint64_t bucket[4], site[4];
-        double w[4], wb[4], lb[4];
-        _mm256_storeu_si256((__m256i *)(void *)bucket, q.bucket);
-        _mm256_storeu_si256((__m256i *)(void *)site, q.site);
-        _mm256_storeu_pd(w, q.weight);
-        _mm256_storeu_pd(wb, q.weighted_bytes);
-        _mm256_storeu_pd(lb, q.live_bytes);
-        for (unsigned m = q.alloc_mask; m; m &= m - 1) {
-            unsigned j = (unsigned)__builtin_ctz(m);
-            buckets[bucket[j]] += w[j];
-            if (id_count)
-                id_count[site[j]] += w[j];
-            if (id_bytes)
-                id_bytes[site[j]] += wb[j];
-        }
-        if (id_live)
-            for (unsigned m = q.live_mask; m; m &= m - 1) {
-                unsigned j = (unsigned)__builtin_ctz(m);
-                id_live[site[j]] += lb[j];
-            }
-        frees += (uint64_t)__builtin_popcount(q.free_mask);
+        /* the batch streams from memory: ask for it PREFETCH_RECORDS ahead */
+        uintptr_t ahead = (uintptr_t)(const void *)(records + i) + PREFETCH_RECORDS * sizeof *records;
+        _mm_prefetch((const char *)ahead, _MM_HINT_T0);
+        _mm_prefetch((const char *)ahead + 64, _MM_HINT_T0);
+        quad_avx2(records + i, fine, ids, &site_lo, &site_hi, s, &frees);
     }
-    _mm256_storeu_pd(count, count0);
-    _mm256_storeu_pd(count + 4, count1);
-    _mm256_storeu_pd(count + 8, count2);
-    _mm256_storeu_pd(bytes, bytes0);
-    _mm256_storeu_pd(bytes + 4, bytes1);
-    _mm256_storeu_pd(bytes + 8, bytes2);
-    _mm256_storeu_pd(s->live_count, live_count);
-    _mm256_storeu_pd(s->live_bytes, live_bytes);
+    if (vec < n) {
+        ms_record_t group[4];
+        pad_tail(records + vec, n - vec, group, 4);
+        quad_avx2(group, fine, ids, &site_lo, &site_hi, s, &frees);
+    }
+    dense_sums_t p;
+    dense_from_fine((const int64_t(*)[2])fine, &p);
+    flush_dense(&p, s);
+    if (ids) {
+        uint32_t lo_lanes[8], hi_lanes[8], lo = UINT32_MAX, hi = 0;
+        _mm256_storeu_si256((__m256i *)(void *)lo_lanes, site_lo);
+        _mm256_storeu_si256((__m256i *)(void *)hi_lanes, site_hi);
+        for (int j = 0; j < 8; j += 2) {
+            lo = lo_lanes[j] < lo ? lo_lanes[j] : lo;
+            hi = hi_lanes[j] > hi ? hi_lanes[j] : hi;
+        }
+        flush_ids(records, n, s, ids, MS_MAX_IDS - 1, lo, hi);
+    }
     s->free_records += frees;
-    /* fewer than 4 records left: the scalar twin does exactly the same per-record work */
-    uint64_t before = s->records;
-    ms_reduce_scalar(records + vec, n - vec, s);
-    s->records = before + n;
 }
 
 #endif /* MS_REDUCE_HAVE_AVX2 */
 
 #if defined(MS_REDUCE_HAVE_NEON)
 
-/* Decodes records r[0..1] with NEON into block position at. */
-static void decode2_neon(const ms_record_t *r, decoded_block_t *out, uint32_t at)
+/* Two records decoded with NEON, then added into the block's tables with scalar adds. */
+static void pair_neon(const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, uint32_t *site_lo,
+                      uint32_t *site_hi, ms_summary_t *s, uint64_t *frees)
 {
     /* vld4q_u64 de-interleaves the four qwords of two records: val[1] sizes, val[2] delta|site,
      * val[3] weight|flags|thread. */
@@ -413,56 +660,89 @@ static void decode2_neon(const ms_record_t *r, decoded_block_t *out, uint32_t at
     uint32x2_t size_class = vmin_u32(
         vshr_n_u32(vand_u32(flags, vdup_n_u32(MS_FLAG_CLASS_MASK)), MS_FLAG_CLASS_SHIFT),
         vdup_n_u32(MS_CLASSES - 1));
-    uint32x2_t cell = vmla_u32(size_class, domain, vdup_n_u32(MS_CLASSES));
-    bucket = vmla_u32(bucket, domain, vdup_n_u32(MS_BUCKETS));
+    uint32x2_t nolive = vand_u32(vshr_n_u32(flags, 6), vdup_n_u32(1));
+    uint32x2_t cell2 = vmla_u32(nolive, vmla_u32(size_class, domain, vdup_n_u32(MS_CLASSES)),
+                                vdup_n_u32(2));
+    uint32x2_t is_free = vceq_u32(event, vdup_n_u32(MS_EVENT_FREE));
+    uint32x2_t fine_cell = vbsl_u32(is_free, vadd_u32(domain, vdup_n_u32(FINE_FREE)),
+                                    vmla_u32(bucket, cell2, vdup_n_u32(MS_BUCKETS)));
     uint32x2_t site = vshrn_n_u64(q.val[2], 32);
     uint32x2_t site_bad = vcgt_u32(site, vdup_n_u32(MS_MAX_IDS - 1));
     site = vbsl_u32(site_bad, vadd_u32(domain, vdup_n_u32(MS_ID_OVERFLOW)), site);
-
-    uint32x2_t is_free = vceq_u32(event, vdup_n_u32(MS_EVENT_FREE));
     uint32x2_t is_alloc = vorr_u32(vceq_u32(event, vdup_n_u32(MS_EVENT_ALLOC)),
                                    vceq_u32(event, vdup_n_u32(MS_EVENT_REALLOC)));
-    uint32x2_t has_nolive = vtst_u32(flags, vdup_n_u32(MS_FLAG_NOLIVE));
-    uint32x2_t is_live = vorr_u32(vbic_u32(is_alloc, has_nolive), is_free);
-    /* widen the free mask to 64-bit lanes (sign-extending, so all ones stays all ones), keep
-     * only the sign bit, flip signs by xor */
+    uint32x2_t is_live = vorr_u32(vbic_u32(is_alloc, vtst_u32(flags, vdup_n_u32(MS_FLAG_NOLIVE))), is_free);
+
+    /* bounds (NaN fails them) and the integers: FCVTNS rounds to nearest, ties to even, which
+     * for |x| <= 2^50 is to_fixed exactly; lanes outside the bounds are dropped below */
+    uint64x2_t fixed_ok = vandq_u64(vcaleq_f64(weight, vdupq_n_f64(WEIGHT_LIMIT)),
+                                    vcaleq_f64(weighted_bytes, vdupq_n_f64(WEIGHTED_BYTES_LIMIT)));
+    int64x2_t count = vcvtnq_s64_f64(vmulq_f64(weight, vdupq_n_f64(COUNT_SCALE)));
+    int64x2_t bytes = vcvtnq_s64_f64(vmulq_f64(weighted_bytes, vdupq_n_f64(BYTES_SCALE)));
     uint64x2_t free64 = vreinterpretq_u64_s64(vmovl_s32(vreinterpret_s32_u32(is_free)));
-    uint64x2_t sign = vandq_u64(free64, vdupq_n_u64(0x8000000000000000ULL));
-    float64x2_t live_weight = vreinterpretq_f64_u64(veorq_u64(vreinterpretq_u64_f64(weight), sign));
-    float64x2_t live_bytes =
-        vreinterpretq_f64_u64(veorq_u64(vreinterpretq_u64_f64(weighted_bytes), sign));
+    uint64x2_t alloc64 = vreinterpretq_u64_s64(vmovl_s32(vreinterpret_s32_u32(is_alloc)));
+    uint64x2_t live64 = vreinterpretq_u64_s64(vmovl_s32(vreinterpret_s32_u32(is_live)));
+    uint64x2_t counts64 = vorrq_u64(alloc64, free64);
+    uint64x2_t used = vandq_u64(counts64, fixed_ok);
+    count = vreinterpretq_s64_u64(vandq_u64(vreinterpretq_u64_s64(count), used));
+    bytes = vreinterpretq_s64_u64(vandq_u64(vreinterpretq_u64_s64(bytes), used));
+    int64x2_t signed_count = vbslq_s64(free64, vnegq_s64(count), count);
+    int64x2_t signed_bytes = vbslq_s64(free64, vnegq_s64(bytes), bytes);
+    int64x2_t alloc_count = vreinterpretq_s64_u64(vbicq_u64(vreinterpretq_u64_s64(count), free64));
+    int64x2_t alloc_bytes = vreinterpretq_s64_u64(vbicq_u64(vreinterpretq_u64_s64(bytes), free64));
+    int64x2_t live_bytes = vreinterpretq_s64_u64(vandq_u64(vreinterpretq_u64_s64(signed_bytes), live64));
 
-    vst1_u32(&out->cell[at], cell);
-    vst1_u32(&out->bucket[at], bucket);
-    vst1_u32(&out->site[at], site);
-    vst1_u32(&out->domain[at], domain);
-    vst1q_f64(&out->weight[at], weight);
-    vst1q_f64(&out->weighted_bytes[at], weighted_bytes);
-    vst1q_f64(&out->live_weight[at], live_weight);
-    vst1q_f64(&out->live_bytes[at], live_bytes);
+    uint64x2_t outside64 = vbicq_u64(counts64, fixed_ok);
+    unsigned outside = (unsigned)(vgetq_lane_u64(outside64, 0) & 1u) |
+                       (unsigned)(vgetq_lane_u64(outside64, 1) & 2u);
+    for (unsigned m = outside; m; m &= m - 1) {
+        unsigned j = (unsigned)__builtin_ctz(m);
+        add_in_double(&r[j], scalar_kind(r[j].flags), s);
+    }
+    *frees += (vget_lane_u32(is_free, 0) & 1u) + (vget_lane_u32(is_free, 1) & 1u);
 
-    unsigned alloc_mask = (vget_lane_u32(is_alloc, 0) & 1u) | (vget_lane_u32(is_alloc, 1) & 2u);
-    unsigned live_mask = (vget_lane_u32(is_live, 0) & 1u) | (vget_lane_u32(is_live, 1) & 2u);
-    unsigned free_mask = (vget_lane_u32(is_free, 0) & 1u) | (vget_lane_u32(is_free, 1) & 2u);
-    out->n_allocs = append_positions(out->allocs, out->n_allocs, alloc_mask, at);
-    out->n_lives = append_positions(out->lives, out->n_lives, live_mask, at);
-    out->n_frees += (size_t)__builtin_popcount(free_mask);
+    int64_t sc[2], sb[2], ac[2], ab[2], lb[2];
+    uint32_t fc[2], st[2];
+    vst1q_s64(sc, signed_count);
+    vst1q_s64(sb, signed_bytes);
+    vst1q_s64(ac, alloc_count);
+    vst1q_s64(ab, alloc_bytes);
+    vst1q_s64(lb, live_bytes);
+    vst1_u32(fc, fine_cell);
+    vst1_u32(st, site);
+    for (int j = 0; j < 2; j++) {
+        fine[fc[j]][0] += sc[j];
+        fine[fc[j]][1] += sb[j];
+        if (ids) {
+            *site_lo = st[j] < *site_lo ? st[j] : *site_lo;
+            *site_hi = st[j] > *site_hi ? st[j] : *site_hi;
+            ids[st[j]].count += ac[j];
+            ids[st[j]].bytes += ab[j];
+            ids[st[j]].live_bytes += lb[j];
+        }
+    }
 }
 
-static void reduce_neon(const ms_record_t *records, size_t n, ms_summary_t *summary)
+static void reduce_block_neon(const ms_record_t *records, size_t n, ms_summary_t *s, id_sums_t *ids)
 {
-    decoded_block_t block;
+    int64_t fine[FINE_CELLS][2];
+    memset(fine, 0, sizeof fine);
+    uint32_t lo = UINT32_MAX, hi = 0;
+    uint64_t frees = 0;
     size_t vec = n & ~(size_t)1;
-    for (size_t done = 0; done < vec; done += DECODE_BLOCK) {
-        size_t m = vec - done < DECODE_BLOCK ? vec - done : DECODE_BLOCK;
-        block.n_allocs = block.n_lives = block.n_frees = 0;
-        for (size_t i = 0; i < m; i += 2)
-            decode2_neon(records + done + i, &block, (uint32_t)i);
-        accumulate_block(&block, summary);
+    for (size_t i = 0; i < vec; i += 2)
+        pair_neon(records + i, fine, ids, &lo, &hi, s, &frees);
+    if (vec < n) {
+        ms_record_t group[2];
+        pad_tail(records + vec, n - vec, group, 2);
+        pair_neon(group, fine, ids, &lo, &hi, s, &frees);
     }
-    uint64_t before = summary->records;
-    ms_reduce_scalar(records + vec, n - vec, summary);
-    summary->records = before + n;
+    dense_sums_t p;
+    dense_from_fine((const int64_t(*)[2])fine, &p);
+    flush_dense(&p, s);
+    if (ids)
+        flush_ids(records, n, s, ids, MS_MAX_IDS - 1, lo, hi);
+    s->free_records += frees;
 }
 
 #endif /* MS_REDUCE_HAVE_NEON */
@@ -479,18 +759,30 @@ int ms_reduce_simd_available(void)
 #endif
 }
 
-void ms_reduce_simd(const ms_record_t *records, size_t n, ms_summary_t *summary)
+void ms_reduce_simd(const ms_record_t *records, size_t n, ms_summary_t *s)
 {
-#if defined(MS_REDUCE_HAVE_AVX2)
-    if (ms_reduce_simd_available()) {
-        reduce_avx2(records, n, summary);
+#if defined(MS_REDUCE_HAVE_AVX2) || defined(MS_REDUCE_HAVE_NEON)
+    if (!ms_reduce_simd_available()) {
+        ms_reduce_scalar(records, n, s);
         return;
     }
-#elif defined(MS_REDUCE_HAVE_NEON)
-    reduce_neon(records, n, summary);
-    return;
+    id_sums_t *ids = wants_ids(s) ? id_scratch() : NULL;
+    if (wants_ids(s) && ids == NULL) {
+        reduce_one_by_one(records, n, s); /* the same fallback as the scalar path */
+    } else {
+        for (size_t done = 0; done < n; done += BLOCK_RECORDS) {
+            size_t m = n - done < BLOCK_RECORDS ? n - done : BLOCK_RECORDS;
+#if defined(MS_REDUCE_HAVE_AVX2)
+            reduce_block_avx2(records + done, m, s, ids);
+#else
+            reduce_block_neon(records + done, m, s, ids);
 #endif
-    ms_reduce_scalar(records, n, summary);
+        }
+    }
+    s->records += n;
+#else
+    ms_reduce_scalar(records, n, s);
+#endif
 }
 
 /* ENABLE_SIMD: 1 (default) lets ms_reduce use the vector path when the CPU has one. */

@@ -1,8 +1,8 @@
 """``memscope-otel report``: what a dump file says, as terminal text or one self-contained HTML page.
 
 ``numpy_summary`` computes, from an array of records, exactly what ``ms_reduce`` accumulates (same
-fields, same clamping of bad input, same record-order summation), so it doubles as the reference the
-C reducers are tested and benchmarked against. ``analyze`` reads a dump chunk by chunk (memory stays
+fields, same clamping of bad input, same fixed-point block sums and order of double additions), so it
+doubles as the reference the C reducers are tested and benchmarked against. ``analyze`` reads a dump chunk by chunk (memory stays
 bounded by one chunk) into a ``Report``: top sites and types by estimated bytes and count, the size
 distribution, the allocation rate and the live estimate over time. ``render_text`` and
 ``render_html`` present it; the HTML page draws its plots as inline SVG, with no script and no
@@ -82,34 +82,94 @@ def decode(records: np.ndarray) -> DecodedRecords:
     )
 
 
-def _fold(index: np.ndarray, values: np.ndarray, length: int) -> np.ndarray:
-    # np.bincount adds the weights into a zeroed float64 table in array order: the same left fold
-    # in record order that the C reducer performs.
-    return np.bincount(index, weights=values, minlength=length).astype(np.float64, copy=False)
+# The fixed-point scheme of csrc/reduce.c (its header comment says why): per block of
+# BLOCK_RECORDS records, contributions within the bounds become exact integers, summed exactly,
+# and each nonzero block sum is added once, as a double, after the block's out-of-bounds records.
+COUNT_SCALE = 2.0 ** 24
+BYTES_SCALE = 2.0 ** 10
+WEIGHT_LIMIT = 2.0 ** 26
+WEIGHTED_BYTES_LIMIT = 2.0 ** 40
+BLOCK_RECORDS = 4096
+_SPLIT = 25  # contributions (|x| <= 2^50) split in two halves whose block sums float64 holds exactly
+
+
+def _exact_block_sums(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys, exact int64 sum of values per key), for int64 values of at most 2^50 in
+    magnitude and at most BLOCK_RECORDS values per key."""
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    # bincount adds in float64: each half's sums stay below 2^37, so every partial sum is exact
+    lo = np.bincount(inverse, weights=(values & ((1 << _SPLIT) - 1)).astype(np.float64), minlength=len(uniq))
+    hi = np.bincount(inverse, weights=(values >> _SPLIT).astype(np.float64), minlength=len(uniq))
+    return uniq, (hi.astype(np.int64) << _SPLIT) + lo.astype(np.int64)
+
+
+def _accumulate(n: int, length: int, index: np.ndarray, fixed: np.ndarray, unit: float,
+                outside: np.ndarray, exact_values: np.ndarray) -> np.ndarray:
+    """One accumulator array of the summary, as ms_reduce builds it from a zeroed summary.
+
+    index: the accumulator each record adds to (-1: none); fixed: its integer contribution (used
+    where outside is False); exact_values: its double contribution (used where outside is True).
+    The double additions happen in C's order: within each block, the out-of-bounds records in
+    record order, then each nonzero block sum; np.bincount performs them as that left fold."""
+    position = np.arange(n, dtype=np.int64)
+    takes = index >= 0
+    inside = takes & ~outside
+    block = position[inside] // BLOCK_RECORDS
+    keys, sums = _exact_block_sums(block * length + index[inside], fixed[inside])
+    nonzero = sums != 0
+    keys, sums = keys[nonzero], sums[nonzero]
+    flush_block = keys // length
+    flush_at = np.minimum((flush_block + 1) * BLOCK_RECORDS, n) - 1
+    out = takes & outside
+    order_key = np.concatenate([2 * position[out], 2 * flush_at + 1])
+    targets = np.concatenate([index[out], keys % length])
+    values = np.concatenate([exact_values[out], sums.astype(np.float64) * unit])
+    order = np.argsort(order_key, kind="stable")
+    return np.bincount(targets[order], weights=values[order], minlength=length).astype(np.float64, copy=False)
 
 
 def numpy_summary(records: np.ndarray) -> dict:
-    """The fields of ``ms_summary_t`` for one batch reduced into a zeroed summary, with numpy."""
+    """The fields of ``ms_summary_t`` for one batch reduced into a zeroed summary, with numpy.
+
+    Bit for bit what ``ms_reduce`` computes (every path): the same decoding and clamping, the
+    same fixed-point contributions (count ``round(w * 2^24)``, bytes ``round(w * size * 2^10)``,
+    nearest even), the same per-block exact sums and the same order of double additions."""
     records = np.asarray(records)
     if records.dtype != RECORD_DTYPE:
         raise TypeError(f"records must have memscope_otel.records.RECORD_DTYPE, not {records.dtype}")
+    n = len(records)
     r = decode(records)
-    a, lv, fr = r.is_alloc, r.is_live_alloc, r.is_free
+    a, fr = r.is_alloc, r.is_free
+    live = r.is_live_alloc | fr
+    with np.errstate(invalid="ignore"):  # NaN fails the bounds: it takes the double route
+        bounded = (np.abs(r.weight) <= WEIGHT_LIMIT) & (np.abs(r.weighted_bytes) <= WEIGHTED_BYTES_LIMIT)
+    outside = ~bounded & (a | fr)
+    # rint rounds to nearest even, as the C code's addition of 1.5 * 2^52 does; values outside
+    # the bounds are replaced before the conversion to integers
+    count = np.rint(np.where(bounded, r.weight, 0.0) * COUNT_SCALE).astype(np.int64)
+    nbytes = np.rint(np.where(bounded, r.weighted_bytes, 0.0) * BYTES_SCALE).astype(np.int64)
+    sign = np.where(fr, -1, 1)
+    with np.errstate(invalid="ignore"):
+        signed_weight = np.where(fr, -r.weight, r.weight)
+        signed_wbytes = np.where(fr, -r.weighted_bytes, r.weighted_bytes)
+
+    def acc(length, index, mask, fixed, unit, exact):
+        return _accumulate(n, length, np.where(mask, index, -1), fixed, unit, outside, exact)
+
     cell = r.domain * 3 + r.size_class
-    live = lv | fr
-    signed_bytes = np.where(fr, -r.weighted_bytes, r.weighted_bytes)[live]
-    signed_count = np.where(fr, -r.weight, r.weight)[live]
+    bucket = r.domain * BUCKETS + r.bucket
     return {
-        "count": _fold(cell[a], r.weight[a], 12).reshape(4, 3),
-        "bytes": _fold(cell[a], r.weighted_bytes[a], 12).reshape(4, 3),
-        "bucket_count": _fold(r.domain[a] * BUCKETS + r.bucket[a], r.weight[a], 4 * BUCKETS).reshape(4, BUCKETS),
-        "live_bytes": _fold(r.domain[live], signed_bytes, 4),
-        "live_count": _fold(r.domain[live], signed_count, 4),
-        "records": int(len(records)),
+        "count": acc(12, cell, a, count, 1 / COUNT_SCALE, r.weight).reshape(4, 3),
+        "bytes": acc(12, cell, a, nbytes, 1 / BYTES_SCALE, r.weighted_bytes).reshape(4, 3),
+        "bucket_count": acc(4 * BUCKETS, bucket, a, count, 1 / COUNT_SCALE, r.weight).reshape(4, BUCKETS),
+        "live_bytes": acc(4, r.domain, live, sign * nbytes, 1 / BYTES_SCALE, signed_wbytes),
+        "live_count": acc(4, r.domain, live, sign * count, 1 / COUNT_SCALE, signed_weight),
+        "records": int(n),
         "free_records": int(fr.sum()),
-        "id_count": _fold(r.site[a], r.weight[a], MAX_IDS),
-        "id_bytes": _fold(r.site[a], r.weighted_bytes[a], MAX_IDS),
-        "id_live_bytes": _fold(r.site[live], signed_bytes, MAX_IDS),
+        "id_count": acc(MAX_IDS, r.site, a, count, 1 / COUNT_SCALE, r.weight),
+        "id_bytes": acc(MAX_IDS, r.site, a, nbytes, 1 / BYTES_SCALE, r.weighted_bytes),
+        "id_live_bytes": acc(MAX_IDS, r.site, live, sign * nbytes, 1 / BYTES_SCALE, signed_wbytes),
     }
 
 
