@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Batches up to this many records: several of the reducers' 4096-record blocks. */
+#define MAX_BATCH 13000
+
 static uint64_t state = 42;
 
 static uint64_t next_random(void)
@@ -85,7 +88,7 @@ int main(void)
 {
     size_t total = 0, batches = 0;
     double *ids = calloc(6 * MS_MAX_IDS, sizeof(double));
-    ms_record_t *recs = malloc(5000 * sizeof *recs);
+    ms_record_t *recs = malloc(MAX_BATCH * sizeof *recs);
     if (!ids || !recs)
         return 2;
     ms_summary_t a, b;
@@ -97,7 +100,7 @@ int main(void)
     b.id_count = ids + 3 * MS_MAX_IDS;
     b.id_bytes = ids + 4 * MS_MAX_IDS;
     b.id_live_bytes = ids + 5 * MS_MAX_IDS;
-    for (size_t len = 0; len < 1200; len = len < 20 ? len + 1 : len * 5 / 4 + 1) {
+    for (size_t len = 0; len <= MAX_BATCH; len = len < 20 ? len + 1 : len * 5 / 4 + 1) {
         for (int rep = 0; rep < 3; rep++) {
             fill(recs, len);
             ms_reduce_simd(recs, len, &a);

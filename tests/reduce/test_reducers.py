@@ -66,7 +66,7 @@ def assert_bit_identical(a, b):
     assert a["records"] == b["records"] and a["free_records"] == b["free_records"]
 
 
-LENGTHS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 127, 128, 129, 255, 257, 1000, 4099]
+LENGTHS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 127, 128, 129, 255, 257, 1000, 4095, 4096, 4097, 4099, 8195]
 
 
 @pytest.mark.parametrize("n", LENGTHS)
@@ -99,19 +99,76 @@ def test_unaligned_record_pointer():
     assert_bit_identical(a.arrays(), reduce_with(LIB.ms_reduce_scalar, recs))
 
 
+@pytest.mark.parametrize("n", [5000, 3 * 4096 + 5])
 @pytest.mark.parametrize("extreme", [False, True])
-def test_reducer_equals_numpy(extreme):
-    rng = np.random.default_rng(99 + extreme)
-    recs = random_records(rng, 5000, extreme)
+def test_reducer_equals_numpy(n, extreme):
+    rng = np.random.default_rng(99 + extreme + n)
+    recs = random_records(rng, n, extreme)
     expected = numpy_summary(recs)
     for fn in (LIB.ms_reduce_simd, LIB.ms_reduce_scalar, LIB.ms_reduce):
         got = reduce_with(fn, recs)
-        # Both sides are left folds in record order of the same IEEE products, so they agree
-        # exactly (NaN compares equal to NaN; the numpy side adds -x where C subtracts x).
+        # Same integer block sums, same double additions in the same order: exact agreement
+        # (NaN, from out-of-bounds weights, compares equal to NaN).
         for field in FIELDS:
             np.testing.assert_array_equal(got[field], expected[field], err_msg=field)
         assert got["records"] == expected["records"] == len(recs)
         assert got["free_records"] == expected["free_records"]
+
+
+def one_allocation(weight, size, site=9):
+    recs = np.zeros(1, dtype=RECORD_DTYPE)
+    recs[0] = (1, size, 0, site, weight, 0, 0)
+    return recs
+
+
+@pytest.mark.parametrize("fn", ["ms_reduce_simd", "ms_reduce_scalar"])
+def test_fixed_point_rounds_to_nearest_even(fn):
+    # w * size * 2^10 = 0.5 rounds to 0, 1.5 to 2, 2.5 to 2 (units of 2^-10 byte);
+    # w * 2^24 = 2^13 is exact
+    for size, units in [(1, 0), (3, 2), (5, 2), (7, 4)]:
+        s = reduce_with(getattr(LIB, fn), one_allocation(2.0 ** -11, size))
+        assert s["bytes"][0, 0] == units / 1024 == s["id_bytes"][9]
+        assert s["count"][0, 0] == 2.0 ** -11
+
+
+@pytest.mark.parametrize("fn", ["ms_reduce_simd", "ms_reduce_scalar"])
+def test_quantization_error_is_bounded(fn):
+    # Every float weight in [0.5, 2^26] is a multiple of 2^-24: counts are exact. Bytes are
+    # rounded to 2^-10 byte per record, so the error of a single record is at most 2^-11 byte.
+    rng = np.random.default_rng(5)
+    recs = np.zeros(2000, dtype=RECORD_DTYPE)
+    recs["weight"] = np.exp2(rng.uniform(-1, 26, len(recs))).astype(np.float32)
+    recs["size"] = rng.integers(0, 2 ** 14, len(recs))
+    recs["site"] = np.arange(len(recs)) + 8  # one record per id: per-id sums are single records
+    s = reduce_with(getattr(LIB, fn), recs)
+    w = recs["weight"].astype(np.float64)
+    exact_bytes = w * recs["size"].astype(np.float64)
+    ids = recs["site"]
+    np.testing.assert_array_equal(s["id_count"][ids], w)
+    assert np.max(np.abs(s["id_bytes"][ids] - exact_bytes)) <= 2.0 ** -11
+    assert np.all(np.abs(s["id_live_bytes"][ids] - exact_bytes) <= 2.0 ** -11)
+
+
+@pytest.mark.parametrize("fn", ["ms_reduce_simd", "ms_reduce_scalar"])
+def test_out_of_bounds_weights_take_the_double_route(fn):
+    # NaN and infinite weights are not quantized: they show in the sums as before; a weight above
+    # 2^26 and a weighted size above 2^40 bytes are added as exact doubles
+    for weight, size in [(np.nan, 10), (np.inf, 10), (2.0 ** 27, 3), (1.0, 2 ** 41 + 1)]:
+        s = reduce_with(getattr(LIB, fn), one_allocation(weight, size))
+        w = float(np.float32(weight))
+        np.testing.assert_array_equal(s["count"][0, 0], w)
+        np.testing.assert_array_equal(s["bytes"][0, 0], w * float(size))
+        np.testing.assert_array_equal(s["id_count"][9], w)
+        np.testing.assert_array_equal(s["live_bytes"][0], w * float(size))
+
+
+def test_batch_split_at_block_boundaries_gives_the_same_summary():
+    # blocks restart with each call, so cutting a batch at multiples of 4096 records changes nothing
+    recs = random_records(np.random.default_rng(11), 3 * 4096, extreme=True)
+    for fn in (LIB.ms_reduce_simd, LIB.ms_reduce_scalar):
+        whole = reduce_with(fn, recs)
+        split = reduce_with(fn, recs[:4096], recs[4096:8192], recs[8192:])
+        assert_bit_identical(whole, split)
 
 
 def test_semantics_by_hand():
