@@ -84,9 +84,9 @@ _Static_assert(sizeof(ms_record_t) == 32, "ms_record_t must be 32 bytes");
 #define COUNT_UNIT 0x1p-24
 #define BYTES_SCALE 0x1p10           /* bytes units per byte */
 #define BYTES_UNIT 0x1p-10
-#define WEIGHT_LIMIT 0x1p26          /* |w| * COUNT_SCALE <= 2^50 */
-#define WEIGHTED_BYTES_LIMIT 0x1p40  /* |w * size| * BYTES_SCALE <= 2^50 */
-#define BLOCK_RECORDS 4096           /* 4096 * 2^50 = 2^62: no block sum overflows int64 */
+#define WEIGHT_LIMIT 0x1p25          /* |w| * COUNT_SCALE <= 2^49 */
+#define WEIGHTED_BYTES_LIMIT 0x1p39  /* |w * size| * BYTES_SCALE <= 2^49 */
+#define BLOCK_RECORDS 8192           /* 8192 * 2^49 = 2^62: no block sum overflows int64 */
 #define ROUNDING_MAGIC 0x1.8p52      /* 1.5 * 2^52: x + this has spacing 1 for |x| <= 2^51 */
 #define MANTISSA_MASK 0xFFFFFFFFFFFFFULL
 #define MAGIC_MANTISSA ((int64_t)1 << 51)
@@ -438,7 +438,7 @@ __attribute__((target("avx2"))) static void size_general_avx2(__m256i size, __m2
  * loop, so that its constants and the site range stay in registers. */
 __attribute__((target("avx2"), always_inline)) static inline void quad_avx2(
     const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, __m256i *site_lo, __m256i *site_hi,
-    ms_summary_t *s, uint64_t *frees)
+    __m256i *all_inside, __m256i *free_lanes)
 {
     /* Each record is one 256-bit row of four qwords: address, size, delta|site<<32,
      * weight|flags<<32|thread<<48. Transpose to get one field per vector. */
@@ -509,20 +509,17 @@ __attribute__((target("avx2"), always_inline)) static inline void quad_avx2(
     site = _mm256_blendv_epi8(site, _mm256_add_epi64(domain, _mm256_set1_epi64x(MS_ID_OVERFLOW)),
                               site_bad);
 
-    /* bounds: lanes outside them (NaN included) go the double route, in lane = record order */
+    /* bounds (NaN fails them) */
     const __m256d abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFLL));
     __m256i fixed_ok = _mm256_castpd_si256(_mm256_and_pd(
         _mm256_cmp_pd(_mm256_and_pd(weight, abs_mask), _mm256_set1_pd(WEIGHT_LIMIT), _CMP_LE_OQ),
         _mm256_cmp_pd(_mm256_and_pd(weighted_bytes, abs_mask), _mm256_set1_pd(WEIGHTED_BYTES_LIMIT),
                       _CMP_LE_OQ)));
     __m256i used = _mm256_andnot_si256(ignored, fixed_ok);
-    unsigned outside = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_or_si256(used, ignored))) ^ 15u;
-    if (__builtin_expect(outside != 0, 0))
-        for (unsigned m = outside; m; m &= m - 1) {
-            unsigned j = (unsigned)__builtin_ctz(m);
-            add_in_double(&r[j], scalar_kind(r[j].flags), s);
-        }
-    *frees += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(is_free)));
+    /* lanes outside the bounds are left to a pass at the end of the block (they are rare); the
+     * frees are counted lane-wise (x - -1 = x + 1) */
+    *all_inside = _mm256_and_si256(*all_inside, _mm256_or_si256(used, ignored));
+    *free_lanes = _mm256_sub_epi64(*free_lanes, is_free);
 
     /* The integers, as to_fixed(w * 2^24) and to_fixed(w * size * 2^10) compute them: adding
      * 1.5 * 2^28 (resp. 1.5 * 2^42) rounds to a multiple of 2^-24 (2^-10), the same rounding
@@ -598,20 +595,32 @@ __attribute__((target("avx2"))) static void reduce_block_avx2(const ms_record_t 
     memset(fine, 0, sizeof fine);
     /* lane-wise range of the per-id rows touched (sites are below 2^15: the low dword) */
     __m256i site_lo = _mm256_set1_epi32(-1), site_hi = _mm256_setzero_si256();
-    uint64_t frees = 0;
+    __m256i all_inside = _mm256_set1_epi64x(-1), free_lanes = _mm256_setzero_si256();
     size_t vec = n & ~(size_t)3;
     for (size_t i = 0; i < vec; i += 4) {
         /* the batch streams from memory: ask for it PREFETCH_RECORDS ahead */
         uintptr_t ahead = (uintptr_t)(const void *)(records + i) + PREFETCH_RECORDS * sizeof *records;
         _mm_prefetch((const char *)ahead, _MM_HINT_T0);
         _mm_prefetch((const char *)ahead + 64, _MM_HINT_T0);
-        quad_avx2(records + i, fine, ids, &site_lo, &site_hi, s, &frees);
+        quad_avx2(records + i, fine, ids, &site_lo, &site_hi, &all_inside, &free_lanes);
     }
     if (vec < n) {
         ms_record_t group[4];
         pad_tail(records + vec, n - vec, group, 4);
-        quad_avx2(group, fine, ids, &site_lo, &site_hi, s, &frees);
+        quad_avx2(group, fine, ids, &site_lo, &site_hi, &all_inside, &free_lanes);
     }
+    /* records outside the bounds take the double route, in record order, before the block
+     * sums are added: the same additions in the same order as the scalar loop makes */
+    if (_mm256_movemask_pd(_mm256_castsi256_pd(all_inside)) != 15)
+        for (size_t i = 0; i < n; i++) {
+            unsigned kind = scalar_kind(records[i].flags);
+            double w = (double)records[i].weight;
+            if (kind != 0 && !in_fixed_range(w, w * (double)records[i].size))
+                add_in_double(&records[i], kind, s);
+        }
+    uint64_t frees_by_lane[4];
+    _mm256_storeu_si256((__m256i *)(void *)frees_by_lane, free_lanes);
+    uint64_t frees = frees_by_lane[0] + frees_by_lane[1] + frees_by_lane[2] + frees_by_lane[3];
     dense_sums_t p;
     dense_from_fine((const int64_t(*)[2])fine, &p);
     flush_dense(&p, s);

@@ -87,18 +87,18 @@ def decode(records: np.ndarray) -> DecodedRecords:
 # and each nonzero block sum is added once, as a double, after the block's out-of-bounds records.
 COUNT_SCALE = 2.0 ** 24
 BYTES_SCALE = 2.0 ** 10
-WEIGHT_LIMIT = 2.0 ** 26
-WEIGHTED_BYTES_LIMIT = 2.0 ** 40
-BLOCK_RECORDS = 4096
-_SPLIT = 25  # contributions (|x| <= 2^50) split in two halves whose block sums float64 holds exactly
+WEIGHT_LIMIT = 2.0 ** 25
+WEIGHTED_BYTES_LIMIT = 2.0 ** 39
+BLOCK_RECORDS = 8192
+_SPLIT = 25  # contributions (|x| <= 2^49) split in two halves whose block sums float64 holds exactly
 
 
 def _exact_block_sums(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct keys, exact int64 sum of values per key), for int64 values of at most 2^50 in
-    magnitude and at most BLOCK_RECORDS values per key."""
+    """(distinct keys, exact int64 sum of values per key), for int64 values of at most 2^49 in
+    magnitude and at most BLOCK_RECORDS (2^13) values per key."""
     uniq, inverse = np.unique(keys, return_inverse=True)
     inverse = inverse.reshape(-1)
-    # bincount adds in float64: each half's sums stay below 2^37, so every partial sum is exact
+    # bincount adds in float64: each half's sums stay below 2^38, so every partial sum is exact
     lo = np.bincount(inverse, weights=(values & ((1 << _SPLIT) - 1)).astype(np.float64), minlength=len(uniq))
     hi = np.bincount(inverse, weights=(values >> _SPLIT).astype(np.float64), minlength=len(uniq))
     return uniq, (hi.astype(np.int64) << _SPLIT) + lo.astype(np.int64)

@@ -66,7 +66,7 @@ def assert_bit_identical(a, b):
     assert a["records"] == b["records"] and a["free_records"] == b["free_records"]
 
 
-LENGTHS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 127, 128, 129, 255, 257, 1000, 4095, 4096, 4097, 4099, 8195]
+LENGTHS = [0, 1, 2, 3, 4, 5, 7, 8, 9, 127, 128, 129, 255, 257, 1000, 4099, 8191, 8192, 8193, 16387]
 
 
 @pytest.mark.parametrize("n", LENGTHS)
@@ -99,7 +99,7 @@ def test_unaligned_record_pointer():
     assert_bit_identical(a.arrays(), reduce_with(LIB.ms_reduce_scalar, recs))
 
 
-@pytest.mark.parametrize("n", [5000, 3 * 4096 + 5])
+@pytest.mark.parametrize("n", [5000, 2 * 8192 + 5])
 @pytest.mark.parametrize("extreme", [False, True])
 def test_reducer_equals_numpy(n, extreme):
     rng = np.random.default_rng(99 + extreme + n)
@@ -133,11 +133,11 @@ def test_fixed_point_rounds_to_nearest_even(fn):
 
 @pytest.mark.parametrize("fn", ["ms_reduce_simd", "ms_reduce_scalar"])
 def test_quantization_error_is_bounded(fn):
-    # Every float weight in [0.5, 2^26] is a multiple of 2^-24: counts are exact. Bytes are
+    # Every float weight in [0.5, 2^25] is a multiple of 2^-24: counts are exact. Bytes are
     # rounded to 2^-10 byte per record, so the error of a single record is at most 2^-11 byte.
     rng = np.random.default_rng(5)
     recs = np.zeros(2000, dtype=RECORD_DTYPE)
-    recs["weight"] = np.exp2(rng.uniform(-1, 26, len(recs))).astype(np.float32)
+    recs["weight"] = np.exp2(rng.uniform(-1, 25, len(recs))).astype(np.float32)
     recs["size"] = rng.integers(0, 2 ** 14, len(recs))
     recs["site"] = np.arange(len(recs)) + 8  # one record per id: per-id sums are single records
     s = reduce_with(getattr(LIB, fn), recs)
@@ -152,8 +152,8 @@ def test_quantization_error_is_bounded(fn):
 @pytest.mark.parametrize("fn", ["ms_reduce_simd", "ms_reduce_scalar"])
 def test_out_of_bounds_weights_take_the_double_route(fn):
     # NaN and infinite weights are not quantized: they show in the sums as before; a weight above
-    # 2^26 and a weighted size above 2^40 bytes are added as exact doubles
-    for weight, size in [(np.nan, 10), (np.inf, 10), (2.0 ** 27, 3), (1.0, 2 ** 41 + 1)]:
+    # 2^25 and a weighted size above 2^39 bytes are added as exact doubles
+    for weight, size in [(np.nan, 10), (np.inf, 10), (2.0 ** 26, 3), (1.0, 2 ** 40 + 1)]:
         s = reduce_with(getattr(LIB, fn), one_allocation(weight, size))
         w = float(np.float32(weight))
         np.testing.assert_array_equal(s["count"][0, 0], w)
@@ -163,11 +163,11 @@ def test_out_of_bounds_weights_take_the_double_route(fn):
 
 
 def test_batch_split_at_block_boundaries_gives_the_same_summary():
-    # blocks restart with each call, so cutting a batch at multiples of 4096 records changes nothing
-    recs = random_records(np.random.default_rng(11), 3 * 4096, extreme=True)
+    # blocks restart with each call, so cutting a batch at multiples of 8192 records changes nothing
+    recs = random_records(np.random.default_rng(11), 3 * 8192, extreme=True)
     for fn in (LIB.ms_reduce_simd, LIB.ms_reduce_scalar):
         whole = reduce_with(fn, recs)
-        split = reduce_with(fn, recs[:4096], recs[4096:8192], recs[8192:])
+        split = reduce_with(fn, recs[:8192], recs[8192:16384], recs[16384:])
         assert_bit_identical(whole, split)
 
 
