@@ -4,9 +4,9 @@
 
 The records imitate a drained batch at default settings: mostly small obj/mem allocations from a
 few hundred sites, about a third of them frees, weights 1000 / 20 / 1. Each path reduces the same
-array into a fresh summary; the best of --repeat runs is reported. Times are the thread's CPU time
-(time.thread_time), so that a shared, oversubscribed machine does not count the time this process
-waited for a core; all three paths run on one thread.
+array into a fresh summary; the best of --repeat rounds is reported, the paths taking turns within
+each round. Times are the thread's CPU time (time.thread_time), so that a shared, oversubscribed
+machine does not count the time this process waited for a core; all three paths run on one thread.
 """
 import argparse
 import pathlib
@@ -56,12 +56,15 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def best_time(fn, repeat):
-    best = float("inf")
+def best_times(paths, repeat):
+    """Best CPU time of each path over repeat rounds; the paths take turns within each round, so
+    that a busy phase of a shared machine slows all of them rather than one."""
+    best = {name: float("inf") for name in paths}
     for _ in range(repeat):
-        t0 = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - t0)
+        for name, fn in paths.items():
+            t0 = time.thread_time()
+            fn()
+            best[name] = min(best[name], time.thread_time() - t0)
     return best
 
 
@@ -87,13 +90,14 @@ def main(argv=None):
     simd = c_reducer.Summary(ffi).reduce(lib.ms_reduce_simd, records).arrays()
     scalar = c_reducer.Summary(ffi).reduce(lib.ms_reduce_scalar, records).arrays()
     ref = numpy_summary(records)
-    for field in ("count", "bytes", "bucket_count", "live_bytes", "id_bytes", "id_live_bytes"):
+    for field in ("count", "bytes", "bucket_count", "live_bytes", "live_count", "id_count", "id_bytes",
+                  "id_live_bytes"):
         assert simd[field].tobytes() == scalar[field].tobytes(), field
         np.testing.assert_array_equal(simd[field], ref[field])
 
     # The summary allocation (3 x 256 KiB per-id arrays) is inside the C timings; it is small
     # against 1M records and keeps every run starting from a zeroed summary like numpy's.
-    rates = {name: args.records / best_time(fn, args.repeat) for name, fn in paths.items()}
+    rates = {name: args.records / t for name, t in best_times(paths, args.repeat).items()}
     simd_note = "vector path: " + (platform.machine() if lib.ms_reduce_simd_available() else "none, scalar fallback")
     print(f"reducer throughput, {args.records:,} records, best of {args.repeat} ({simd_note}; {cpu_model()})")
     for name, rate in rates.items():

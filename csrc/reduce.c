@@ -401,9 +401,15 @@ static void pad_tail(const ms_record_t *tail, size_t n, ms_record_t *group, size
 #if defined(MS_REDUCE_HAVE_AVX2)
 
 /* size -> double rounded once, and the bucket, for any uint64 size (the slow, general case). */
-__attribute__((target("avx2"))) static void size_general_avx2(__m256i size, __m256d *size_d,
-                                                               __m256i *bucket)
+typedef struct {
+    __m256d size_d;
+    __m256i bucket;
+} avx2_sizes_t;
+
+/* Rare: not inlined, and returning by value, so that the common path keeps its registers. */
+__attribute__((target("avx2"), noinline)) static avx2_sizes_t size_general_avx2(__m256i size)
 {
+    avx2_sizes_t out;
     const __m256i low32 = _mm256_set1_epi64x(0xFFFFFFFFLL);
     const __m256i exp52 = _mm256_set1_epi64x(0x4330000000000000LL); /* bits of 2^52 */
     const __m256i exp84 = _mm256_set1_epi64x(0x4530000000000000LL); /* bits of 2^84 */
@@ -413,7 +419,7 @@ __attribute__((target("avx2"))) static void size_general_avx2(__m256i size, __m2
      * hi*2^32 + lo once to nearest, as the C conversion does. */
     __m256d lo_d = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(size, low32), exp52));
     __m256d hi_d = _mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(size, 32), exp84));
-    *size_d = _mm256_add_pd(
+    out.size_d = _mm256_add_pd(
         _mm256_sub_pd(hi_d, _mm256_set1_pd(19342813118337666422669312.0 /* 2^84 + 2^52 */)), lo_d);
     /* bucket = 0 for size <= 1, else floor(log2(size - 1)) + 1, from the exponent of each 32-bit
      * half of size - 1 converted exactly to double. */
@@ -431,7 +437,8 @@ __attribute__((target("avx2"))) static void size_general_avx2(__m256i size, __m2
                                    _mm256_sub_epi64(lo_exp, _mm256_set1_epi64x(1022)),
                                    _mm256_cmpeq_epi64(hi, zero));
     __m256i tiny = _mm256_cmpeq_epi64(_mm256_srli_epi64(size, 1), zero); /* size <= 1 */
-    *bucket = _mm256_andnot_si256(tiny, b);
+    out.bucket = _mm256_andnot_si256(tiny, b);
+    return out;
 }
 
 /* Four records (one per 64-bit lane) reduced into the block's tables. Inlined into the block
@@ -477,7 +484,9 @@ __attribute__((target("avx2"), always_inline)) static inline void quad_avx2(
             52);
         bucket = _mm256_max_epi32(_mm256_sub_epi64(x_exp, _mm256_set1_epi64x(1022)), zero);
     } else {
-        size_general_avx2(size, &size_d, &bucket);
+        avx2_sizes_t general = size_general_avx2(size);
+        size_d = general.size_d;
+        bucket = general.bucket;
     }
     __m256d weighted_bytes = _mm256_mul_pd(weight, size_d);
 
