@@ -158,8 +158,10 @@ void ms_track_allocation(uint64_t address, uint64_t size, uint32_t type_id);
 void ms_track_deallocation(uint64_t address);
 
 /* --- reduce.c --- */
-/* The two reducer paths behind ms_reduce; same semantics, bit-identical summaries.
- * ms_reduce_simd falls back to the scalar path when the CPU has no vector path. */
+/* The two reducer paths behind ms_reduce; same semantics, bit-identical summaries (each
+ * block of 8192 records is summed in integer fixed point, see reduce.c; counts in units of
+ * 2^-24, bytes of 2^-10). ms_reduce_simd falls back to the scalar path when the CPU has no
+ * vector path. */
 void ms_reduce_scalar(const ms_record_t *records, size_t n, ms_summary_t *summary);
 void ms_reduce_simd(const ms_record_t *records, size_t n, ms_summary_t *summary);
 /* 1 when this CPU has the vector path (AVX2 on x86-64, NEON on AArch64). */

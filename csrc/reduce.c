@@ -19,41 +19,44 @@
  * cumulative summary: one addition per accumulator per block, the same in every path. The public
  * Summary stays double and its layout is unchanged.
  *
- * Bounds (why nothing overflows): the integer path takes a record only when |w| <= 2^26 and
- * |w * size| <= 2^40 bytes, so |c|, |b| <= 2^50, and a block sum of at most 4096 of them stays
- * within 2^62 < 2^63. Quantization: a record's count is exact for every float weight >= 0.5
- * (all real Horvitz-Thompson weights are >= 1) and off by at most 2^-25 otherwise; its bytes are
- * off by at most 2^-11 byte (exact when w * size is an integer below 2^53). The conversion of a
- * block sum to double rounds once (relative 2^-53), like any double addition.
+ * Bounds (why nothing overflows): the integer route takes a record only when |w| <= 2^25 and
+ * |w * size| <= 2^39 bytes, so |c|, |b| <= 2^49, and a block sum of at most 8192 of them stays
+ * within 2^62 < 2^63 in any order of addition. Quantization: a record's count is exact for every
+ * float weight >= 0.5 (real Horvitz-Thompson weights are >= 1) and off by at most 2^-25
+ * otherwise; its bytes are off by at most 2^-11 byte (none when w * size is an integer). The
+ * conversion of a block sum to double rounds once (relative 2^-53), like any double addition.
  *
- * Records outside those bounds (NaN or infinite weight, |w| > 2^26 i.e. sampling rates below
- * 1.5e-8, or w * size beyond 1 TiB, which only corrupt records reach) are not quantized and
- * never converted to integers (that conversion would be undefined behaviour in C): they go the
- * double route, each contribution added straight into the summary, in record order, during the
- * block, in every path. So a NaN weight still shows as NaN, as before. Per accumulator the
- * sequence of double additions is thus: this block's out-of-bounds records in record order, then
- * the block's integer sum; identical in every path and reproduced by report.numpy_summary.
+ * Records outside those bounds (NaN or infinite weight; |w| > 2^25, i.e. a sampling rate below
+ * 3e-8; or w * size beyond 512 GiB, which only corrupt records reach) are not quantized and
+ * never converted to integers (that conversion would be undefined behaviour in C): they take the
+ * double route, each contribution added straight into the summary as a double, in record order,
+ * before the block's sums. So a NaN weight still shows as NaN. Per accumulator, the double
+ * additions are thus: the block's out-of-bounds records in record order, then the block's
+ * nonzero integer sum; the same in every path, and what report.numpy_summary reproduces.
  *
- * What is vectorized (AVX2): the decode of four records at a time (field extraction from the
- * 32-byte rows, event/class/domain masks, clamping, the log2 bucket, uint64 -> double, w * size,
- * the bounds check and the rounding to integers: x + 1.5 * 2^52 rounds to nearest even and leaves
- * the integer in the low mantissa bits, AVX2 having no double -> int64 conversion); the live
- * estimate per domain in lane-wise registers; and the sparse tables as 128- and 256-bit integer
- * read-modify-writes: one (count, bytes) pair per record into a table per domain x class x
- * bucket (the 12 dense cells and the 4 x 65 buckets are both sums of it, taken at the end of the
- * block), and one (count, bytes, live bytes) row per record into a per-id scratch table. The
- * scalar loop does eight separate read-modify-writes per record instead, whose
- * store-to-load chains on the hot cells bound it. AVX2 has no scatter, so the read-modify-writes
- * stay one per record; since integer sums need no order, no per-cell ordering work is needed.
- * NEON (AArch64): the same scheme; the decode and rounding are vectorized two records at a time,
- * the table updates are scalar (NEON has no scatter either, and the 128-bit registers hold one
- * pair, not a row).
+ * What is vectorized (AVX2), four records at a time: the decode (field extraction from the
+ * 32-byte rows, event/class/domain masks, site clamping, the log2 bucket, uint64 -> double,
+ * w * size, the bounds check) and the rounding to integers (x + 1.5 * 2^k rounds to a multiple
+ * of the unit and leaves the integer in the mantissa bits: AVX2 has no double -> int64
+ * conversion). Then two integer read-modify-writes per record, 128 and 256 bits wide: a
+ * (count, bytes) pair into a "fine" table per domain x class x NOLIVE x bucket (frees in four
+ * more cells, one per domain) whose cells sum, at the end of the block, to the 12 dense cells,
+ * the 4 x 65 buckets and the live estimate per domain; and a (count, bytes, live bytes) row into
+ * the per-id scratch. The scalar twin makes eight separate read-modify-writes per record, one
+ * per accumulator. AVX2 has no scatter, so the table updates stay one store per record; since
+ * integer sums need no order, the vector path needs no per-cell ordering work either. Records
+ * outside the bounds are rare: a pass at the end of a block adds them, only when there are any.
+ * NEON (AArch64): the same scheme; the decode and the rounding (FCVTNS, nearest even) are
+ * vectorized two records at a time, the table updates are scalar (NEON has no scatter either,
+ * and its 128-bit registers hold one pair, not a row).
  *
  * Per-id scratch: the per-block integer sums per site id need MS_MAX_IDS rows of 32 bytes
  * (1 MiB), too much for a thread stack; each thread that reduces gets one, allocated on first use
- * and freed when the thread exits. It is kept all zero between calls (the end-of-block pass
- * zeroes every row it adds into the summary). If it cannot be allocated, every path reduces the
- * batch in blocks of one record instead, which needs no scratch: still identical across paths.
+ * and freed when the thread exits (a pthread key destructor). It stays zero between calls: the
+ * end-of-block pass adds every row the block touched into the summary and zeroes it, scanning
+ * either the rows between the lowest and highest site seen or the block's records, whichever is
+ * shorter. If the scratch cannot be allocated, every path reduces the batch in blocks of one
+ * record, which needs no scratch: still identical across paths (though not to numpy_summary).
  *
  * Robustness: records may come from a corrupt dump. A site id >= MS_MAX_IDS is folded into the
  * "<overflow>" id of its domain; size class 3 (unused) counts as large; event kind 3 (unused)
