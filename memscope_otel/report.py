@@ -93,36 +93,44 @@ BLOCK_RECORDS = 8192
 _SPLIT = 25  # contributions (|x| <= 2^49) split in two halves whose block sums float64 holds exactly
 
 
-def _exact_block_sums(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct keys, exact int64 sum of values per key), for int64 values of at most 2^49 in
-    magnitude and at most BLOCK_RECORDS (2^13) values per key."""
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    # bincount adds in float64: each half's sums stay below 2^38, so every partial sum is exact
-    lo = np.bincount(inverse, weights=(values & ((1 << _SPLIT) - 1)).astype(np.float64), minlength=len(uniq))
-    hi = np.bincount(inverse, weights=(values >> _SPLIT).astype(np.float64), minlength=len(uniq))
-    return uniq, (hi.astype(np.int64) << _SPLIT) + lo.astype(np.int64)
+class _KeySpace:
+    """The (block, accumulator index) pairs of a batch for one accumulator array, numbered."""
+
+    def __init__(self, n: int, index: np.ndarray, length: int):
+        self.length = length
+        keys = (np.arange(n, dtype=np.int64) // BLOCK_RECORDS) * length + index
+        blocks = -(-n // BLOCK_RECORDS)
+        if blocks * length <= 4 * n + 4096:  # small tables: every pair numbered, no sort
+            self.keys, self.inverse = np.arange(blocks * length, dtype=np.int64), keys
+        else:
+            self.keys, self.inverse = np.unique(keys, return_inverse=True)
+            self.inverse = self.inverse.reshape(-1)
+
+    def exact_sums(self, values: np.ndarray) -> np.ndarray:
+        """Exact int64 sum of values per pair, for int64 values of at most 2^49 in magnitude and
+        at most BLOCK_RECORDS (2^13) values per pair."""
+        size = len(self.keys)
+        # bincount adds in float64: each half's sums stay below 2^38, so every partial sum is exact
+        lo = np.bincount(self.inverse, weights=(values & ((1 << _SPLIT) - 1)).astype(np.float64), minlength=size)
+        hi = np.bincount(self.inverse, weights=(values >> _SPLIT).astype(np.float64), minlength=size)
+        return (hi.astype(np.int64) << _SPLIT) + lo.astype(np.int64)
 
 
-def _accumulate(n: int, length: int, index: np.ndarray, fixed: np.ndarray, unit: float,
+def _accumulate(space: _KeySpace, index: np.ndarray, takes: np.ndarray, fixed: np.ndarray, unit: float,
                 outside: np.ndarray, exact_values: np.ndarray) -> np.ndarray:
     """One accumulator array of the summary, as ms_reduce builds it from a zeroed summary.
 
-    index: the accumulator each record adds to (-1: none); fixed: its integer contribution (used
-    where outside is False); exact_values: its double contribution (used where outside is True).
-    The double additions happen in C's order: within each block, the out-of-bounds records in
-    record order, then each nonzero block sum; np.bincount performs them as that left fold."""
-    position = np.arange(n, dtype=np.int64)
-    takes = index >= 0
-    inside = takes & ~outside
-    block = position[inside] // BLOCK_RECORDS
-    keys, sums = _exact_block_sums(block * length + index[inside], fixed[inside])
+    Records where takes is True add to index: their integer contribution fixed, or where outside
+    is True their double contribution exact_values. The double additions happen in C's order:
+    within each block, the out-of-bounds records in record order, then each nonzero block sum;
+    np.bincount performs them as that left fold."""
+    n, length = len(index), space.length
+    sums = space.exact_sums(np.where(takes & ~outside, fixed, 0))
     nonzero = sums != 0
-    keys, sums = keys[nonzero], sums[nonzero]
-    flush_block = keys // length
-    flush_at = np.minimum((flush_block + 1) * BLOCK_RECORDS, n) - 1
-    out = takes & outside
-    order_key = np.concatenate([2 * position[out], 2 * flush_at + 1])
+    keys, sums = space.keys[nonzero], sums[nonzero]
+    flush_at = np.minimum((keys // length + 1) * BLOCK_RECORDS, n) - 1
+    out = np.flatnonzero(takes & outside)
+    order_key = np.concatenate([2 * out, 2 * flush_at + 1])
     targets = np.concatenate([index[out], keys % length])
     values = np.concatenate([exact_values[out], sums.astype(np.float64) * unit])
     order = np.argsort(order_key, kind="stable")
@@ -153,23 +161,23 @@ def numpy_summary(records: np.ndarray) -> dict:
     with np.errstate(invalid="ignore"):
         signed_weight = np.where(fr, -r.weight, r.weight)
         signed_wbytes = np.where(fr, -r.weighted_bytes, r.weighted_bytes)
-
-    def acc(length, index, mask, fixed, unit, exact):
-        return _accumulate(n, length, np.where(mask, index, -1), fixed, unit, outside, exact)
+    cu, bu = 1 / COUNT_SCALE, 1 / BYTES_SCALE
 
     cell = r.domain * 3 + r.size_class
     bucket = r.domain * BUCKETS + r.bucket
+    cells, buckets = _KeySpace(n, cell, 12), _KeySpace(n, bucket, 4 * BUCKETS)
+    domains, sites = _KeySpace(n, r.domain, 4), _KeySpace(n, r.site, MAX_IDS)
     return {
-        "count": acc(12, cell, a, count, 1 / COUNT_SCALE, r.weight).reshape(4, 3),
-        "bytes": acc(12, cell, a, nbytes, 1 / BYTES_SCALE, r.weighted_bytes).reshape(4, 3),
-        "bucket_count": acc(4 * BUCKETS, bucket, a, count, 1 / COUNT_SCALE, r.weight).reshape(4, BUCKETS),
-        "live_bytes": acc(4, r.domain, live, sign * nbytes, 1 / BYTES_SCALE, signed_wbytes),
-        "live_count": acc(4, r.domain, live, sign * count, 1 / COUNT_SCALE, signed_weight),
+        "count": _accumulate(cells, cell, a, count, cu, outside, r.weight).reshape(4, 3),
+        "bytes": _accumulate(cells, cell, a, nbytes, bu, outside, r.weighted_bytes).reshape(4, 3),
+        "bucket_count": _accumulate(buckets, bucket, a, count, cu, outside, r.weight).reshape(4, BUCKETS),
+        "live_bytes": _accumulate(domains, r.domain, live, sign * nbytes, bu, outside, signed_wbytes),
+        "live_count": _accumulate(domains, r.domain, live, sign * count, cu, outside, signed_weight),
         "records": int(n),
         "free_records": int(fr.sum()),
-        "id_count": acc(MAX_IDS, r.site, a, count, 1 / COUNT_SCALE, r.weight),
-        "id_bytes": acc(MAX_IDS, r.site, a, nbytes, 1 / BYTES_SCALE, r.weighted_bytes),
-        "id_live_bytes": acc(MAX_IDS, r.site, live, sign * nbytes, 1 / BYTES_SCALE, signed_wbytes),
+        "id_count": _accumulate(sites, r.site, a, count, cu, outside, r.weight),
+        "id_bytes": _accumulate(sites, r.site, a, nbytes, bu, outside, r.weighted_bytes),
+        "id_live_bytes": _accumulate(sites, r.site, live, sign * nbytes, bu, outside, signed_wbytes),
     }
 
 
