@@ -54,8 +54,8 @@
  * (1 MiB), too much for a thread stack; each thread that reduces gets one, allocated on first use
  * and freed when the thread exits (a pthread key destructor). It stays zero between calls: the
  * end-of-block pass adds every row the block touched into the summary and zeroes it, scanning
- * either the rows between the lowest and highest site seen or the block's records, whichever is
- * shorter. If the scratch cannot be allocated, every path reduces the batch in blocks of one
+ * either the rows from the lowest (the vector paths take 0) to the highest site seen, or the
+ * block's records, whichever is shorter. If the scratch cannot be allocated, every path reduces the batch in blocks of one
  * record, which needs no scratch: still identical across paths (though not to numpy_summary).
  *
  * Robustness: records may come from a corrupt dump. A site id >= MS_MAX_IDS is folded into the
@@ -447,7 +447,7 @@ __attribute__((target("avx2"), noinline)) static avx2_sizes_t size_general_avx2(
 /* Four records (one per 64-bit lane) reduced into the block's tables. Inlined into the block
  * loop, so that its constants and the site range stay in registers. */
 __attribute__((target("avx2"), always_inline)) static inline void quad_avx2(
-    const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, __m256i *site_lo, __m256i *site_hi,
+    const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, __m256i *site_hi,
     __m256i *all_inside, __m256i *free_lanes)
 {
     /* Each record is one 256-bit row of four qwords: address, size, delta|site<<32,
@@ -576,7 +576,6 @@ __attribute__((target("avx2"), always_inline)) static inline void quad_avx2(
     FINE_ADD(3, _mm256_extracti128_si256(fine13, 1));
 #undef FINE_ADD
     if (ids) {
-        *site_lo = _mm256_min_epu32(*site_lo, site);
         *site_hi = _mm256_max_epu32(*site_hi, site);
         char *id_base = (char *)ids;
         __m256i ab02 = _mm256_unpacklo_epi64(alloc_count, alloc_bytes);
@@ -605,8 +604,7 @@ __attribute__((target("avx2"))) static void reduce_block_avx2(const ms_record_t 
 {
     _Alignas(32) int64_t fine[FINE_CELLS][2];
     memset(fine, 0, sizeof fine);
-    /* lane-wise range of the per-id rows touched (sites are below 2^15: the low dword) */
-    __m256i site_lo = _mm256_set1_epi32(-1), site_hi = _mm256_setzero_si256();
+    __m256i site_hi = _mm256_setzero_si256(); /* lane-wise highest site (the low dword) */
     __m256i all_inside = _mm256_set1_epi64x(-1), free_lanes = _mm256_setzero_si256();
     size_t vec = n & ~(size_t)3;
     for (size_t i = 0; i < vec; i += 4) {
@@ -614,12 +612,12 @@ __attribute__((target("avx2"))) static void reduce_block_avx2(const ms_record_t 
         uintptr_t ahead = (uintptr_t)(const void *)(records + i) + PREFETCH_RECORDS * sizeof *records;
         _mm_prefetch((const char *)ahead, _MM_HINT_T0);
         _mm_prefetch((const char *)ahead + 64, _MM_HINT_T0);
-        quad_avx2(records + i, fine, ids, &site_lo, &site_hi, &all_inside, &free_lanes);
+        quad_avx2(records + i, fine, ids, &site_hi, &all_inside, &free_lanes);
     }
     if (vec < n) {
         ms_record_t group[4];
         pad_tail(records + vec, n - vec, group, 4);
-        quad_avx2(group, fine, ids, &site_lo, &site_hi, &all_inside, &free_lanes);
+        quad_avx2(group, fine, ids, &site_hi, &all_inside, &free_lanes);
     }
     /* records outside the bounds take the double route, in record order, before the block
      * sums are added: the same additions in the same order as the scalar loop makes */
@@ -637,14 +635,12 @@ __attribute__((target("avx2"))) static void reduce_block_avx2(const ms_record_t 
     dense_from_fine((const int64_t(*)[2])fine, &p);
     flush_dense(&p, s);
     if (ids) {
-        uint32_t lo_lanes[8], hi_lanes[8], lo = UINT32_MAX, hi = 0;
-        _mm256_storeu_si256((__m256i *)(void *)lo_lanes, site_lo);
+        /* rows 0..hi: sites are handed out from 0 up, so the lowest is not worth tracking */
+        uint32_t hi_lanes[8], hi = 0;
         _mm256_storeu_si256((__m256i *)(void *)hi_lanes, site_hi);
-        for (int j = 0; j < 8; j += 2) {
-            lo = lo_lanes[j] < lo ? lo_lanes[j] : lo;
+        for (int j = 0; j < 8; j += 2)
             hi = hi_lanes[j] > hi ? hi_lanes[j] : hi;
-        }
-        flush_ids(records, n, s, ids, MS_MAX_IDS - 1, lo, hi);
+        flush_ids(records, n, s, ids, MS_MAX_IDS - 1, 0, hi);
     }
     s->free_records += frees;
 }
