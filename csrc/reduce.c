@@ -54,7 +54,7 @@
  * (1 MiB), too much for a thread stack; each thread that reduces gets one, allocated on first use
  * and freed when the thread exits (a pthread key destructor). It stays zero between calls: the
  * end-of-block pass adds every row the block touched into the summary and zeroes it, scanning
- * either the rows from the lowest (the vector paths take 0) to the highest site seen, or the
+ * either the rows from 0 to the highest site seen (sites are handed out from 0 up), or the
  * block's records, whichever is shorter. If the scratch cannot be allocated, every path reduces the batch in blocks of one
  * record, which needs no scratch: still identical across paths (though not to numpy_summary).
  *
@@ -168,17 +168,16 @@ static inline void flush_row(id_sums_t *row, uint32_t site, ms_summary_t *s)
     row->count = row->bytes = row->live_bytes = 0;
 }
 
-/* Adds the per-id sums of a block into the summary and zeroes them. The rows a block touched
- * lie between sites lo and hi and belong to its records: scan whichever is shorter, the rows
- * lo..hi or the records. The order of the rows does not matter (each row feeds only its own
- * accumulators, once). id_mask is MS_MAX_IDS - 1, or 0 for a one-row table (blocks of one). */
+/* Adds the per-id sums of a block of n records into the summary and zeroes them. The rows the
+ * block touched lie in 0..hi and belong to its records: scan whichever is shorter, the rows or
+ * the records. The order of the rows does not matter (each row feeds only its own accumulators,
+ * once). id_mask is MS_MAX_IDS - 1, or 0 for a one-row table with a block of one record: then the
+ * row scan (hi < 1) covers exactly that record's site 0. */
 static void flush_ids(const ms_record_t *records, size_t n, ms_summary_t *s, id_sums_t *ids,
-                      uint32_t id_mask, uint32_t lo, uint32_t hi)
+                      uint32_t id_mask, uint32_t hi)
 {
-    if (lo > hi)
-        return;
-    if ((size_t)(hi - lo) < n) {
-        for (uint32_t site = lo; site <= hi; site++)
+    if ((size_t)hi < n) {
+        for (uint32_t site = 0; site <= hi; site++)
             flush_row(&ids[site & id_mask], site, s);
     } else {
         for (size_t i = 0; i < n; i++) {
@@ -278,7 +277,7 @@ static void reduce_block_scalar(const ms_record_t *records, size_t n, ms_summary
     dense_sums_t p;
     memset(&p, 0, sizeof p);
     uint64_t frees = 0;
-    uint32_t lo = UINT32_MAX, hi = 0; /* range of the per-id rows touched */
+    uint32_t hi = 0; /* highest per-id row touched (rows from 0: sites are handed out from 0 up) */
     for (size_t i = 0; i < n; i++) {
         const ms_record_t *r = &records[i];
         unsigned flags = r->flags;
@@ -297,7 +296,6 @@ static void reduce_block_scalar(const ms_record_t *records, size_t n, ms_summary
         id_sums_t *row = NULL;
         if (ids) {
             uint32_t site = clamped_site(r);
-            lo = site < lo ? site : lo;
             hi = site > hi ? site : hi;
             row = &ids[site & id_mask];
         }
@@ -323,7 +321,7 @@ static void reduce_block_scalar(const ms_record_t *records, size_t n, ms_summary
     }
     flush_dense(&p, s);
     if (ids)
-        flush_ids(records, n, s, ids, id_mask, lo, hi);
+        flush_ids(records, n, s, ids, id_mask, hi);
     s->free_records += frees;
 }
 
@@ -640,7 +638,7 @@ __attribute__((target("avx2"))) static void reduce_block_avx2(const ms_record_t 
         _mm256_storeu_si256((__m256i *)(void *)hi_lanes, site_hi);
         for (int j = 0; j < 8; j += 2)
             hi = hi_lanes[j] > hi ? hi_lanes[j] : hi;
-        flush_ids(records, n, s, ids, MS_MAX_IDS - 1, 0, hi);
+        flush_ids(records, n, s, ids, MS_MAX_IDS - 1, hi);
     }
     s->free_records += frees;
 }
@@ -650,8 +648,8 @@ __attribute__((target("avx2"))) static void reduce_block_avx2(const ms_record_t 
 #if defined(MS_REDUCE_HAVE_NEON)
 
 /* Two records decoded with NEON, then added into the block's tables with scalar adds. */
-static void pair_neon(const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, uint32_t *site_lo,
-                      uint32_t *site_hi, ms_summary_t *s, uint64_t *frees)
+static void pair_neon(const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, uint32_t *site_hi,
+                      ms_summary_t *s, uint64_t *frees)
 {
     /* vld4q_u64 de-interleaves the four qwords of two records: val[1] sizes, val[2] delta|site,
      * val[3] weight|flags|thread. */
@@ -731,7 +729,6 @@ static void pair_neon(const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, 
         fine[fc[j]][0] += sc[j];
         fine[fc[j]][1] += sb[j];
         if (ids) {
-            *site_lo = st[j] < *site_lo ? st[j] : *site_lo;
             *site_hi = st[j] > *site_hi ? st[j] : *site_hi;
             ids[st[j]].count += ac[j];
             ids[st[j]].bytes += ab[j];
@@ -744,21 +741,21 @@ static void reduce_block_neon(const ms_record_t *records, size_t n, ms_summary_t
 {
     int64_t fine[FINE_CELLS][2];
     memset(fine, 0, sizeof fine);
-    uint32_t lo = UINT32_MAX, hi = 0;
+    uint32_t hi = 0;
     uint64_t frees = 0;
     size_t vec = n & ~(size_t)1;
     for (size_t i = 0; i < vec; i += 2)
-        pair_neon(records + i, fine, ids, &lo, &hi, s, &frees);
+        pair_neon(records + i, fine, ids, &hi, s, &frees);
     if (vec < n) {
         ms_record_t group[2];
         pad_tail(records + vec, n - vec, group, 2);
-        pair_neon(group, fine, ids, &lo, &hi, s, &frees);
+        pair_neon(group, fine, ids, &hi, s, &frees);
     }
     dense_sums_t p;
     dense_from_fine((const int64_t(*)[2])fine, &p);
     flush_dense(&p, s);
     if (ids)
-        flush_ids(records, n, s, ids, MS_MAX_IDS - 1, lo, hi);
+        flush_ids(records, n, s, ids, MS_MAX_IDS - 1, hi);
     s->free_records += frees;
 }
 
