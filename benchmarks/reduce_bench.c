@@ -2,7 +2,7 @@
  * reduce_bench.c: the reducer paths timed from C alone (no Python, no numpy), for machines where
  * the Python benchmark cannot run, and to time the paths alternately in one process.
  *
- *   gcc -std=c11 -O2 -D_GNU_SOURCE -Icsrc benchmarks/reduce_bench.c csrc/reduce.c -o reduce_bench
+ *   gcc -std=c11 -O2 -D_GNU_SOURCE -Icsrc benchmarks/reduce_bench.c csrc/reduce.c -lm -pthread -o reduce_bench
  *   ./reduce_bench [records] [rounds]
  *
  * Records mimic a drained batch at default settings (see reduce_throughput.py): 60% small /

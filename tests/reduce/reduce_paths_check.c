@@ -2,7 +2,7 @@
  * reduce_paths_check.c: the vector and scalar reducer paths agree bit for bit, checked from C so
  * that it also runs where Python does not (an AArch64 build under qemu-user tests the NEON path).
  *
- *   cc -std=c11 -O2 -D_GNU_SOURCE -Icsrc tests/reduce/reduce_paths_check.c csrc/reduce.c -o check
+ *   cc -std=c11 -O2 -D_GNU_SOURCE -Icsrc tests/reduce/reduce_paths_check.c csrc/reduce.c -lm -pthread -o check
  *   ./check        prints "ok <batches> <records> simd=<0|1>" and exits 0, or names the mismatch
  */
 #include "memscope.h"

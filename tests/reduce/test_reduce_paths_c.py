@@ -14,7 +14,7 @@ FLAGS = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", f"-I{ROOT /
 
 def build_and_run(compiler, extra, tmp_path, runner=()):
     exe = tmp_path / "check"
-    subprocess.run([compiler, *FLAGS, *extra, *SOURCES, "-lm", "-o", str(exe)], check=True,
+    subprocess.run([compiler, *FLAGS, *extra, *SOURCES, "-lm", "-pthread", "-o", str(exe)], check=True,
                    capture_output=True, text=True)
     proc = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
