@@ -55,8 +55,9 @@
  * and freed when the thread exits (a pthread key destructor). It stays zero between calls: the
  * end-of-block pass adds every row the block touched into the summary and zeroes it, scanning
  * either the rows from 0 to the highest site seen (sites are handed out from 0 up), or the
- * block's records, whichever is shorter. If the scratch cannot be allocated, every path reduces the batch in blocks of one
- * record, which needs no scratch: still identical across paths (though not to numpy_summary).
+ * block's records, whichever is shorter. If the scratch cannot be allocated, every path reduces
+ * the batch in blocks of one record, which needs no scratch: still identical across paths
+ * (though not to numpy_summary).
  *
  * Robustness: records may come from a corrupt dump. A site id >= MS_MAX_IDS is folded into the
  * "<overflow>" id of its domain; size class 3 (unused) counts as large; event kind 3 (unused)
