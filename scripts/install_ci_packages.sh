@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests need: a real Prometheus server and headless Chromium.
+# Debian packages the integration tests need: a real Prometheus server, headless Chromium, and an
+# AArch64 cross compiler with qemu-user to run the NEON reducer against its scalar twin.
 # Idempotent; nothing is left running (the package's service is not started in a container).
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
