@@ -72,3 +72,34 @@ def prometheus(otlp_receiver):
         unavailable(str(exc))
     yield server
     server.stop()
+
+
+# Two processes per OTLP protocol, all four running at once, each with its own service.instance.id.
+MEMSCOPE_RUNS = {
+    "grpc": ("memscope-e2e-grpc", ["grpc-worker-1", "grpc-worker-2"]),
+    "http/protobuf": ("memscope-e2e-http", ["http-worker-1", "http-worker-2"]),
+}
+WORKLOAD_SECONDS = "1.5"
+
+
+@pytest.fixture(scope="session")
+def memscope_runs(otlp_receiver, prometheus):
+    """Run alloc_app.py under opentelemetry-instrument (memscope instrumentor, OTLP export).
+
+    Returns ``{protocol: (service, [(instance, CompletedProcess), ...])}``.
+    """
+    require_memscope_core()
+    from . import instrumented
+
+    started = {}
+    for protocol, (service, instances) in MEMSCOPE_RUNS.items():
+        endpoint = (otlp_receiver.grpc_endpoint if protocol == "grpc"
+                    else otlp_receiver.http_endpoint)
+        started[protocol] = (service, [
+            (instance, instrumented.start(
+                instrumented.APPS / "alloc_app.py",
+                instrumented.otlp_env(endpoint, protocol, service, instance),
+                WORKLOAD_SECONDS))
+            for instance in instances])
+    return {protocol: (service, [(instance, instrumented.finish(p)) for instance, p in procs])
+            for protocol, (service, procs) in started.items()}
