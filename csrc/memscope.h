@@ -134,8 +134,9 @@ int ms_is_active(void);
 /* Atomic rate change, seen by every thread within one frequency interval of its own. */
 void ms_set_rates(double medium_rate, double small_rate);
 void ms_get_rates(double *medium_rate, double *small_rate);
-/* Marks the calling thread as the tracker's own (1) or not (0): its allocations are not counted. */
-void ms_set_thread_ignored(int ignored);
+/* Marks the calling thread as the tracker's own (1) or not (0): its allocations are not counted.
+ * Returns the previous setting. */
+int ms_set_thread_ignored(int ignored);
 /* Heavy part of the fork-child reset; the Python side calls it from os.register_at_fork. */
 void ms_after_fork_child(void);
 

@@ -1,0 +1,377 @@
+/*
+ * buffers.c: per-thread state, the single-producer/single-consumer rings of records, the
+ * registry of threads, and the drainer's side of both.
+ *
+ * Each thread writes only its own state (counters, countdowns, ring head); the drainer reads
+ * counters with relaxed loads and moves records out of rings under the registry lock. Threads
+ * that exited are drained, folded into the retired totals and freed by the drainer, never by
+ * themselves (their TLS destructor only marks them dead).
+ */
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "internal.h"
+
+__thread struct ms_tls ms_tls __attribute__((tls_model("initial-exec")));
+
+static pthread_mutex_t g_registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static ms_thread_t *g_threads;      /* registered threads, under g_registry_lock */
+static uint64_t g_threads_seen;     /* under g_registry_lock */
+static uint64_t g_next_index;       /* under g_registry_lock */
+
+/* Counters of exited threads, folded in by the drainer (under g_registry_lock). */
+static struct {
+    uint64_t allocations[MS_DOMAINS][MS_CLASSES], bytes[MS_DOMAINS][MS_CLASSES];
+    uint64_t deallocations[MS_DOMAINS], by_size[MS_DOMAINS][MS_BUCKETS];
+    uint64_t samples, dropped, live_untracked, slow_calls, slow_ns;
+} g_retired;
+
+/* The state used, under g_orphan_lock, by threads that have none: after their TLS destructor
+ * ran (late frees at thread exit) or when calloc failed. Never freed. */
+static ms_thread_t g_orphan;
+static ms_spin_t g_orphan_lock;
+
+static _Atomic uint64_t g_ring_capacity = 16384;
+static _Atomic uint64_t g_seed;
+static _Atomic uint64_t g_ring_bytes; /* memory held by rings and thread states */
+
+/* Record time: microseconds on the monotonic clock since g_mono0_us, truncated to 32 bits in
+ * the ring; ms_drain unwraps it against the clock at drain time. */
+static _Atomic uint64_t g_mono0_us;
+static _Atomic uint64_t g_real0_us;
+
+static pthread_key_t g_exit_key;
+static pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
+
+void ms_spin_lock(ms_spin_t *lock)
+{
+    for (unsigned spins = 0; atomic_exchange_explicit(lock, 1, memory_order_acquire); spins++) {
+        if (spins > 64)
+            sched_yield();
+    }
+}
+
+static uint64_t mono_us(void)
+{
+    return ms_now_ns() / 1000u;
+}
+
+uint32_t ms_record_time(void)
+{
+    return (uint32_t)(mono_us() - atomic_load_explicit(&g_mono0_us, memory_order_relaxed));
+}
+
+static void thread_exit(void *arg)
+{
+    ms_thread_t *t = arg;
+    ms_tls.thread = MS_THREAD_DEAD;
+    /* Release: every counter and ring write of this thread happens before the drainer frees it. */
+    atomic_store_explicit(&t->dead, 1, memory_order_release);
+}
+
+static void make_key(void)
+{
+    pthread_key_create(&g_exit_key, thread_exit);
+}
+
+void ms_thread_reset_sampling(ms_thread_t *t)
+{
+    int64_t interval = ms_frequency_interval();
+    /* A random phase for the frequency guarantee, so that periodic programs do not always have
+     * the same allocation in the guaranteed slot. */
+    t->freq_left = interval > 0 ? 1 + (int64_t)(ms_rng_next(&t->rng) % (uint64_t)interval) : INT64_MAX;
+    t->epoch = ms_rate_epoch();
+    ms_draw_countdown(t, MS_CLASS_SMALL);
+    ms_draw_countdown(t, MS_CLASS_MEDIUM);
+}
+
+static ms_thread_t *attach(void)
+{
+    pthread_once(&g_key_once, make_key);
+    ms_thread_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    if (pthread_setspecific(g_exit_key, t) != 0) {
+        free(t);
+        return NULL;
+    }
+    pthread_mutex_lock(&g_registry_lock);
+    t->index = (uint16_t)g_next_index++;
+    g_threads_seen++;
+    t->next = g_threads;
+    g_threads = t;
+    pthread_mutex_unlock(&g_registry_lock);
+    t->rng = atomic_load(&g_seed) ^ (0xD1B54A32D192ED03ull * ((uint64_t)t->index + 1));
+    ms_thread_reset_sampling(t);
+    atomic_fetch_add(&g_ring_bytes, sizeof *t);
+    ms_tls.thread = t;
+    return t;
+}
+
+ms_thread_t *ms_thread_acquire(bool *locked)
+{
+    ms_thread_t *t = ms_tls.thread;
+    if (MS_LIKELY(t != NULL && t != MS_THREAD_DEAD)) {
+        *locked = false;
+        return t;
+    }
+    if (t == NULL && (t = attach()) != NULL) {
+        *locked = false;
+        return t;
+    }
+    ms_spin_lock(&g_orphan_lock);
+    *locked = true;
+    return &g_orphan;
+}
+
+void ms_thread_release(bool locked)
+{
+    if (locked)
+        ms_spin_unlock(&g_orphan_lock);
+}
+
+void ms_ring_push(ms_thread_t *t, const ms_record_t *rec)
+{
+    ms_ring_t *r = atomic_load_explicit(&t->ring, memory_order_relaxed);
+    if (MS_UNLIKELY(r == NULL)) {
+        uint64_t capacity = atomic_load(&g_ring_capacity);
+        r = calloc(1, sizeof *r + capacity * sizeof(ms_record_t));
+        if (!r) {
+            ms_bump(&t->dropped, 1);
+            return;
+        }
+        r->mask = capacity - 1;
+        atomic_fetch_add(&g_ring_bytes, sizeof *r + capacity * sizeof(ms_record_t));
+        atomic_store_explicit(&t->ring, r, memory_order_release);
+    }
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    if (head - tail > r->mask) {
+        ms_bump(&t->dropped, 1); /* never block the application */
+        return;
+    }
+    r->slots[head & r->mask] = *rec;
+    atomic_store_explicit(&r->head, head + 1, memory_order_release);
+    ms_bump(&t->samples, 1);
+}
+
+void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed)
+{
+    uint64_t capacity = 16;
+    while (capacity < ring_capacity)
+        capacity <<= 1;
+    atomic_store(&g_ring_capacity, capacity);
+    if (seed == 0)
+        seed = ms_now_ns() ^ ((uint64_t)(uintptr_t)&seed << 16);
+    atomic_store(&g_seed, seed);
+    if (atomic_load(&g_mono0_us) == 0) {
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        atomic_store(&g_real0_us, (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec);
+        atomic_store(&g_mono0_us, mono_us());
+    }
+    /* Reseed the calling thread (the others own their state), so that a fixed seed gives a
+     * fixed sample for work that starts on this thread after ms_start. */
+    ms_thread_t *self = ms_tls.thread;
+    if (self && self != MS_THREAD_DEAD) {
+        self->rng = seed ^ (0xD1B54A32D192ED03ull * ((uint64_t)self->index + 1));
+        ms_thread_reset_sampling(self);
+    }
+    ms_spin_lock(&g_orphan_lock);
+    g_orphan.index = UINT16_MAX;
+    ms_spin_unlock(&g_orphan_lock);
+}
+
+/* ---- drainer side ---- */
+
+/* Copies up to room records out of r; returns how many. */
+static size_t drain_ring(ms_ring_t *r, ms_record_t *out, size_t room)
+{
+    if (!r || room == 0)
+        return 0;
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    size_t n = head - tail < room ? (size_t)(head - tail) : room;
+    for (size_t i = 0; i < n; i++)
+        out[i] = r->slots[(tail + i) & r->mask];
+    atomic_store_explicit(&r->tail, tail + n, memory_order_release);
+    return n;
+}
+
+static bool ring_empty(ms_ring_t *r)
+{
+    return !r || atomic_load_explicit(&r->head, memory_order_acquire) ==
+                     atomic_load_explicit(&r->tail, memory_order_relaxed);
+}
+
+static void fold_retired(ms_thread_t *t)
+{
+    for (int d = 0; d < MS_DOMAINS; d++) {
+        for (int c = 0; c < MS_CLASSES; c++) {
+            g_retired.allocations[d][c] += ms_peek(&t->allocations[d][c]);
+            g_retired.bytes[d][c] += ms_peek(&t->bytes[d][c]);
+        }
+        g_retired.deallocations[d] += ms_peek(&t->deallocations[d]);
+        for (int b = 0; b < MS_BUCKETS; b++)
+            g_retired.by_size[d][b] += ms_peek(&t->by_size[d][b]);
+    }
+    g_retired.samples += ms_peek(&t->samples);
+    g_retired.dropped += ms_peek(&t->dropped);
+    g_retired.live_untracked += ms_peek(&t->live_untracked);
+    g_retired.slow_calls += ms_peek(&t->slow_calls);
+    g_retired.slow_ns += ms_peek(&t->slow_ns);
+}
+
+static void free_thread(ms_thread_t *t)
+{
+    ms_ring_t *r = atomic_load(&t->ring);
+    if (r) {
+        atomic_fetch_sub(&g_ring_bytes, sizeof *r + (r->mask + 1) * sizeof(ms_record_t));
+        free(r);
+    }
+    atomic_fetch_sub(&g_ring_bytes, sizeof *t);
+    free(t);
+}
+
+size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&g_registry_lock);
+    for (ms_thread_t **link = &g_threads; *link;) {
+        ms_thread_t *t = *link;
+        bool dead = atomic_load_explicit(&t->dead, memory_order_acquire);
+        ms_ring_t *r = atomic_load_explicit(&t->ring, memory_order_acquire);
+        n += drain_ring(r, out + n, capacity - n);
+        if (dead && ring_empty(r)) {
+            fold_retired(t);
+            *link = t->next;
+            free_thread(t);
+        } else {
+            link = &t->next;
+        }
+    }
+    pthread_mutex_unlock(&g_registry_lock);
+    ms_spin_lock(&g_orphan_lock);
+    n += drain_ring(atomic_load(&g_orphan.ring), out + n, capacity - n);
+    ms_spin_unlock(&g_orphan_lock);
+
+    /* Unwrap the 32-bit times: every record was written before now and, with the drainer
+     * running, less than 2^32 us (71 minutes) ago. */
+    uint64_t now = mono_us() - atomic_load(&g_mono0_us);
+    uint64_t earliest = now;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t = now - (uint32_t)((uint32_t)now - out[i].time_delta_us);
+        earliest = t < earliest ? t : earliest;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t t = now - (uint32_t)((uint32_t)now - out[i].time_delta_us);
+        out[i].time_delta_us = (uint32_t)(t - earliest);
+    }
+    if (base_us)
+        *base_us = atomic_load(&g_real0_us) + earliest;
+    return n;
+}
+
+static void add_thread(ms_counters_t *out, ms_thread_t *t)
+{
+    for (int d = 0; d < MS_DOMAINS; d++) {
+        for (int c = 0; c < MS_CLASSES; c++) {
+            out->allocations[d][c] += ms_peek(&t->allocations[d][c]);
+            out->bytes[d][c] += ms_peek(&t->bytes[d][c]);
+        }
+        out->deallocations[d] += ms_peek(&t->deallocations[d]);
+        for (int b = 0; b < MS_BUCKETS; b++)
+            out->by_size[d][b] += ms_peek(&t->by_size[d][b]);
+    }
+    out->samples += ms_peek(&t->samples);
+    out->dropped += ms_peek(&t->dropped);
+    out->live_untracked += ms_peek(&t->live_untracked);
+    out->slow_path_calls += ms_peek(&t->slow_calls);
+    out->slow_path_ns += ms_peek(&t->slow_ns);
+}
+
+void ms_read_counters(ms_counters_t *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&g_registry_lock);
+    for (ms_thread_t *t = g_threads; t; t = t->next) {
+        add_thread(out, t);
+        out->threads_live++;
+    }
+    for (int d = 0; d < MS_DOMAINS; d++) {
+        for (int c = 0; c < MS_CLASSES; c++) {
+            out->allocations[d][c] += g_retired.allocations[d][c];
+            out->bytes[d][c] += g_retired.bytes[d][c];
+        }
+        out->deallocations[d] += g_retired.deallocations[d];
+        for (int b = 0; b < MS_BUCKETS; b++)
+            out->by_size[d][b] += g_retired.by_size[d][b];
+    }
+    out->samples += g_retired.samples;
+    out->dropped += g_retired.dropped;
+    out->live_untracked += g_retired.live_untracked;
+    out->slow_path_calls += g_retired.slow_calls;
+    out->slow_path_ns += g_retired.slow_ns;
+    out->threads_seen = g_threads_seen;
+    pthread_mutex_unlock(&g_registry_lock);
+    /* The orphan state's counters are written under its lock, but relaxed reads are enough for
+     * a monotonic snapshot. */
+    add_thread(out, &g_orphan);
+    out->ids_used = ms_sites_used();
+    out->footprint_bytes = ms_buffers_footprint() + ms_live_footprint();
+}
+
+uint64_t ms_buffers_footprint(void)
+{
+    return atomic_load(&g_ring_bytes);
+}
+
+/* ---- fork ---- */
+
+/* In the child, inside fork(): the other threads are gone, possibly holding locks. */
+void ms_buffers_fork_child_quick(void)
+{
+    pthread_mutex_init(&g_registry_lock, NULL);
+    atomic_store(&g_orphan_lock, 0);
+}
+
+/* The child starts from zero: the parent's threads, counters and records are not inherited.
+ * The parent's thread states are abandoned rather than freed: they are copy-on-write pages the
+ * child never touches, and their list may have been mid-update when fork() ran. */
+void ms_buffers_fork_child(void)
+{
+    pthread_mutex_lock(&g_registry_lock);
+    ms_thread_t *self = ms_tls.thread;
+    g_threads = NULL;
+    g_threads_seen = 0;
+    memset(&g_retired, 0, sizeof g_retired);
+    ms_ring_t *orphan_ring = atomic_load(&g_orphan.ring);
+    memset(&g_orphan, 0, sizeof g_orphan);
+    if (orphan_ring) {
+        atomic_store(&orphan_ring->head, 0);
+        atomic_store(&orphan_ring->tail, 0);
+        atomic_store(&g_orphan.ring, orphan_ring);
+    }
+    uint64_t bytes = orphan_ring ? sizeof *orphan_ring + (orphan_ring->mask + 1) * sizeof(ms_record_t) : 0;
+    if (self && self != MS_THREAD_DEAD) {
+        ms_ring_t *ring = atomic_load(&self->ring);
+        uint16_t index = self->index;
+        memset(self, 0, sizeof *self);
+        self->index = index;
+        self->rng = atomic_load(&g_seed) ^ ms_now_ns();
+        if (ring) {
+            atomic_store(&ring->head, 0);
+            atomic_store(&ring->tail, 0);
+            atomic_store(&self->ring, ring);
+            bytes += sizeof *ring + (ring->mask + 1) * sizeof(ms_record_t);
+        }
+        bytes += sizeof *self;
+        ms_thread_reset_sampling(self);
+        g_threads = self;
+        g_threads_seen = 1;
+    }
+    atomic_store(&g_ring_bytes, bytes);
+    pthread_mutex_unlock(&g_registry_lock);
+}

@@ -1,0 +1,474 @@
+/*
+ * hooks.c: the allocator hooks, the exact counters they keep, and the sampling decision.
+ *
+ * Cost model: every Python allocation and free runs through here, so the unsampled path is a
+ * guard check, a few thread-local counter bumps and one countdown decrement (allocations), or a
+ * counter bump and one filter-byte load (frees). Everything else (site capture, clock reads,
+ * record writes, live-table updates) happens only for sampled events.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- settings read by the hooks (written by ms_start / ms_set_rates) ---- */
+
+static _Atomic int g_active;
+static _Atomic uint64_t g_critical = 8192;
+static _Atomic int64_t g_frequency = 1000;
+static _Atomic double g_rate[2] = {0.001, 0.05}; /* [small, medium] */
+static _Atomic uint64_t g_epoch = 1;
+
+/* Saved allocators, one per domain, and whether our hook is in that domain's chain. The hooks
+ * find the next allocator here rather than through ctx: a thread racing PyMem_SetAllocator on
+ * the RAW domain may call our function with the previous allocator's ctx. */
+static PyMemAllocatorEx g_next[3];
+static int g_installed[3];
+
+int64_t ms_frequency_interval(void)
+{
+    return atomic_load_explicit(&g_frequency, memory_order_relaxed);
+}
+
+uint64_t ms_rate_epoch(void)
+{
+    return atomic_load_explicit(&g_epoch, memory_order_acquire);
+}
+
+/* ---- sampling ---- */
+
+uint64_t ms_rng_next(uint64_t *state)
+{
+    /* splitmix64: tiny state, good enough for geometric draws, no locks, no libc. */
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* A countdown with the geometric distribution of the number of trials up to the first success
+ * at rate p. Memorylessness makes "sample when it reaches zero" the same as an independent coin
+ * per allocation, and lets a countdown be redrawn at any moment when the rate changes. */
+void ms_draw_countdown(ms_thread_t *t, int cls)
+{
+    double p = atomic_load_explicit(&g_rate[cls], memory_order_relaxed);
+    if (p >= 1.0) {
+        t->countdown[cls] = 1;
+        t->weight[cls] = 1.0f;
+    } else if (p <= 0.0) {
+        /* Never sampled: come back now and then only to notice a rate change. */
+        t->countdown[cls] = 1 << 20;
+        t->weight[cls] = 0.0f;
+    } else {
+        double u = ((double)(ms_rng_next(&t->rng) >> 11) + 1.0) * 0x1.0p-53; /* (0, 1] */
+        double n = floor(log(u) / log1p(-p)) + 1.0;
+        t->countdown[cls] = n > 0x1.0p40 ? (int64_t)1 << 40 : (int64_t)n;
+        /* The weight is 1/p as stored (f32): the record carries exactly the weight used. */
+        t->weight[cls] = (float)(1.0 / p);
+    }
+}
+
+static void redraw_if_rates_changed(ms_thread_t *t)
+{
+    uint64_t e = ms_rate_epoch();
+    if (t->epoch != e) {
+        t->epoch = e;
+        ms_draw_countdown(t, MS_CLASS_SMALL);
+        ms_draw_countdown(t, MS_CLASS_MEDIUM);
+    }
+}
+
+static void sample(ms_thread_t *t, int domain, uint64_t address, uint64_t size, int cls, float weight,
+                   int event, unsigned flags, uint32_t site)
+{
+    uint64_t t0 = ms_now_ns();
+    if (site == UINT32_MAX)
+        site = ms_frame_site(domain);
+    ms_live_entry_t e = {address, size, site, weight, (uint32_t)domain, 0};
+    if (!ms_live_insert(&e)) {
+        flags |= MS_FLAG_NOLIVE;
+        ms_bump(&t->live_untracked, 1);
+    }
+    ms_record_t rec = {
+        .address = address,
+        .size = size,
+        .time_delta_us = ms_record_time(),
+        .site = site,
+        .weight = weight,
+        .flags = (uint16_t)(domain | (event << MS_FLAG_EVENT_SHIFT) | (cls << MS_FLAG_CLASS_SHIFT) | flags),
+        .thread = t->index,
+    };
+    ms_ring_push(t, &rec);
+    ms_bump(&t->slow_calls, 1);
+    ms_bump(&t->slow_ns, ms_now_ns() - t0);
+}
+
+/* Counts one successful allocation request and decides whether it is sampled. */
+static inline void on_alloc(ms_thread_t *t, int domain, uint64_t address, uint64_t size, int event,
+                            uint32_t site)
+{
+    uint64_t critical = atomic_load_explicit(&g_critical, memory_order_relaxed);
+    int cls = size >= critical ? MS_CLASS_LARGE : size >= MS_MEDIUM_MIN ? MS_CLASS_MEDIUM : MS_CLASS_SMALL;
+    ms_bump(&t->allocations[domain][cls], 1);
+    ms_bump(&t->bytes[domain][cls], size);
+    ms_bump(&t->by_size[domain][ms_bucket_of(size)], 1);
+
+    bool frequency_slot = --t->freq_left <= 0;
+    if (MS_UNLIKELY(frequency_slot)) {
+        t->freq_left = ms_frequency_interval();
+        if (t->freq_left <= 0)
+            t->freq_left = INT64_MAX;
+        redraw_if_rates_changed(t);
+    }
+    if (cls == MS_CLASS_LARGE) {
+        sample(t, domain, address, size, cls, 1.0f, event, 0, site);
+    } else if (MS_UNLIKELY(frequency_slot)) {
+        /* Inclusion probability 1 for this allocation: weight 1. The class countdown skips it,
+         * so the Bernoulli stream covers exactly the allocations outside frequency slots. */
+        sample(t, domain, address, size, cls, 1.0f, event, MS_FLAG_FREQUENCY, site);
+    } else if (MS_UNLIKELY(--t->countdown[cls] <= 0)) {
+        float w = t->weight[cls];
+        redraw_if_rates_changed(t);
+        ms_draw_countdown(t, cls);
+        if (w > 0.0f)
+            sample(t, domain, address, size, cls, w, event, 0, site);
+    }
+}
+
+/* Emits the free record of a sampled block that has left the live table. */
+static void emit_free(ms_thread_t *t, const ms_live_entry_t *e)
+{
+    uint64_t critical = atomic_load_explicit(&g_critical, memory_order_relaxed);
+    int cls = e->size >= critical ? MS_CLASS_LARGE : e->size >= MS_MEDIUM_MIN ? MS_CLASS_MEDIUM : MS_CLASS_SMALL;
+    ms_record_t rec = {
+        .address = e->address,
+        .size = e->size,
+        .time_delta_us = ms_record_time(),
+        .site = e->site,
+        .weight = e->weight,
+        .flags = (uint16_t)(e->domain | (MS_EVENT_FREE << MS_FLAG_EVENT_SHIFT) | (cls << MS_FLAG_CLASS_SHIFT)),
+        .thread = t->index,
+    };
+    ms_ring_push(t, &rec);
+}
+
+static inline void on_free(ms_thread_t *t, int domain, uint64_t address)
+{
+    ms_bump(&t->deallocations[domain], 1);
+    ms_live_entry_t e;
+    /* Filter first: the table (and its lock) is only touched for likely-sampled addresses.
+     * The free is recorded before the block is handed back: once freed, another thread may
+     * receive the same address. */
+    if (MS_UNLIKELY(ms_live_maybe(address)) && ms_live_remove(address, &e))
+        emit_free(t, &e);
+}
+
+/* ---- the hooks ---- */
+
+static inline bool tracking(void)
+{
+    return ms_tls.guard == 0 && atomic_load_explicit(&g_active, memory_order_relaxed);
+}
+
+/* A free on a thread the tracker ignores (its own threads) is not counted, but a sampled block
+ * must still leave the live table, or its address would later match an unrelated block. */
+static void untracked_free(uint64_t address)
+{
+    if (ms_tls.guard == MS_GUARD_IGNORED && ms_live_maybe(address)) {
+        ms_live_entry_t e;
+        ms_live_remove(address, &e);
+    }
+}
+
+static void *hook_malloc(int domain, size_t size)
+{
+    PyMemAllocatorEx *next = &g_next[domain];
+    if (!tracking())
+        return next->malloc(next->ctx, size);
+    ms_tls.guard = MS_GUARD_HOOK;
+    void *p = next->malloc(next->ctx, size);
+    if (p) {
+        bool locked;
+        ms_thread_t *t = ms_thread_acquire(&locked);
+        on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
+        ms_thread_release(locked);
+    }
+    ms_tls.guard = 0;
+    return p;
+}
+
+static void *hook_calloc(int domain, size_t nelem, size_t elsize)
+{
+    PyMemAllocatorEx *next = &g_next[domain];
+    if (!tracking())
+        return next->calloc(next->ctx, nelem, elsize);
+    ms_tls.guard = MS_GUARD_HOOK;
+    void *p = next->calloc(next->ctx, nelem, elsize);
+    if (p) {
+        size_t size;
+        if (__builtin_mul_overflow(nelem, elsize, &size))
+            size = SIZE_MAX; /* cannot succeed; counted saturated if an allocator claims it did */
+        bool locked;
+        ms_thread_t *t = ms_thread_acquire(&locked);
+        on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
+        ms_thread_release(locked);
+    }
+    ms_tls.guard = 0;
+    return p;
+}
+
+static void *hook_realloc(int domain, void *ptr, size_t size)
+{
+    PyMemAllocatorEx *next = &g_next[domain];
+    if (!tracking()) {
+        if (ptr)
+            untracked_free((uint64_t)(uintptr_t)ptr);
+        return next->realloc(next->ctx, ptr, size);
+    }
+    ms_tls.guard = MS_GUARD_HOOK;
+    uint64_t old = (uint64_t)(uintptr_t)ptr;
+    ms_live_entry_t old_entry;
+    bool old_sampled = ptr && ms_live_maybe(old) && ms_live_remove(old, &old_entry);
+    void *p = next->realloc(next->ctx, ptr, size);
+    bool locked;
+    ms_thread_t *t = ms_thread_acquire(&locked);
+    if (p || (ptr && size == 0)) {
+        /* Success, or realloc(p, 0) that freed p: the old block is gone. */
+        if (ptr) {
+            ms_bump(&t->deallocations[domain], 1);
+            if (old_sampled)
+                emit_free(t, &old_entry);
+        }
+        if (p)
+            on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_REALLOC, UINT32_MAX);
+    } else if (old_sampled) {
+        /* Failed: the old block is still valid and still sampled. */
+        ms_live_insert(&old_entry);
+    }
+    ms_thread_release(locked);
+    ms_tls.guard = 0;
+    return p;
+}
+
+static void hook_free(int domain, void *ptr)
+{
+    PyMemAllocatorEx *next = &g_next[domain];
+    if (!ptr || !tracking()) {
+        if (ptr)
+            untracked_free((uint64_t)(uintptr_t)ptr);
+        next->free(next->ctx, ptr);
+        return;
+    }
+    ms_tls.guard = MS_GUARD_HOOK;
+    bool locked;
+    ms_thread_t *t = ms_thread_acquire(&locked);
+    on_free(t, domain, (uint64_t)(uintptr_t)ptr);
+    ms_thread_release(locked);
+    next->free(next->ctx, ptr);
+    ms_tls.guard = 0;
+}
+
+/* One set of entry points per domain: ctx is not trusted (see g_next). */
+#define MS_DOMAIN_HOOKS(name, domain)                                                           \
+    static void *name##_malloc(void *ctx, size_t size)                                          \
+    {                                                                                           \
+        (void)ctx;                                                                              \
+        return hook_malloc(domain, size);                                                       \
+    }                                                                                           \
+    static void *name##_calloc(void *ctx, size_t nelem, size_t elsize)                          \
+    {                                                                                           \
+        (void)ctx;                                                                              \
+        return hook_calloc(domain, nelem, elsize);                                              \
+    }                                                                                           \
+    static void *name##_realloc(void *ctx, void *ptr, size_t size)                              \
+    {                                                                                           \
+        (void)ctx;                                                                              \
+        return hook_realloc(domain, ptr, size);                                                 \
+    }                                                                                           \
+    static void name##_free(void *ctx, void *ptr)                                               \
+    {                                                                                           \
+        (void)ctx;                                                                              \
+        hook_free(domain, ptr);                                                                 \
+    }
+
+MS_DOMAIN_HOOKS(raw, MS_DOMAIN_RAW)
+MS_DOMAIN_HOOKS(mem, MS_DOMAIN_MEM)
+MS_DOMAIN_HOOKS(obj, MS_DOMAIN_OBJ)
+
+static PyMemAllocatorEx g_ours[3] = {
+    [MS_DOMAIN_OBJ] = {NULL, obj_malloc, obj_calloc, obj_realloc, obj_free},
+    [MS_DOMAIN_MEM] = {NULL, mem_malloc, mem_calloc, mem_realloc, mem_free},
+    [MS_DOMAIN_RAW] = {NULL, raw_malloc, raw_calloc, raw_realloc, raw_free},
+};
+
+static const PyMemAllocatorDomain g_py_domain[3] = {
+    [MS_DOMAIN_OBJ] = PYMEM_DOMAIN_OBJ,
+    [MS_DOMAIN_MEM] = PYMEM_DOMAIN_MEM,
+    [MS_DOMAIN_RAW] = PYMEM_DOMAIN_RAW,
+};
+
+/* ---- control ---- */
+
+static bool rate_ok(double r)
+{
+    return r >= 0.0 && r <= 1.0; /* also false for NaN */
+}
+
+/* cffi releases the GIL around every call; installing allocators needs it back. */
+static int start_locked(const ms_config_t *cfg);
+
+int ms_start(const ms_config_t *cfg)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int rc = start_locked(cfg);
+    PyGILState_Release(gil);
+    return rc;
+}
+
+static int start_locked(const ms_config_t *cfg)
+{
+    if (atomic_load(&g_active))
+        return -1;
+    if (!cfg || (cfg->domains_mask & ~7) || cfg->critical_size < MS_MEDIUM_MIN || !rate_ok(cfg->medium_rate) ||
+        !rate_ok(cfg->small_rate) || cfg->frequency_interval > INT32_MAX || cfg->ring_capacity < 16 ||
+        cfg->ring_capacity > (1u << 24))
+        return -2;
+    atomic_store(&g_critical, cfg->critical_size);
+    atomic_store(&g_frequency, (int64_t)cfg->frequency_interval);
+    atomic_store(&g_rate[MS_CLASS_SMALL], cfg->small_rate);
+    atomic_store(&g_rate[MS_CLASS_MEDIUM], cfg->medium_rate);
+    atomic_fetch_add(&g_epoch, 1);
+    ms_buffers_configure(cfg->ring_capacity, cfg->seed);
+    ms_live_clear();
+    atomic_store(&g_active, 1);
+    /* Install innermost first (RAW) so that a forwarded request never meets a half-built chain.
+     * The saved allocator is published (release fence) before the hook that reads it. */
+    for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
+        if (!(cfg->domains_mask & (1 << d)) || g_installed[d])
+            continue;
+        PyMem_GetAllocator(g_py_domain[d], &g_next[d]);
+        atomic_thread_fence(memory_order_release);
+        PyMem_SetAllocator(g_py_domain[d], &g_ours[d]);
+        g_installed[d] = 1;
+    }
+    return 0;
+}
+
+int ms_stop(void)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    atomic_store(&g_active, 0);
+    for (int d = MS_DOMAIN_OBJ; d <= MS_DOMAIN_RAW; d++) {
+        if (!g_installed[d])
+            continue;
+        PyMemAllocatorEx current;
+        PyMem_GetAllocator(g_py_domain[d], &current);
+        /* Only unlink ourselves when nobody was installed on top; otherwise stay in the chain as
+         * a pass-through (g_active is 0), so the other hook keeps a valid next allocator. */
+        if (current.malloc == g_ours[d].malloc) {
+            PyMem_SetAllocator(g_py_domain[d], &g_next[d]);
+            g_installed[d] = 0;
+        }
+    }
+    /* g_next stays valid forever: threads may still be inside a hook. */
+    PyGILState_Release(gil);
+    return 0;
+}
+
+int ms_is_active(void)
+{
+    return atomic_load(&g_active);
+}
+
+void ms_set_rates(double medium_rate, double small_rate)
+{
+    if (!rate_ok(medium_rate) || !rate_ok(small_rate))
+        return;
+    atomic_store(&g_rate[MS_CLASS_SMALL], small_rate);
+    atomic_store(&g_rate[MS_CLASS_MEDIUM], medium_rate);
+    atomic_fetch_add_explicit(&g_epoch, 1, memory_order_release);
+}
+
+void ms_get_rates(double *medium_rate, double *small_rate)
+{
+    *medium_rate = atomic_load(&g_rate[MS_CLASS_MEDIUM]);
+    *small_rate = atomic_load(&g_rate[MS_CLASS_SMALL]);
+}
+
+int ms_set_thread_ignored(int ignored)
+{
+    int previous = ms_tls.guard == MS_GUARD_IGNORED;
+    ms_tls.guard = ignored ? MS_GUARD_IGNORED : 0;
+    return previous;
+}
+
+/* ---- manual API ---- */
+
+uint32_t ms_type_id(uint64_t key)
+{
+    return ms_site_intern(NULL, 0, MS_DOMAIN_MANUAL, key);
+}
+
+void ms_track_allocation(uint64_t address, uint64_t size, uint32_t type_id)
+{
+    if (!tracking() || address == 0)
+        return;
+    if (type_id >= MS_MAX_IDS)
+        type_id = MS_ID_NATIVE + MS_DOMAIN_MANUAL;
+    ms_tls.guard = MS_GUARD_HOOK;
+    bool locked;
+    ms_thread_t *t = ms_thread_acquire(&locked);
+    on_alloc(t, MS_DOMAIN_MANUAL, address, size, MS_EVENT_ALLOC, type_id);
+    ms_thread_release(locked);
+    ms_tls.guard = 0;
+}
+
+void ms_track_deallocation(uint64_t address)
+{
+    if (!tracking() || address == 0)
+        return;
+    ms_tls.guard = MS_GUARD_HOOK;
+    bool locked;
+    ms_thread_t *t = ms_thread_acquire(&locked);
+    on_free(t, MS_DOMAIN_MANUAL, address);
+    ms_thread_release(locked);
+    ms_tls.guard = 0;
+}
+
+/* ---- fork ---- */
+
+static _Atomic int g_active_before_fork;
+
+/* Runs inside fork() in the child: no Python, no allocation, O(1). Tracking pauses until the
+ * Python side calls ms_after_fork_child, so that a fork+exec child pays almost nothing. */
+static void fork_child_quick(void)
+{
+    atomic_store(&g_active_before_fork, atomic_load(&g_active));
+    atomic_store(&g_active, 0);
+    ms_buffers_fork_child_quick();
+    ms_sites_fork_child();
+}
+
+void ms_after_fork_child(void)
+{
+    ms_buffers_fork_child();
+    ms_live_fork_child();
+    atomic_fetch_add(&g_epoch, 1);
+    if (atomic_load(&g_active_before_fork))
+        atomic_store(&g_active, 1);
+}
+
+static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, fork_child_quick);
+}
+
+__attribute__((constructor)) static void ms_hooks_init(void)
+{
+    pthread_once(&g_atfork_once, register_atfork);
+}

@@ -1,0 +1,153 @@
+/*
+ * internal.h: what the C files of the sampler share with each other and nobody else.
+ * The public interface is memscope.h; this header is never read by cffi.
+ */
+#ifndef MEMSCOPE_INTERNAL_H
+#define MEMSCOPE_INTERNAL_H
+
+#include "memscope.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <time.h>
+
+#define MS_LIKELY(x) __builtin_expect(!!(x), 1)
+#define MS_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* A counter with a single writer (its thread, or whoever holds the lock that owns it) and any
+ * number of readers. Relaxed atomics keep concurrent reads defined behaviour while compiling to
+ * plain loads and stores: no lock prefix on the fast path. */
+typedef _Atomic uint64_t ms_counter_t;
+
+static inline void ms_bump(ms_counter_t *c, uint64_t v)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t ms_peek(ms_counter_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+/* A one-byte spin lock: only taken on rare paths (sampled events, thread-less hooks), and free
+ * of any allocation, so it may be used inside the hooks. */
+typedef atomic_uchar ms_spin_t;
+
+void ms_spin_lock(ms_spin_t *lock);
+
+static inline void ms_spin_unlock(ms_spin_t *lock)
+{
+    atomic_store_explicit(lock, 0, memory_order_release);
+}
+
+static inline uint64_t ms_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline int ms_bucket_of(uint64_t size)
+{
+    return size <= 1 ? 0 : 64 - __builtin_clzll(size - 1);
+}
+
+/* ---- buffers.c: per-thread state, its ring, the registry of threads ---- */
+
+typedef struct ms_ring {
+    _Atomic uint64_t head; /* written by the producer thread */
+    char pad0[56];
+    _Atomic uint64_t tail; /* written by the drainer */
+    char pad1[56];
+    uint64_t mask;
+    ms_record_t slots[];
+} ms_ring_t;
+
+typedef struct ms_thread {
+    /* Exact counters, written by the owning thread only. */
+    ms_counter_t allocations[MS_DOMAINS][MS_CLASSES];
+    ms_counter_t bytes[MS_DOMAINS][MS_CLASSES];
+    ms_counter_t deallocations[MS_DOMAINS];
+    ms_counter_t by_size[MS_DOMAINS][MS_BUCKETS];
+    ms_counter_t samples, dropped, live_untracked, slow_calls, slow_ns;
+    /* Sampling state, owning thread only. */
+    int64_t freq_left;             /* allocations until the next frequency-guaranteed sample */
+    int64_t countdown[2];          /* [small, medium]: allocations until the next Bernoulli hit */
+    float weight[2];               /* 1/p of the rate each countdown was drawn with; 0 = none */
+    uint64_t epoch;                /* rate epoch the countdowns were drawn in */
+    uint64_t rng;
+    uint16_t index;
+    _Atomic(ms_ring_t *) ring;     /* allocated on first sample */
+    _Atomic int dead;              /* set by the thread's TLS destructor; drainer then frees */
+    struct ms_thread *next;        /* registry list, under the registry lock */
+} ms_thread_t;
+
+/* Hook re-entry guard bits, thread-local. */
+#define MS_GUARD_HOOK 1u
+#define MS_GUARD_IGNORED 2u
+
+struct ms_tls {
+    ms_thread_t *thread; /* NULL until first use, MS_THREAD_DEAD after the thread's exit */
+    unsigned guard;
+};
+#define MS_THREAD_DEAD ((ms_thread_t *)(uintptr_t)1)
+
+/* Initial-exec: one direct %fs-relative access instead of a __tls_get_addr call per hook. */
+extern __thread struct ms_tls ms_tls __attribute__((tls_model("initial-exec")));
+
+/* The calling thread's state, created on first use; for a thread that has none (exited, or no
+ * memory) returns the shared orphan state with *locked set: call ms_thread_release after. */
+ms_thread_t *ms_thread_acquire(bool *locked);
+void ms_thread_release(bool locked);
+/* Appends one record to t's ring (allocating it on first use); counts a drop when full. */
+void ms_ring_push(ms_thread_t *t, const ms_record_t *rec);
+void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed);
+void ms_thread_reset_sampling(ms_thread_t *t);
+void ms_buffers_fork_child_quick(void);
+void ms_buffers_fork_child(void);
+uint64_t ms_buffers_footprint(void);
+uint32_t ms_record_time(void);
+
+/* ---- hooks.c: sampling parameters shared with buffers.c ---- */
+uint64_t ms_rng_next(uint64_t *state);
+void ms_draw_countdown(ms_thread_t *t, int cls);
+int64_t ms_frequency_interval(void);
+uint64_t ms_rate_epoch(void);
+
+/* ---- live.c: sampled blocks still allocated ---- */
+typedef struct {
+    uint64_t address;
+    uint64_t size;
+    uint32_t site;
+    float weight;
+    uint32_t domain;
+    uint32_t unused;
+} ms_live_entry_t;
+
+bool ms_live_insert(const ms_live_entry_t *e);
+bool ms_live_remove(uint64_t address, ms_live_entry_t *out);
+void ms_live_clear(void);
+void ms_live_fork_child(void);
+uint64_t ms_live_footprint(void);
+
+extern _Atomic uint8_t ms_live_filter[];
+#define MS_LIVE_FILTER_BITS 18
+
+/* True when address may be a sampled live block: the only thing an unsampled free pays for. */
+static inline bool ms_live_maybe(uint64_t address)
+{
+    uint64_t h = address * 0x9E3779B97F4A7C15ull;
+    return atomic_load_explicit(&ms_live_filter[h >> (64 - MS_LIVE_FILTER_BITS)],
+                                memory_order_relaxed) != 0;
+}
+
+/* ---- sites.c / frames.c ---- */
+uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key);
+uint32_t ms_sites_used(void);
+void ms_sites_fork_child(void);
+/* The id of the innermost Python frame of the calling thread, or MS_ID_NATIVE + domain. */
+uint32_t ms_frame_site(int domain);
+
+#endif

@@ -1,0 +1,134 @@
+/*
+ * live.c: the sampled blocks that are still allocated, so that a free of one of them lowers the
+ * live estimate by its weight times its size.
+ *
+ * A bounded table of 8-way buckets, each behind its own one-byte lock (only sampled allocations
+ * and likely-sampled frees take one), in front of it a counting filter of one byte per 2^-18 of
+ * the address hash space. An unsampled free reads one filter byte and stops there; the filter
+ * never says "absent" for a present address, and says "maybe" for an absent one with a
+ * probability of about (sampled live blocks / 2^18). A full bucket refuses the insert; the
+ * record is then flagged MS_FLAG_NOLIVE and stays out of the live estimate.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+#define LIVE_BUCKET_BITS 13
+#define LIVE_BUCKETS (1u << LIVE_BUCKET_BITS)
+#define LIVE_WAYS 8
+#define FILTER_SIZE (1u << MS_LIVE_FILTER_BITS)
+#define FILTER_SATURATED 255
+
+_Atomic uint8_t ms_live_filter[FILTER_SIZE];
+static ms_live_entry_t g_table[LIVE_BUCKETS][LIVE_WAYS];
+static ms_spin_t g_locks[LIVE_BUCKETS];
+
+static inline uint64_t hash(uint64_t address)
+{
+    return address * 0x9E3779B97F4A7C15ull;
+}
+
+static inline uint32_t bucket_of(uint64_t h)
+{
+    /* Bits below the filter's, so that bucket and filter slot are independent. */
+    return (uint32_t)(h >> (64 - MS_LIVE_FILTER_BITS - LIVE_BUCKET_BITS)) & (LIVE_BUCKETS - 1);
+}
+
+static void filter_add(uint64_t h)
+{
+    _Atomic uint8_t *slot = &ms_live_filter[h >> (64 - MS_LIVE_FILTER_BITS)];
+    uint8_t v = atomic_load_explicit(slot, memory_order_relaxed);
+    /* A saturated byte stays saturated: it can no longer be decremented soundly. */
+    while (v != FILTER_SATURATED && !atomic_compare_exchange_weak(slot, &v, (uint8_t)(v + 1)))
+        ;
+}
+
+static void filter_remove(uint64_t h)
+{
+    _Atomic uint8_t *slot = &ms_live_filter[h >> (64 - MS_LIVE_FILTER_BITS)];
+    uint8_t v = atomic_load_explicit(slot, memory_order_relaxed);
+    while (v != FILTER_SATURATED && v != 0 && !atomic_compare_exchange_weak(slot, &v, (uint8_t)(v - 1)))
+        ;
+}
+
+bool ms_live_insert(const ms_live_entry_t *e)
+{
+    if (e->address == 0)
+        return false;
+    uint64_t h = hash(e->address);
+    uint32_t b = bucket_of(h);
+    bool inserted = false;
+    ms_spin_lock(&g_locks[b]);
+    ms_live_entry_t *slot = NULL;
+    for (int i = 0; i < LIVE_WAYS; i++) {
+        if (g_table[b][i].address == e->address) {
+            /* A stale entry for a reused address (its free was not seen, e.g. while stopped). */
+            slot = &g_table[b][i];
+            filter_remove(h);
+            break;
+        }
+        if (!slot && g_table[b][i].address == 0)
+            slot = &g_table[b][i];
+    }
+    if (slot) {
+        *slot = *e;
+        filter_add(h);
+        inserted = true;
+    }
+    ms_spin_unlock(&g_locks[b]);
+    return inserted;
+}
+
+bool ms_live_remove(uint64_t address, ms_live_entry_t *out)
+{
+    uint64_t h = hash(address);
+    uint32_t b = bucket_of(h);
+    bool found = false;
+    ms_spin_lock(&g_locks[b]);
+    for (int i = 0; i < LIVE_WAYS; i++) {
+        if (g_table[b][i].address == address) {
+            *out = g_table[b][i];
+            g_table[b][i].address = 0;
+            filter_remove(h);
+            found = true;
+            break;
+        }
+    }
+    ms_spin_unlock(&g_locks[b]);
+    return found;
+}
+
+void ms_live_clear(void)
+{
+    /* Bucket by bucket under each lock: a thread still inside a hook may be using one. */
+    for (uint32_t b = 0; b < LIVE_BUCKETS; b++) {
+        ms_spin_lock(&g_locks[b]);
+        for (int i = 0; i < LIVE_WAYS; i++) {
+            if (g_table[b][i].address != 0) {
+                filter_remove(hash(g_table[b][i].address));
+                g_table[b][i].address = 0;
+            }
+        }
+        ms_spin_unlock(&g_locks[b]);
+    }
+    /* Saturated bytes are the only ones the loop above cannot bring back to zero. */
+    for (uint32_t i = 0; i < FILTER_SIZE; i++) {
+        uint8_t v = FILTER_SATURATED;
+        /* Load first: a compare-exchange writes the page even when it fails. */
+        if (atomic_load_explicit(&ms_live_filter[i], memory_order_relaxed) == FILTER_SATURATED)
+            atomic_compare_exchange_strong(&ms_live_filter[i], &v, 0);
+    }
+}
+
+void ms_live_fork_child(void)
+{
+    /* The parent's other threads may have held bucket locks at fork(); they are gone. */
+    for (uint32_t b = 0; b < LIVE_BUCKETS; b++)
+        atomic_store_explicit(&g_locks[b], 0, memory_order_relaxed);
+    ms_live_clear();
+}
+
+uint64_t ms_live_footprint(void)
+{
+    return sizeof g_table + sizeof g_locks + sizeof ms_live_filter;
+}

@@ -1,0 +1,212 @@
+"""Summary -> OpenTelemetry points, through the public metrics API (observable instruments).
+
+Every callback reads one shared snapshot per collection: the first callback of a collection
+drains the rings and reads the counters; the others reuse that snapshot, so the points of one
+export agree with each other. Per-site series are bounded: the top ``max_sites`` sites by
+estimated bytes get a series each, the rest one ``<other>`` series. Each cumulative series only
+ever receives increases (a site's growth goes to its own series while it is in the top, to
+``<other>`` while it is not), so every exported counter is monotonic, as Prometheus expects.
+"""
+import threading
+
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from . import sampler
+from .records import DOMAINS, SIZE_CLASSES
+
+OTHER_SITE = {
+    "code.file.path": "<other>",
+    "code.function.name": "<other>",
+    "code.line.number": 0,
+    "memscope.domain": "all",
+}
+
+
+class RoutedCounters:
+    """Monotonic cumulative series for the top-k keys by bytes, the rest folded into one."""
+
+    def __init__(self, k):
+        self.k = k
+        self._last = {}  # key -> (bytes, count) last seen
+        self._series = {}  # key -> [bytes, count] exported
+        self.other = [0.0, 0.0]
+
+    def update(self, current):
+        """current: {key: (bytes, count)} cumulative. Returns {key: (bytes, count)} for the top."""
+        top = set(sorted(current, key=lambda key: current[key][0], reverse=True)[: self.k])
+        for key, (b, c) in current.items():
+            lb, lc = self._last.get(key, (0.0, 0.0))
+            db, dc = max(b - lb, 0.0), max(c - lc, 0.0)
+            self._last[key] = (max(b, lb), max(c, lc))
+            if db == 0.0 and dc == 0.0:
+                continue
+            target = self._series.setdefault(key, [0.0, 0.0]) if key in top else self.other
+            target[0] += db
+            target[1] += dc
+        return {key: tuple(self._series[key]) for key in top if key in self._series}
+
+
+def _site_attributes(site):
+    return {
+        "code.file.path": site.file,
+        "code.function.name": site.function,
+        "code.line.number": site.line,
+        "memscope.domain": site.domain,
+    }
+
+
+class Producer:
+    """Registers memscope's instruments on ``meter``; ``tracker.refresh()`` supplies snapshots."""
+
+    def __init__(self, meter, tracker, max_sites):
+        self._tracker = tracker
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._served = {}
+        self._snapshot = None
+        self._sites = RoutedCounters(max_sites)
+        self._types = RoutedCounters(max_sites)
+        self._max_sites = max_sites
+        self._site_view = None  # (generation, {site: (bytes, count, live)}, {type: (bytes, count)})
+        self.instruments = []
+
+        def counter(name, unit, description, fn):
+            self.instruments.append(
+                meter.create_observable_counter(name, callbacks=[self._callback(name, fn)], unit=unit,
+                                                description=description))
+
+        def updown(name, unit, description, fn):
+            self.instruments.append(
+                meter.create_observable_up_down_counter(name, callbacks=[self._callback(name, fn)], unit=unit,
+                                                        description=description))
+
+        def gauge(name, unit, description, fn):
+            self.instruments.append(
+                meter.create_observable_gauge(name, callbacks=[self._callback(name, fn)], unit=unit,
+                                              description=description))
+
+        counter("memscope.allocations", "{allocation}", "Allocation requests (exact)", self._allocations)
+        counter("memscope.allocated", "By", "Requested bytes (exact)", self._allocated)
+        counter("memscope.deallocations", "{deallocation}", "Frees (exact)", self._deallocations)
+        counter("memscope.allocations.by_size", "{allocation}",
+                "Allocation requests by power-of-two size bucket (exact)", self._by_size)
+        counter("memscope.site.allocated", "By", "Requested bytes by allocation site (estimate)",
+                self._site_allocated)
+        counter("memscope.site.allocations", "{allocation}", "Allocations by site (estimate)",
+                self._site_allocations)
+        updown("memscope.live", "By", "Bytes allocated and not yet freed (estimate)", self._live)
+        updown("memscope.site.live", "By", "Live bytes by allocation site (estimate)", self._site_live)
+        counter("memscope.type.allocated", "By", "Bytes by tracked type, manual API (estimate)",
+                self._type_allocated)
+        gauge("memscope.sampler.rate", "1", "Sampling probability by size class", self._rates)
+        counter("memscope.sampler.samples", "{record}", "Records written by the sampler (exact)", self._samples)
+        counter("memscope.sampler.dropped", "{record}", "Records lost to full buffers (exact)", self._dropped)
+        updown("memscope.sampler.memory", "By", "Memory held by the tracker's C side", self._footprint)
+
+    # -- snapshot handling --
+
+    def _callback(self, name, fn):
+        def callback(options: CallbackOptions):
+            with sampler.ignored(), self._lock:
+                snap = self._current(name)
+                return list(fn(snap))
+
+        return callback
+
+    def _current(self, name):
+        # An instrument asking twice means a new collection began: take a new snapshot.
+        if self._snapshot is None or self._served.get(name) == self._generation:
+            self._snapshot = self._tracker.refresh()
+            self._generation += 1
+        self._served[name] = self._generation
+        return self._snapshot
+
+    # -- exact counters --
+
+    def _domains(self, snap):
+        return [d for d in range(4) if DOMAINS[d] in snap.domains or snap.counters.allocations[d].any()]
+
+    def _allocations(self, snap):
+        for d in self._domains(snap):
+            for c in range(3):
+                yield Observation(int(snap.counters.allocations[d][c]),
+                                  {"memscope.domain": DOMAINS[d], "memscope.size_class": SIZE_CLASSES[c]})
+
+    def _allocated(self, snap):
+        for d in self._domains(snap):
+            for c in range(3):
+                yield Observation(int(snap.counters.bytes[d][c]),
+                                  {"memscope.domain": DOMAINS[d], "memscope.size_class": SIZE_CLASSES[c]})
+
+    def _deallocations(self, snap):
+        for d in self._domains(snap):
+            yield Observation(int(snap.counters.deallocations[d]), {"memscope.domain": DOMAINS[d]})
+
+    def _by_size(self, snap):
+        for d in self._domains(snap):
+            for k in snap.counters.by_size[d].nonzero()[0]:
+                yield Observation(int(snap.counters.by_size[d][k]),
+                                  {"memscope.domain": DOMAINS[d], "memscope.size.le": str(1 << int(k))})
+
+    def _samples(self, snap):
+        yield Observation(snap.counters.samples)
+
+    def _dropped(self, snap):
+        yield Observation(snap.counters.dropped)
+
+    def _footprint(self, snap):
+        yield Observation(snap.counters.footprint_bytes)
+
+    def _rates(self, snap):
+        medium, small = snap.rates
+        yield Observation(small, {"memscope.size_class": "small"})
+        yield Observation(medium, {"memscope.size_class": "medium"})
+        yield Observation(1.0, {"memscope.size_class": "large"})
+
+    # -- estimates --
+
+    def _live(self, snap):
+        for d in self._domains(snap):
+            yield Observation(float(snap.live_bytes[d]), {"memscope.domain": DOMAINS[d]})
+
+    def _grouped(self, snap):
+        if self._site_view is None or self._site_view[0] != self._generation:
+            sites, types = {}, {}
+            for site_id, b, c, live in snap.per_id:
+                key = self._tracker.resolver.resolve(site_id)
+                target = types if hasattr(key, "name") else sites
+                acc = target.setdefault(key, [0.0, 0.0, 0.0])
+                acc[0] += b
+                acc[1] += c
+                acc[2] += live
+            routed_sites = self._sites.update({k: (v[0], v[1]) for k, v in sites.items()})
+            routed_types = self._types.update({k: (v[0], v[1]) for k, v in types.items()})
+            self._site_view = (self._generation, sites, routed_sites, routed_types)
+        return self._site_view
+
+    def _site_allocated(self, snap):
+        _, _, routed, _ = self._grouped(snap)
+        for site, (b, _) in routed.items():
+            yield Observation(b, _site_attributes(site))
+        yield Observation(self._sites.other[0], OTHER_SITE)
+
+    def _site_allocations(self, snap):
+        _, _, routed, _ = self._grouped(snap)
+        for site, (_, c) in routed.items():
+            yield Observation(c, _site_attributes(site))
+        yield Observation(self._sites.other[1], OTHER_SITE)
+
+    def _site_live(self, snap):
+        _, sites, _, _ = self._grouped(snap)
+        ranked = sorted(sites.items(), key=lambda kv: kv[1][2], reverse=True)
+        top, rest = ranked[: self._max_sites], ranked[self._max_sites:]
+        for site, (_, _, live) in top:
+            yield Observation(live, _site_attributes(site))
+        yield Observation(sum(v[2] for _, v in rest), OTHER_SITE)
+
+    def _type_allocated(self, snap):
+        _, _, _, routed = self._grouped(snap)
+        for type_name, (b, _) in routed.items():
+            yield Observation(b, {"memscope.type": type_name.name})
+        if self._types.other[0]:
+            yield Observation(self._types.other[0], {"memscope.type": "<other>"})

@@ -1,0 +1,184 @@
+"""The C sampler, as Python sees it: a thin wrapper over ``csrc/memscope.h``.
+
+Nothing here interprets data: it starts and stops the hooks, moves records out of the rings into
+numpy arrays, and reads the exact counters. The cffi module is imported lazily so that
+``memscope_otel.config`` and the instrumentor import even where the extension failed to build.
+"""
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .records import RECORD_DTYPE
+
+_DOMAIN_BITS = {"obj": 1, "mem": 2, "raw": 4}
+
+
+def _lib():
+    from ._memscope import ffi, lib
+
+    return ffi, lib
+
+
+@dataclass(frozen=True)
+class Counters:
+    """One snapshot of the exact counters (numpy arrays indexed [domain][size class] etc.)."""
+
+    allocations: np.ndarray  # (4, 3) uint64
+    bytes: np.ndarray  # (4, 3) uint64
+    deallocations: np.ndarray  # (4,) uint64
+    by_size: np.ndarray  # (4, 65) uint64
+    samples: int
+    dropped: int
+    live_untracked: int
+    slow_path_calls: int
+    slow_path_ns: int
+    threads_seen: int
+    threads_live: int
+    ids_used: int
+    footprint_bytes: int
+
+
+def start(config):
+    """Installs the hooks with ``config`` (a :class:`memscope_otel.config.Config`).
+
+    Raises RuntimeError when the C side refuses (already active, or a value the config layer
+    should have rejected)."""
+    ffi, lib = _lib()
+    c = ffi.new("ms_config_t *")
+    c.domains_mask = sum(_DOMAIN_BITS[d] for d in config.domains)
+    c.critical_size = config.critical_size_threshold
+    c.medium_rate = config.medium_sample_rate
+    c.small_rate = config.small_sample_rate
+    c.frequency_interval = config.frequency_sample_interval
+    c.ring_capacity = config.max_records_per_thread
+    c.seed = config.seed
+    rc = lib.ms_start(c)
+    if rc == -1:
+        raise RuntimeError("memscope sampler is already active")
+    if rc != 0:
+        raise RuntimeError(f"memscope sampler rejected its configuration ({config!r})")
+
+
+def stop():
+    _, lib = _lib()
+    lib.ms_stop()
+
+
+def is_active():
+    _, lib = _lib()
+    return bool(lib.ms_is_active())
+
+
+def set_rates(medium, small):
+    """Atomically changes the medium and small sampling rates (each in [0, 1])."""
+    _, lib = _lib()
+    if not (0.0 <= medium <= 1.0 and 0.0 <= small <= 1.0):
+        raise ValueError(f"sampling rates must be in [0, 1], got medium={medium}, small={small}")
+    lib.ms_set_rates(float(medium), float(small))
+
+
+def rates():
+    """The (medium, small) sampling rates in force."""
+    ffi, lib = _lib()
+    m, s = ffi.new("double *"), ffi.new("double *")
+    lib.ms_get_rates(m, s)
+    return m[0], s[0]
+
+
+def read_counters():
+    ffi, lib = _lib()
+    c = ffi.new("ms_counters_t *")
+    lib.ms_read_counters(c)
+
+    def arr(field, shape):
+        return np.frombuffer(ffi.buffer(field), dtype=np.uint64).reshape(shape).copy()
+
+    return Counters(
+        allocations=arr(c.allocations, (4, 3)),
+        bytes=arr(c.bytes, (4, 3)),
+        deallocations=arr(c.deallocations, (4,)),
+        by_size=arr(c.by_size, (4, 65)),
+        samples=c.samples,
+        dropped=c.dropped,
+        live_untracked=c.live_untracked,
+        slow_path_calls=c.slow_path_calls,
+        slow_path_ns=c.slow_path_ns,
+        threads_seen=c.threads_seen,
+        threads_live=c.threads_live,
+        ids_used=c.ids_used,
+        footprint_bytes=c.footprint_bytes,
+    )
+
+
+class DrainBuffer:
+    """A reusable array that records are drained into (no allocation per drain)."""
+
+    def __init__(self, capacity=65536):
+        ffi, _ = _lib()
+        self.array = np.zeros(capacity, dtype=RECORD_DTYPE)
+        self._ptr = ffi.cast("ms_record_t *", ffi.from_buffer(self.array))
+        self._base = ffi.new("uint64_t *")
+
+    def drain(self):
+        """Moves pending records out of the rings: (view of the records, base time in µs)."""
+        _, lib = _lib()
+        n = lib.ms_drain(self._ptr, len(self.array), self._base)
+        return self.array[:n], int(self._base[0])
+
+
+def site_info(site_id):
+    """(code object or None, byte offset, domain index, key) of an id, or None if unknown."""
+    ffi, lib = _lib()
+    out = ffi.new("ms_site_t *")
+    if lib.ms_site_info(site_id, out) != 0:
+        return None
+    code = None
+    if out.code != ffi.NULL:
+        import ctypes
+
+        # The id table holds a strong reference, so the object is alive.
+        code = ctypes.cast(int(ffi.cast("uintptr_t", out.code)), ctypes.py_object).value
+    return code, out.offset, out.domain, out.key
+
+
+def type_key(type_name):
+    """The stable 64-bit key of a type name (same across processes, unlike hash())."""
+    return int.from_bytes(hashlib.blake2b(type_name.encode("utf-8", "replace"), digest_size=8).digest(), "little")
+
+
+def type_id(type_name):
+    _, lib = _lib()
+    return lib.ms_type_id(type_key(type_name))
+
+
+def track_allocation(address, size, type_id_):
+    _, lib = _lib()
+    lib.ms_track_allocation(address, size, type_id_)
+
+
+def track_deallocation(address):
+    _, lib = _lib()
+    lib.ms_track_deallocation(address)
+
+
+def after_fork_child():
+    _, lib = _lib()
+    lib.ms_after_fork_child()
+
+
+@contextlib.contextmanager
+def ignored():
+    """Allocations of the calling thread are the tracker's own inside this block."""
+    _, lib = _lib()
+    previous = lib.ms_set_thread_ignored(1)
+    try:
+        yield
+    finally:
+        lib.ms_set_thread_ignored(previous)
+
+
+def ignore_this_thread():
+    _, lib = _lib()
+    lib.ms_set_thread_ignored(1)

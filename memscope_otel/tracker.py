@@ -1,0 +1,176 @@
+"""The running tracker: wires config -> sampler -> drainer -> summary -> producer, once per process.
+
+At most one tracker runs at a time (the allocator hooks are process-wide). ``start()`` and
+``stop()`` never raise into the application for bad settings (the config layer warns and falls
+back to defaults); they raise only for programming errors such as a second ``start()``.
+"""
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import sampler
+from .drainer import Drainer
+from .sites import SiteResolver
+from .summary import Summary
+
+log = logging.getLogger("memscope_otel")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one metric collection sees: exact counters plus a consistent copy of the estimates."""
+
+    counters: sampler.Counters
+    rates: tuple  # (medium, small)
+    domains: tuple
+    live_bytes: np.ndarray
+    per_id: list  # [(id, estimated bytes, estimated count, estimated live bytes)]
+
+
+class Tracker:
+    def __init__(self, config, meter_provider=None):
+        self.config = config
+        self.resolver = SiteResolver()
+        self.summary = Summary()
+        self._dump = None
+        self.drainer = Drainer(self.summary, config.drain_interval_ms / 1000.0, self._sinks())
+        self.producer = None
+        self._meter_provider = meter_provider
+        self.listeners = []  # callables(snapshot), e.g. the optimizer, after each refresh
+
+    def _sinks(self):
+        if not self.config.dump_path:
+            return []
+        try:
+            from .dump import DumpWriter
+        except ImportError:
+            log.warning("OTEL_PYTHON_MEMSCOPE_DUMP_PATH is set but this build has no dump writer")
+            return []
+        path = self.config.dump_path
+        try:
+            self._dump = DumpWriter(path, {k: v for k, v in vars(self.config).items()})
+        except OSError as exc:
+            log.warning("OTEL_PYTHON_MEMSCOPE_DUMP_PATH=%r cannot be written (%s); no dump", path, exc)
+            return []
+        return [self._write_dump]
+
+    def _write_dump(self, records, base_us):
+        new_ids = np.unique(records["site"])
+        self._dump.write_strings(self.resolver.labels(i for i in new_ids if i not in self._dumped_ids))
+        self._dumped_ids.update(int(i) for i in new_ids)
+        self._dump.write_chunk(base_us, records)
+
+    def start(self):
+        self._dumped_ids = set()
+        sampler.start(self.config)
+        self.summary.reset_live()
+        self.drainer.start()
+        if self.producer is None:
+            from opentelemetry import metrics
+
+            from .producer import Producer
+
+            provider = self._meter_provider or metrics.get_meter_provider()
+            meter = provider.get_meter("memscope_otel", _version())
+            self.producer = Producer(meter, self, self.config.max_sites)
+
+    def stop(self):
+        sampler.stop()
+        self.drainer.stop()
+        if self._dump is not None:
+            self._dump.close()
+
+    def refresh(self):
+        """Drains the rings and takes a snapshot (called by the first callback of a collection)."""
+        self.drainer.drain()
+        counters = sampler.read_counters()
+        used = min(counters.ids_used, len(self.summary.id_bytes))
+        ids = np.nonzero(self.summary.id_count[:used] + np.abs(self.summary.id_live_bytes[:used]))[0]
+        per_id = list(zip(ids.tolist(), self.summary.id_bytes[ids].tolist(), self.summary.id_count[ids].tolist(),
+                          self.summary.id_live_bytes[ids].tolist()))
+        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), self.summary.live_bytes.copy(), per_id)
+        for listener in self.listeners:
+            try:
+                listener(snap)
+            except Exception:
+                log.exception("memscope snapshot listener %r failed", listener)
+        return snap
+
+    def after_fork_child(self):
+        """In a forked child: fresh counters, records, summary and drainer; the parent's stay its own."""
+        sampler.after_fork_child()
+        self.summary = Summary()
+        if self._dump is not None:
+            # The parent keeps writing its file; a child writes its own next to it.
+            self._dump = None
+            if self.config.dump_path:
+                import dataclasses
+
+                self.config = dataclasses.replace(self.config, dump_path=f"{self.config.dump_path}.{os.getpid()}")
+        self.drainer = Drainer(self.summary, self.config.drain_interval_ms / 1000.0, self._sinks())
+        self._dumped_ids = set()
+        self.drainer.start()
+        if self.producer is not None:
+            self.producer.reset()
+
+
+def _version():
+    try:
+        from importlib.metadata import version
+
+        return version("memscope-otel")
+    except Exception:
+        return "0"
+
+
+_lock = threading.RLock()
+_current = None
+
+
+def current():
+    return _current
+
+
+def start(meter_provider=None, **overrides):
+    """See :func:`memscope_otel.start`."""
+    global _current
+    from .config import load_config, sdk_disabled
+
+    with _lock:
+        if _current is not None:
+            log.warning("memscope_otel.start() called while already running; ignored")
+            return _current
+        config = load_config(**overrides)
+        if not config.enabled or sdk_disabled():
+            log.info("memscope tracker disabled (OTEL_PYTHON_MEMSCOPE_ENABLED or OTEL_SDK_DISABLED)")
+            return None
+        tracker = Tracker(config, meter_provider)
+        tracker.start()
+        _current = tracker
+        return tracker
+
+
+def stop():
+    """See :func:`memscope_otel.stop`."""
+    global _current
+    with _lock:
+        tracker, _current = _current, None
+        if tracker is not None:
+            tracker.stop()
+
+
+def _after_fork_in_child():
+    global _lock
+    _lock = threading.RLock()
+    tracker = _current
+    if tracker is not None:
+        try:
+            tracker.after_fork_child()
+        except Exception:
+            log.exception("memscope could not restart in the forked child; tracking is off there")
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
