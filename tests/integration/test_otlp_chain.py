@@ -28,22 +28,32 @@ def _expected_probe_values():
     return routes, depth, (ITERATIONS - 1) / ITERATIONS
 
 
-@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-def test_two_processes_reach_prometheus_with_their_last_values(otlp_receiver, prometheus,
-                                                               protocol):
-    endpoint = otlp_receiver.grpc_endpoint if protocol == "grpc" else otlp_receiver.http_endpoint
-    service = "probe-" + protocol.split("/")[0]
-    instances = [f"{service}-a", f"{service}-b"]
-    processes = [
-        instrumented.start(instrumented.APPS / "probe_app.py",
-                           instrumented.otlp_env(endpoint, protocol, service, instance),
-                           str(ITERATIONS))
-        for instance in instances
-    ]
-    results = [instrumented.finish(p) for p in processes]
-    for result in results:
-        assert result.returncode == 0, result.stderr
+PROTOCOLS = ["grpc", "http/protobuf"]
 
+
+@pytest.fixture(scope="module")
+def probe_runs(otlp_receiver, prometheus):
+    """Two probe processes per protocol, all four at once; {protocol: (service, instances)}."""
+    started = []
+    runs = {}
+    for protocol in PROTOCOLS:
+        endpoint = otlp_receiver.grpc_endpoint if protocol == "grpc" else otlp_receiver.http_endpoint
+        service = "probe-" + protocol.split("/")[0]
+        instances = [f"{service}-a", f"{service}-b"]
+        runs[protocol] = (service, instances)
+        started += [instrumented.start(instrumented.APPS / "probe_app.py",
+                                       instrumented.otlp_env(endpoint, protocol, service, instance),
+                                       str(ITERATIONS))
+                    for instance in instances]
+    for result in [instrumented.finish(p) for p in started]:
+        assert result.returncode == 0, result.stderr
+    return runs
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_two_processes_reach_prometheus_with_their_last_values(otlp_receiver, prometheus,
+                                                               probe_runs, protocol):
+    service, instances = probe_runs[protocol]
     wire = "grpc" if protocol == "grpc" else "http"
     received = otlp_receiver.store.requests(wire)
     for instance in instances:
