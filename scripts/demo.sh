@@ -54,4 +54,8 @@ export OTEL_TRACES_EXPORTER=none
 export OTEL_LOGS_EXPORTER=none
 
 echo "demo: metrics on http://$host:$port/metrics for ${seconds}s (Ctrl-C stops earlier)"
-exec "$venv/bin/opentelemetry-instrument" "$venv/bin/python" examples/demo_app.py --seconds "$seconds"
+# opentelemetry-instrument puts the working directory on PYTHONPATH: run from examples/ so the
+# source tree's memscope_otel (without the compiled sampler) cannot shadow the installed one.
+venv_abs="$(cd "$venv" && pwd)"
+cd examples
+exec "$venv_abs/bin/opentelemetry-instrument" "$venv_abs/bin/python" demo_app.py --seconds "$seconds"

@@ -27,6 +27,7 @@ DESIGN_METRICS = [
     ("memscope.sampler.rate", "1", GAUGE),
     ("memscope.sampler.samples", "{record}", COUNTER),
     ("memscope.sampler.dropped", "{record}", COUNTER),
+    ("memscope.sampler.memory", "By", GAUGE),
     ("memscope.optimizer.pressure", "1", GAUGE),
 ]
 PROMETHEUS_NAMES = {metric_name(*m) for m in DESIGN_METRICS}

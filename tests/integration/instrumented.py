@@ -48,7 +48,10 @@ def start(script: str | Path, env: dict[str, str], *args: str, cli: tuple[str, .
           ) -> subprocess.Popen:
     """Start ``opentelemetry-instrument [cli flags] python script args`` with output captured."""
     command = [instrument_command(), *cli, sys.executable, str(script), *args]
-    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
+    # opentelemetry-instrument puts the working directory on PYTHONPATH; from the repository root
+    # the source tree's memscope_otel (maybe without its compiled module) would shadow the
+    # installed package, so run from the apps directory.
+    return subprocess.Popen(command, env=env, cwd=APPS, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

@@ -15,7 +15,7 @@ import pytest
 from .conftest import MEMSCOPE_RUNS
 from .promcheck import wait_until_last_request_visible
 
-# Families every tracked process exports (DESIGN.md's table, Prometheus names). The per-type
+# Families every tracked process exports (DESIGN.md's and the README's tables, Prometheus names). The per-type
 # family only appears with the manual tracking API, which this app does not use.
 EXPECTED_FAMILIES = [
     "memscope_allocations_total",
@@ -25,9 +25,11 @@ EXPECTED_FAMILIES = [
     "memscope_site_allocated_bytes_total",
     "memscope_site_allocations_total",
     "memscope_live_bytes",
+    "memscope_site_live_bytes",
     "memscope_sampler_rate_ratio",
     "memscope_sampler_samples_total",
     "memscope_sampler_dropped_total",
+    "memscope_sampler_memory_bytes",
     "memscope_optimizer_pressure_ratio",
 ]
 LARGE_BLOCK = 64 * 1024
