@@ -41,10 +41,15 @@ def probe_runs(otlp_receiver, prometheus):
         service = "probe-" + protocol.split("/")[0]
         instances = [f"{service}-a", f"{service}-b"]
         runs[protocol] = (service, instances)
+        # The second process compresses its requests (gzip), as many deployments do. (The
+        # first leaves the variable unset: opentelemetry-exporter-otlp-proto-grpc 1.45 rejects
+        # the value "none" and then exports nothing.)
+        compression = [{}, {"OTEL_EXPORTER_OTLP_COMPRESSION": "gzip"}]
         started += [instrumented.start(instrumented.APPS / "probe_app.py",
-                                       instrumented.otlp_env(endpoint, protocol, service, instance),
+                                       instrumented.otlp_env(endpoint, protocol, service, instance,
+                                                             **extra),
                                        str(ITERATIONS))
-                    for instance in instances]
+                    for instance, extra in zip(instances, compression)]
     for result in [instrumented.finish(p) for p in started]:
         assert result.returncode == 0, result.stderr
     return runs
