@@ -73,6 +73,8 @@ def test_each_process_arrives_with_its_last_values(otlp_receiver, prometheus, me
 @pytest.mark.parametrize("protocol", list(MEMSCOPE_RUNS))
 def test_instances_stay_apart(prometheus, memscope_runs, protocol):
     service, runs = memscope_runs[protocol]
-    rows = prometheus.query(
-        f'sum by (instance) (memscope_allocated_bytes_total{{job="{service}"}})')
-    assert {row["metric"]["instance"] for row in rows} == {instance for instance, _ in runs}
+    wanted = {instance for instance, _ in runs}
+    rows = prometheus.wait_for(
+        f'sum by (instance) (memscope_allocated_bytes_total{{job="{service}"}})',
+        lambda result: {row["metric"]["instance"] for row in result} >= wanted)
+    assert {row["metric"]["instance"] for row in rows} == wanted
