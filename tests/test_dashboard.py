@@ -69,11 +69,31 @@ def test_every_query_filters_by_service_and_instance(dashboard):
         assert 'job=~"$service"' in expr and 'instance=~"$instance"' in expr, title
 
 
+def _collector_and_sdk_names():
+    """Each metric's name through the Collector, and through the SDK's own Prometheus exporter
+    (opentelemetry-exporter-prometheus adds no ``_ratio`` to unit-``1`` gauges)."""
+    names = {}
+    for name, unit, kind in DESIGN_METRICS:
+        collector = metric_name(name, unit, kind)
+        sdk = collector[: -len("_ratio")] if unit == "1" and kind == GAUGE else collector
+        names[collector] = sdk
+    return names
+
+
 def test_queries_use_only_memscope_metrics(dashboard):
+    names = _collector_and_sdk_names()
     for title, expr in panel_queries(dashboard):
-        names = set(re.findall(r"\b(memscope_[a-z_]+)\{", expr))  # metric selectors only
-        assert names, title
-        assert names <= PROMETHEUS_NAMES, (title, names - PROMETHEUS_NAMES)
+        plain = set(re.findall(r"\b(memscope_[a-z_]+)\{", expr))
+        assert plain <= PROMETHEUS_NAMES, (title, plain - PROMETHEUS_NAMES)
+        # {__name__=~"..."} selectors must match a metric under both exporters' naming.
+        patterns = re.findall(r'__name__=~"([^"]+)"', expr)
+        for pattern in patterns:
+            matched = [c for c, sdk in names.items()
+                       if re.fullmatch(pattern, c) and re.fullmatch(pattern, sdk)]
+            assert len(matched) == 1, (title, pattern, matched)
+        assert plain or patterns, title
+        # A plain name must not be one that the SDK exporter spells differently.
+        assert all(names[n] == n for n in plain), (title, plain)
 
 
 def test_required_panels_present(dashboard):
@@ -85,9 +105,9 @@ def test_required_panels_present(dashboard):
         "memscope_allocations_by_size_total": "size distribution",
         "memscope_site_allocated_bytes_total": "top sites",
         "memscope_live_bytes": "live estimate",
-        "memscope_sampler_rate_ratio": "sampler rate",
+        "memscope_sampler_rate(_ratio)?": "sampler rate",
         "memscope_sampler_dropped_total": "dropped records",
-        "memscope_optimizer_pressure_ratio": "optimizer pressure",
+        "memscope_optimizer_pressure(_ratio)?": "optimizer pressure",
     }
     for metric, what in wanted.items():
         assert any(metric in e for e in exprs.values()), f"no panel for {what} ({metric})"

@@ -27,6 +27,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+FILE_SD_JOB = "file-targets"
+
+
 class PrometheusError(RuntimeError):
     """The server did not start, or a query was rejected."""
 
@@ -60,11 +63,30 @@ class PrometheusServer:
                 "scrape_interval": self.scrape_interval,
                 "scrape_timeout": self.scrape_interval,
                 "static_configs": [{"targets": self.targets}],
+            }, {
+                # Targets added while running (set_file_targets), e.g. an app's own exporter page.
+                "job_name": FILE_SD_JOB,
+                "scrape_interval": self.scrape_interval,
+                "scrape_timeout": self.scrape_interval,
+                "file_sd_configs": [{"files": [str(self._file_sd_path(directory))],
+                                     "refresh_interval": "1s"}],
             }],
         }
+        self._file_sd_path(directory).write_text("[]")
         path = directory / "prometheus.yml"
         path.write_text(json.dumps(config, indent=2))
         return path
+
+    @staticmethod
+    def _file_sd_path(directory: Path) -> Path:
+        return directory / "file_sd_targets.json"
+
+    def set_file_targets(self, targets: list[str]):
+        """Scrape ``targets`` (``host:port``) under job ``FILE_SD_JOB`` from now on."""
+        path = self._file_sd_path(Path(self._tmp.name))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps([{"targets": targets}]))
+        tmp.replace(path)  # atomic, so Prometheus never reads half a file
 
     def start(self, timeout: float = 30.0) -> "PrometheusServer":
         """Start the server and wait until ``/-/ready`` answers 200."""
