@@ -184,8 +184,10 @@ def start(meter_provider=None, **overrides):
         if not config.enabled or sdk_disabled():
             log.info("memscope tracker disabled (OTEL_PYTHON_MEMSCOPE_ENABLED or OTEL_SDK_DISABLED)")
             return None
-        tracker = Tracker(config, meter_provider)
-        tracker.start()
+        # Setting up (imports, instrument registration) is the tracker's own work: not counted.
+        with sampler.ignored():
+            tracker = Tracker(config, meter_provider)
+            tracker.start()
         _current = tracker
         return tracker
 
@@ -196,7 +198,8 @@ def stop():
     with _lock:
         tracker, _current = _current, None
         if tracker is not None:
-            tracker.stop()
+            with sampler.ignored():
+                tracker.stop()
 
 
 def _after_fork_in_child():
