@@ -1,0 +1,139 @@
+"""A workload whose every allocation is known: a small C helper, built with cffi, that calls the
+CPython allocators of one domain in a loop over caller-given sizes.
+
+The helper takes the GIL back (cffi releases it around calls), so the sampler sees the calling
+Python frame as the allocation site: every block comes from the line that called the helper.
+Sizes are the caller's numpy arrays, so the test knows the exact count, bytes and sum of squared
+sizes of what it asked for without trusting anything the tracker reports.
+"""
+import pathlib
+import sys
+import sysconfig
+
+import numpy as np
+
+DOMAINS = {"obj": 0, "mem": 1, "raw": 2}
+
+CDEF = """
+size_t churn(int domain, const uint64_t *sizes, size_t n, size_t repeat);
+size_t keep(int domain, const uint64_t *sizes, size_t n, uintptr_t *out);
+void release(int domain, const uintptr_t *blocks, size_t n);
+"""
+
+SOURCE = r"""
+#include <Python.h>
+#include <stdint.h>
+
+static void *allocate(int domain, size_t size)
+{
+    switch (domain) {
+    case 0: return PyObject_Malloc(size);
+    case 1: return PyMem_Malloc(size);
+    default: return PyMem_RawMalloc(size);
+    }
+}
+
+static void deallocate(int domain, void *p)
+{
+    switch (domain) {
+    case 0: PyObject_Free(p); break;
+    case 1: PyMem_Free(p); break;
+    default: PyMem_RawFree(p); break;
+    }
+}
+
+/* Allocates and at once frees one block of each size, repeat times over the array.
+ * Returns the number of failed allocations (the caller asserts 0). */
+size_t churn(int domain, const uint64_t *sizes, size_t n, size_t repeat)
+{
+    size_t failed = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    for (size_t r = 0; r < repeat; r++) {
+        for (size_t i = 0; i < n; i++) {
+            void *p = allocate(domain, (size_t)sizes[i]);
+            if (p == NULL)
+                failed++;
+            else
+                deallocate(domain, p);
+        }
+    }
+    PyGILState_Release(gil);
+    return failed;
+}
+
+/* Allocates one block of each size and leaves it allocated; out[i] gets its address.
+ * Returns the number of failed allocations. */
+size_t keep(int domain, const uint64_t *sizes, size_t n, uintptr_t *out)
+{
+    size_t failed = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    for (size_t i = 0; i < n; i++) {
+        void *p = allocate(domain, (size_t)sizes[i]);
+        failed += p == NULL;
+        out[i] = (uintptr_t)p;
+    }
+    PyGILState_Release(gil);
+    return failed;
+}
+
+/* Frees blocks returned by keep (zero addresses are skipped). */
+void release(int domain, const uintptr_t *blocks, size_t n)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    for (size_t i = 0; i < n; i++) {
+        if (blocks[i])
+            deallocate(domain, (void *)blocks[i]);
+    }
+    PyGILState_Release(gil);
+}
+"""
+
+
+def build(directory):
+    """Compiles the helper into ``directory`` and returns its cffi ``(ffi, lib)``."""
+    from cffi import FFI
+
+    name = "_memscope_stats_workload"
+    ffi = FFI()
+    ffi.cdef(CDEF)
+    ffi.set_source(name, SOURCE, define_macros=[("_CFFI_NO_LIMITED_API", None)], include_dirs=[sysconfig.get_paths()["include"]],
+                   extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"])
+    path = ffi.compile(tmpdir=str(directory))
+    sys.path.insert(0, str(pathlib.Path(path).parent))
+    try:
+        module = __import__(name)
+    finally:
+        sys.path.pop(0)
+    return module.ffi, module.lib
+
+
+class Workload:
+    """Python face of the helper: sizes in, exact totals out."""
+
+    def __init__(self, ffi, lib):
+        self.ffi = ffi
+        self.lib = lib
+
+    def _sizes(self, sizes):
+        sizes = np.ascontiguousarray(sizes, dtype=np.uint64)
+        return sizes, self.ffi.cast("uint64_t *", self.ffi.from_buffer(sizes))
+
+    def churn(self, domain, sizes, repeat=1):
+        """Allocates and frees each size ``repeat`` times in ``domain``."""
+        sizes, ptr = self._sizes(sizes)
+        failed = self.lib.churn(DOMAINS[domain], ptr, len(sizes), repeat)
+        assert failed == 0, f"{failed} allocations failed"
+
+    def keep(self, domain, sizes):
+        """Allocates one block per size and returns their addresses (uint64 array)."""
+        sizes, ptr = self._sizes(sizes)
+        blocks = np.zeros(len(sizes), dtype=np.uint64)
+        failed = self.lib.keep(DOMAINS[domain], ptr, len(sizes),
+                               self.ffi.cast("uintptr_t *", self.ffi.from_buffer(blocks)))
+        assert failed == 0, f"{failed} allocations failed"
+        return blocks
+
+    def release(self, domain, blocks):
+        """Frees blocks returned by :meth:`keep`."""
+        blocks = np.ascontiguousarray(blocks, dtype=np.uint64)
+        self.lib.release(DOMAINS[domain], self.ffi.cast("uintptr_t *", self.ffi.from_buffer(blocks)), len(blocks))
