@@ -15,6 +15,7 @@ probability of one check by alpha, with no normal approximation. E[T_hat] differ
 the float32 rounding of 1/p (|p w - 1| <= 2^-24), which is added to the tolerance as a bias bound.
 """
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,6 +126,11 @@ class Check:
 
 
 def assert_all(checks):
-    """Fails with every check's numbers when any estimate is outside its tolerance."""
+    """Fails with every check's numbers when any estimate is outside its tolerance
+    (``MEMSCOPE_STATS_VERBOSE=1 pytest -s`` prints them all)."""
+    checks = list(checks)
+    if os.environ.get("MEMSCOPE_STATS_VERBOSE"):
+        for c in checks:
+            print(c.describe())
     bad = [c for c in checks if not c.ok]
     assert not bad, "estimates outside their tolerance:\n" + "\n".join(c.describe() for c in bad)
