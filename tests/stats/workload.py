@@ -7,7 +7,7 @@ Sizes are the caller's numpy arrays, so the test knows the exact count, bytes an
 sizes of what it asked for without trusting anything the tracker reports.
 """
 import pathlib
-import sys
+import subprocess
 import sysconfig
 
 import numpy as np
@@ -18,6 +18,7 @@ CDEF = """
 size_t churn(int domain, const uint64_t *sizes, size_t n, size_t repeat);
 size_t keep(int domain, const uint64_t *sizes, size_t n, uintptr_t *out);
 void release(int domain, const uintptr_t *blocks, size_t n);
+void release_where(int domain, const uintptr_t *blocks, const uint8_t *mask, size_t n, uint8_t which);
 """
 
 SOURCE = r"""
@@ -86,25 +87,39 @@ void release(int domain, const uintptr_t *blocks, size_t n)
     }
     PyGILState_Release(gil);
 }
+
+/* Frees the blocks i with mask[i] == which: a chosen subset, with no allocation on the way. */
+void release_where(int domain, const uintptr_t *blocks, const uint8_t *mask, size_t n, uint8_t which)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    for (size_t i = 0; i < n; i++) {
+        if (blocks[i] && mask[i] == which)
+            deallocate(domain, (void *)blocks[i]);
+    }
+    PyGILState_Release(gil);
+}
 """
 
 
 def build(directory):
-    """Compiles the helper into ``directory`` and returns its cffi ``(ffi, lib)``."""
+    """Compiles the helper into ``directory`` and returns its cffi ``(ffi, lib)``.
+
+    It is a plain shared object loaded with ``ffi.dlopen`` (cffi's ABI mode): gcc and the Python
+    headers are all it needs, as for the package itself (cffi's own compile step would also need
+    setuptools, absent from Python >= 3.12 venvs). Its CPython symbols resolve against the running
+    interpreter, as an extension module's do."""
     from cffi import FFI
 
-    name = "_memscope_stats_workload"
+    directory = pathlib.Path(directory)
+    source = directory / "stats_workload.c"
+    library = directory / "stats_workload.so"
+    source.write_text(SOURCE)
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror",
+                    f"-I{include}", str(source), "-o", str(library)], check=True)
     ffi = FFI()
     ffi.cdef(CDEF)
-    ffi.set_source(name, SOURCE, define_macros=[("_CFFI_NO_LIMITED_API", None)], include_dirs=[sysconfig.get_paths()["include"]],
-                   extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"])
-    path = ffi.compile(tmpdir=str(directory))
-    sys.path.insert(0, str(pathlib.Path(path).parent))
-    try:
-        module = __import__(name)
-    finally:
-        sys.path.pop(0)
-    return module.ffi, module.lib
+    return ffi, ffi.dlopen(str(library))
 
 
 class Workload:
