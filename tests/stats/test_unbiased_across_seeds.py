@@ -93,6 +93,9 @@ def test_fixed_seed_reproduces_the_sample(workload):
         return float(delta.est_count[2][SMALL]), float(delta.est_bytes[2][SMALL])
 
     estimate(77)  # first calls of anything allocate more (lazy cffi attributes, caches)
-    runs = [estimate(77) for _ in range(3)]
-    assert runs[0] == runs[1] == runs[2], runs
+    runs = [estimate(77) for _ in range(6)]
+    # Equal only if nothing between the reseed (inside sampler.start) and the workload moves the
+    # thread's countdowns by a varying amount, e.g. the tracker's own allocations while it starts
+    # its drainer thread (their number depends on thread start-up timing).
+    assert len(set(runs)) == 1, runs
     assert estimate(78) != runs[0]

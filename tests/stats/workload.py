@@ -19,6 +19,9 @@ size_t churn(int domain, const uint64_t *sizes, size_t n, size_t repeat);
 size_t keep(int domain, const uint64_t *sizes, size_t n, uintptr_t *out);
 void release(int domain, const uintptr_t *blocks, size_t n);
 void release_where(int domain, const uintptr_t *blocks, const uint8_t *mask, size_t n, uint8_t which);
+size_t churn_calloc(int domain, const uint64_t *sizes, size_t n, size_t repeat);
+size_t churn_realloc(int domain, const uint64_t *first, const uint64_t *then, size_t n, size_t repeat);
+size_t regrow_where(int domain, uintptr_t *blocks, const uint64_t *sizes, const uint8_t *mask, size_t n, uint8_t which);
 """
 
 SOURCE = r"""
@@ -31,6 +34,24 @@ static void *allocate(int domain, size_t size)
     case 0: return PyObject_Malloc(size);
     case 1: return PyMem_Malloc(size);
     default: return PyMem_RawMalloc(size);
+    }
+}
+
+static void *allocate_zeroed(int domain, size_t size)
+{
+    switch (domain) {
+    case 0: return PyObject_Calloc(1, size);
+    case 1: return PyMem_Calloc(1, size);
+    default: return PyMem_RawCalloc(1, size);
+    }
+}
+
+static void *reallocate(int domain, void *p, size_t size)
+{
+    switch (domain) {
+    case 0: return PyObject_Realloc(p, size);
+    case 1: return PyMem_Realloc(p, size);
+    default: return PyMem_RawRealloc(p, size);
     }
 }
 
@@ -88,6 +109,68 @@ void release(int domain, const uintptr_t *blocks, size_t n)
     PyGILState_Release(gil);
 }
 
+/* As churn, with calloc(1, size). */
+size_t churn_calloc(int domain, const uint64_t *sizes, size_t n, size_t repeat)
+{
+    size_t failed = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    for (size_t r = 0; r < repeat; r++) {
+        for (size_t i = 0; i < n; i++) {
+            void *p = allocate_zeroed(domain, (size_t)sizes[i]);
+            if (p == NULL)
+                failed++;
+            else
+                deallocate(domain, p);
+        }
+    }
+    PyGILState_Release(gil);
+    return failed;
+}
+
+/* Allocates first[i], reallocates the block to then[i], frees it; repeat times over the arrays:
+ * two allocation requests (first[i], then[i]) and two deallocations per step. */
+size_t churn_realloc(int domain, const uint64_t *first, const uint64_t *then, size_t n, size_t repeat)
+{
+    size_t failed = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    for (size_t r = 0; r < repeat; r++) {
+        for (size_t i = 0; i < n; i++) {
+            void *p = allocate(domain, (size_t)first[i]);
+            if (p == NULL) {
+                failed++;
+                continue;
+            }
+            void *q = reallocate(domain, p, (size_t)then[i]);
+            if (q == NULL) {
+                failed++;
+                q = p;
+            }
+            deallocate(domain, q);
+        }
+    }
+    PyGILState_Release(gil);
+    return failed;
+}
+
+/* Reallocates the blocks i with mask[i] == which to sizes[i], in place in blocks[].
+ * Returns the number of failed reallocations (the old block is kept then). */
+size_t regrow_where(int domain, uintptr_t *blocks, const uint64_t *sizes, const uint8_t *mask, size_t n, uint8_t which)
+{
+    size_t failed = 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    for (size_t i = 0; i < n; i++) {
+        if (!blocks[i] || mask[i] != which)
+            continue;
+        void *q = reallocate(domain, (void *)blocks[i], (size_t)sizes[i]);
+        if (q == NULL)
+            failed++;
+        else
+            blocks[i] = (uintptr_t)q;
+    }
+    PyGILState_Release(gil);
+    return failed;
+}
+
 /* Frees the blocks i with mask[i] == which: a chosen subset, with no allocation on the way. */
 void release_where(int domain, const uintptr_t *blocks, const uint8_t *mask, size_t n, uint8_t which)
 {
@@ -137,6 +220,20 @@ class Workload:
         """Allocates and frees each size ``repeat`` times in ``domain``."""
         sizes, ptr = self._sizes(sizes)
         failed = self.lib.churn(DOMAINS[domain], ptr, len(sizes), repeat)
+        assert failed == 0, f"{failed} allocations failed"
+
+    def churn_calloc(self, domain, sizes, repeat=1):
+        """As :meth:`churn`, with ``calloc(1, size)``."""
+        sizes, ptr = self._sizes(sizes)
+        failed = self.lib.churn_calloc(DOMAINS[domain], ptr, len(sizes), repeat)
+        assert failed == 0, f"{failed} allocations failed"
+
+    def churn_realloc(self, domain, first, then, repeat=1):
+        """malloc(first[i]), realloc to then[i], free; ``repeat`` times over the arrays."""
+        first, p1 = self._sizes(first)
+        then, p2 = self._sizes(then)
+        assert len(first) == len(then)
+        failed = self.lib.churn_realloc(DOMAINS[domain], p1, p2, len(first), repeat)
         assert failed == 0, f"{failed} allocations failed"
 
     def keep(self, domain, sizes):
