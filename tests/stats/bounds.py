@@ -38,6 +38,10 @@ class Stratum:
     sum_sq: float
     largest: float
 
+    def __post_init__(self):
+        # At rate 0 nothing outside the frequency slots is seen: no unbiased estimate exists.
+        assert 0.0 < self.rate <= 1.0, f"a stratum needs a rate in (0, 1], got {self.rate}"
+
     @property
     def variance(self):
         p = self.rate

@@ -14,7 +14,7 @@ from .window import MEDIUM, SMALL
 SMALL_RATE, MEDIUM_RATE, CRITICAL = 0.01, 0.05, 8192
 RATES = {SMALL: SMALL_RATE, MEDIUM: MEDIUM_RATE}
 LARGEST = {SMALL: 1023, MEDIUM: CRITICAL - 1}
-RUNS = 300
+RUNS = 200
 PLAN = {SMALL: ("obj", 10), MEDIUM: ("mem", 2)}  # class: (domain, repeats of its 1000 sizes)
 
 
@@ -67,14 +67,14 @@ def test_mean_over_seeds_is_unbiased(workload):
         assert len(np.unique(errors)) > 10
         # ... and as much as the variance formula says: the empirical variance of the per-run
         # errors over the predicted one. Each run's error is a sum of >= ~100 expected samples,
-        # close to normal, so the ratio has sd ~ sqrt(2 / M) = 0.08; [0.6, 1.5] is 5 sd wide.
+        # close to normal, so the ratio has sd ~ sqrt(2 / M) = 0.1; [0.5, 1.6] is 5 sd wide.
         predicted = sd * sd / RUNS
         spreads.append((key, float(np.mean(errors ** 2) / predicted)))
     bounds.assert_all(checks)
     for key, ratio in spreads:
         if os.environ.get("MEMSCOPE_STATS_VERBOSE"):
             print(f"{key}: empirical/predicted variance of the per-run errors {ratio:.3f}")
-        assert 0.6 <= ratio <= 1.5, f"{key}: empirical/predicted variance {ratio:.3f}"
+        assert 0.5 <= ratio <= 1.6, f"{key}: empirical/predicted variance {ratio:.3f}"
 
 
 def test_fixed_seed_reproduces_the_sample(workload):
