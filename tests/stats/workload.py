@@ -1,5 +1,5 @@
-"""A workload whose every allocation is known: a small C helper, built with cffi, that calls the
-CPython allocators of one domain in a loop over caller-given sizes.
+"""A workload whose every allocation is known: a small C helper, compiled with gcc and loaded
+with cffi, that calls the CPython allocators of one domain in a loop over caller-given sizes.
 
 The helper takes the GIL back (cffi releases it around calls), so the sampler sees the calling
 Python frame as the allocation site: every block comes from the line that called the helper.
