@@ -112,13 +112,9 @@ static ms_thread_t *attach(void)
     return t;
 }
 
-ms_thread_t *ms_thread_acquire(bool *locked)
+ms_thread_t *ms_thread_attach_or_orphan(bool *locked)
 {
     ms_thread_t *t = ms_tls.thread;
-    if (MS_LIKELY(t != NULL && t != MS_THREAD_DEAD)) {
-        *locked = false;
-        return t;
-    }
     if (t == NULL && (t = attach()) != NULL) {
         *locked = false;
         return t;
@@ -128,10 +124,9 @@ ms_thread_t *ms_thread_acquire(bool *locked)
     return &g_orphan;
 }
 
-void ms_thread_release(bool locked)
+void ms_orphan_unlock(void)
 {
-    if (locked)
-        ms_spin_unlock(&g_orphan_lock);
+    ms_spin_unlock(&g_orphan_lock);
 }
 
 void ms_ring_push(ms_thread_t *t, const ms_record_t *rec)
