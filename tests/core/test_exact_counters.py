@@ -97,8 +97,8 @@ def test_native_threads_equal_exact_count(tracker, th):
     with installed_on_top():
         window = ExactWindow()
         window.begin()
-        assert th.lib.th_native_threads(4, 500, 1000, 1) == 0
-        assert th.lib.th_native_threads(3, 50, 20000, 1) == 0
+        assert th.lib.th_native_threads(4, 500, 1000) == 0
+        assert th.lib.th_native_threads(3, 50, 20000) == 0
         memscope, mine, manual = window.end()
     assert mine.allocations[testhook.RAW, SMALL] >= 2000
     assert mine.allocations[testhook.RAW, LARGE] >= 150

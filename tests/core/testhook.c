@@ -409,6 +409,7 @@ typedef struct {
     int count;
     size_t size;
     int free_them;
+    uintptr_t *keep; /* count pointers per thread, when not freed */
 } native_job_t;
 
 static void *native_main(void *arg)
@@ -418,22 +419,32 @@ static void *native_main(void *arg)
         void *p = PyMem_RawMalloc(job->size);
         if (job->free_them)
             PyMem_RawFree(p);
+        else
+            job->keep[i] = (uintptr_t)p;
     }
     return NULL;
 }
 
-/* Runs `threads` pthreads one after another or together, each making count RAW allocations of
- * size bytes (freed at once when free_them), with no Python thread state. 0 on success. */
-int th_native_threads(int threads, int count, size_t size, int free_them)
+/* Runs `threads` concurrent pthreads, each making count RAW allocations of size bytes and
+ * freeing each at once, with no Python thread state. 0 on success. */
+int th_native_threads(int threads, int count, size_t size)
+{
+    return th_native_threads_keep(threads, count, size, NULL);
+}
+
+/* As th_native_threads; with keep non-NULL the blocks are not freed but stored there
+ * (threads * count pointers), for the caller to free with th_raw_free_many. */
+int th_native_threads_keep(int threads, int count, size_t size, uintptr_t *keep)
 {
     enum { MAX_THREADS = 256 };
     pthread_t ids[MAX_THREADS];
-    native_job_t job = {count, size, free_them};
+    native_job_t jobs[MAX_THREADS];
     if (threads > MAX_THREADS)
         return -1;
     int started = 0;
     for (; started < threads; started++) {
-        if (pthread_create(&ids[started], NULL, native_main, &job) != 0)
+        jobs[started] = (native_job_t){count, size, keep == NULL, keep ? keep + (size_t)started * count : NULL};
+        if (pthread_create(&ids[started], NULL, native_main, &jobs[started]) != 0)
             break;
     }
     for (int i = 0; i < started; i++)

@@ -31,7 +31,8 @@ uintptr_t th_alloc(int domain, size_t size);
 void th_free(int domain, uintptr_t p);
 void th_raw_alloc_many(uintptr_t *out, int count, size_t size);
 void th_raw_free_many(const uintptr_t *ptrs, int count);
-int th_native_threads(int threads, int count, size_t size, int free_them);
+int th_native_threads(int threads, int count, size_t size);
+int th_native_threads_keep(int threads, int count, size_t size, uintptr_t *keep);
 /* TESTHOOK_CDEF_END */
 
 #endif
