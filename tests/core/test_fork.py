@@ -2,6 +2,7 @@
 parent carries on unaffected; the same through a real pre-fork server (gunicorn)."""
 import concurrent.futures
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -25,8 +26,17 @@ def churn(n):
     return len(keep)
 
 
-def child_report(th):
-    """Runs in the child: what it sees of its own counters and drainer."""
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def child_report(th, problems):
+    """Runs in the child: what it sees of its own counters and drainer, and what memscope logged."""
     first = sampler.read_counters()
     report = {"first_allocations": int(first.allocations.sum())}
     for _ in range(50):
@@ -47,6 +57,7 @@ def child_report(th):
         drains=current.drainer.drains,
         drainer_alive=current.drainer._thread.is_alive(),
         later_allocations=int(later.allocations.sum()),
+        problems=problems.messages,
     )
     return report
 
@@ -60,13 +71,20 @@ def test_fork_child_fresh_parent_unaffected(start_tracker, th):
     parent_total = int(parent_before.allocations.sum())
     assert parent_total > 100_000
 
+    problems = _Collect()
+    logging.getLogger("memscope_otel").addHandler(problems)
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            logging.getLogger("memscope_otel").removeHandler(problems)
     if pid == 0:  # the child: never return into pytest
         status = 1
         try:
             os.close(read_end)
-            data = json.dumps(child_report(th)).encode()
+            data = json.dumps(child_report(th, problems)).encode()
             os.write(write_end, data)
             status = 0
         finally:
@@ -77,6 +95,7 @@ def test_fork_child_fresh_parent_unaffected(start_tracker, th):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed with status {status}"
     child = json.loads(data)
+    assert child["problems"] == [], "memscope logged problems in the child"
 
     # Fresh counters: the child's first snapshot holds only what it did since fork().
     assert child["first_allocations"] < parent_total / 20, child
