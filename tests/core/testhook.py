@@ -11,6 +11,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -39,6 +40,39 @@ def _cache_dir():
     return HERE / "_build" / key
 
 
+def _build(target):
+    """Generates the cffi C source and compiles it with the C compiler directly (no setuptools,
+    which Python 3.12+ no longer ships in a venv)."""
+    from cffi import FFI
+
+    ffi = FFI()
+    ffi.cdef(_cdef())
+    ffi.set_source(MODULE, '#include "testhook.h"')
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="build-", dir=target.parent))
+    glue = work / (MODULE + ".c")
+    ffi.emit_c_code(str(glue))
+    output = work / (MODULE + sysconfig.get_config_var("EXT_SUFFIX"))
+    compiler = os.environ.get("CC") or "cc"
+    common = [compiler, "-fPIC", "-std=c11", "-O1", "-D_GNU_SOURCE", "-I", str(HERE),
+              "-I", sysconfig.get_paths()["include"]]
+    commands = [
+        # Our own C is held to the project's standard; cffi's generated glue is not ours.
+        common + ["-Wall", "-Wextra", "-Werror", "-c", str(SOURCE), "-o", str(work / "testhook.o")],
+        common + ["-c", str(glue), "-o", str(work / "glue.o")],
+        [compiler, "-shared", str(work / "glue.o"), str(work / "testhook.o"), "-o", str(output), "-pthread"],
+    ]
+    for command in commands:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"building the test hook failed:\n{' '.join(command)}\n{result.stderr}")
+    try:
+        os.rename(work, target)  # atomic: a concurrent build that won keeps its copy
+    except OSError:
+        return output
+    return target / output.name
+
+
 def load():
     """The compiled module (``.ffi``, ``.lib``), built on first use."""
     if MODULE in sys.modules:
@@ -46,22 +80,7 @@ def load():
     target = _cache_dir()
     found = sorted(target.glob(MODULE + "*.so")) if target.exists() else []
     if not found:
-        from cffi import FFI
-
-        ffi = FFI()
-        ffi.cdef(_cdef())
-        ffi.set_source(MODULE, '#include "testhook.h"', sources=[str(SOURCE)], include_dirs=[str(HERE),
-                       sysconfig.get_paths()["include"]],
-                       extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-D_GNU_SOURCE"],
-                       extra_link_args=["-pthread"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        work = pathlib.Path(tempfile.mkdtemp(prefix="build-", dir=target.parent))
-        built = pathlib.Path(ffi.compile(tmpdir=str(work), verbose=False))
-        try:
-            os.rename(work, target)  # atomic: a concurrent build that won keeps its copy
-        except OSError:
-            pass
-        found = sorted(target.glob(MODULE + "*.so")) or [built]
+        found = [_build(target)]
     spec = importlib.util.spec_from_file_location(MODULE, found[0])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
