@@ -62,6 +62,8 @@ def test_stress(testhook):
     handoff = queue.Queue(maxsize=4096)  # (domain, pointer) allocated on one thread, freed on another
     readings = []
     readings_lock = threading.Lock()
+    reader_drains = threading.Event()  # cleared while the tiny rings must overflow
+    reader_drains.set()
 
     def guarded(body):
         def run(*args):
@@ -116,8 +118,9 @@ def test_stress(testhook):
     def reader():
         n = 0
         while not done.is_set():
-            snap = memscope_otel.snapshot() if n % 4 else None
-            if n % 4 == 0:
+            drain = reader_drains.is_set()
+            snap = memscope_otel.snapshot() if drain and n % 4 else None
+            if drain and n % 4 == 0:
                 provider_reader.get_metrics_data()  # the OpenTelemetry path: callbacks drain too
             counters = snap.counters if snap is not None else sampler.read_counters()
             with readings_lock:
@@ -137,11 +140,14 @@ def test_stress(testhook):
         time.sleep(PHASE_SECONDS)
         memscope_otel.stop()
         time.sleep(0.1)
-        # Restart with tiny rings (forcing drops), a dense frequency guarantee and fewer domains.
-        memscope_otel.start(meter_provider=provider, drain_interval_ms=10, adaptive=False,
+        # Restart with tiny rings, a dense frequency guarantee, fewer domains and no draining until
+        # stop(): the rings overflow for sure.
+        reader_drains.clear()
+        memscope_otel.start(meter_provider=provider, drain_interval_ms=60000, adaptive=False,
                             max_records_per_thread=256, frequency_sample_interval=50, domains="obj,raw")
         time.sleep(PHASE_SECONDS)
         memscope_otel.stop()
+        reader_drains.set()
         memscope_otel.start(meter_provider=provider, drain_interval_ms=10, adaptive=False)
         time.sleep(PHASE_SECONDS)
     finally:
