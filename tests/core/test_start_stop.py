@@ -102,3 +102,22 @@ def test_stop_under_another_hook_leaves_a_pass_through(th):
     finally:
         memscope_otel.stop()
     assert chain() == original
+
+
+def test_restart_with_fewer_domains_after_a_pass_through_counts_only_those(th):
+    """A hook left in the chain as a pass-through (another allocator was installed over it at
+    stop()) must not count its domain when a later start() does not select that domain."""
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    memscope_otel.start(meter_provider=provider, drain_interval_ms=60000)
+    try:
+        with installed_on_top():
+            memscope_otel.stop()
+        memscope_otel.start(meter_provider=provider, drain_interval_ms=60000, domains="obj")
+        before = sampler.read_counters()
+        th.lib.th_workload(11, 100)
+        after = sampler.read_counters()
+    finally:
+        memscope_otel.stop()
+    grown = after.allocations.sum(axis=1) - before.allocations.sum(axis=1)
+    assert grown[testhook.OBJ] > 0
+    assert grown[testhook.MEM] == 0 and grown[testhook.RAW] == 0, f"counted unselected domains: {grown}"
