@@ -16,6 +16,9 @@
 
 /* ---- settings read by the hooks (written by ms_start / ms_set_rates) ---- */
 
+/* Bit d set: domain d is counted now (bit MS_DOMAIN_MANUAL for the manual API). Per domain, so
+ * that a hook left in a chain as a pass-through after stop() stays silent when a later start()
+ * asks for fewer domains. */
 static _Atomic int g_active;
 static _Atomic uint64_t g_critical = 8192;
 static _Atomic int64_t g_frequency = 1000;
@@ -226,9 +229,9 @@ __attribute__((always_inline)) static inline void count_free(int domain, uint64_
 
 /* ---- the hooks ---- */
 
-static inline bool tracking(void)
+static inline bool tracking(int domain)
 {
-    return ms_tls.guard == 0 && atomic_load_explicit(&g_active, memory_order_relaxed);
+    return ms_tls.guard == 0 && (atomic_load_explicit(&g_active, memory_order_relaxed) >> domain & 1);
 }
 
 /* A free on a thread the tracker ignores (its own threads) is not counted, but a sampled block
@@ -244,7 +247,7 @@ static void untracked_free(uint64_t address)
 __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!tracking())
+    if (!tracking(domain))
         return next->malloc(next->ctx, size);
     ms_tls.guard = MS_GUARD_HOOK;
     void *p = next->malloc(next->ctx, size);
@@ -257,7 +260,7 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
 __attribute__((always_inline)) static inline void *hook_calloc(int domain, size_t nelem, size_t elsize)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!tracking())
+    if (!tracking(domain))
         return next->calloc(next->ctx, nelem, elsize);
     ms_tls.guard = MS_GUARD_HOOK;
     void *p = next->calloc(next->ctx, nelem, elsize);
@@ -274,7 +277,7 @@ __attribute__((always_inline)) static inline void *hook_calloc(int domain, size_
 __attribute__((always_inline)) static inline void *hook_realloc(int domain, void *ptr, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!tracking()) {
+    if (!tracking(domain)) {
         if (ptr)
             untracked_free((uint64_t)(uintptr_t)ptr);
         return next->realloc(next->ctx, ptr, size);
@@ -307,7 +310,7 @@ __attribute__((always_inline)) static inline void *hook_realloc(int domain, void
 __attribute__((always_inline)) static inline void hook_free(int domain, void *ptr)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!ptr || !tracking()) {
+    if (!ptr || !tracking(domain)) {
         if (ptr)
             untracked_free((uint64_t)(uintptr_t)ptr);
         next->free(next->ctx, ptr);
@@ -391,7 +394,7 @@ static int start_locked(const ms_config_t *cfg)
     atomic_fetch_add(&g_epoch, 1);
     ms_buffers_configure(cfg->ring_capacity, cfg->seed);
     ms_live_clear();
-    atomic_store(&g_active, 1);
+    atomic_store(&g_active, cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
     /* Install innermost first (RAW) so that a forwarded request never meets a half-built chain.
      * The saved allocator is published (release fence) before the hook that reads it. */
     for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
@@ -428,7 +431,7 @@ int ms_stop(void)
 
 int ms_is_active(void)
 {
-    return atomic_load(&g_active);
+    return atomic_load(&g_active) != 0;
 }
 
 void ms_set_rates(double medium_rate, double small_rate)
@@ -462,7 +465,7 @@ uint32_t ms_type_id(uint64_t key)
 
 void ms_track_allocation(uint64_t address, uint64_t size, uint32_t type_id)
 {
-    if (!tracking() || address == 0)
+    if (!tracking(MS_DOMAIN_MANUAL) || address == 0)
         return;
     if (type_id >= MS_MAX_IDS)
         type_id = MS_ID_NATIVE + MS_DOMAIN_MANUAL;
@@ -473,7 +476,7 @@ void ms_track_allocation(uint64_t address, uint64_t size, uint32_t type_id)
 
 void ms_track_deallocation(uint64_t address)
 {
-    if (!tracking() || address == 0)
+    if (!tracking(MS_DOMAIN_MANUAL) || address == 0)
         return;
     ms_tls.guard = MS_GUARD_HOOK;
     count_free(MS_DOMAIN_MANUAL, address);
@@ -499,8 +502,7 @@ void ms_after_fork_child(void)
     ms_buffers_fork_child();
     ms_live_fork_child();
     atomic_fetch_add(&g_epoch, 1);
-    if (atomic_load(&g_active_before_fork))
-        atomic_store(&g_active, 1);
+    atomic_store(&g_active, atomic_load(&g_active_before_fork));
 }
 
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;

@@ -62,6 +62,7 @@ typedef struct ms_ring {
     _Atomic uint64_t tail; /* written by the drainer */
     char pad1[56];
     uint64_t mask;
+    struct ms_ring *replaced_next; /* on the drainer's list of rings to free */
     ms_record_t slots[];
 } ms_ring_t;
 
