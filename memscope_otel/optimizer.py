@@ -1,0 +1,544 @@
+"""The adaptive optimizer: export pressure -> sampling rates; workload recognition; recommendations.
+
+Four parts, each usable alone, wired together by :class:`PerformanceOptimizer`:
+
+- :class:`PressureMonitor` turns what memscope can see through public means into one pressure value
+  in [0, 1]: cadence drift of the metric collections, export failures the OpenTelemetry SDK logs,
+  the cost and series count of memscope's own collection, ring-buffer drops, sampled records per
+  second and the estimated time spent in the allocator hooks. Each signal is scaled to [0, 1]
+  against a budget; the pressure is the largest of them, so the reason for a change is always one
+  named signal.
+- :class:`RateController` lowers the small and medium sampling rates multiplicatively when the
+  pressure is above the high-water mark, and raises them slowly back toward the configured rates once
+  it has stayed below the low-water mark. Large allocations are never touched (always sampled). A
+  rate change is one atomic store in C; every record carries the weight in force when it was taken,
+  so the estimates stay unbiased through every change.
+- :class:`WorkloadRecognizer` classifies the running program as ``web_server``, ``data_processing``,
+  ``game_loop``, ``ml_training`` or ``generic`` from measured features (see :func:`classify` for the
+  rules and docs/optimizer.md for the measurements behind them).
+- :class:`PerformanceOptimizer` (the memscope design's name) runs all of it on the tracker's
+  snapshots and offers :meth:`~PerformanceOptimizer.get_optimization_recommendations` and
+  :meth:`~PerformanceOptimizer.apply_optimizations`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import sampler
+from .records import CLASS_MASK, CLASS_SHIFT, DOMAINS, EVENT_MASK, EVENT_SHIFT
+
+log = logging.getLogger("memscope_otel.optimizer")
+
+WORKLOADS = ("web_server", "data_processing", "game_loop", "ml_training", "generic")
+
+# Cost of one unsampled hook call (counter bumps + countdown), in ns. The C side times only the
+# sampled path (slow_path_ns); the fast path is too short to time per call, so it is this constant,
+# measured once with `python benchmarks/optimizer.py fastpath` (hooks on with every rate at 0 and
+# no frequency guarantee, minus hooks off, per allocation+free pair / 2). See docs/optimizer.md.
+FAST_PATH_NS = 14.0
+
+# Budgets: each signal reaches pressure 1 at its budget. Chosen so that the demo workloads at the
+# default settings stay well under the low-water mark (docs/optimizer.md lists their figures).
+CADENCE_DRIFT_BUDGET = 1.0   # a collection gap of twice the export interval
+COLLECTION_COST_BUDGET = 0.10  # memscope's collection taking 10% of the export interval
+SERIES_BUDGET = 2000         # points per collection (the SDK's default per-metric cardinality limit)
+DROP_BUDGET = 0.01           # 1% of the records lost to full rings
+RING_FILL_BUDGET = 1.0       # records of one drain interval filling a whole ring
+HOOK_SHARE_BUDGET = 0.10     # 10% of one core spent in the hooks
+EXPORT_FAILURE_PRESSURE = 1.0  # any export failure logged since the previous collection
+
+# Controller steps: fast down, slow up (one step per collection).
+DOWN_FACTOR = 0.5
+UP_FACTOR = 1.5
+CALM_COLLECTIONS = 3         # collections below the low-water mark before the first step up
+SMOOTHING = 0.5              # weight of the newest reading in the smoothed pressure
+
+
+def export_interval_from_env(environ=None):
+    """OTEL_METRIC_EXPORT_INTERVAL in seconds (default 60), as the SDK's periodic reader reads it."""
+    environ = os.environ if environ is None else environ
+    text = environ.get("OTEL_METRIC_EXPORT_INTERVAL", "")
+    if not text.strip():
+        return 60.0
+    try:
+        value = float(text)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError
+    except ValueError:
+        log.warning("OTEL_METRIC_EXPORT_INTERVAL=%r is invalid (accepted: a positive number of ms); "
+                    "the optimizer assumes 60000", text)
+        return 60.0
+    return value / 1000.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Pressure signals
+# ---------------------------------------------------------------------------------------------
+
+class ExportFailureCounter(logging.Handler):
+    """Counts the export failures the OpenTelemetry SDK and exporters report on their loggers.
+
+    The SDK's periodic reader logs "Exception while exporting metrics" at ERROR when an exporter
+    raises, and the OTLP exporters log failed and retried exports at WARNING or above; a logging
+    handler is the public way to see them. An exporter that returns FAILURE silently is invisible
+    here, but its retries still show up as cadence drift."""
+
+    PREFIXES = ("opentelemetry.sdk.metrics", "opentelemetry.exporter")
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.failures = 0
+
+    def emit(self, record):
+        if record.name.startswith(self.PREFIXES):
+            self.failures += 1
+
+    def install(self):
+        for name in self.PREFIXES:
+            logging.getLogger(name).addHandler(self)
+
+    def uninstall(self):
+        for name in self.PREFIXES:
+            logging.getLogger(name).removeHandler(self)
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """One pressure reading: ``value`` in [0, 1] (the largest component), the components, the
+    raw figures they came from, and which one dominated."""
+
+    value: float
+    components: dict
+    figures: dict
+    dominant: str
+
+    def reason(self):
+        """The dominant signal with its figure, for logs and recommendations."""
+        f = self.figures
+        texts = {
+            "cadence": f"collections {f.get('gap_s', 0):.2f} s apart for an export interval of "
+                       f"{f.get('interval_s', 0):.2f} s (drift {f.get('drift', 0):.2f})",
+            "export_failures": f"{f.get('export_failures', 0)} export failure(s) logged since the last collection",
+            "collection_cost": f"memscope's collection took {f.get('collection_s', 0) * 1000:.1f} ms",
+            "series": f"{f.get('series', 0)} points per collection",
+            "drops": f"{f.get('drop_fraction', 0):.2%} of records dropped",
+            "ring_fill": f"{f.get('records_per_s', 0):.0f} records/s fill {f.get('ring_fill', 0):.0%} "
+                         f"of a ring per drain interval",
+            "hooks": f"{f.get('hook_share', 0):.1%} of a core spent in the hooks",
+        }
+        return f"{self.dominant}: {texts.get(self.dominant, '')}"
+
+
+class PressureMonitor:
+    """Reads the pressure at each metric collection from two consecutive tracker snapshots.
+
+    ``export_interval_s`` is the configured export interval (OTEL_METRIC_EXPORT_INTERVAL); the
+    gap between two collections beyond it is cadence drift. ``collection_stats`` returns the
+    cumulative (nanoseconds, points) memscope's instrument callbacks have spent/produced, or None.
+    A snapshot taken outside a collection (``memscope_otel.snapshot()``) shortens the gap it
+    falls into, which can only hide drift, never invent it."""
+
+    def __init__(self, export_interval_s, drain_interval_s, ring_capacity, collection_stats=None, clock=None):
+        self.export_interval_s = export_interval_s
+        self.drain_interval_s = drain_interval_s
+        self.ring_capacity = ring_capacity
+        self._collection_stats = collection_stats
+        self._clock = clock or time.monotonic
+        self.failures = ExportFailureCounter()
+        self._last = None  # (time, counters, collection ns, points, failures)
+        self.latest = None
+
+    def start(self):
+        self.failures.install()
+
+    def stop(self):
+        self.failures.uninstall()
+
+    def observe(self, counters):
+        """The pressure since the previous observation (None for the first one)."""
+        now = self._clock()
+        ns, points = self._collection_stats() if self._collection_stats else (0, 0)
+        current = (now, counters, ns, points, self.failures.failures)
+        last, self._last = self._last, current
+        if last is None:
+            return None
+        t0, c0, ns0, points0, failures0 = last
+        gap = max(now - t0, 1e-9)
+        drift = max(gap / self.export_interval_s - 1.0, 0.0)
+        records = counters.samples - c0.samples
+        dropped = counters.dropped - c0.dropped
+        drop_fraction = dropped / max(records + dropped, 1)
+        records_per_s = (records + dropped) / gap
+        ring_fill = records_per_s * self.drain_interval_s / self.ring_capacity
+        calls = int((counters.allocations.sum() + counters.deallocations.sum())
+                    - (c0.allocations.sum() + c0.deallocations.sum()))
+        hook_ns = (counters.slow_path_ns - c0.slow_path_ns) + FAST_PATH_NS * calls
+        hook_share = hook_ns / 1e9 / gap
+        collection_s = (ns - ns0) / 1e9
+        series = points - points0
+        export_failures = self.failures.failures - failures0
+        figures = {
+            "gap_s": gap, "interval_s": self.export_interval_s, "drift": drift,
+            "export_failures": export_failures, "collection_s": collection_s, "series": series,
+            "drop_fraction": drop_fraction, "records_per_s": records_per_s, "ring_fill": ring_fill,
+            "hook_share": hook_share, "hook_calls_per_s": calls / gap,
+            "slow_path_ns_per_record": (counters.slow_path_ns - c0.slow_path_ns)
+            / max(counters.slow_path_calls - c0.slow_path_calls, 1),
+        }
+        components = {
+            "cadence": min(drift / CADENCE_DRIFT_BUDGET, 1.0),
+            "export_failures": EXPORT_FAILURE_PRESSURE if export_failures else 0.0,
+            "collection_cost": min(collection_s / (COLLECTION_COST_BUDGET * self.export_interval_s), 1.0),
+            "series": min(series / SERIES_BUDGET, 1.0),
+            "drops": min(drop_fraction / DROP_BUDGET, 1.0),
+            "ring_fill": min(ring_fill / RING_FILL_BUDGET, 1.0),
+            "hooks": min(hook_share / HOOK_SHARE_BUDGET, 1.0),
+        }
+        dominant = max(components, key=components.get)
+        self.latest = Pressure(components[dominant], components, figures, dominant)
+        return self.latest
+
+
+# ---------------------------------------------------------------------------------------------
+# Controller
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RateChange:
+    """One change of the sampling rates, with the exact allocation counters at that moment (so the
+    variance of every estimate can be computed phase by phase)."""
+
+    time: float
+    medium: float
+    small: float
+    reason: str
+    pressure: float
+    allocations: np.ndarray  # (4, 3) exact counters when the change was made
+
+
+class RateController:
+    """Moves the small and medium rates between ``floor`` x configured and the configured rates.
+
+    ``high_water`` / ``low_water``: the smoothed pressure above which rates halve at each
+    collection, and below which (for ``CALM_COLLECTIONS`` collections) they grow by half a step at
+    each collection until they are back at the configured rates. ``enabled=False`` (ADAPTIVE=false)
+    never changes a rate."""
+
+    def __init__(self, medium, small, high_water=0.6, low_water=0.3, floor=0.01, enabled=True,
+                 set_rates=None, get_rates=None):
+        if not 0.0 <= low_water < high_water <= 1.0:
+            raise ValueError(f"need 0 <= low_water < high_water <= 1, got {low_water}, {high_water}")
+        self.target = (medium, small)
+        self.high_water, self.low_water, self.floor = high_water, low_water, floor
+        self.enabled = enabled
+        self._set_rates = set_rates or sampler.set_rates
+        self._get_rates = get_rates or sampler.rates
+        self.smoothed = 0.0
+        self._calm = 0
+        self.history = []  # RateChange, newest last
+
+    def set_target(self, medium, small):
+        """New configured rates (from apply_optimizations); moves there now."""
+        self.target = (medium, small)
+        self._apply(medium, small, "target rates changed by apply_optimizations", self.smoothed, None)
+
+    def step(self, pressure, counters=None):
+        """Feeds one pressure reading; returns the RateChange made, or None."""
+        if pressure is None:
+            return None
+        self.smoothed = SMOOTHING * pressure.value + (1 - SMOOTHING) * self.smoothed
+        if not self.enabled:
+            return None
+        medium, small = self._get_rates()
+        t_medium, t_small = self.target
+        if self.smoothed > self.high_water:
+            self._calm = 0
+            new = (max(medium * DOWN_FACTOR, t_medium * self.floor), max(small * DOWN_FACTOR, t_small * self.floor))
+            why = f"pressure {self.smoothed:.2f} above high-water {self.high_water:.2f} ({pressure.reason()})"
+        elif self.smoothed < self.low_water:
+            self._calm += 1
+            if self._calm < CALM_COLLECTIONS:
+                return None
+            new = (min(max(medium, t_medium * self.floor) * UP_FACTOR, t_medium),
+                   min(max(small, t_small * self.floor) * UP_FACTOR, t_small))
+            why = f"pressure {self.smoothed:.2f} below low-water {self.low_water:.2f} for {self._calm} collections"
+        else:
+            self._calm = 0
+            return None
+        if _close(new[0], medium) and _close(new[1], small):
+            return None
+        return self._apply(new[0], new[1], why, self.smoothed, counters)
+
+    def _apply(self, medium, small, why, pressure, counters):
+        old = self._get_rates()
+        self._set_rates(medium, small)
+        allocations = counters.allocations.copy() if counters is not None else sampler.read_counters().allocations
+        change = RateChange(time.time(), medium, small, why, pressure, allocations)
+        self.history.append(change)
+        del self.history[:-1000]
+        log.debug("memscope sampling rates: medium %.6g -> %.6g, small %.6g -> %.6g; %s",
+                  old[0], medium, old[1], small, why)
+        return change
+
+
+def _close(a, b):
+    return abs(a - b) <= 1e-12 * max(abs(a), abs(b), 1e-300)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workload recognition
+# ---------------------------------------------------------------------------------------------
+
+# Modules whose frames allocate on behalf of a network server (request parsing, sockets, headers).
+NETWORK_MODULES = ("socket", "socketserver", "selectors", "ssl", "asyncio", "http", "wsgiref", "email",
+                   "urllib", "uvicorn", "gunicorn", "werkzeug", "flask", "django", "starlette", "aiohttp",
+                   "h11", "tornado")
+# Modules of array and tensor libraries.
+ARRAY_MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "sklearn", "pandas")
+
+_IDLE_GAP_US = 4000     # a gap between consecutive records longer than this counts as idle time
+_MAX_PENDING = 200_000
+_MIN_PERIOD_US, _MAX_PERIOD_US = 5000.0, 100000.0  # frame periods looked for: 10 to 200 fps
+_FRAME_CLOCK_SPAN_US = 10_000_000  # the frame clock is read from the last 10 s of records
+# (a longer span would need a finer grid of candidate periods to stay phase-coherent)  # sampled blocks whose free we wait for (bounded memory)
+
+
+def _module_parts(path):
+    parts = path.replace("\\", "/").split("/")
+    return {p[:-3] if p.endswith(".py") else p for p in parts}
+
+
+@dataclass
+class _Window:
+    started: float
+    counters: object = None
+    times: list = field(default_factory=list)          # arrays of absolute record times (µs)
+    threads: set = field(default_factory=set)
+    site_weight: dict = field(default_factory=dict)    # site id -> sampled weight (allocations)
+    lifetimes: list = field(default_factory=list)      # µs, of sampled blocks freed in the window
+    allocs_sampled: int = 0
+    rusage: tuple = (0, 0, 0.0)
+    max_threads_live: int = 0
+
+
+def _frame_clock(times):
+    """(period in ms, strength in [0, 1]) of the clock that bursts of records start on, if any.
+
+    A burst starts after more than _IDLE_GAP_US without a record. For each candidate period from
+    5 to 100 ms (10 to 200 fps) the strength is the phase concentration of the burst starts
+    (the Rayleigh statistic |mean(exp(2 pi i t / period))|): a loop that sleeps to fixed frame
+    deadlines scores near 1 at its frame period even when the scheduler delays some wake-ups;
+    starts at random moments score about sqrt(ln(candidates) / starts), i.e. 0.5 for 25 starts
+    and 0.1 for a minute of frames."""
+    if len(times) < 3:
+        return 0.0, 0.0
+    starts = times[1:][np.diff(times) > _IDLE_GAP_US]
+    starts = starts[starts >= starts[-1] - _FRAME_CLOCK_SPAN_US] if len(starts) else starts
+    if len(starts) < 8:
+        return 0.0, 0.0
+    t = (starts - starts[0]).astype(np.float64)
+    periods = np.arange(_MIN_PERIOD_US, _MAX_PERIOD_US, 50.0)
+    strength = np.empty(len(periods))
+    for i in range(0, len(periods), 256):  # bounded temporaries
+        block = periods[i:i + 256]
+        strength[i:i + 256] = np.abs(np.exp(2j * np.pi * t[None, :] / block[:, None]).mean(axis=1))
+    best = float(strength.max())
+    # Starts locked to period P are equally locked to P/2, P/3...: the largest period almost as
+    # strong as the best is the frame itself.
+    period = float(periods[np.nonzero(strength >= 0.9 * best)[0][-1]])
+    return period / 1000.0, best
+
+
+def _rusage():
+    """(voluntary context switches, involuntary ones, CPU seconds) of this process so far."""
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_nvcsw, r.ru_nivcsw, r.ru_utime + r.ru_stime
+    except Exception:  # no resource module (Windows): the features read 0
+        return 0, 0, 0.0
+
+
+class WorkloadRecognizer:
+    """Collects workload features from the exact counters and the record stream, and classifies.
+
+    Attach :meth:`sink` to the drainer (it sees every drained batch) and call :meth:`observe` with
+    each snapshot's counters; :meth:`features` and :meth:`classify` read the current window, which
+    :meth:`reset` restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`."""
+
+    def __init__(self, resolve=None, clock=None):
+        self._resolve = resolve
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._pending = {}  # address -> alloc time (µs)
+        self._last_counters = None
+        self.window = _Window(self._clock(), rusage=_rusage())
+
+    def reset(self, counters=None):
+        """Starts a new window (from ``counters``, or the counters read now)."""
+        counters = counters if counters is not None else sampler.read_counters()
+        with self._lock:
+            self.window = _Window(self._clock(), counters, rusage=_rusage())
+            self._pending.clear()
+            self._last_counters = counters
+
+    def sink(self, records, base_us):
+        """Drainer sink: reads a batch of records (called on the drainer's thread or a collector's)."""
+        if len(records) == 0:
+            return
+        times = base_us + records["time_delta_us"].astype(np.int64)
+        events = (records["flags"] & EVENT_MASK) >> EVENT_SHIFT
+        with self._lock:
+            w = self.window
+            w.times.append(times)
+            w.threads.update(np.unique(records["thread"]).tolist())
+            allocs = events != 1
+            w.allocs_sampled += int(allocs.sum())
+            sites, weights = records["site"][allocs], records["weight"][allocs]
+            order = np.argsort(sites, kind="stable")
+            uniq, starts = np.unique(sites[order], return_index=True)
+            sums = np.add.reduceat(weights[order].astype(np.float64), starts) if len(order) else []
+            for site, total in zip(uniq.tolist(), list(sums)):
+                w.site_weight[site] = w.site_weight.get(site, 0.0) + float(total)
+            pending = self._pending
+            for address, t, event in zip(records["address"].tolist(), times.tolist(), events.tolist()):
+                if event == 1:
+                    born = pending.pop(address, None)
+                    if born is not None:
+                        w.lifetimes.append(t - born)
+                elif len(pending) < _MAX_PENDING:
+                    pending[address] = t
+
+    def observe(self, counters):
+        """Feeds one snapshot's exact counters."""
+        with self._lock:
+            if self.window.counters is None:
+                self.window.counters = counters
+            self._last_counters = counters
+            self.window.max_threads_live = max(self.window.max_threads_live, counters.threads_live)
+
+    def features(self, counters=None):
+        """The window's features (a dict of floats), from ``counters`` (default: the last observed)."""
+        with self._lock:
+            w = self.window
+            c1 = counters if counters is not None else self._last_counters
+            c0 = w.counters
+            if c0 is None or c1 is None:
+                return None
+            elapsed = max(self._clock() - w.started, 1e-9)
+            allocations = c1.allocations.astype(np.float64) - c0.allocations
+            nbytes = c1.bytes.astype(np.float64) - c0.bytes
+            by_size = (c1.by_size.astype(np.float64) - c0.by_size).sum(axis=0)
+            frees = float((c1.deallocations.astype(np.float64) - c0.deallocations).sum())
+            times = np.sort(np.concatenate(w.times)) if w.times else np.zeros(0, np.int64)
+            lifetimes = np.asarray(w.lifetimes, dtype=np.float64)
+            site_weight = dict(w.site_weight)
+            threads = len(w.threads)
+            allocs_sampled = w.allocs_sampled
+            max_threads_live = max(w.max_threads_live, c1.threads_live)
+            rusage0 = w.rusage
+        rusage1 = _rusage()
+        total = max(allocations.sum(), 1.0)
+        total_bytes = max(nbytes.sum(), 1.0)
+        buckets = np.arange(len(by_size))
+        span_us = float(times[-1] - times[0]) if len(times) > 1 else 0.0
+        gaps = np.diff(times) if len(times) > 1 else np.zeros(0)
+        idle = float(gaps[gaps > _IDLE_GAP_US].sum()) / span_us if span_us > 0 else 0.0
+        period_ms, frame_clock = _frame_clock(times)
+        network = array = 0.0
+        weight_total = sum(site_weight.values()) or 1.0
+        if self._resolve is not None:
+            for site_id, weight in site_weight.items():
+                try:
+                    site = self._resolve(int(site_id))
+                except Exception:
+                    continue
+                parts = _module_parts(getattr(site, "file", ""))
+                if parts.intersection(NETWORK_MODULES):
+                    network += weight
+                if parts.intersection(ARRAY_MODULES):
+                    array += weight
+        return {
+            "elapsed_s": elapsed,
+            "alloc_rate": float(allocations.sum()) / elapsed,
+            "bytes_rate": float(nbytes.sum()) / elapsed,
+            "mean_size": float(nbytes.sum()) / total,
+            "tiny_fraction": float(by_size[buckets <= 6].sum()) / total,  # <= 64 B
+            "medium_fraction": float(allocations[:, 1].sum()) / total,
+            "large_fraction": float(allocations[:, 2].sum()) / total,
+            "large_byte_fraction": float(nbytes[:, 2].sum()) / total_bytes,
+            "raw_fraction": float(allocations[2].sum()) / total,
+            "free_ratio": frees / total,
+            "threads_active": float(threads),
+            "threads_live": float(max_threads_live),
+            "idle_fraction": idle,
+            "frame_period_ms": period_ms,
+            "frame_clock": frame_clock,
+            "short_lived_fraction": float((lifetimes < 1000).mean()) if len(lifetimes) else 0.0,
+            "median_lifetime_us": float(np.median(lifetimes)) if len(lifetimes) else 0.0,
+            "freed_fraction": len(lifetimes) / max(allocs_sampled, 1),
+            "network_site_fraction": network / weight_total,
+            "array_site_fraction": array / weight_total,
+            "sites": float(len(site_weight)),
+            "voluntary_switch_rate": (rusage1[0] - rusage0[0]) / elapsed,
+            "involuntary_switch_rate": (rusage1[1] - rusage0[1]) / elapsed,
+            "cpu_share": (rusage1[2] - rusage0[2]) / elapsed,
+            # Of the times the process stopped running, how often it chose to (sleep, wait for
+            # I/O) rather than being preempted: near 1 for a loop that sleeps to its next frame,
+            # near 0 for a busy loop, even on a machine so loaded that it runs only half the time.
+            "voluntary_fraction": (rusage1[0] - rusage0[0])
+            / max((rusage1[0] - rusage0[0]) + (rusage1[1] - rusage0[1]), 1),
+            "records": float(len(times)),
+        }
+
+
+# The rules, in the order they are tried; the first whose every condition holds names the workload.
+# Each condition is (feature, ">=" or "<=", threshold). Thresholds sit between the figures measured
+# on the demo workloads (docs/optimizer.md, `python benchmarks/optimizer.py features`), with room
+# for a machine several times slower or busier.
+RULES = (
+    # Request handling shows up as allocations made inside the socket/HTTP/WSGI machinery.
+    ("web_server", (("network_site_fraction", ">=", 0.25),)),
+    ("web_server", (("network_site_fraction", ">=", 0.08), ("threads_active", ">=", 3))),
+    # Array math: most bytes in large blocks, most sampled weight at few sites, arrays' own frames.
+    ("ml_training", (("large_byte_fraction", ">=", 0.5), ("mean_size", ">=", 300),
+                     ("array_site_fraction", ">=", 0.03))),
+    ("ml_training", (("large_byte_fraction", ">=", 0.5), ("mean_size", ">=", 600))),
+    # A frame loop: bursts of work locked to a frame clock (10 to 200 fps), sleeping in between.
+    # Idle time read from record gaps alone is unreliable on a busy machine (preemption makes
+    # gaps too), so the process's own CPU share and context switches confirm the sleeping.
+    ("game_loop", (("idle_fraction", ">=", 0.7), ("frame_clock", ">=", 0.5),
+                   ("voluntary_fraction", ">=", 0.4), ("cpu_share", "<=", 0.5))),
+    # Batch transformation: a busy thread allocating many small, short-lived objects.
+    ("data_processing", (("alloc_rate", ">=", 300_000), ("mean_size", "<=", 256),
+                         ("large_byte_fraction", "<=", 0.5), ("voluntary_fraction", "<=", 0.5))),
+)
+
+MIN_RECORDS = 100  # fewer sampled records than this: not enough evidence, "generic"
+
+
+def classify(features):
+    """(workload, reasons) for a feature dict from :meth:`WorkloadRecognizer.features`.
+
+    ``reasons`` lists the conditions that held for the chosen rule (or why none did)."""
+    if not features or features.get("records", 0) < MIN_RECORDS:
+        return "generic", [f"only {int((features or {}).get('records', 0))} sampled records "
+                           f"(need {MIN_RECORDS})"]
+    for workload, conditions in RULES:
+        reasons = []
+        for name, op, threshold in conditions:
+            value = features.get(name, 0.0)
+            if not (value >= threshold if op == ">=" else value <= threshold):
+                break
+            reasons.append(f"{name} {value:.3g} {op} {threshold:g}")
+        else:
+            return workload, reasons
+    return "generic", ["no rule matched"]
