@@ -519,7 +519,9 @@ RULES = (
     # A frame loop: bursts of work locked to a frame clock (10 to 200 fps), sleeping in between.
     # Idle time read from record gaps alone is unreliable on a busy machine (preemption makes
     # gaps too), so the process's own CPU share and context switches confirm the sleeping.
-    ("game_loop", (("idle_fraction", ">=", 0.7), ("frame_clock", ">=", 0.5),
+    # At least a few thousand allocations/s: an idle process's own periodic exports (the metric
+    # reader's thread allocates at each collection) also make regular bursts.
+    ("game_loop", (("alloc_rate", ">=", 5000), ("idle_fraction", ">=", 0.7), ("frame_clock", ">=", 0.5),
                    ("voluntary_fraction", ">=", 0.4), ("cpu_share", "<=", 0.5))),
     # Batch transformation: a busy thread allocating many small, short-lived objects.
     ("data_processing", (("alloc_rate", ">=", 300_000), ("mean_size", "<=", 256),
@@ -596,6 +598,7 @@ class PerformanceOptimizer:
 
     RECOGNITION_WINDOW_S = 60.0   # features are read over windows this long
     RECOGNITION_MIN_S = 1.0       # ... and a window this young is not classified yet
+    RECOGNITION_EVERY_S = 5.0     # classify at most this often
 
     def __init__(self, tracker, export_interval_s=None, adaptive=None):
         config = tracker.config
@@ -618,6 +621,7 @@ class PerformanceOptimizer:
         self.reasons = ["not classified yet"]
         self._rates_per_s = None  # exact allocation rates by class over the last collection
         self._last = None
+        self._classified_at = -math.inf
         self._running = False
 
     # -- wiring --
@@ -684,9 +688,12 @@ class PerformanceOptimizer:
         self._update_workload(snap.counters)
 
     def _update_workload(self, counters):
-        age = time.monotonic() - self.recognizer.window.started
-        if age < self.RECOGNITION_MIN_S:
+        now = time.monotonic()
+        age = now - self.recognizer.window.started
+        # Classifying costs a few ms (the frame-clock search): not at every collection.
+        if age < self.RECOGNITION_MIN_S or now - self._classified_at < self.RECOGNITION_EVERY_S:
             return
+        self._classified_at = now
         features = self.recognizer.features(counters)
         if features is not None and features["records"] >= MIN_RECORDS:
             workload, reasons = classify(features)
