@@ -42,7 +42,7 @@ WORKLOADS = ("web_server", "data_processing", "game_loop", "ml_training", "gener
 # sampled path (slow_path_ns); the fast path is too short to time per call, so it is this constant,
 # measured once with `python benchmarks/optimizer.py fastpath` (hooks on with every rate at 0 and
 # no frequency guarantee, minus hooks off, per allocation+free pair / 2). See docs/optimizer.md.
-FAST_PATH_NS = 14.0
+FAST_PATH_NS = 10.0
 
 # Budgets: each signal reaches pressure 1 at its budget. Chosen so that the demo workloads at the
 # default settings stay well under the low-water mark (docs/optimizer.md lists their figures).
