@@ -495,6 +495,9 @@ class WorkloadRecognizer:
             "voluntary_switch_rate": (rusage1[0] - rusage0[0]) / elapsed,
             "involuntary_switch_rate": (rusage1[1] - rusage0[1]) / elapsed,
             "cpu_share": (rusage1[2] - rusage0[2]) / elapsed,
+            # Allocations per second of CPU the process got: unlike alloc_rate, the same on an idle
+            # and on a saturated machine.
+            "alloc_per_cpu_s": float(allocations.sum()) / max(rusage1[2] - rusage0[2], 1e-3),
             # Of the times the process stopped running, how often it chose to (sleep, wait for
             # I/O) rather than being preempted: near 1 for a loop that sleeps to its next frame,
             # near 0 for a busy loop, even on a machine so loaded that it runs only half the time.
@@ -524,7 +527,7 @@ RULES = (
     ("game_loop", (("alloc_rate", ">=", 5000), ("idle_fraction", ">=", 0.7), ("frame_clock", ">=", 0.5),
                    ("voluntary_fraction", ">=", 0.4), ("cpu_share", "<=", 0.5))),
     # Batch transformation: a busy thread allocating many small, short-lived objects.
-    ("data_processing", (("alloc_rate", ">=", 300_000), ("mean_size", "<=", 256),
+    ("data_processing", (("alloc_per_cpu_s", ">=", 500_000), ("mean_size", "<=", 256),
                          ("large_byte_fraction", "<=", 0.5), ("voluntary_fraction", "<=", 0.5))),
 )
 
