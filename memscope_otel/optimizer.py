@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import sampler
-from .records import CLASS_MASK, CLASS_SHIFT, DOMAINS, EVENT_MASK, EVENT_SHIFT
+from .records import EVENT_MASK, EVENT_SHIFT
 
 log = logging.getLogger("memscope_otel.optimizer")
 
@@ -41,7 +41,8 @@ WORKLOADS = ("web_server", "data_processing", "game_loop", "ml_training", "gener
 # Cost of one unsampled hook call (counter bumps + countdown), in ns. The C side times only the
 # sampled path (slow_path_ns); the fast path is too short to time per call, so it is this constant,
 # measured once with `python benchmarks/optimizer.py fastpath` (hooks on with every rate at 0 and
-# no frequency guarantee, minus hooks off, per allocation+free pair / 2). See docs/optimizer.md.
+# no frequency guarantee, minus hooks off, per hook call): 7 to 15 ns in the least disturbed runs
+# on a shared 2-core machine. Over-estimating it only errs on the safe side. See docs/optimizer.md.
 FAST_PATH_NS = 10.0
 
 # Budgets: each signal reaches pressure 1 at its budget. Chosen so that the demo workloads at the
@@ -308,10 +309,13 @@ NETWORK_MODULES = ("socket", "socketserver", "selectors", "ssl", "asyncio", "htt
 ARRAY_MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "sklearn", "pandas")
 
 _IDLE_GAP_US = 4000     # a gap between consecutive records longer than this counts as idle time
-_MAX_PENDING = 200_000
+_MAX_PENDING = 200_000  # sampled blocks whose free we wait for (bounded memory)
+_MAX_TIMES = 500_000    # record times kept per window (4 MB); later records of the window are not timed
+_MAX_LIFETIMES = 200_000
 _MIN_PERIOD_US, _MAX_PERIOD_US = 5000.0, 100000.0  # frame periods looked for: 10 to 200 fps
-_FRAME_CLOCK_SPAN_US = 10_000_000  # the frame clock is read from the last 10 s of records
-# (a longer span would need a finer grid of candidate periods to stay phase-coherent)  # sampled blocks whose free we wait for (bounded memory)
+# The frame clock is read from the last 10 s of records: a longer span would need a finer grid of
+# candidate periods to stay phase-coherent.
+_FRAME_CLOCK_SPAN_US = 10_000_000
 
 
 def _module_parts(path):
@@ -328,6 +332,7 @@ class _Window:
     site_weight: dict = field(default_factory=dict)    # site id -> sampled weight (allocations)
     lifetimes: list = field(default_factory=list)      # µs, of sampled blocks freed in the window
     allocs_sampled: int = 0
+    n_times: int = 0
     rusage: tuple = (0, 0, 0.0)
     max_threads_live: int = 0
 
@@ -402,7 +407,9 @@ class WorkloadRecognizer:
         events = (records["flags"] & EVENT_MASK) >> EVENT_SHIFT
         with self._lock:
             w = self.window
-            w.times.append(times)
+            if w.n_times < _MAX_TIMES:
+                w.times.append(times)
+                w.n_times += len(times)
             w.threads.update(np.unique(records["thread"]).tolist())
             allocs = events != 1
             w.allocs_sampled += int(allocs.sum())
@@ -416,7 +423,7 @@ class WorkloadRecognizer:
             for address, t, event in zip(records["address"].tolist(), times.tolist(), events.tolist()):
                 if event == 1:
                     born = pending.pop(address, None)
-                    if born is not None:
+                    if born is not None and len(w.lifetimes) < _MAX_LIFETIMES:
                         w.lifetimes.append(t - born)
                 elif len(pending) < _MAX_PENDING:
                     pending[address] = t
@@ -597,7 +604,9 @@ class PerformanceOptimizer:
 
     Started with the tracker when ``OTEL_PYTHON_MEMSCOPE_ADAPTIVE`` is true (``tracker.optimizer``);
     with adaptive false it may still be created to recognize the workload and recommend, but the
-    rates stay fixed. ``export_interval_s`` defaults to OTEL_METRIC_EXPORT_INTERVAL."""
+    rates stay fixed. ``export_interval_s`` defaults to OTEL_METRIC_EXPORT_INTERVAL (60 s when
+    unset, as in the SDK): a reader whose interval is set in code rather than in that variable
+    should get the same value here (or in the variable), or the cadence drift is misread."""
 
     RECOGNITION_WINDOW_S = 60.0   # features are read over windows this long
     RECOGNITION_MIN_S = 1.0       # ... and a window this young is not classified yet
@@ -626,6 +635,7 @@ class PerformanceOptimizer:
         self._last = None
         self._classified_at = -math.inf
         self._running = False
+        self._lock = threading.Lock()  # a snapshot() call can race a collection
 
     # -- wiring --
 
@@ -679,6 +689,10 @@ class PerformanceOptimizer:
 
     def on_snapshot(self, snap):
         """Tracker listener: one metric collection happened."""
+        with self._lock:
+            self._on_snapshot(snap)
+
+    def _on_snapshot(self, snap):
         now = time.monotonic()
         if self._last is not None:
             t0, c0 = self._last
@@ -776,8 +790,10 @@ class PerformanceOptimizer:
             small_rate_change(min(small * 2, 1.0), f"pressure {self.controller.smoothed:.2f} is low and the "
                               f"10th-largest site's estimate has a relative error of "
                               f"{relative_error(n10, small, freq):.0%}")
-        # 5. The workload's own shape.
-        recs.extend(self._workload_recommendations(config, small, t_small, per_s, figures, slow_ns, freq, n10))
+        # 5. The workload's own shape (one recommendation per setting: the general one wins).
+        seen = {r.setting for r in recs}
+        recs.extend(r for r in self._workload_recommendations(config, small, t_small, per_s, figures, slow_ns, freq,
+                                                              n10) if r.setting not in seen)
         return recs
 
     def _workload_recommendations(self, config, small, t_small, per_s, figures, slow_ns, freq, n10):

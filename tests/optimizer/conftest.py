@@ -1,13 +1,11 @@
 """Shared fixtures: a running tracker on a private MeterProvider, and exporters that misbehave."""
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (AggregationTemporality, MetricExporter, MetricExportResult,
-                                              PeriodicExportingMetricReader)
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
 
 import memscope_otel
 
@@ -78,5 +76,3 @@ def wait_until(predicate, timeout_s, poll_s=0.05):
             return value
         time.sleep(poll_s)
 
-
-__all__ = ["TroubledExporter", "wait_until", "threading"]

@@ -11,8 +11,6 @@ from memscope_otel import sampler
 from memscope_otel.optimizer import (FAST_PATH_NS, ExportFailureCounter, PressureMonitor, classify,
                                      relative_error)
 
-from .conftest import wait_until
-
 
 class FakeCounters:
     def __init__(self, allocs=0, samples=0, dropped=0, slow_ns=0, slow_calls=0):
