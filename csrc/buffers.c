@@ -90,9 +90,11 @@ void ms_thread_reset_sampling(ms_thread_t *t)
 static ms_thread_t *attach(void)
 {
     pthread_once(&g_key_once, make_key);
-    ms_thread_t *t = calloc(1, sizeof *t);
-    if (!t)
+    /* Cache-line aligned: no two threads' hot counters share a line. */
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, sizeof(ms_thread_t)) != 0)
         return NULL;
+    ms_thread_t *t = memset(mem, 0, sizeof(ms_thread_t));
     if (pthread_setspecific(g_exit_key, t) != 0) {
         free(t);
         return NULL;

@@ -333,7 +333,7 @@ static int start_locked(const ms_config_t *cfg)
     if (atomic_load(&g_active))
         return -1;
     if (!cfg || (cfg->domains_mask & ~7) || cfg->critical_size < MS_MEDIUM_MIN || !rate_ok(cfg->medium_rate) ||
-        !rate_ok(cfg->small_rate) || cfg->frequency_interval > INT32_MAX || cfg->ring_capacity < 16 ||
+        !rate_ok(cfg->small_rate) || cfg->frequency_interval > ((uint64_t)1 << 31) || cfg->ring_capacity < 16 ||
         cfg->ring_capacity > (1u << 24))
         return -2;
     atomic_store(&g_critical, cfg->critical_size);

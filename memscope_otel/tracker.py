@@ -133,11 +133,14 @@ class Tracker:
 
     def _snapshot(self):
         counters = sampler.read_counters()
-        used = min(counters.ids_used, len(self.summary.id_bytes))
-        ids = np.nonzero(self.summary.id_count[:used] + np.abs(self.summary.id_live_bytes[:used]))[0]
-        per_id = list(zip(ids.tolist(), self.summary.id_bytes[ids].tolist(), self.summary.id_count[ids].tolist(),
-                          self.summary.id_live_bytes[ids].tolist()))
-        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), self.summary.live_bytes.copy(), per_id)
+        with self.drainer.lock:
+            summary = self.summary
+            used = min(counters.ids_used, len(summary.id_bytes))
+            ids = np.nonzero(summary.id_count[:used] + np.abs(summary.id_live_bytes[:used]))[0]
+            per_id = list(zip(ids.tolist(), summary.id_bytes[ids].tolist(), summary.id_count[ids].tolist(),
+                              summary.id_live_bytes[ids].tolist()))
+            live = summary.live_bytes.copy()
+        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), live, per_id)
         for listener in self.listeners:
             try:
                 listener(snap)
@@ -195,8 +198,10 @@ def start(meter_provider=None, **overrides):
         if not config.enabled or sdk_disabled():
             log.info("memscope tracker disabled (OTEL_PYTHON_MEMSCOPE_ENABLED or OTEL_SDK_DISABLED)")
             return None
-        tracker = Tracker(config, meter_provider)
-        tracker.start()
+        # Setting up (imports, instrument registration) is the tracker's own work: not counted.
+        with sampler.ignored():
+            tracker = Tracker(config, meter_provider)
+            tracker.start()
         _current = tracker
         return tracker
 
@@ -207,7 +212,8 @@ def stop():
     with _lock:
         tracker, _current = _current, None
         if tracker is not None:
-            tracker.stop()
+            with sampler.ignored():
+                tracker.stop()
 
 
 def _after_fork_in_child():
