@@ -169,6 +169,8 @@ def main(argv=None):
         after = tracked_run(name, module, unit, args.seconds, apply_from=before["recs"]) if before["recs"] else None
         if after is None:
             print("  nothing to change: no 'after' run")
+        else:
+            print(f"  recognized after: {after['workload']}  ({'; '.join(after['reasons'])})")
         for label, run in (("before", before), ("after", after)):
             if run is None:
                 continue

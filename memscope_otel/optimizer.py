@@ -510,12 +510,6 @@ class WorkloadRecognizer:
             # near 0 for a busy loop, even on a machine so loaded that it runs only half the time.
             "voluntary_fraction": (rusage1[0] - rusage0[0])
             / max((rusage1[0] - rusage0[0]) + (rusage1[1] - rusage0[1]), 1),
-            # Busy whichever way the machine is loaded: on an idle machine a busy process runs all
-            # the time (cpu_share near 1) but is seldom preempted, so its few switches are the
-            # voluntary ones of memscope's own threads; on a saturated one it runs half the time
-            # or less, but is mostly preempted.
-            "busy": max((rusage1[2] - rusage0[2]) / elapsed,
-                        1.0 - (rusage1[0] - rusage0[0]) / max((rusage1[0] - rusage0[0]) + (rusage1[1] - rusage0[1]), 1)),
             "records": float(len(times)),
         }
 
@@ -539,9 +533,13 @@ RULES = (
     # reader's thread allocates at each collection) also make regular bursts.
     ("game_loop", (("alloc_rate", ">=", 5000), ("idle_fraction", ">=", 0.7), ("frame_clock", ">=", 0.5),
                    ("voluntary_fraction", ">=", 0.4), ("cpu_share", "<=", 0.5))),
-    # Batch transformation: a busy thread allocating many small, short-lived objects.
+    # Batch transformation: a busy thread allocating many small, short-lived objects. Busy shows as
+    # a CPU share well above a frame loop's, or, on a machine so loaded that the process runs a
+    # third of the time or less, as being stopped mostly by preemption rather than by choice.
     ("data_processing", (("alloc_per_cpu_s", ">=", 500_000), ("mean_size", "<=", 256),
-                         ("large_byte_fraction", "<=", 0.5), ("busy", ">=", 0.5))),
+                         ("large_byte_fraction", "<=", 0.5), ("cpu_share", ">=", 0.25))),
+    ("data_processing", (("alloc_per_cpu_s", ">=", 500_000), ("mean_size", "<=", 256),
+                         ("large_byte_fraction", "<=", 0.5), ("voluntary_fraction", "<=", 0.5))),
 )
 
 MIN_RECORDS = 100  # fewer sampled records than this: not enough evidence, "generic"
