@@ -98,14 +98,17 @@ class ExportFailureCounter(logging.Handler):
         self.failures = 0
 
     def emit(self, record):
+        """Counts a WARNING-or-worse record of the SDK's or an exporter's loggers."""
         if record.name.startswith(self.PREFIXES):
             self.failures += 1
 
     def install(self):
+        """Attaches to the SDK's and the exporters' loggers (propagation is left as it was)."""
         for name in self.PREFIXES:
             logging.getLogger(name).addHandler(self)
 
     def uninstall(self):
+        """Detaches from those loggers."""
         for name in self.PREFIXES:
             logging.getLogger(name).removeHandler(self)
 
@@ -157,6 +160,7 @@ class PressureMonitor:
         self.latest = None
 
     def start(self):
+        """Starts counting export failures."""
         self.failures.install()
 
     def reset(self):
@@ -164,6 +168,7 @@ class PressureMonitor:
         self._last = None
 
     def stop(self):
+        """Stops counting export failures."""
         self.failures.uninstall()
 
     def observe(self, counters):
@@ -586,6 +591,7 @@ class Recommendation:
 
     @property
     def env_var(self):
+        """The environment variable of the setting, for a restart."""
         return "OTEL_PYTHON_MEMSCOPE_" + self.setting.upper()
 
     def __str__(self):
