@@ -190,6 +190,11 @@ static void flush_ids(const ms_record_t *records, size_t n, ms_summary_t *s, id_
 
 /* ---------------------------------------------------------------- per-thread id scratch */
 
+/* A build-time seam: the tests build with an allocator that fails, to run the fallback. */
+#ifndef SCRATCH_ALLOC
+#define SCRATCH_ALLOC(size) aligned_alloc(64, (size))
+#endif
+
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 static int scratch_key_ready;
@@ -208,7 +213,7 @@ static id_sums_t *id_scratch(void)
     id_sums_t *rows = pthread_getspecific(scratch_key);
     if (rows == NULL) {
         /* 64-byte aligned: a row never straddles two cache lines */
-        rows = aligned_alloc(64, MS_MAX_IDS * sizeof *rows);
+        rows = SCRATCH_ALLOC(MS_MAX_IDS * sizeof *rows);
         if (rows != NULL)
             memset(rows, 0, MS_MAX_IDS * sizeof *rows);
         if (rows != NULL && pthread_setspecific(scratch_key, rows) != 0) {
