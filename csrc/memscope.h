@@ -148,7 +148,7 @@ void ms_read_counters(ms_counters_t *out);
 size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us);
 /* Fills out with what id stands for; 0 on success, -1 if id was never handed out. */
 int ms_site_info(uint32_t id, ms_site_t *out);
-/* Adds a batch of records to a cumulative summary (scalar reducer). */
+/* Adds a batch of records to a cumulative summary (the SIMD or scalar reducer, see below). */
 void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
 
 /* --- manual API (GIL held) --- */

@@ -9,6 +9,9 @@ VENV=.venv-asan
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
+# pip builds in the source tree: objects left in build/ by another variant (the sanitizer build,
+# another Python) would be reused as if up to date.
+rm -rf build
 # The isolated build environment inherits MEMSCOPE_SANITIZE; --no-cache-dir keeps a normal
 # wheel from being reused.
 MEMSCOPE_SANITIZE=1 "$VENV/bin/python" -m pip install -q --no-cache-dir ".[test]"

@@ -9,6 +9,9 @@ VENV=${MEMSCOPE_VENV:-.venv-test}
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
+# pip builds in the source tree: objects left in build/ by another variant (the sanitizer build,
+# another Python) would be reused as if up to date.
+rm -rf build
 "$VENV/bin/python" -m pip install -q ".[test]"
 # Tests import the installed package, not the source tree (so the compiled module is found).
 cd tests
