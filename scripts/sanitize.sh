@@ -15,6 +15,9 @@ rm -rf build
 # The isolated build environment inherits MEMSCOPE_SANITIZE; --no-cache-dir keeps a normal
 # wheel from being reused.
 MEMSCOPE_SANITIZE=1 "$VENV/bin/python" -m pip install -q --no-cache-dir ".[test]"
+# Refuse to report a clean run of an unsanitized build.
+so=$(ls "$VENV"/lib/python*/site-packages/memscope_otel/_memscope*.so)
+ldd "$so" | grep -q libasan || { echo "sanitize: $so is not an ASan build" >&2; exit 1; }
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
