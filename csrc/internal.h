@@ -154,12 +154,19 @@ uint64_t ms_live_footprint(void);
 extern _Atomic uint8_t ms_live_filter[];
 #define MS_LIVE_FILTER_BITS 18
 
+/* The filter slot of an address: one byte per 16-byte granule of a 4 MiB window, folded with the
+ * address bits above the window. Not a hash on purpose: neighbouring blocks share filter lines,
+ * so a free touches a filter line only about as often as the program touches its own memory
+ * (16x less), instead of a random line of the filter per free (a cache miss on every free). */
+static inline uint32_t ms_live_slot(uint64_t address)
+{
+    return (uint32_t)(((address >> 4) ^ (address >> (4 + MS_LIVE_FILTER_BITS))) & ((1u << MS_LIVE_FILTER_BITS) - 1));
+}
+
 /* True when address may be a sampled live block: the only thing an unsampled free pays for. */
 static inline bool ms_live_maybe(uint64_t address)
 {
-    uint64_t h = address * 0x9E3779B97F4A7C15ull;
-    return atomic_load_explicit(&ms_live_filter[h >> (64 - MS_LIVE_FILTER_BITS)],
-                                memory_order_relaxed) != 0;
+    return atomic_load_explicit(&ms_live_filter[ms_live_slot(address)], memory_order_relaxed) != 0;
 }
 
 /* ---- sites.c / frames.c ---- */

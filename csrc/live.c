@@ -3,9 +3,9 @@
  * live estimate by its weight times its size.
  *
  * A bounded table of 8-way buckets, each behind its own one-byte lock (only sampled allocations
- * and likely-sampled frees take one), in front of it a counting filter of one byte per 2^-18 of
- * the address hash space. An unsampled free reads one filter byte and stops there; the filter
- * never says "absent" for a present address, and says "maybe" for an absent one with a
+ * and likely-sampled frees take one), in front of it a counting filter of 2^18 bytes indexed by
+ * address granule (ms_live_slot). An unsampled free reads one filter byte and stops there; the
+ * filter never says "absent" for a present address, and says "maybe" for an absent one with a
  * probability of about (sampled live blocks / 2^18). A full bucket refuses the insert; the
  * record is then flagged MS_FLAG_NOLIVE and stays out of the live estimate.
  */
@@ -23,29 +23,24 @@ _Atomic uint8_t ms_live_filter[FILTER_SIZE];
 static ms_live_entry_t g_table[LIVE_BUCKETS][LIVE_WAYS];
 static ms_spin_t g_locks[LIVE_BUCKETS];
 
-static inline uint64_t hash(uint64_t address)
+static inline uint32_t bucket_of(uint64_t address)
 {
-    return address * 0x9E3779B97F4A7C15ull;
+    /* Hashed (unlike the filter): only sampled events come here, and they should spread. */
+    return (uint32_t)((address * 0x9E3779B97F4A7C15ull) >> (64 - LIVE_BUCKET_BITS));
 }
 
-static inline uint32_t bucket_of(uint64_t h)
+static void filter_add(uint64_t address)
 {
-    /* Bits below the filter's, so that bucket and filter slot are independent. */
-    return (uint32_t)(h >> (64 - MS_LIVE_FILTER_BITS - LIVE_BUCKET_BITS)) & (LIVE_BUCKETS - 1);
-}
-
-static void filter_add(uint64_t h)
-{
-    _Atomic uint8_t *slot = &ms_live_filter[h >> (64 - MS_LIVE_FILTER_BITS)];
+    _Atomic uint8_t *slot = &ms_live_filter[ms_live_slot(address)];
     uint8_t v = atomic_load_explicit(slot, memory_order_relaxed);
     /* A saturated byte stays saturated: it can no longer be decremented soundly. */
     while (v != FILTER_SATURATED && !atomic_compare_exchange_weak(slot, &v, (uint8_t)(v + 1)))
         ;
 }
 
-static void filter_remove(uint64_t h)
+static void filter_remove(uint64_t address)
 {
-    _Atomic uint8_t *slot = &ms_live_filter[h >> (64 - MS_LIVE_FILTER_BITS)];
+    _Atomic uint8_t *slot = &ms_live_filter[ms_live_slot(address)];
     uint8_t v = atomic_load_explicit(slot, memory_order_relaxed);
     while (v != FILTER_SATURATED && v != 0 && !atomic_compare_exchange_weak(slot, &v, (uint8_t)(v - 1)))
         ;
@@ -55,8 +50,7 @@ bool ms_live_insert(const ms_live_entry_t *e)
 {
     if (e->address == 0)
         return false;
-    uint64_t h = hash(e->address);
-    uint32_t b = bucket_of(h);
+    uint32_t b = bucket_of(e->address);
     bool inserted = false;
     ms_spin_lock(&g_locks[b]);
     ms_live_entry_t *slot = NULL;
@@ -64,7 +58,7 @@ bool ms_live_insert(const ms_live_entry_t *e)
         if (g_table[b][i].address == e->address) {
             /* A stale entry for a reused address (its free was not seen, e.g. while stopped). */
             slot = &g_table[b][i];
-            filter_remove(h);
+            filter_remove(e->address);
             break;
         }
         if (!slot && g_table[b][i].address == 0)
@@ -72,7 +66,7 @@ bool ms_live_insert(const ms_live_entry_t *e)
     }
     if (slot) {
         *slot = *e;
-        filter_add(h);
+        filter_add(e->address);
         inserted = true;
     }
     ms_spin_unlock(&g_locks[b]);
@@ -81,15 +75,14 @@ bool ms_live_insert(const ms_live_entry_t *e)
 
 bool ms_live_remove(uint64_t address, ms_live_entry_t *out)
 {
-    uint64_t h = hash(address);
-    uint32_t b = bucket_of(h);
+    uint32_t b = bucket_of(address);
     bool found = false;
     ms_spin_lock(&g_locks[b]);
     for (int i = 0; i < LIVE_WAYS; i++) {
         if (g_table[b][i].address == address) {
             *out = g_table[b][i];
             g_table[b][i].address = 0;
-            filter_remove(h);
+            filter_remove(address);
             found = true;
             break;
         }
@@ -105,7 +98,7 @@ void ms_live_clear(void)
         ms_spin_lock(&g_locks[b]);
         for (int i = 0; i < LIVE_WAYS; i++) {
             if (g_table[b][i].address != 0) {
-                filter_remove(hash(g_table[b][i].address));
+                filter_remove(g_table[b][i].address);
                 g_table[b][i].address = 0;
             }
         }
