@@ -20,7 +20,8 @@ class Drainer:
         self.records_drained = 0
         self.drains = 0
         self._buffer = sampler.DrainBuffer()
-        self._lock = threading.Lock()
+        # Held while records are reduced into the summary; readers take it for a consistent copy.
+        self.lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = None
 
@@ -40,7 +41,7 @@ class Drainer:
     def drain(self):
         """Drains every ring now; returns the number of records moved."""
         moved = 0
-        with sampler.ignored(), self._lock:
+        with sampler.ignored(), self.lock:
             while True:
                 records, base_us = self._buffer.drain()
                 if len(records) == 0:

@@ -59,7 +59,7 @@ class Producer:
     """Registers memscope's instruments on ``meter``; ``tracker.refresh()`` supplies snapshots."""
 
     def __init__(self, meter, tracker, max_sites):
-        self._tracker = tracker
+        self.tracker = tracker  # the running one; replaced when the tracker restarts
         self._lock = threading.Lock()
         self._generation = 0
         self._served = {}
@@ -103,6 +103,15 @@ class Producer:
         counter("memscope.sampler.dropped", "{record}", "Records lost to full buffers (exact)", self._dropped)
         updown("memscope.sampler.memory", "By", "Memory held by the tracker's C side", self._footprint)
 
+    def reset(self):
+        """Forgets routing state (in a forked child, whose counters start again from zero)."""
+        with self._lock:
+            self._sites = RoutedCounters(self._max_sites)
+            self._types = RoutedCounters(self._max_sites)
+            self._snapshot = None
+            self._site_view = None
+            self._served = {}
+
     # -- snapshot handling --
 
     def _callback(self, name, fn):
@@ -116,7 +125,7 @@ class Producer:
     def _current(self, name):
         # An instrument asking twice means a new collection began: take a new snapshot.
         if self._snapshot is None or self._served.get(name) == self._generation:
-            self._snapshot = self._tracker.refresh()
+            self._snapshot = self.tracker.refresh()
             self._generation += 1
         self._served[name] = self._generation
         return self._snapshot
@@ -173,7 +182,7 @@ class Producer:
         if self._site_view is None or self._site_view[0] != self._generation:
             sites, types = {}, {}
             for site_id, b, c, live in snap.per_id:
-                key = self._tracker.resolver.resolve(site_id)
+                key = self.tracker.resolver.resolve(site_id)
                 target = types if hasattr(key, "name") else sites
                 acc = target.setdefault(key, [0.0, 0.0, 0.0])
                 acc[0] += b

@@ -30,11 +30,32 @@ class Snapshot:
     per_id: list  # [(id, estimated bytes, estimated count, estimated live bytes)]
 
 
+class _Process:
+    """What outlives one start/stop cycle: the C side's ids and counters are process-wide, so
+    the estimates, the id resolver and the instruments registered on each MeterProvider are too
+    (a restart continues the same cumulative series instead of registering duplicates)."""
+
+    def __init__(self):
+        self.summary = None
+        self.resolver = None
+        self.producers = {}  # id(meter provider) -> (provider, Producer)
+
+    def ensure(self):
+        if self.summary is None:
+            self.summary = Summary()
+            self.resolver = SiteResolver()
+
+
+_process = _Process()
+
+
 class Tracker:
     def __init__(self, config, meter_provider=None):
+        _process.ensure()
         self.config = config
-        self.resolver = SiteResolver()
-        self.summary = Summary()
+        self.resolver = _process.resolver
+        self.summary = _process.summary
+        self._final = None
         self._dump = None
         self.drainer = Drainer(self.summary, config.drain_interval_ms / 1000.0, self._sinks())
         self.producer = None
@@ -68,30 +89,46 @@ class Tracker:
         sampler.start(self.config)
         self.summary.reset_live()
         self.drainer.start()
-        if self.producer is None:
-            from opentelemetry import metrics
+        from opentelemetry import metrics
 
-            from .producer import Producer
+        from .producer import Producer
 
-            provider = self._meter_provider or metrics.get_meter_provider()
+        provider = self._meter_provider or metrics.get_meter_provider()
+        known = _process.producers.get(id(provider))
+        if known is not None and known[0] is provider:
+            self.producer = known[1]
+            self.producer.tracker = self
+        else:
             meter = provider.get_meter("memscope_otel", _version())
             self.producer = Producer(meter, self, self.config.max_sites)
+            _process.producers[id(provider)] = (provider, self.producer)
 
     def stop(self):
         sampler.stop()
         self.drainer.stop()
         if self._dump is not None:
             self._dump.close()
+        # Collections after stop() keep reporting the final values (cumulative series must not
+        # vanish or drop), without draining records that belong to a later tracker.
+        self._final = self._snapshot()
 
     def refresh(self):
         """Drains the rings and takes a snapshot (called by the first callback of a collection)."""
+        if self._final is not None:
+            return self._final
         self.drainer.drain()
+        return self._snapshot()
+
+    def _snapshot(self):
         counters = sampler.read_counters()
-        used = min(counters.ids_used, len(self.summary.id_bytes))
-        ids = np.nonzero(self.summary.id_count[:used] + np.abs(self.summary.id_live_bytes[:used]))[0]
-        per_id = list(zip(ids.tolist(), self.summary.id_bytes[ids].tolist(), self.summary.id_count[ids].tolist(),
-                          self.summary.id_live_bytes[ids].tolist()))
-        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), self.summary.live_bytes.copy(), per_id)
+        with self.drainer.lock:
+            summary = self.summary
+            used = min(counters.ids_used, len(summary.id_bytes))
+            ids = np.nonzero(summary.id_count[:used] + np.abs(summary.id_live_bytes[:used]))[0]
+            per_id = list(zip(ids.tolist(), summary.id_bytes[ids].tolist(), summary.id_count[ids].tolist(),
+                              summary.id_live_bytes[ids].tolist()))
+            live = summary.live_bytes.copy()
+        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), live, per_id)
         for listener in self.listeners:
             try:
                 listener(snap)
@@ -102,7 +139,7 @@ class Tracker:
     def after_fork_child(self):
         """In a forked child: fresh counters, records, summary and drainer; the parent's stay its own."""
         sampler.after_fork_child()
-        self.summary = Summary()
+        _process.summary = self.summary = Summary()
         if self._dump is not None:
             # The parent keeps writing its file; a child writes its own next to it.
             self._dump = None

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the C sampler with -fsanitize=address,undefined into .venv-asan and runs the stress test
+# on it. Python itself is not instrumented, so the ASan runtime is preloaded; leak checking is
+# off because the interpreter keeps objects alive until exit by design.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=.venv-asan
+rm -rf "$VENV"
+"$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+# The isolated build environment inherits MEMSCOPE_SANITIZE; --no-cache-dir keeps a normal
+# wheel from being reused.
+MEMSCOPE_SANITIZE=1 "$VENV/bin/python" -m pip install -q --no-cache-dir ".[test]"
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+cd tests
+"../$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider -q stress
