@@ -30,10 +30,8 @@ class Tracker:
             tracemalloc.start(self.settings.get("frames", 1))
         elif self.kind == "memscope":
             import memscope_otel
-            from opentelemetry.sdk.metrics import MeterProvider
 
-            # A private MeterProvider without readers: the instruments exist, nothing exports.
-            self.handle = memscope_otel.start(meter_provider=MeterProvider(), **self.settings)
+            self.handle = memscope_otel.start(meter_provider=meter_provider(), **self.settings)
             if self.handle is None:
                 raise RuntimeError("memscope did not start (OTEL_PYTHON_MEMSCOPE_ENABLED / OTEL_SDK_DISABLED?)")
 
@@ -45,6 +43,21 @@ class Tracker:
 
             memscope_otel.stop()
             self.handle = None
+
+
+_PROVIDER = None
+
+
+def meter_provider():
+    """One private MeterProvider without readers for the whole run: the instruments exist and
+    are registered once (memscope keeps its producer per provider across restarts), nothing
+    exports."""
+    global _PROVIDER
+    if _PROVIDER is None:
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        _PROVIDER = MeterProvider()
+    return _PROVIDER
 
 
 def standard_trackers():
