@@ -14,7 +14,7 @@ import sysconfig
 
 HERE = pathlib.Path(__file__).resolve().parent
 BUILD = HERE / ".build" / f"py{sys.version_info[0]}{sys.version_info[1]}"
-MODULE = "_memscope_bench_native"
+MODULE = "_memscope_bench_native_v2"  # bump when SOURCE changes: builds are cached
 
 CDEF = """
 typedef struct { uint64_t wall_ns; uint64_t cpu_ns; } bench_time_t;
@@ -24,6 +24,7 @@ int bench_bursts(int domain, const size_t *sizes, size_t nsizes, size_t bursts, 
 int bench_latency(int domain, const size_t *sizes, size_t nsizes, size_t n,
                   uint32_t *alloc_ns, uint32_t *free_ns);
 uint64_t bench_clock_cost(size_t n);
+int bench_callgrind_toggle(void);
 """
 
 # Not the limited API: PyMem_RawMalloc is outside it.
@@ -32,6 +33,13 @@ SOURCE = r"""
 #include <Python.h>
 #include <stdint.h>
 #include <time.h>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#define BENCH_HAVE_CALLGRIND 1
+#endif
+#endif
 
 typedef struct { uint64_t wall_ns; uint64_t cpu_ns; } bench_time_t;
 
@@ -167,6 +175,18 @@ int bench_latency(int domain, const size_t *sizes, size_t nsizes, size_t n,
     if (domain != 2)
         PyGILState_Release(gil);
     return rc;
+}
+
+/* Switches callgrind's instruction counting on or off (run under
+ * valgrind --tool=callgrind --collect-atstart=no). Returns 0 when built without callgrind.h. */
+int bench_callgrind_toggle(void)
+{
+#ifdef BENCH_HAVE_CALLGRIND
+    CALLGRIND_TOGGLE_COLLECT;
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 /* Median-ish cost of one back-to-back clock read pair, to read latencies against. */

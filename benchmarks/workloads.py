@@ -14,12 +14,21 @@ summary arrays + the drain buffer).
 
     python benchmarks/workloads.py             # 11 rounds (a few minutes)
     python benchmarks/workloads.py --quick     # 3 rounds, shorter programs (< 60 s)
+    python benchmarks/workloads.py --instructions   # instruction counts under callgrind
+
+On a shared machine CPU time itself is noisy (neighbours share caches and cores), so
+``--instructions`` runs each program once per mode under ``valgrind --tool=callgrind`` and
+compares the instructions executed in the timed part (all threads): a noise-free measure of the
+work the tracker adds, blind to cache effects, that needs no quiet machine.
 """
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import _common
@@ -28,8 +37,13 @@ import programs
 
 
 def child(name, scale, tracked):
-    """One timed run in this (fresh) interpreter; prints a JSON line."""
+    """One timed run in this (fresh) interpreter; prints a JSON line. The timed part is the
+    program plus, when tracked, one final drain: the tracker's whole work on the records."""
     import gc
+
+    import _native
+
+    _, native = _native.load()
 
     import numpy  # noqa: F401 - imported by every run alike, tracked or not
     from opentelemetry.sdk.metrics import MeterProvider
@@ -47,10 +61,14 @@ def child(name, scale, tracked):
         tracker = memscope_otel.start(meter_provider=provider)
         before = sampler.read_counters()
     gc.collect()
+    native.bench_callgrind_toggle()  # no-op outside callgrind
     w0, c0 = time.perf_counter(), time.process_time()
     programs.run(name, scale)
+    if tracked:
+        tracker.drainer.drain()
     out["wall_s"] = time.perf_counter() - w0
     out["cpu_s"] = time.process_time() - c0
+    native.bench_callgrind_toggle()
     if tracked:
         after = sampler.read_counters()
         t0 = time.perf_counter()
@@ -72,11 +90,17 @@ def child(name, scale, tracked):
     print(json.dumps(out))
 
 
-def run_child(name, scale, tracked):
+def run_child(name, scale, tracked, callgrind_out=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--scale", str(scale)]
     if tracked:
         cmd.append("--tracked")
     env = dict(os.environ)
+    if callgrind_out:
+        cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+               f"--callgrind-out-file={callgrind_out}"] + cmd
+        # Under valgrind the program runs ~50x slower: a 200 ms drain period would drain 50x
+        # more often per unit of work than in reality. Drain once, at the end, instead.
+        env["OTEL_PYTHON_MEMSCOPE_DRAIN_INTERVAL_MS"] = "60000"
     env.pop("OTEL_SDK_DISABLED", None)
     # numpy's BLAS threads spin after import and would add noise to both modes alike.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -87,10 +111,46 @@ def run_child(name, scale, tracked):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def instructions(path):
+    """Total instructions (Ir) in a callgrind output file."""
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"(?:summary|totals):\s+(\d+)", line)
+            if m:
+                return int(m.group(1))
+    raise RuntimeError(f"no instruction total in {path}")
+
+
+def main_instructions(names, factor):
+    if not shutil.which("valgrind"):
+        sys.exit("--instructions needs valgrind (apt-get install valgrind)")
+    print("memscope-otel workload benchmark, instructions under callgrind:", _common.machine())
+    print(f"\n{'program':16} {'untracked Ir':>14} {'tracked Ir':>14} {'ratio':>7} {'allocations':>12} "
+          f"{'added Ir/alloc':>14} {'records':>8}")
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in names:
+            scale = max(1, int(programs.SCALE[n] * factor))
+            ir = {}
+            for tracked in (False, True):
+                out = os.path.join(tmp, f"{n}.{int(tracked)}.cg")
+                res = run_child(n, scale, tracked, out)
+                ir[tracked] = instructions(out)
+            ratio = ir[True] / ir[False]
+            ratios.append(ratio)
+            print(f"{n:16} {ir[False]:14d} {ir[True]:14d} {ratio:7.3f} {res['allocations']:12d} "
+                  f"{(ir[True] - ir[False]) / max(1, res['allocations']):14.1f} {res['samples']:8d}")
+    g = geomean(ratios)
+    print(f"\ngeometric mean instruction ratio: {g:.3f}x "
+          "(instructions only: cache misses and stalls are not in it; time ratios are the target)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, help="tracked/untracked pairs per program (default 11, quick 3)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions under callgrind instead of timing (one run per mode)")
     ap.add_argument("--only", nargs="+", choices=sorted(programs.PROGRAMS), help="run only these programs")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--scale", type=int, help=argparse.SUPPRESS)
@@ -102,6 +162,9 @@ def main(argv=None):
     rounds = args.rounds or (3 if args.quick else 11)
     names = args.only or list(programs.PROGRAMS)
     factor = 0.5 if args.quick else 1.0
+    if args.instructions:
+        main_instructions(names, 0.1 if args.quick else 0.25)
+        return
     print("memscope-otel workload benchmark:", _common.machine())
     runs = {(n, m): [] for n in names for m in (False, True)}
     for r in range(rounds):
