@@ -110,21 +110,27 @@ def main(argv=None):
     # Nothing sampled: no class is large, rates 0, no frequency guarantee.
     quiet = dict(_common.FAST_PATH_ONLY, critical_size_threshold=2 ** 40)
     b0, d0, a0, _ = measure_threads(loops, k, quiet, loops.sizes([64, 256]))
-    state = (d0.footprint_bytes - b0.footprint_bytes) / k
+    state = (d0.footprint_bytes - b0.footprint_bytes) / max(1, d0.threads_live - b0.threads_live)
     # Default settings; 64 KiB blocks are large, so every thread samples and gets its ring.
     b1, d1, a1, tracker = measure_threads(loops, k, {}, loops.sizes([65536]))
-    per_thread = (d1.footprint_bytes - b1.footprint_bytes) / k
     tables = static_tables()
     live = sum(tables.get(s, 0) for s in ("g_table", "g_locks", "ms_live_filter"))
     sites = sum(tables.get(s, 0) for s in ("g_ids", "g_slots"))
+    if not tables:  # without nm: what footprint_bytes held before any thread sampled
+        live = b0.footprint_bytes - b0.threads_live * state
     summary = MAX_IDS * 3 * 8
     drain = tracker.drainer._buffer.array.nbytes
 
-    print(f"\nPer thread (measured with {k} threads alive, from footprint_bytes):")
+    print(f"\nPer thread (measured with {k} extra threads alive, from footprint_bytes):")
     print(f"  thread state (registered, nothing sampled)  {kib(state)}   ({state:.0f} B; sizeof(ms_thread_t))")
-    print(f"  thread state + ring (thread that sampled)   {kib(per_thread)}   "
-          f"formula {ring + state:.0f} B = {RING_HEADER} + {capacity} x {RECORD} + state -> "
-          f"{'matches' if abs(per_thread - ring - state) < 1 else 'DIFFERS'}")
+    print(f"  ring (made on a thread's first sample)      {kib(ring)}   ({RING_HEADER} + {capacity} x {RECORD} B)")
+    # footprint_bytes = live table + threads x state + rings x ring: the number of rings it
+    # implies must be a whole number, at least one per sampling thread.
+    rings = (d1.footprint_bytes - live - d1.threads_live * state) / ring
+    whole = abs(rings - round(rings)) < 1e-9 and round(rings) >= k
+    print(f"  with {d1.threads_live} threads registered: footprint_bytes {d1.footprint_bytes} B = live table "
+          f"{live} + {d1.threads_live} x {state:.0f} + {rings:.4g} rings -> formula "
+          f"{'matches (a whole number of rings, >= ' + str(k) + ')' if whole else 'DOES NOT MATCH'}")
     print(f"  before the threads: {kib(b1.footprint_bytes)} ({b1.threads_live} threads registered); "
           f"with them: {kib(d1.footprint_bytes)} ({d1.threads_live}); after they exited and one drain: "
           f"{kib(a1.footprint_bytes)} ({a1.threads_live}) -> exited threads' memory "
