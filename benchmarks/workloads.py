@@ -139,7 +139,7 @@ def main_instructions(names, factor):
             ratio = ir[True] / ir[False]
             ratios.append(ratio)
             print(f"{n:16} {ir[False]:14d} {ir[True]:14d} {ratio:7.3f} {res['allocations']:12d} "
-                  f"{(ir[True] - ir[False]) / max(1, res['allocations']):14.1f} {res['samples']:8d}")
+                  f"{(ir[True] - ir[False]) / max(1, res['allocations']):14.1f} {res['samples']:8d}", flush=True)
     g = geomean(ratios)
     print(f"\ngeometric mean instruction ratio: {g:.3f}x "
           "(instructions only: cache misses and stalls are not in it; time ratios are the target)")
