@@ -200,7 +200,8 @@ def main(argv=None):
           f"{'meets' if g <= 1.03 else 'MISSES'} the 1.03x target")
     print("records/s x 32 B = dump bytes per second of CPU; footprint = C rings, thread states and live "
           "table (counter footprint_bytes) + summary arrays (MAX_IDS x 3 x 8 B) + drain buffer; "
-          "sampled ns = mean time inside the sampled path (slow_path_ns / slow_path_calls)")
+          "sampled ns = mean time inside the sampled path (slow_path_ns / slow_path_calls; wall clock, so a busy "
+          "machine's preemptions inflate it)")
 
 
 if __name__ == "__main__":
