@@ -214,6 +214,11 @@ def load():
     try:
         mod = importlib.import_module(MODULE)
     except ImportError:
+        try:
+            import setuptools  # noqa: F401 - cffi compiles through it
+        except ImportError:
+            sys.exit("benchmarks/_native.py compiles a C helper with cffi, which needs setuptools "
+                     "(not in a Python >= 3.12 venv by default): pip install setuptools")
         from cffi import FFI
 
         ffibuilder = FFI()
