@@ -90,9 +90,11 @@ void ms_thread_reset_sampling(ms_thread_t *t)
 static ms_thread_t *attach(void)
 {
     pthread_once(&g_key_once, make_key);
-    ms_thread_t *t = calloc(1, sizeof *t);
-    if (!t)
+    /* Cache-line aligned: no two threads' hot counters share a line. */
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, sizeof(ms_thread_t)) != 0)
         return NULL;
+    ms_thread_t *t = memset(mem, 0, sizeof(ms_thread_t));
     if (pthread_setspecific(g_exit_key, t) != 0) {
         free(t);
         return NULL;
@@ -110,13 +112,9 @@ static ms_thread_t *attach(void)
     return t;
 }
 
-ms_thread_t *ms_thread_acquire(bool *locked)
+ms_thread_t *ms_thread_attach_or_orphan(bool *locked)
 {
     ms_thread_t *t = ms_tls.thread;
-    if (MS_LIKELY(t != NULL && t != MS_THREAD_DEAD)) {
-        *locked = false;
-        return t;
-    }
     if (t == NULL && (t = attach()) != NULL) {
         *locked = false;
         return t;
@@ -126,25 +124,56 @@ ms_thread_t *ms_thread_acquire(bool *locked)
     return &g_orphan;
 }
 
-void ms_thread_release(bool locked)
+void ms_orphan_unlock(void)
 {
-    if (locked)
-        ms_spin_unlock(&g_orphan_lock);
+    ms_spin_unlock(&g_orphan_lock);
+}
+
+static uint64_t ring_bytes(const ms_ring_t *r)
+{
+    return sizeof *r + (r->mask + 1) * sizeof(ms_record_t);
+}
+
+/* Rings replaced by their producer (MAX_RECORDS_PER_THREAD changed across a restart), freed by
+ * the drainer at its next call: the drainer may be reading one right now, and drains run one at
+ * a time under the registry lock, so the next call is the first moment nobody can. */
+static ms_ring_t *g_replaced_rings;
+static ms_spin_t g_replaced_lock;
+
+/* Gives t a ring of the configured capacity: on first use, or once its old ring is empty (so no
+ * record is stranded) when the capacity setting changed. Returns NULL without memory. */
+static ms_ring_t *ring_for(ms_thread_t *t, ms_ring_t *old)
+{
+    uint64_t capacity = atomic_load(&g_ring_capacity);
+    if (old) {
+        bool empty = atomic_load_explicit(&old->head, memory_order_relaxed) ==
+                     atomic_load_explicit(&old->tail, memory_order_acquire);
+        if (old->mask + 1 == capacity || !empty)
+            return old;
+    }
+    ms_ring_t *r = calloc(1, sizeof *r + capacity * sizeof(ms_record_t));
+    if (!r)
+        return old;
+    r->mask = capacity - 1;
+    atomic_fetch_add(&g_ring_bytes, ring_bytes(r));
+    atomic_store_explicit(&t->ring, r, memory_order_release);
+    if (old) {
+        ms_spin_lock(&g_replaced_lock);
+        old->replaced_next = g_replaced_rings;
+        g_replaced_rings = old;
+        ms_spin_unlock(&g_replaced_lock);
+    }
+    return r;
 }
 
 void ms_ring_push(ms_thread_t *t, const ms_record_t *rec)
 {
     ms_ring_t *r = atomic_load_explicit(&t->ring, memory_order_relaxed);
+    if (MS_UNLIKELY(r == NULL || r->mask + 1 != atomic_load_explicit(&g_ring_capacity, memory_order_relaxed)))
+        r = ring_for(t, r);
     if (MS_UNLIKELY(r == NULL)) {
-        uint64_t capacity = atomic_load(&g_ring_capacity);
-        r = calloc(1, sizeof *r + capacity * sizeof(ms_record_t));
-        if (!r) {
-            ms_bump(&t->dropped, 1);
-            return;
-        }
-        r->mask = capacity - 1;
-        atomic_fetch_add(&g_ring_bytes, sizeof *r + capacity * sizeof(ms_record_t));
-        atomic_store_explicit(&t->ring, r, memory_order_release);
+        ms_bump(&t->dropped, 1);
+        return;
     }
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
@@ -228,7 +257,7 @@ static void free_thread(ms_thread_t *t)
 {
     ms_ring_t *r = atomic_load(&t->ring);
     if (r) {
-        atomic_fetch_sub(&g_ring_bytes, sizeof *r + (r->mask + 1) * sizeof(ms_record_t));
+        atomic_fetch_sub(&g_ring_bytes, ring_bytes(r));
         free(r);
     }
     atomic_fetch_sub(&g_ring_bytes, sizeof *t);
@@ -239,6 +268,16 @@ size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us)
 {
     size_t n = 0;
     pthread_mutex_lock(&g_registry_lock);
+    ms_spin_lock(&g_replaced_lock);
+    ms_ring_t *replaced = g_replaced_rings;
+    g_replaced_rings = NULL;
+    ms_spin_unlock(&g_replaced_lock);
+    while (replaced) {
+        ms_ring_t *next = replaced->replaced_next;
+        atomic_fetch_sub(&g_ring_bytes, ring_bytes(replaced));
+        free(replaced);
+        replaced = next;
+    }
     for (ms_thread_t **link = &g_threads; *link;) {
         ms_thread_t *t = *link;
         bool dead = atomic_load_explicit(&t->dead, memory_order_acquire);
@@ -335,6 +374,7 @@ void ms_buffers_fork_child_quick(void)
 {
     pthread_mutex_init(&g_registry_lock, NULL);
     atomic_store(&g_orphan_lock, 0);
+    atomic_store(&g_replaced_lock, 0);
 }
 
 /* The child starts from zero: the parent's threads, counters and records are not inherited.

@@ -16,6 +16,9 @@
 
 /* ---- settings read by the hooks (written by ms_start / ms_set_rates) ---- */
 
+/* Bit d set: domain d is counted now (bit MS_DOMAIN_MANUAL for the manual API). Per domain, so
+ * that a hook left in a chain as a pass-through after stop() stays silent when a later start()
+ * asks for fewer domains. */
 static _Atomic int g_active;
 static _Atomic uint64_t g_critical = 8192;
 static _Atomic int64_t g_frequency = 1000;
@@ -71,7 +74,7 @@ void ms_draw_countdown(ms_thread_t *t, int cls)
     }
 }
 
-static void redraw_if_rates_changed(ms_thread_t *t)
+__attribute__((noinline, cold)) static void redraw_if_rates_changed(ms_thread_t *t)
 {
     uint64_t e = ms_rate_epoch();
     if (t->epoch != e) {
@@ -81,7 +84,8 @@ static void redraw_if_rates_changed(ms_thread_t *t)
     }
 }
 
-static void sample(ms_thread_t *t, int domain, uint64_t address, uint64_t size, int cls, float weight,
+/* Out of line and cold: the unsampled path must not pay for its register pressure. */
+__attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, uint64_t address, uint64_t size, int cls, float weight,
                    int event, unsigned flags, uint32_t site)
 {
     uint64_t t0 = ms_now_ns();
@@ -106,8 +110,29 @@ static void sample(ms_thread_t *t, int domain, uint64_t address, uint64_t size, 
     ms_bump(&t->slow_ns, ms_now_ns() - t0);
 }
 
+/* A Bernoulli hit under the rate the countdown was drawn with: sampled with that rate's
+ * weight; the next countdown uses the rates in force now. */
+__attribute__((noinline, cold)) static void countdown_expired(ms_thread_t *t, int domain, uint64_t address,
+                                                              uint64_t size, int cls, int event, uint32_t site)
+{
+    float w = t->weight[cls];
+    redraw_if_rates_changed(t);
+    ms_draw_countdown(t, cls);
+    if (w > 0.0f)
+        sample(t, domain, address, size, cls, w, event, 0, site);
+}
+
+/* At a frequency slot: rearm the interval, and pick up rates changed since the last one. */
+__attribute__((noinline, cold)) static void start_frequency_interval(ms_thread_t *t)
+{
+    t->freq_left = ms_frequency_interval();
+    if (t->freq_left <= 0)
+        t->freq_left = INT64_MAX;
+    redraw_if_rates_changed(t);
+}
+
 /* Counts one successful allocation request and decides whether it is sampled. */
-static inline void on_alloc(ms_thread_t *t, int domain, uint64_t address, uint64_t size, int event,
+__attribute__((always_inline)) static inline void on_alloc(ms_thread_t *t, int domain, uint64_t address, uint64_t size, int event,
                             uint32_t site)
 {
     uint64_t critical = atomic_load_explicit(&g_critical, memory_order_relaxed);
@@ -117,12 +142,8 @@ static inline void on_alloc(ms_thread_t *t, int domain, uint64_t address, uint64
     ms_bump(&t->by_size[domain][ms_bucket_of(size)], 1);
 
     bool frequency_slot = --t->freq_left <= 0;
-    if (MS_UNLIKELY(frequency_slot)) {
-        t->freq_left = ms_frequency_interval();
-        if (t->freq_left <= 0)
-            t->freq_left = INT64_MAX;
-        redraw_if_rates_changed(t);
-    }
+    if (MS_UNLIKELY(frequency_slot))
+        start_frequency_interval(t);
     if (cls == MS_CLASS_LARGE) {
         sample(t, domain, address, size, cls, 1.0f, event, 0, site);
     } else if (MS_UNLIKELY(frequency_slot)) {
@@ -130,16 +151,12 @@ static inline void on_alloc(ms_thread_t *t, int domain, uint64_t address, uint64
          * so the Bernoulli stream covers exactly the allocations outside frequency slots. */
         sample(t, domain, address, size, cls, 1.0f, event, MS_FLAG_FREQUENCY, site);
     } else if (MS_UNLIKELY(--t->countdown[cls] <= 0)) {
-        float w = t->weight[cls];
-        redraw_if_rates_changed(t);
-        ms_draw_countdown(t, cls);
-        if (w > 0.0f)
-            sample(t, domain, address, size, cls, w, event, 0, site);
+        countdown_expired(t, domain, address, size, cls, event, site);
     }
 }
 
 /* Emits the free record of a sampled block that has left the live table. */
-static void emit_free(ms_thread_t *t, const ms_live_entry_t *e)
+__attribute__((noinline, cold)) static void emit_free(ms_thread_t *t, const ms_live_entry_t *e)
 {
     uint64_t critical = atomic_load_explicit(&g_critical, memory_order_relaxed);
     int cls = e->size >= critical ? MS_CLASS_LARGE : e->size >= MS_MEDIUM_MIN ? MS_CLASS_MEDIUM : MS_CLASS_SMALL;
@@ -155,22 +172,66 @@ static void emit_free(ms_thread_t *t, const ms_live_entry_t *e)
     ms_ring_push(t, &rec);
 }
 
-static inline void on_free(ms_thread_t *t, int domain, uint64_t address)
+/* The free of a likely-sampled block (the filter said maybe), recorded before the block is
+ * handed back: once freed, another thread may receive the same address. */
+__attribute__((noinline, cold)) static void on_maybe_sampled_free(ms_thread_t *t, uint64_t address)
+{
+    ms_live_entry_t e;
+    if (ms_live_remove(address, &e))
+        emit_free(t, &e);
+}
+
+__attribute__((always_inline)) static inline void on_free(ms_thread_t *t, int domain, uint64_t address)
 {
     ms_bump(&t->deallocations[domain], 1);
-    ms_live_entry_t e;
-    /* Filter first: the table (and its lock) is only touched for likely-sampled addresses.
-     * The free is recorded before the block is handed back: once freed, another thread may
-     * receive the same address. */
-    if (MS_UNLIKELY(ms_live_maybe(address)) && ms_live_remove(address, &e))
-        emit_free(t, &e);
+    /* Filter first: the table (and its lock) is only touched for likely-sampled addresses. */
+    if (MS_UNLIKELY(ms_live_maybe(address)))
+        on_maybe_sampled_free(t, address);
+}
+
+/* The thread-less cases (first allocation of a thread, after its exit) stay out of line, so
+ * that the hooks' fast path keeps no lock flag and no extra live register. */
+__attribute__((noinline, cold)) static void count_alloc_slow(int domain, uint64_t address, uint64_t size, int event,
+                                                             uint32_t site)
+{
+    bool locked;
+    ms_thread_t *t = ms_thread_acquire(&locked);
+    on_alloc(t, domain, address, size, event, site);
+    ms_thread_release(locked);
+}
+
+__attribute__((noinline, cold)) static void count_free_slow(int domain, uint64_t address)
+{
+    bool locked;
+    ms_thread_t *t = ms_thread_acquire(&locked);
+    on_free(t, domain, address);
+    ms_thread_release(locked);
+}
+
+__attribute__((always_inline)) static inline void count_alloc(int domain, uint64_t address, uint64_t size, int event,
+                                                              uint32_t site)
+{
+    ms_thread_t *t = ms_tls.thread;
+    if (MS_LIKELY((uintptr_t)t > (uintptr_t)MS_THREAD_DEAD))
+        on_alloc(t, domain, address, size, event, site);
+    else
+        count_alloc_slow(domain, address, size, event, site);
+}
+
+__attribute__((always_inline)) static inline void count_free(int domain, uint64_t address)
+{
+    ms_thread_t *t = ms_tls.thread;
+    if (MS_LIKELY((uintptr_t)t > (uintptr_t)MS_THREAD_DEAD))
+        on_free(t, domain, address);
+    else
+        count_free_slow(domain, address);
 }
 
 /* ---- the hooks ---- */
 
-static inline bool tracking(void)
+static inline bool tracking(int domain)
 {
-    return ms_tls.guard == 0 && atomic_load_explicit(&g_active, memory_order_relaxed);
+    return ms_tls.guard == 0 && (atomic_load_explicit(&g_active, memory_order_relaxed) >> domain & 1);
 }
 
 /* A free on a thread the tracker ignores (its own threads) is not counted, but a sampled block
@@ -183,27 +244,23 @@ static void untracked_free(uint64_t address)
     }
 }
 
-static void *hook_malloc(int domain, size_t size)
+__attribute__((always_inline)) static inline void *hook_malloc(int domain, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!tracking())
+    if (!tracking(domain))
         return next->malloc(next->ctx, size);
     ms_tls.guard = MS_GUARD_HOOK;
     void *p = next->malloc(next->ctx, size);
-    if (p) {
-        bool locked;
-        ms_thread_t *t = ms_thread_acquire(&locked);
-        on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
-        ms_thread_release(locked);
-    }
+    if (MS_LIKELY(p != NULL))
+        count_alloc(domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
     ms_tls.guard = 0;
     return p;
 }
 
-static void *hook_calloc(int domain, size_t nelem, size_t elsize)
+__attribute__((always_inline)) static inline void *hook_calloc(int domain, size_t nelem, size_t elsize)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!tracking())
+    if (!tracking(domain))
         return next->calloc(next->ctx, nelem, elsize);
     ms_tls.guard = MS_GUARD_HOOK;
     void *p = next->calloc(next->ctx, nelem, elsize);
@@ -211,19 +268,16 @@ static void *hook_calloc(int domain, size_t nelem, size_t elsize)
         size_t size;
         if (__builtin_mul_overflow(nelem, elsize, &size))
             size = SIZE_MAX; /* cannot succeed; counted saturated if an allocator claims it did */
-        bool locked;
-        ms_thread_t *t = ms_thread_acquire(&locked);
-        on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
-        ms_thread_release(locked);
+        count_alloc(domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
     }
     ms_tls.guard = 0;
     return p;
 }
 
-static void *hook_realloc(int domain, void *ptr, size_t size)
+__attribute__((always_inline)) static inline void *hook_realloc(int domain, void *ptr, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!tracking()) {
+    if (!tracking(domain)) {
         if (ptr)
             untracked_free((uint64_t)(uintptr_t)ptr);
         return next->realloc(next->ctx, ptr, size);
@@ -253,20 +307,17 @@ static void *hook_realloc(int domain, void *ptr, size_t size)
     return p;
 }
 
-static void hook_free(int domain, void *ptr)
+__attribute__((always_inline)) static inline void hook_free(int domain, void *ptr)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!ptr || !tracking()) {
+    if (!ptr || !tracking(domain)) {
         if (ptr)
             untracked_free((uint64_t)(uintptr_t)ptr);
         next->free(next->ctx, ptr);
         return;
     }
     ms_tls.guard = MS_GUARD_HOOK;
-    bool locked;
-    ms_thread_t *t = ms_thread_acquire(&locked);
-    on_free(t, domain, (uint64_t)(uintptr_t)ptr);
-    ms_thread_release(locked);
+    count_free(domain, (uint64_t)(uintptr_t)ptr);
     next->free(next->ctx, ptr);
     ms_tls.guard = 0;
 }
@@ -333,7 +384,7 @@ static int start_locked(const ms_config_t *cfg)
     if (atomic_load(&g_active))
         return -1;
     if (!cfg || (cfg->domains_mask & ~7) || cfg->critical_size < MS_MEDIUM_MIN || !rate_ok(cfg->medium_rate) ||
-        !rate_ok(cfg->small_rate) || cfg->frequency_interval > INT32_MAX || cfg->ring_capacity < 16 ||
+        !rate_ok(cfg->small_rate) || cfg->frequency_interval > ((uint64_t)1 << 31) || cfg->ring_capacity < 16 ||
         cfg->ring_capacity > (1u << 24))
         return -2;
     atomic_store(&g_critical, cfg->critical_size);
@@ -343,7 +394,7 @@ static int start_locked(const ms_config_t *cfg)
     atomic_fetch_add(&g_epoch, 1);
     ms_buffers_configure(cfg->ring_capacity, cfg->seed);
     ms_live_clear();
-    atomic_store(&g_active, 1);
+    atomic_store(&g_active, cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
     /* Install innermost first (RAW) so that a forwarded request never meets a half-built chain.
      * The saved allocator is published (release fence) before the hook that reads it. */
     for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
@@ -380,7 +431,7 @@ int ms_stop(void)
 
 int ms_is_active(void)
 {
-    return atomic_load(&g_active);
+    return atomic_load(&g_active) != 0;
 }
 
 void ms_set_rates(double medium_rate, double small_rate)
@@ -414,27 +465,21 @@ uint32_t ms_type_id(uint64_t key)
 
 void ms_track_allocation(uint64_t address, uint64_t size, uint32_t type_id)
 {
-    if (!tracking() || address == 0)
+    if (!tracking(MS_DOMAIN_MANUAL) || address == 0)
         return;
     if (type_id >= MS_MAX_IDS)
         type_id = MS_ID_NATIVE + MS_DOMAIN_MANUAL;
     ms_tls.guard = MS_GUARD_HOOK;
-    bool locked;
-    ms_thread_t *t = ms_thread_acquire(&locked);
-    on_alloc(t, MS_DOMAIN_MANUAL, address, size, MS_EVENT_ALLOC, type_id);
-    ms_thread_release(locked);
+    count_alloc(MS_DOMAIN_MANUAL, address, size, MS_EVENT_ALLOC, type_id);
     ms_tls.guard = 0;
 }
 
 void ms_track_deallocation(uint64_t address)
 {
-    if (!tracking() || address == 0)
+    if (!tracking(MS_DOMAIN_MANUAL) || address == 0)
         return;
     ms_tls.guard = MS_GUARD_HOOK;
-    bool locked;
-    ms_thread_t *t = ms_thread_acquire(&locked);
-    on_free(t, MS_DOMAIN_MANUAL, address);
-    ms_thread_release(locked);
+    count_free(MS_DOMAIN_MANUAL, address);
     ms_tls.guard = 0;
 }
 
@@ -457,8 +502,7 @@ void ms_after_fork_child(void)
     ms_buffers_fork_child();
     ms_live_fork_child();
     atomic_fetch_add(&g_epoch, 1);
-    if (atomic_load(&g_active_before_fork))
-        atomic_store(&g_active, 1);
+    atomic_store(&g_active, atomic_load(&g_active_before_fork));
 }
 
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;

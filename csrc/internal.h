@@ -62,6 +62,7 @@ typedef struct ms_ring {
     _Atomic uint64_t tail; /* written by the drainer */
     char pad1[56];
     uint64_t mask;
+    struct ms_ring *replaced_next; /* on the drainer's list of rings to free */
     ms_record_t slots[];
 } ms_ring_t;
 
@@ -97,10 +98,28 @@ struct ms_tls {
 /* Initial-exec: one direct %fs-relative access instead of a __tls_get_addr call per hook. */
 extern __thread struct ms_tls ms_tls __attribute__((tls_model("initial-exec")));
 
+/* Slow paths of ms_thread_acquire / ms_thread_release, out of line. */
+ms_thread_t *ms_thread_attach_or_orphan(bool *locked);
+void ms_orphan_unlock(void);
+
 /* The calling thread's state, created on first use; for a thread that has none (exited, or no
- * memory) returns the shared orphan state with *locked set: call ms_thread_release after. */
-ms_thread_t *ms_thread_acquire(bool *locked);
-void ms_thread_release(bool locked);
+ * memory) returns the shared orphan state with *locked set: call ms_thread_release after.
+ * Inline: on the fast path this is one thread-local load and a compare. */
+static inline ms_thread_t *ms_thread_acquire(bool *locked)
+{
+    ms_thread_t *t = ms_tls.thread;
+    if (MS_LIKELY((uintptr_t)t > (uintptr_t)MS_THREAD_DEAD)) {
+        *locked = false;
+        return t;
+    }
+    return ms_thread_attach_or_orphan(locked);
+}
+
+static inline void ms_thread_release(bool locked)
+{
+    if (MS_UNLIKELY(locked))
+        ms_orphan_unlock();
+}
 /* Appends one record to t's ring (allocating it on first use); counts a drop when full. */
 void ms_ring_push(ms_thread_t *t, const ms_record_t *rec);
 void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed);

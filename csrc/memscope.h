@@ -157,6 +157,18 @@ uint32_t ms_type_id(uint64_t key);
 void ms_track_allocation(uint64_t address, uint64_t size, uint32_t type_id);
 void ms_track_deallocation(uint64_t address);
 
+/* --- reduce.c --- */
+/* The two reducer paths behind ms_reduce; same semantics, bit-identical summaries.
+ * ms_reduce_simd falls back to the scalar path when the CPU has no vector path. */
+void ms_reduce_scalar(const ms_record_t *records, size_t n, ms_summary_t *summary);
+void ms_reduce_simd(const ms_record_t *records, size_t n, ms_summary_t *summary);
+/* 1 when this CPU has the vector path (AVX2 on x86-64, NEON on AArch64). */
+int ms_reduce_simd_available(void);
+/* ENABLE_SIMD: 0 makes ms_reduce use the scalar path; 1 (default) the vector path if available. */
+void ms_reduce_use_simd(int enabled);
+/* 1 when ms_reduce currently takes the vector path. */
+int ms_reduce_simd_active(void);
+
 /* MEMSCOPE_CDEF_END */
 
 #endif

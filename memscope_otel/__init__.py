@@ -16,7 +16,7 @@ import logging
 from . import tracker as _tracker
 
 __all__ = ["start", "stop", "is_running", "snapshot", "track_allocation", "track_deallocation",
-           "UltraFastTracker", "UltraFastSamplingConfig"]
+           "UltraFastTracker", "UltraFastSamplingConfig", "PerformanceOptimizer"]
 
 log = logging.getLogger("memscope_otel")
 
@@ -88,6 +88,8 @@ def track_deallocation(ptr):
 
 UltraFastTracker = _tracker.Tracker
 """Alias of :class:`memscope_otel.tracker.Tracker` (the memscope design's name)."""
+
+from .optimizer import PerformanceOptimizer  # noqa: E402  (the memscope design's name)
 
 
 def UltraFastSamplingConfig(**settings):  # noqa: N802 - the memscope design's name

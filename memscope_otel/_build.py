@@ -52,6 +52,7 @@ ffibuilder.set_source(
     include_dirs=[str(CSRC), sysconfig.get_paths()["include"]],
     extra_compile_args=compile_args(),
     extra_link_args=link_args(),
+    py_limited_api=False,  # reads version-specific CPython internals (frames.c): not abi3
 )
 
 if __name__ == "__main__":

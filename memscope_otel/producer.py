@@ -8,6 +8,7 @@ ever receives increases (a site's growth goes to its own series while it is in t
 ``<other>`` while it is not), so every exported counter is monotonic, as Prometheus expects.
 """
 import threading
+import time
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -69,6 +70,9 @@ class Producer:
         self._max_sites = max_sites
         self._site_view = None  # (generation, {site: (bytes, count, live)}, {type: (bytes, count)})
         self.instruments = []
+        # What memscope's own collections cost, cumulative (read by the optimizer as a pressure signal).
+        self.collection_ns = 0
+        self.collection_points = 0
 
         def counter(name, unit, description, fn):
             self.instruments.append(
@@ -102,6 +106,9 @@ class Producer:
         counter("memscope.sampler.samples", "{record}", "Records written by the sampler (exact)", self._samples)
         counter("memscope.sampler.dropped", "{record}", "Records lost to full buffers (exact)", self._dropped)
         updown("memscope.sampler.memory", "By", "Memory held by the tracker's C side", self._footprint)
+        # Last, so that the pressure it reports includes this collection's other callbacks.
+        gauge("memscope.optimizer.pressure", "1", "Export pressure seen by the adaptive optimizer (0 to 1)",
+              self._pressure)
 
     def reset(self):
         """Forgets routing state (in a forked child, whose counters start again from zero)."""
@@ -112,13 +119,23 @@ class Producer:
             self._site_view = None
             self._served = {}
 
+    def set_max_sites(self, max_sites):
+        """Changes how many sites get their own series from the next collection on (the others
+        fold into ``<other>``; every series stays monotonic)."""
+        with self._lock:
+            self._max_sites = self._sites.k = self._types.k = int(max_sites)
+
     # -- snapshot handling --
 
     def _callback(self, name, fn):
         def callback(options: CallbackOptions):
+            started = time.thread_time_ns()  # CPU time: waiting for the GIL is not our cost
             with sampler.ignored(), self._lock:
                 snap = self._current(name)
-                return list(fn(snap))
+                points = list(fn(snap))
+                self.collection_ns += time.thread_time_ns() - started
+                self.collection_points += len(points)
+                return points
 
         return callback
 
@@ -171,6 +188,11 @@ class Producer:
         yield Observation(small, {"memscope.size_class": "small"})
         yield Observation(medium, {"memscope.size_class": "medium"})
         yield Observation(1.0, {"memscope.size_class": "large"})
+
+    def _pressure(self, snap):
+        optimizer = getattr(self.tracker, "optimizer", None)
+        if optimizer is not None:
+            yield Observation(optimizer.pressure, {"memscope.workload": optimizer.workload})
 
     # -- estimates --
 

@@ -54,6 +54,7 @@ def start(config):
     c.frequency_interval = config.frequency_sample_interval
     c.ring_capacity = config.max_records_per_thread
     c.seed = config.seed
+    lib.ms_reduce_use_simd(1 if config.enable_simd else 0)
     rc = lib.ms_start(c)
     if rc == -1:
         raise RuntimeError("memscope sampler is already active")

@@ -42,32 +42,70 @@ def line_of(code, offset):
     return line
 
 
-def _qualname_from_parent(code):
-    """3.10 has no co_qualname: find the code object that builds a function from ``code`` and
-    read the qualified-name constant it passes to MAKE_FUNCTION (``f.<locals>.<listcomp>``)."""
-    for holder in gc.get_referrers(code):
-        if not isinstance(holder, tuple):
-            continue
-        for parent in gc.get_referrers(holder):
-            if not hasattr(parent, "co_consts") or parent.co_consts is not holder:
+class _QualnameIndex:
+    """3.10 has no co_qualname. Functions know their ``__qualname__``; a nested code object
+    (comprehension, lambda, inner function) gets its own from the constant that its parent's
+    bytecode passes to MAKE_FUNCTION. Code objects are not tracked by the garbage collector, so
+    the index starts from the function objects alive and from the frames running now, and walks
+    down through ``co_consts``. Rebuilt at most every ``min_interval`` seconds, on a miss."""
+
+    def __init__(self, min_interval=10.0):
+        self._names = {}
+        self._built_at = None
+        self._min_interval = min_interval
+
+    def lookup(self, code):
+        name = self._names.get(code)
+        if name is None and self._may_rebuild():
+            self._rebuild()
+            name = self._names.get(code)
+        return name
+
+    def _may_rebuild(self):
+        import time
+
+        now = time.monotonic()
+        if self._built_at is not None and now - self._built_at < self._min_interval:
+            return False
+        self._built_at = now
+        return True
+
+    def _rebuild(self):
+        import types
+
+        roots = [(obj.__code__, obj.__qualname__) for obj in gc.get_objects() if isinstance(obj, types.FunctionType)]
+        for frame in sys._current_frames().values():
+            while frame is not None:
+                if frame.f_code.co_name == "<module>":
+                    roots.append((frame.f_code, None))
+                frame = frame.f_back
+        seen = set()
+        while roots:
+            code, qualname = roots.pop()
+            if id(code) in seen:
+                continue
+            seen.add(id(code))
+            if qualname is not None:
+                self._names[code] = qualname
+            if not any(isinstance(c, types.CodeType) for c in code.co_consts):
                 continue
             previous = None
-            for ins in dis.get_instructions(parent):
-                if ins.opname == "LOAD_CONST" and previous is not None and previous.argval is code:
-                    if isinstance(ins.argval, str):
-                        return ins.argval
-                previous = ins if ins.opname == "LOAD_CONST" else None
-    # A function object alive somewhere still knows it.
-    for holder in gc.get_referrers(code):
-        if getattr(holder, "__code__", None) is code:
-            return holder.__qualname__
-    return None
+            for ins in dis.get_instructions(code):
+                if ins.opname == "LOAD_CONST":
+                    if isinstance(previous, types.CodeType) and isinstance(ins.argval, str):
+                        roots.append((previous, ins.argval))
+                    previous = ins.argval
+                else:
+                    previous = None
+
+
+_qualnames_310 = _QualnameIndex()
 
 
 def qualname_of(code):
     qualname = getattr(code, "co_qualname", None)
-    if qualname is None and sys.version_info < (3, 11):
-        qualname = _qualname_from_parent(code) if code.co_name != "<module>" else "<module>"
+    if qualname is None and code.co_name != "<module>":
+        qualname = _qualnames_310.lookup(code)
     return qualname or code.co_name
 
 

@@ -61,6 +61,7 @@ class Tracker:
         self.producer = None
         self._meter_provider = meter_provider
         self.listeners = []  # callables(snapshot), e.g. the optimizer, after each refresh
+        self.optimizer = None  # the PerformanceOptimizer while OTEL_PYTHON_MEMSCOPE_ADAPTIVE is true
 
     def _sinks(self):
         if not self.config.dump_path:
@@ -102,8 +103,19 @@ class Tracker:
             meter = provider.get_meter("memscope_otel", _version())
             self.producer = Producer(meter, self, self.config.max_sites)
             _process.producers[id(provider)] = (provider, self.producer)
+        if self.config.adaptive:
+            from .optimizer import PerformanceOptimizer
+
+            try:
+                self.optimizer = PerformanceOptimizer(self)
+                self.optimizer.start()
+            except Exception:  # the tracker keeps running with fixed rates
+                log.exception("memscope optimizer failed to start; sampling rates stay fixed")
+                self.optimizer = None
 
     def stop(self):
+        if self.optimizer is not None:
+            self.optimizer.stop()
         sampler.stop()
         self.drainer.stop()
         if self._dump is not None:
@@ -148,6 +160,8 @@ class Tracker:
 
                 self.config = dataclasses.replace(self.config, dump_path=f"{self.config.dump_path}.{os.getpid()}")
         self.drainer = Drainer(self.summary, self.config.drain_interval_ms / 1000.0, self._sinks())
+        if self.optimizer is not None:
+            self.optimizer.after_fork_child(self.drainer)
         self._dumped_ids = set()
         self.drainer.start()
         if self.producer is not None:
@@ -184,8 +198,10 @@ def start(meter_provider=None, **overrides):
         if not config.enabled or sdk_disabled():
             log.info("memscope tracker disabled (OTEL_PYTHON_MEMSCOPE_ENABLED or OTEL_SDK_DISABLED)")
             return None
-        tracker = Tracker(config, meter_provider)
-        tracker.start()
+        # Setting up (imports, instrument registration) is the tracker's own work: not counted.
+        with sampler.ignored():
+            tracker = Tracker(config, meter_provider)
+            tracker.start()
         _current = tracker
         return tracker
 
@@ -196,7 +212,8 @@ def stop():
     with _lock:
         tracker, _current = _current, None
         if tracker is not None:
-            tracker.stop()
+            with sampler.ignored():
+                tracker.stop()
 
 
 def _after_fork_in_child():

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests need: a real Prometheus server and headless Chromium.
+# Debian packages the integration tests need: a real Prometheus server, headless Chromium, and an
+# AArch64 cross compiler with qemu-user to run the NEON reducer against its scalar twin.
 # Idempotent; nothing is left running (the package's service is not started in a container).
 set -euo pipefail
+# Prometheus has its own script: it keeps the package's service from starting.
+"$(dirname "$0")/install_prometheus.sh"
 need=()
-command -v prometheus >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
+command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# A Debian postinst may start the daemon where an init system runs; the tests start their own.
-pkill -x prometheus 2>/dev/null || true

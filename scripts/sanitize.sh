@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the C sampler with -fsanitize=address,undefined into .venv-asan and runs the stress test
-# on it. Python itself is not instrumented, so the ASan runtime is preloaded; leak checking is
+# Builds the C sampler with -fsanitize=address,undefined into .venv-asan and runs the stress and
+# core tests on it (--capture=sys: a sanitizer report must reach the log even when it aborts). Python itself is not instrumented, so the ASan runtime is preloaded; leak checking is
 # off because the interpreter keeps objects alive until exit by design.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,4 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=lib
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 cd tests
-"../$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider -q stress
+"../$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider -q --capture=sys core stress

@@ -30,7 +30,8 @@ def collect(reader):
 def tracked():
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    memscope_otel.start(meter_provider=provider, seed=7, drain_interval_ms=60000)
+    # Sites are process-wide: earlier tests leave bigger ones; keep every site exported.
+    memscope_otel.start(meter_provider=provider, seed=7, drain_interval_ms=60000, max_sites=1000)
     yield reader
     memscope_otel.stop()
 

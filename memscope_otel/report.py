@@ -1,0 +1,522 @@
+"""``memscope-otel report``: what a dump file says, as terminal text or one self-contained HTML page.
+
+``numpy_summary`` computes, from an array of records, exactly what ``ms_reduce`` accumulates (same
+fields, same clamping of bad input, same record-order summation), so it doubles as the reference the
+C reducers are tested and benchmarked against. ``analyze`` reads a dump chunk by chunk (memory stays
+bounded by one chunk) into a ``Report``: top sites and types by estimated bytes and count, the size
+distribution, the allocation rate and the live estimate over time. ``render_text`` and
+``render_html`` present it; the HTML page draws its plots as inline SVG, with no script and no
+external resource, so it opens anywhere without network access.
+
+Every figure is a Horvitz-Thompson estimate: each sampled record counts ``weight`` times.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .records import (CLASS_MASK, CLASS_SHIFT, DOMAIN_MASK, DOMAINS, EVENT_MASK, EVENT_SHIFT,
+                      FLAG_NOLIVE, RECORD_DTYPE)
+
+MAX_IDS = 32768
+ID_OVERFLOW = 4
+BUCKETS = 65
+MANUAL_DOMAIN = DOMAINS.index("manual")
+
+
+def _bit_length(values: np.ndarray) -> np.ndarray:
+    """Number of significant bits of each uint64 (0 for 0), exactly, without a float rounding trap."""
+    values = values.astype(np.uint64, copy=False)
+    hi = (values >> np.uint64(32)).astype(np.float64)  # < 2^32: exact in float64
+    lo = (values & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    hi_bits = np.frexp(hi)[1]
+    lo_bits = np.frexp(lo)[1]
+    return np.where(hi_bits > 0, hi_bits + 32, lo_bits).astype(np.int64)
+
+
+def size_buckets(sizes: np.ndarray) -> np.ndarray:
+    """Power-of-two bucket of each size: 0 for sizes 0 and 1, else k with 2^(k-1) < size <= 2^k."""
+    sizes = sizes.astype(np.uint64, copy=False)
+    minus_one = sizes - np.uint64(1)  # wraps for size 0, which is masked below
+    return np.where(sizes <= 1, 0, _bit_length(minus_one))
+
+
+@dataclasses.dataclass
+class DecodedRecords:
+    """Per-record fields as ms_reduce reads them (bad values clamped the same way)."""
+
+    domain: np.ndarray
+    size_class: np.ndarray
+    site: np.ndarray
+    is_alloc: np.ndarray
+    is_free: np.ndarray
+    is_live_alloc: np.ndarray
+    weight: np.ndarray
+    weighted_bytes: np.ndarray
+    bucket: np.ndarray
+
+
+def decode(records: np.ndarray) -> DecodedRecords:
+    """Decodes flags, clamps site ids and size classes, and weighs sizes, like reduce.c does."""
+    flags = records["flags"].astype(np.int64)
+    domain = flags & DOMAIN_MASK
+    event = (flags & EVENT_MASK) >> EVENT_SHIFT
+    size_class = np.minimum((flags & CLASS_MASK) >> CLASS_SHIFT, 2)
+    site = records["site"].astype(np.int64)
+    site = np.where(site < MAX_IDS, site, ID_OVERFLOW + domain)
+    is_alloc = (event == 0) | (event == 2)
+    weight = records["weight"].astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # corrupt weights: NaN, inf
+        weighted_bytes = weight * records["size"].astype(np.float64)
+    return DecodedRecords(
+        domain=domain,
+        size_class=size_class,
+        site=site,
+        is_alloc=is_alloc,
+        is_free=event == 1,
+        is_live_alloc=is_alloc & ((flags & FLAG_NOLIVE) == 0),
+        weight=weight,
+        weighted_bytes=weighted_bytes,
+        bucket=size_buckets(records["size"]),
+    )
+
+
+def _fold(index: np.ndarray, values: np.ndarray, length: int) -> np.ndarray:
+    # np.bincount adds the weights into a zeroed float64 table in array order: the same left fold
+    # in record order that the C reducer performs.
+    return np.bincount(index, weights=values, minlength=length).astype(np.float64, copy=False)
+
+
+def numpy_summary(records: np.ndarray) -> dict:
+    """The fields of ``ms_summary_t`` for one batch reduced into a zeroed summary, with numpy."""
+    records = np.asarray(records)
+    if records.dtype != RECORD_DTYPE:
+        raise TypeError(f"records must have memscope_otel.records.RECORD_DTYPE, not {records.dtype}")
+    r = decode(records)
+    a, lv, fr = r.is_alloc, r.is_live_alloc, r.is_free
+    cell = r.domain * 3 + r.size_class
+    live = lv | fr
+    signed_bytes = np.where(fr, -r.weighted_bytes, r.weighted_bytes)[live]
+    signed_count = np.where(fr, -r.weight, r.weight)[live]
+    return {
+        "count": _fold(cell[a], r.weight[a], 12).reshape(4, 3),
+        "bytes": _fold(cell[a], r.weighted_bytes[a], 12).reshape(4, 3),
+        "bucket_count": _fold(r.domain[a] * BUCKETS + r.bucket[a], r.weight[a], 4 * BUCKETS).reshape(4, BUCKETS),
+        "live_bytes": _fold(r.domain[live], signed_bytes, 4),
+        "live_count": _fold(r.domain[live], signed_count, 4),
+        "records": int(len(records)),
+        "free_records": int(fr.sum()),
+        "id_count": _fold(r.site[a], r.weight[a], MAX_IDS),
+        "id_bytes": _fold(r.site[a], r.weighted_bytes[a], MAX_IDS),
+        "id_live_bytes": _fold(r.site[live], signed_bytes, MAX_IDS),
+    }
+
+
+# ----------------------------------------------------------------------------------------- analysis
+
+FIXED_LABELS = {**{d: f"<native {name}>" for d, name in enumerate(DOMAINS)},
+                **{ID_OVERFLOW + d: f"<overflow {name}>" for d, name in enumerate(DOMAINS)}}
+
+
+@dataclasses.dataclass
+class SiteRow:
+    """One site (or type) in a top list."""
+
+    id: int
+    label: str
+    domain: str
+    est_bytes: float
+    est_count: float
+    live_bytes: float
+    records: int
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything a report shows, computed from one dump."""
+
+    path: str
+    start_time_us: int
+    first_us: int
+    last_us: int
+    n_records: int
+    n_allocs: int
+    n_frees: int
+    n_chunks: int
+    n_threads: int
+    config: dict
+    truncated: str | None
+    est_count: np.ndarray       # [domain] estimated allocations
+    est_bytes: np.ndarray       # [domain] estimated requested bytes
+    live_bytes: np.ndarray      # [domain] live estimate at the end
+    top_sites_by_bytes: list
+    top_sites_by_count: list
+    top_types_by_bytes: list
+    top_types_by_count: list
+    size_buckets: np.ndarray    # [65] estimated allocations per power-of-two bucket
+    bin_edges_s: np.ndarray     # [bins + 1] seconds since first_us
+    rate_bytes: np.ndarray      # [bins] estimated bytes allocated per second
+    rate_count: np.ndarray      # [bins] estimated allocations per second
+    live_over_time: np.ndarray  # [bins] live estimate at the end of each bin
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, (self.last_us - self.first_us) / 1e6)
+
+
+def _time_range(dump):
+    first, last = None, None
+    for chunk in dump.chunks:
+        deltas = chunk.records["time_delta_us"]
+        lo = chunk.base_us + int(deltas.min())
+        hi = chunk.base_us + int(deltas.max())
+        first = lo if first is None else min(first, lo)
+        last = hi if last is None else max(last, hi)
+    return first, last
+
+
+def analyze(dump, top: int = 15, bins: int = 60) -> Report:
+    """Reads every chunk of an open dump (``memscope_otel.dump.open_dump``) into a ``Report``."""
+    if top < 1 or bins < 1:
+        raise ValueError(f"top={top} and bins={bins} must both be at least 1")
+    first, last = _time_range(dump)
+    if first is None:
+        first = last = dump.start_time_us
+    span_us = max(1, last - first + 1)
+    bins = int(min(bins, span_us))
+    est_count = np.zeros(4)
+    est_bytes = np.zeros(4)
+    live = np.zeros(4)
+    id_count, id_bytes, id_live = np.zeros(MAX_IDS), np.zeros(MAX_IDS), np.zeros(MAX_IDS)
+    id_records = np.zeros(MAX_IDS, dtype=np.int64)
+    id_domain = np.zeros(MAX_IDS, dtype=np.int64)
+    buckets = np.zeros(BUCKETS)
+    rate_bytes, rate_count, live_delta = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+    threads = np.zeros(1 << 16, dtype=bool)
+    n_allocs = n_frees = 0
+    for chunk in dump.chunks:
+        recs = chunk.records
+        s = numpy_summary(recs)
+        r = decode(recs)
+        est_count += s["count"].sum(axis=1)
+        est_bytes += s["bytes"].sum(axis=1)
+        live += s["live_bytes"]
+        id_count += s["id_count"]
+        id_bytes += s["id_bytes"]
+        id_live += s["id_live_bytes"]
+        id_records += np.bincount(r.site, minlength=MAX_IDS)
+        id_domain[r.site] = r.domain
+        buckets += s["bucket_count"].sum(axis=0)
+        threads[recs["thread"]] = True
+        n_allocs += int(r.is_alloc.sum())
+        n_frees += s["free_records"]
+        offset = chunk.base_us - first
+        b = ((recs["time_delta_us"].astype(np.int64) + offset) * bins) // span_us
+        b = np.clip(b, 0, bins - 1)
+        a, lv = r.is_alloc, r.is_live_alloc | r.is_free
+        rate_bytes += np.bincount(b[a], r.weighted_bytes[a], bins)
+        rate_count += np.bincount(b[a], r.weight[a], bins)
+        live_delta += np.bincount(b[lv], np.where(r.is_free, -r.weighted_bytes, r.weighted_bytes)[lv], bins)
+    bin_s = span_us / bins / 1e6
+    edges = np.arange(bins + 1) * bin_s
+
+    def rows(ids, key):
+        order = ids[np.argsort(-key[ids], kind="stable")][:top]
+        return [SiteRow(int(i), dump.strings.get(int(i), FIXED_LABELS.get(int(i), f"id {int(i)}")),
+                        DOMAINS[id_domain[i]], float(id_bytes[i]), float(id_count[i]), float(id_live[i]),
+                        int(id_records[i])) for i in order if key[i] > 0]
+
+    seen = np.nonzero(id_records)[0]
+    sites = seen[id_domain[seen] != MANUAL_DOMAIN]
+    types = seen[id_domain[seen] == MANUAL_DOMAIN]
+    return Report(
+        path=str(dump.path), start_time_us=dump.start_time_us, first_us=first, last_us=last,
+        n_records=dump.n_records, n_allocs=n_allocs, n_frees=n_frees, n_chunks=len(dump.chunks),
+        n_threads=int(threads.sum()), config=dump.config,
+        truncated=None if dump.truncated is None else str(dump.truncated),
+        est_count=est_count, est_bytes=est_bytes, live_bytes=live,
+        top_sites_by_bytes=rows(sites, id_bytes), top_sites_by_count=rows(sites, id_count),
+        top_types_by_bytes=rows(types, id_bytes), top_types_by_count=rows(types, id_count),
+        size_buckets=buckets, bin_edges_s=edges, rate_bytes=rate_bytes / bin_s,
+        rate_count=rate_count / bin_s, live_over_time=np.cumsum(live_delta),
+    )
+
+
+# ----------------------------------------------------------------------------------------- formatting
+
+
+def fmt_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (binary units; negative and non-finite values pass through)."""
+    if not np.isfinite(n):
+        return str(n)
+    sign, n = ("-" if n < 0 else ""), abs(float(n))
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} PiB"
+
+
+def fmt_count(n: float) -> str:
+    """12345 -> '12.3 k'."""
+    if not np.isfinite(n):
+        return str(n)
+    sign, n = ("-" if n < 0 else ""), abs(float(n))
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{sign}{n / scale:.1f} {unit}"
+    return f"{sign}{n:.0f}"
+
+
+def bucket_label(k: int) -> str:
+    """Upper bound of power-of-two bucket k: '<= 1 B' for bucket 0, else '<= 2^k' in bytes units."""
+    return "<= 1 B" if k == 0 else f"<= {fmt_bytes(2.0 ** k).replace('.0 ', ' ')}"
+
+
+def _utc(us: int) -> str:
+    import datetime
+
+    try:
+        return datetime.datetime.fromtimestamp(us / 1e6, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"{us} us since the epoch"
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: np.ndarray) -> str:
+    """Values as a row of eighth-block characters, lowest to highest."""
+    values = np.nan_to_num(np.asarray(values, dtype=float))
+    lo, hi = float(values.min(initial=0.0)), float(values.max(initial=0.0))
+    if hi <= lo:
+        return SPARK[0] * len(values)
+    idx = ((values - lo) / (hi - lo) * (len(SPARK) - 1)).round().astype(int)
+    return "".join(SPARK[i] for i in idx)
+
+
+# ----------------------------------------------------------------------------------------- text
+
+
+def _table(rows, title, total_bytes):
+    if not rows:
+        return []
+    out = [title, f"  {'#':>3}  {'est. bytes':>11}  {'est. count':>10}  {'live bytes':>11}  {'share':>6}  "
+                  f"{'records':>8}  site"]
+    for i, r in enumerate(rows, 1):
+        share = 100 * r.est_bytes / total_bytes if total_bytes > 0 else 0.0
+        out.append(f"  {i:>3}  {fmt_bytes(r.est_bytes):>11}  {fmt_count(r.est_count):>10}  "
+                   f"{fmt_bytes(r.live_bytes):>11}  {share:5.1f}%  {r.records:>8}  {r.label} ({r.domain})")
+    out.append("")
+    return out
+
+
+def render_text(rep: Report, width: int = 60) -> str:
+    """The report as plain text for a terminal."""
+    total_bytes = float(rep.est_bytes.sum())
+    out = [f"memscope-otel report: {rep.path}",
+           f"  recorded {_utc(rep.first_us)}, {rep.duration_s:.2f} s; {rep.n_records:,} sampled records in "
+           f"{rep.n_chunks} chunks ({rep.n_allocs:,} allocations, {rep.n_frees:,} frees) from {rep.n_threads} threads",
+           f"  estimated {fmt_count(rep.est_count.sum())} allocations, {fmt_bytes(total_bytes)} requested; "
+           f"live at the end: {fmt_bytes(rep.live_bytes.sum())}"]
+    per_domain = [f"{name} {fmt_bytes(b)}" for name, b in zip(DOMAINS, rep.est_bytes) if b]
+    if per_domain:
+        out.append("  by domain: " + ", ".join(per_domain))
+    if rep.truncated:
+        out.append(f"  note: {rep.truncated}; the complete chunks before it were read")
+    out.append("  (estimates: each sampled record counts as 1/sampling probability allocations)")
+    out.append("")
+    out += _table(rep.top_sites_by_bytes, "Top sites by estimated bytes", total_bytes)
+    out += _table(rep.top_sites_by_count, "Top sites by estimated count", total_bytes)
+    out += _table(rep.top_types_by_bytes, "Top types (manual API) by estimated bytes", total_bytes)
+    out += _table(rep.top_types_by_count, "Top types (manual API) by estimated count", total_bytes)
+    nz = np.nonzero(rep.size_buckets)[0]
+    if len(nz):
+        out.append("Size distribution (estimated allocations per power-of-two size)")
+        peak = rep.size_buckets.max()
+        for k in range(nz[0], nz[-1] + 1):
+            bar = "█" * int(round(rep.size_buckets[k] / peak * width)) if peak > 0 else ""
+            out.append(f"  {bucket_label(k):>11}  {fmt_count(rep.size_buckets[k]):>9}  {bar}")
+        out.append("")
+    bin_s = rep.bin_edges_s[1] - rep.bin_edges_s[0] if len(rep.bin_edges_s) > 1 else 0
+    out.append(f"Allocation rate over time (estimated bytes/s; {len(rep.rate_bytes)} bins of {bin_s:.3g} s)")
+    out.append(f"  {sparkline(rep.rate_bytes)}")
+    rate = rep.rate_bytes if len(rep.rate_bytes) else np.zeros(1)
+    out.append(f"  min {fmt_bytes(rate.min())}/s  mean {fmt_bytes(rate.mean())}/s  max {fmt_bytes(rate.max())}/s")
+    out.append("")
+    out.append("Live estimate over time (estimated bytes allocated and not yet freed, since the recording began)")
+    out.append(f"  {sparkline(rep.live_over_time)}")
+    live = rep.live_over_time if len(rep.live_over_time) else np.zeros(1)
+    out.append(f"  min {fmt_bytes(live.min())}  end {fmt_bytes(live[-1])}  max {fmt_bytes(live.max())}")
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- HTML
+
+import html as _html  # noqa: E402
+
+BAR = "#4c78a8"
+LINE = "#e45756"
+LIVE = "#54a24b"
+
+
+def _esc(text) -> str:
+    return _html.escape(str(text), quote=True)
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list:
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return [lo] if np.isfinite(lo) else [0.0]
+    return list(np.linspace(lo, hi, n))
+
+
+def svg_hbars(rows, fmt, width=900, label_width=420) -> str:
+    """Horizontal bars: rows is [(label, value)], largest first."""
+    if not rows:
+        return "<p class='empty'>no data</p>"
+    bar_h, gap, top = 18, 6, 6
+    height = top + len(rows) * (bar_h + gap)
+    peak = max(max(v for _, v in rows), 1e-300)
+    span = width - label_width - 110
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img'>"]
+    for i, (label, value) in enumerate(rows):
+        y = top + i * (bar_h + gap)
+        w = max(1.0, span * max(value, 0) / peak)
+        short = label if len(label) <= 60 else "…" + label[-59:]
+        parts.append(f"<text x='{label_width - 8}' y='{y + 13}' text-anchor='end' class='lbl'>{_esc(short)}</text>")
+        parts.append(f"<rect x='{label_width}' y='{y}' width='{w:.1f}' height='{bar_h}' fill='{BAR}'>"
+                     f"<title>{_esc(label)}: {_esc(fmt(value))}</title></rect>")
+        parts.append(f"<text x='{label_width + w + 6:.1f}' y='{y + 13}' class='val'>{_esc(fmt(value))}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_columns(labels, values, fmt, width=900, height=260) -> str:
+    """Vertical bars with a label under every few columns."""
+    if len(values) == 0:
+        return "<p class='empty'>no data</p>"
+    left, bottom, top = 70, 46, 10
+    plot_w, plot_h = width - left - 10, height - bottom - top
+    peak = max(float(np.max(values)), 1e-300)
+    col = plot_w / len(values)
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img'>"]
+    for t in _ticks(0, peak, 5):
+        y = top + plot_h - plot_h * t / peak
+        parts.append(f"<line x1='{left}' x2='{width - 10}' y1='{y:.1f}' y2='{y:.1f}' class='grid'/>")
+        parts.append(f"<text x='{left - 6}' y='{y + 4:.1f}' text-anchor='end' class='axis'>{_esc(fmt(t))}</text>")
+    every = max(1, int(np.ceil(len(values) / 12)))
+    for i, (label, v) in enumerate(zip(labels, values)):
+        h = plot_h * max(float(v), 0) / peak
+        x = left + i * col
+        parts.append(f"<rect x='{x + 1:.1f}' y='{top + plot_h - h:.1f}' width='{max(col - 2, 1):.1f}' "
+                     f"height='{h:.1f}' fill='{BAR}'><title>{_esc(label)}: {_esc(fmt(v))}</title></rect>")
+        if i % every == 0:
+            parts.append(f"<text x='{x + col / 2:.1f}' y='{height - bottom + 16}' text-anchor='middle' "
+                         f"class='axis'>{_esc(label)}</text>")
+    parts.append(f"<line x1='{left}' x2='{width - 10}' y1='{top + plot_h}' y2='{top + plot_h}' class='axisline'/>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_line(xs, ys, fmt, color, xlabel="seconds since the first record", width=900, height=260) -> str:
+    """A line (with a light area under it) of ys against xs."""
+    xs, ys = np.asarray(xs, dtype=float), np.nan_to_num(np.asarray(ys, dtype=float))
+    if len(ys) == 0:
+        return "<p class='empty'>no data</p>"
+    left, bottom, top, right = 80, 44, 10, 14
+    plot_w, plot_h = width - left - right, height - bottom - top
+    lo, hi = min(0.0, float(ys.min())), max(0.0, float(ys.max()))
+    if hi <= lo:
+        hi = lo + 1.0
+    x0, x1 = float(xs[0]), float(xs[-1]) if xs[-1] > xs[0] else float(xs[0]) + 1.0
+
+    def px(x):
+        return left + plot_w * (x - x0) / (x1 - x0)
+
+    def py(y):
+        return top + plot_h - plot_h * (y - lo) / (hi - lo)
+
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img'>"]
+    for t in _ticks(lo, hi, 5):
+        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{py(t):.1f}' y2='{py(t):.1f}' class='grid'/>")
+        parts.append(f"<text x='{left - 6}' y='{py(t) + 4:.1f}' text-anchor='end' class='axis'>{_esc(fmt(t))}</text>")
+    for t in _ticks(x0, x1, 6):
+        parts.append(f"<text x='{px(t):.1f}' y='{height - bottom + 16}' text-anchor='middle' class='axis'>{t:.3g}</text>")
+    parts.append(f"<text x='{left + plot_w / 2:.1f}' y='{height - 6}' text-anchor='middle' class='axis'>{_esc(xlabel)}</text>")
+    points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys))
+    area = f"{px(xs[0]):.1f},{py(0):.1f} {points} {px(xs[-1]):.1f},{py(0):.1f}"
+    parts.append(f"<polygon points='{area}' fill='{color}' fill-opacity='0.15' stroke='none'/>")
+    parts.append(f"<polyline points='{points}' fill='none' stroke='{color}' stroke-width='2'/>")
+    parts.append(f"<line x1='{left}' x2='{width - right}' y1='{py(0):.1f}' y2='{py(0):.1f}' class='axisline'/>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+CSS = """
+body { font: 14px/1.4 system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px; color: #222; background: #fff; }
+h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 28px 0 8px; }
+.meta { color: #555; margin: 2px 0; } .note { color: #a33; }
+table { border-collapse: collapse; margin: 6px 0 10px; }
+th, td { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+th { background: #f6f6f6; } td.site { text-align: left; font-family: ui-monospace, monospace; white-space: normal; }
+svg text.lbl { font: 12px ui-monospace, monospace; fill: #333; }
+svg text.val, svg text.axis { font: 11px system-ui, sans-serif; fill: #555; }
+svg line.grid { stroke: #eee; } svg line.axisline { stroke: #999; }
+.empty { color: #888; font-style: italic; }
+"""
+
+
+def _html_table(rows, total_bytes) -> str:
+    if not rows:
+        return "<p class='empty'>none recorded</p>"
+    out = ["<table><tr><th>#</th><th>est. bytes</th><th>est. count</th><th>live bytes</th><th>share</th>"
+           "<th>records</th><th>domain</th><th style='text-align:left'>site</th></tr>"]
+    for i, r in enumerate(rows, 1):
+        share = 100 * r.est_bytes / total_bytes if total_bytes > 0 else 0.0
+        out.append(f"<tr><td>{i}</td><td>{_esc(fmt_bytes(r.est_bytes))}</td><td>{_esc(fmt_count(r.est_count))}</td>"
+                   f"<td>{_esc(fmt_bytes(r.live_bytes))}</td><td>{share:.1f}%</td><td>{r.records}</td>"
+                   f"<td>{_esc(r.domain)}</td><td class='site'>{_esc(r.label)}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def render_html(rep: Report) -> str:
+    """The report as one self-contained HTML page: inline CSS and SVG, no script, no external link."""
+    total_bytes = float(rep.est_bytes.sum())
+    nz = np.nonzero(rep.size_buckets)[0]
+    lo_b, hi_b = (int(nz[0]), int(nz[-1]) + 1) if len(nz) else (0, 0)
+    mids = (rep.bin_edges_s[:-1] + rep.bin_edges_s[1:]) / 2
+    config = ", ".join(f"{_esc(k)}={_esc(v)}" for k, v in sorted(rep.config.items())) or "none recorded"
+    body = [
+        f"<h1>memscope-otel report</h1>",
+        f"<p class='meta'>{_esc(rep.path)}</p>",
+        f"<p class='meta'>recorded {_esc(_utc(rep.first_us))}, {rep.duration_s:.2f} s; {rep.n_records:,} sampled records "
+        f"in {rep.n_chunks} chunks ({rep.n_allocs:,} allocations, {rep.n_frees:,} frees) from {rep.n_threads} threads</p>",
+        f"<p class='meta'>estimated <b>{_esc(fmt_count(rep.est_count.sum()))}</b> allocations, "
+        f"<b>{_esc(fmt_bytes(total_bytes))}</b> requested; live at the end <b>{_esc(fmt_bytes(rep.live_bytes.sum()))}</b>. "
+        f"Estimates weigh each sampled record by the inverse of its sampling probability.</p>",
+        f"<p class='meta'>settings: {config}</p>",
+    ]
+    if rep.truncated:
+        body.append(f"<p class='note'>{_esc(rep.truncated)}; the complete chunks before it were read.</p>")
+    body += [
+        "<h2>Top sites by estimated bytes</h2>",
+        svg_hbars([(f"{r.label} ({r.domain})", r.est_bytes) for r in rep.top_sites_by_bytes], fmt_bytes),
+        _html_table(rep.top_sites_by_bytes, total_bytes),
+        "<h2>Top sites by estimated count</h2>",
+        _html_table(rep.top_sites_by_count, total_bytes),
+        "<h2>Top types (manual API) by estimated bytes</h2>",
+        svg_hbars([(r.label, r.est_bytes) for r in rep.top_types_by_bytes], fmt_bytes),
+        _html_table(rep.top_types_by_bytes, total_bytes),
+        "<h2>Size distribution</h2><p class='meta'>estimated allocations per power-of-two request size</p>",
+        svg_columns([bucket_label(k) for k in range(lo_b, hi_b)], rep.size_buckets[lo_b:hi_b], fmt_count),
+        "<h2>Allocation rate over time</h2><p class='meta'>estimated bytes allocated per second</p>",
+        svg_line(mids, rep.rate_bytes, lambda v: fmt_bytes(v) + "/s", LINE),
+        "<h2>Live estimate over time</h2><p class='meta'>estimated bytes allocated and not yet freed since the recording began</p>",
+        svg_line(rep.bin_edges_s[1:], rep.live_over_time, fmt_bytes, LIVE),
+    ]
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">"
+            f"<title>memscope-otel report: {_esc(rep.path)}</title><style>{CSS}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")

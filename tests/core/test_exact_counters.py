@@ -1,0 +1,124 @@
+"""memscope's exact counters equal an independent exact count of the same requests.
+
+The independent count is testhook.c's allocator hook, installed on top of memscope's hooks, with
+its own re-entry guard and its own bucket arithmetic. Both counters are read at the same
+instants (inside one C call each) and must agree exactly: per domain x size class counts and
+bytes, deallocations per domain, and the power-of-two histogram.
+"""
+import threading
+
+import numpy as np
+import pytest
+
+import testhook
+from testhook import DOMAINS, LARGE, MEDIUM, SMALL, ExactWindow, installed_on_top
+
+CLASSES = ("small", "medium", "large")
+
+
+def python_churn(n):
+    """Ordinary Python object churn: small objects, containers growing by realloc, large buffers."""
+    keep = []
+    for i in range(n):
+        text = str(i) * (i % 50)
+        table = {j: text for j in range(i % 20)}
+        buffer = bytearray()
+        for _ in range(i % 30):
+            buffer += b"x" * 97  # grows by realloc
+        numbers = list(range(i % 300))
+        numbers.append(len(bytes(9000 + i)))  # a large, short-lived block
+        keep.append((text, table, buffer, numbers, [k * 1.5 for k in range(i % 40)]))
+        if len(keep) > 50:
+            keep.pop(0)
+    return len(keep)
+
+
+def assert_same_counts(memscope, mine, manual):
+    for d, name in enumerate(DOMAINS):
+        for c, cls in enumerate(CLASSES):
+            assert memscope.allocations[d, c] == mine.allocations[d, c], (
+                f"{name}/{cls} allocations: memscope {memscope.allocations[d, c]}, exact {mine.allocations[d, c]}")
+            assert memscope.bytes[d, c] == mine.bytes[d, c], (
+                f"{name}/{cls} bytes: memscope {memscope.bytes[d, c]}, exact {mine.bytes[d, c]}")
+        assert memscope.deallocations[d] == mine.deallocations[d], (
+            f"{name} deallocations: memscope {memscope.deallocations[d]}, exact {mine.deallocations[d]}")
+        differ = np.nonzero(memscope.by_size[d] != mine.by_size[d])[0]
+        assert differ.size == 0, (
+            f"{name} histogram differs in buckets {differ.tolist()}: memscope "
+            f"{memscope.by_size[d][differ].tolist()}, exact {mine.by_size[d][differ].tolist()}")
+    assert manual == 0
+
+
+def assert_workload_covered(mine):
+    """The window really exercised every domain and size class (else equality proves little)."""
+    for d, name in enumerate(DOMAINS):
+        for c in (SMALL, MEDIUM, LARGE):
+            assert mine.allocations[d, c] > 0, f"workload made no {name}/{CLASSES[c]} allocation"
+        assert mine.deallocations[d] > 0
+        assert mine.by_size[d][0] > 0  # sizes 0 and 1
+
+
+@pytest.mark.parametrize("critical", [8192, 2048])
+def test_single_thread_equals_exact_count(start_tracker, th, critical):
+    start_tracker(critical_size_threshold=critical)
+    with installed_on_top(critical):
+        window = ExactWindow()
+        window.begin()
+        th.lib.th_workload(1, 400)
+        python_churn(1500)
+        memscope, mine, manual = window.end()
+    assert_workload_covered(mine)
+    assert_same_counts(memscope, mine, manual)
+
+
+def test_four_threads_equal_exact_count(tracker, th):
+    def work(k):
+        th.lib.th_workload(100 + k, 300)
+        python_churn(800)
+        th.lib.th_workload(200 + k, 100)
+
+    baseline = testhook.os_thread_count()
+    with installed_on_top():
+        window = ExactWindow()
+        window.begin()
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        testhook.wait_os_threads(baseline)
+        memscope, mine, manual = window.end()
+    assert_workload_covered(mine)
+    assert_same_counts(memscope, mine, manual)
+
+
+def test_native_threads_equal_exact_count(tracker, th):
+    """RAW allocations from threads with no Python thread state (and without the GIL)."""
+    with installed_on_top():
+        window = ExactWindow()
+        window.begin()
+        assert th.lib.th_native_threads(4, 500, 1000) == 0
+        assert th.lib.th_native_threads(3, 50, 20000) == 0
+        memscope, mine, manual = window.end()
+    assert mine.allocations[testhook.RAW, SMALL] >= 2000
+    assert mine.allocations[testhook.RAW, LARGE] >= 150
+    assert_same_counts(memscope, mine, manual)
+
+
+def test_oracle_counts_what_it_is_told(tracker, th):
+    """The test hook itself: known requests give known counts (a broken oracle agreeing with a
+    broken tracker would otherwise go unnoticed)."""
+    with installed_on_top():
+        window = ExactWindow()
+        window.begin()
+        p = th.lib.th_alloc(testhook.RAW, 8192)
+        q = th.lib.th_alloc(testhook.RAW, 1023)
+        th.lib.th_free(testhook.RAW, p)
+        th.lib.th_free(testhook.RAW, q)
+        memscope, mine, manual = window.end()
+    raw = testhook.RAW
+    assert mine.allocations[raw].tolist() == [1, 0, 1]
+    assert mine.bytes[raw].tolist() == [1023, 0, 8192]
+    assert mine.deallocations[raw] == 2
+    assert mine.by_size[raw][13] == 1 and mine.by_size[raw][10] == 1 and mine.by_size[raw].sum() == 2
+    assert_same_counts(memscope, mine, manual)

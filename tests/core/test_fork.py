@@ -1,0 +1,180 @@
+"""Fork safety: a forked child starts from fresh counters with its own running drainer, and the
+parent carries on unaffected; the same through a real pre-fork server (gunicorn)."""
+import concurrent.futures
+import json
+import logging
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import memscope_otel
+from memscope_otel import sampler
+from memscope_otel import tracker as tracker_module
+from testhook import LARGE, RAW
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def churn(n):
+    keep = [str(i) * 5 for i in range(n)]
+    return len(keep)
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def child_report(th, problems):
+    """Runs in the child: what it sees of its own counters and drainer, and what memscope logged."""
+    first = sampler.read_counters()
+    report = {"first_allocations": int(first.allocations.sum())}
+    for _ in range(50):
+        th.lib.th_free(RAW, th.lib.th_alloc(RAW, 100_000))
+    current = tracker_module.current()
+    # The child's background drainer (not this thread) must reduce every large record.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        exact = int(sampler.read_counters().allocations[:, LARGE].sum())
+        if current.summary.count[:, LARGE].sum() == exact and current.drainer.drains > 0:
+            break
+        time.sleep(0.01)
+    later = sampler.read_counters()
+    report.update(
+        large_exact=int(later.allocations[:, LARGE].sum()),
+        large_raw=int(later.allocations[RAW, LARGE]),
+        large_reduced=float(current.summary.count[:, LARGE].sum()),
+        drains=current.drainer.drains,
+        drainer_alive=current.drainer._thread.is_alive(),
+        later_allocations=int(later.allocations.sum()),
+        problems=problems.messages,
+    )
+    return report
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads running
+def test_fork_child_fresh_parent_unaffected(start_tracker, th):
+    tracker = start_tracker(drain_interval_ms=10, wait_idle=False)
+    churn(100_000)
+    th.lib.th_workload(7, 200)
+    parent_before = sampler.read_counters()
+    parent_total = int(parent_before.allocations.sum())
+    assert parent_total > 100_000
+
+    problems = _Collect()
+    logging.getLogger("memscope_otel").addHandler(problems)
+    read_end, write_end = os.pipe()
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            logging.getLogger("memscope_otel").removeHandler(problems)
+    if pid == 0:  # the child: never return into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            data = json.dumps(child_report(th, problems)).encode()
+            os.write(write_end, data)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child failed with status {status}"
+    child = json.loads(data)
+    assert child["problems"] == [], "memscope logged problems in the child"
+
+    # Fresh counters: the child's first snapshot holds only what it did since fork().
+    assert child["first_allocations"] < parent_total / 20, child
+    # Its own work is counted, and its drainer ran and reduced every large record.
+    assert child["large_raw"] >= 50
+    assert child["later_allocations"] > child["first_allocations"]
+    assert child["drainer_alive"] and child["drains"] > 0
+    assert child["large_reduced"] == child["large_exact"]
+
+    # The parent: unaffected, still counting, its drainer still running.
+    churn(10_000)
+    parent_after = sampler.read_counters()
+    assert int(parent_after.allocations.sum()) > parent_total + 10_000
+    assert (parent_after.allocations >= parent_before.allocations).all()
+    assert tracker.drainer._thread.is_alive()
+    snap = memscope_otel.snapshot()
+    assert snap.counters.allocations.sum() >= parent_after.allocations.sum()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gunicorn_or_skip():
+    try:
+        import gunicorn  # noqa: F401
+    except ImportError:
+        if os.environ.get("MEMSCOPE_REQUIRE_INTEGRATION") == "1":
+            pytest.fail("gunicorn is not installed and MEMSCOPE_REQUIRE_INTEGRATION=1")
+        pytest.skip("gunicorn is not installed (pip install gunicorn); set MEMSCOPE_REQUIRE_INTEGRATION=1 to fail")
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_gunicorn_workers_have_fresh_counters():
+    _gunicorn_or_skip()
+    port = _free_port()
+    env = dict(os.environ, MEMSCOPE_TEST_BIND=f"127.0.0.1:{port}",
+               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(HERE / "gunicorn_conf.py"),
+                               "gunicorn_app:app"], env=env, cwd=HERE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"gunicorn did not come up: {server.stdout.read().decode()[-2000:]}")
+                time.sleep(0.05)
+        reports = {}
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for _ in range(5):
+                for report in pool.map(_get, [url] * 4):
+                    reports[report["pid"]] = report
+                if len(reports) >= 2:
+                    break
+    finally:
+        server.terminate()
+        try:
+            output = server.communicate(timeout=15)[0].decode()
+        except subprocess.TimeoutExpired:
+            server.kill()
+            output = server.communicate()[0].decode()
+    assert len(reports) >= 2, f"requests reached only workers {list(reports)}"
+    assert "Traceback" not in output, output[-3000:]
+    for pid, report in reports.items():
+        assert pid != report["master_pid"]
+        # The master counted a lot before forking (its on_starting churn alone is 200,000 strings).
+        assert report["master_at_fork"] > 200_000, report
+        # A worker's counters start over: right after fork they hold only its own few allocations.
+        assert report["own_at_post_fork"] < report["master_at_fork"] / 20, report
+        assert report["own_now"] > report["own_at_post_fork"], report
+        assert report["drainer_alive"], report

@@ -1,0 +1,38 @@
+/*
+ * testhook.h: the interface of testhook.c. The block between the markers is read verbatim by
+ * cffi (testhook.py), so it holds plain declarations only.
+ */
+#ifndef TESTHOOK_H
+#define TESTHOOK_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* TESTHOOK_CDEF_BEGIN */
+typedef struct {
+    uint64_t allocations[3][3]; /* [domain: obj, mem, raw][size class] */
+    uint64_t bytes[3][3];
+    uint64_t deallocations[3];
+    uint64_t by_size[3][65];
+} th_counts_t;
+
+typedef struct {
+    uintptr_t ctx, malloc, calloc, realloc, free;
+} th_allocator_t;
+
+int th_install(uint64_t critical_size);
+int th_uninstall(void);
+int th_is_top(int domain);
+void th_get_allocator(int domain, th_allocator_t *out);
+void th_begin(uintptr_t snapshot, uintptr_t out);
+void th_end(uintptr_t snapshot, uintptr_t out, th_counts_t *mine);
+void th_counts(th_counts_t *mine);
+int th_workload(uint64_t seed, int rounds);
+uintptr_t th_alloc(int domain, size_t size);
+void th_free(int domain, uintptr_t p);
+void th_raw_alloc_many(uintptr_t *out, int count, size_t size);
+void th_raw_free_many(const uintptr_t *ptrs, int count);
+int th_native_threads(int threads, int count, size_t size);
+int th_native_threads_keep(int threads, int count, size_t size, uintptr_t *keep);
+/* TESTHOOK_CDEF_END */
+
+#endif
