@@ -26,8 +26,19 @@ import memscope_otel
 import memscope_otel.sampler as sampler
 from memscope_otel.summary import MAX_IDS
 
-RING_HEADER = 136  # ms_ring_t before its slots: head, 56 B pad, tail, 56 B pad, mask
 RECORD = 32
+
+
+def solve_rings(rest, capacity, at_least, at_most):
+    """(rings, header bytes) such that rest = rings x (header + capacity x 32), with a whole,
+    plausible header (ms_ring_t before its slots: two cache-line-padded indices and a few
+    words), or None: the check that the footprint counter is made of whole rings."""
+    for rings in range(max(1, at_least), at_most + 1):
+        if rest % rings == 0:
+            header = rest // rings - capacity * RECORD
+            if 64 <= header <= 1024 and header % 8 == 0:
+                return rings, header
+    return None
 
 
 def kib(n):
@@ -105,7 +116,6 @@ def main(argv=None):
     capacity = 16
     while capacity < load_config().max_records_per_thread:
         capacity <<= 1
-    ring = RING_HEADER + capacity * RECORD
 
     # Nothing sampled: no class is large, rates 0, no frequency guarantee.
     quiet = dict(_common.FAST_PATH_ONLY, critical_size_threshold=2 ** 40)
@@ -123,18 +133,34 @@ def main(argv=None):
 
     print(f"\nPer thread (measured with {k} extra threads alive, from footprint_bytes):")
     print(f"  thread state (registered, nothing sampled)  {kib(state)}   ({state:.0f} B; sizeof(ms_thread_t))")
-    print(f"  ring (made on a thread's first sample)      {kib(ring)}   ({RING_HEADER} + {capacity} x {RECORD} B)")
-    # footprint_bytes = live table + threads x state + rings x ring: the number of rings it
-    # implies must be a whole number, at least one per sampling thread.
-    rings = (d1.footprint_bytes - live - d1.threads_live * state) / ring
-    whole = abs(rings - round(rings)) < 1e-9 and round(rings) >= k
-    print(f"  with {d1.threads_live} threads registered: footprint_bytes {d1.footprint_bytes} B = live table "
-          f"{live} + {d1.threads_live} x {state:.0f} + {rings:.4g} rings -> formula "
-          f"{'matches (a whole number of rings, >= ' + str(k) + ')' if whole else 'DOES NOT MATCH'}")
+    # footprint_bytes = live table + threads x state + rings x ring: what is left after the
+    # first two must be a whole number of rings, at least one per sampling thread (the main
+    # thread and the orphan state may have one too).
+    rest = int(d1.footprint_bytes - live - d1.threads_live * state)
+    solved = solve_rings(rest, capacity, k, int(d1.threads_live) + 1)
+    if solved is None:
+        ring = 136 + capacity * RECORD
+        print(f"  with {d1.threads_live} threads registered: footprint_bytes {d1.footprint_bytes} B - live table "
+              f"{live} - {d1.threads_live} x {state:.0f} = {rest} B is not a whole number of rings "
+              "-> formula DOES NOT MATCH")
+    else:
+        rings, header = solved
+        ring = header + capacity * RECORD
+        print(f"  ring (made on a thread's first sample)      {kib(ring)}   ({header} B header + {capacity} x {RECORD} B)")
+        print(f"  with {d1.threads_live} threads registered: footprint_bytes {d1.footprint_bytes} B = live table "
+              f"{live} + {d1.threads_live} x {state:.0f} + {rings} rings x {ring} -> formula matches "
+              f"(at least one ring per sampling thread: {rings} >= {k})")
     print(f"  before the threads: {kib(b1.footprint_bytes)} ({b1.threads_live} threads registered); "
           f"with them: {kib(d1.footprint_bytes)} ({d1.threads_live}); after they exited and one drain: "
-          f"{kib(a1.footprint_bytes)} ({a1.threads_live}) -> exited threads' memory "
-          f"{'given back' if a1.footprint_bytes <= b1.footprint_bytes + ring + state else 'NOT given back'}")
+          f"{kib(a1.footprint_bytes)} ({a1.threads_live})")
+    # Given back: what remains is whole rings of the threads still registered (and the orphan
+    # state), no more.
+    rest_after = int(a1.footprint_bytes - live - a1.threads_live * state)
+    left = rest_after // ring if rest_after % ring == 0 else None
+    given_back = left is not None and left <= a1.threads_live + 1
+    print(f"  -> exited threads' states and rings {'given back' if given_back else 'NOT given back'} "
+          f"({left if left is not None else 'not whole'} rings left for {a1.threads_live} registered threads "
+          "and the orphan state; other threads, e.g. the optimizer's, register too)")
     print("\nFixed parts:")
     if tables:
         print("  static tables of the library (nm):")
