@@ -1,0 +1,113 @@
+"""Shared pieces of the benchmarks: trackers to switch on and off in-process, statistics, and a
+one-line description of the machine (numbers mean little without it)."""
+import math
+import os
+import platform
+import statistics
+import sys
+import tracemalloc
+
+# Import memscope_otel from this checkout even when it is not installed into the interpreter.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# memscope with every sampling path off: what an unsampled allocation and free cost.
+FAST_PATH_ONLY = dict(small_sample_rate=0.0, medium_sample_rate=0.0, frequency_sample_interval=0)
+# memscope sampling every allocation: what the sampled path (site capture + record) costs.
+SAMPLE_ALL = dict(small_sample_rate=1.0, medium_sample_rate=1.0)
+
+
+class Tracker:
+    """One way of running: no tracker, tracemalloc, or memscope with given settings."""
+
+    def __init__(self, name, kind, settings=None):
+        self.name, self.kind, self.settings = name, kind, settings or {}
+        self.handle = None
+
+    def start(self):
+        if self.kind == "tracemalloc":
+            tracemalloc.start(self.settings.get("frames", 1))
+        elif self.kind == "memscope":
+            import memscope_otel
+
+            self.handle = memscope_otel.start(meter_provider=meter_provider(), **self.settings)
+            if self.handle is None:
+                raise RuntimeError("memscope did not start (OTEL_PYTHON_MEMSCOPE_ENABLED / OTEL_SDK_DISABLED?)")
+
+    def stop(self):
+        if self.kind == "tracemalloc":
+            tracemalloc.stop()
+        elif self.kind == "memscope":
+            import memscope_otel
+
+            memscope_otel.stop()
+            self.handle = None
+
+
+_PROVIDER = None
+
+
+def meter_provider():
+    """One private MeterProvider without readers for the whole run: the instruments exist and
+    are registered once (memscope keeps its producer per provider across restarts), nothing
+    exports."""
+    global _PROVIDER
+    if _PROVIDER is None:
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        _PROVIDER = MeterProvider()
+    return _PROVIDER
+
+
+def standard_trackers():
+    return [
+        Tracker("none", "none"),
+        Tracker("tracemalloc(1)", "tracemalloc", {"frames": 1}),
+        Tracker("memscope", "memscope"),
+        Tracker("memscope-unsampled", "memscope", FAST_PATH_ONLY),
+    ]
+
+
+def rotated(items, round_index):
+    """items rotated by round_index: every tracker runs first, second, ... equally often (ABAB...)."""
+    k = round_index % len(items)
+    return items[k:] + items[:k]
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def quantile(xs, q):
+    """Linear-interpolated quantile of a list, q in [0, 1]."""
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def machine():
+    """A one-line description: Python, CPU model, cores, load average."""
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        load = "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = "?"
+    return (f"Python {platform.python_version()} ({sys.executable}); {cpu}; "
+            f"{os.cpu_count()} CPUs; load average {load}")
