@@ -3,6 +3,11 @@
 The one place that decides what happens when a real server is unavailable: locally the tests are
 skipped with the reason; with ``MEMSCOPE_REQUIRE_INTEGRATION=1`` (set by ``.ci/run``) they fail,
 so CI can never go green by skipping them.
+
+The servers are package-scoped, not session-scoped: they live in the test process, and Prometheus
+scrapes the receiver's ``/metrics`` every second, each scrape rendering every stored series on a
+handler thread. Kept for the whole session, that work ran inside the later statistical tests'
+measurement windows (tests/stats), where it is counted as allocations of the process.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def otlp_receiver():
     """An OTLP gRPC + HTTP receiver exposing what it got on a Prometheus ``/metrics`` page."""
     receiver = OtlpReceiver().start()
@@ -57,7 +62,7 @@ def otlp_receiver():
     receiver.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prometheus(otlp_receiver):
     """A real Prometheus server scraping the receiver every second."""
     binary = prometheus_binary()
@@ -82,7 +87,7 @@ MEMSCOPE_RUNS = {
 WORKLOAD_SECONDS = "1.5"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def memscope_runs(otlp_receiver, prometheus):
     """Run alloc_app.py under opentelemetry-instrument (memscope instrumentor, OTLP export).
 

@@ -276,6 +276,7 @@ class OtlpReceiver:
         self.host = host
         self.store = PrometheusStore(resource_to_telemetry)
         self._grpc_server = None
+        self._grpc_executor = None
         self._http_server = None
         self._http_thread = None
         self.grpc_port = 0
@@ -283,7 +284,10 @@ class OtlpReceiver:
 
     def start(self) -> "OtlpReceiver":
         """Bind both servers and start serving in background threads."""
-        self._grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        # Kept to be shut down in stop(): grpc.Server.stop() leaves its executor's threads alive.
+        self._grpc_executor = futures.ThreadPoolExecutor(max_workers=4,
+                                                         thread_name_prefix="otlp-grpc-receiver")
+        self._grpc_server = grpc.server(self._grpc_executor)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(
             _MetricsServicer(self.store), self._grpc_server)
         self.grpc_port = self._grpc_server.add_insecure_port(f"{self.host}:0")
@@ -297,10 +301,13 @@ class OtlpReceiver:
         return self
 
     def stop(self):
-        """Stop both servers (idempotent)."""
+        """Stop both servers and join their threads (idempotent)."""
         if self._grpc_server is not None:
-            self._grpc_server.stop(grace=None)
+            self._grpc_server.stop(grace=None).wait(timeout=5)
             self._grpc_server = None
+        if self._grpc_executor is not None:
+            self._grpc_executor.shutdown(wait=True)
+            self._grpc_executor = None
         if self._http_server is not None:
             self._http_server.shutdown()
             self._http_server.server_close()
