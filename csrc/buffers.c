@@ -7,7 +7,9 @@
  * that exited are drained, folded into the retired totals and freed by the drainer, never by
  * themselves (their TLS destructor only marks them dead).
  */
+#include <errno.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -41,6 +43,43 @@ static _Atomic uint64_t g_ring_bytes; /* memory held by rings and thread states 
  * the ring; ms_drain unwraps it against the clock at drain time. */
 static _Atomic uint64_t g_mono0_us;
 static _Atomic uint64_t g_real0_us;
+
+/* Wakes the drainer early when a ring is half full, so that bursts are drained before they
+ * overflow. A semaphore: sem_post takes no lock and allocates nothing, so a hook may call it. */
+static sem_t g_work;
+static pthread_once_t g_work_once = PTHREAD_ONCE_INIT;
+
+static void init_work(void)
+{
+    sem_init(&g_work, 0, 0);
+}
+
+void ms_wake_drainer(void)
+{
+    pthread_once(&g_work_once, init_work);
+    int pending = 0;
+    if (sem_getvalue(&g_work, &pending) == 0 && pending > 0)
+        return; /* a wake-up is already queued */
+    sem_post(&g_work);
+}
+
+int ms_wait_for_work(uint32_t timeout_ms)
+{
+    pthread_once(&g_work_once, init_work);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000u;
+    deadline.tv_nsec += (long)(timeout_ms % 1000u) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    while (sem_timedwait(&g_work, &deadline) != 0) {
+        if (errno != EINTR)
+            return 0;
+    }
+    return 1;
+}
 
 static pthread_key_t g_exit_key;
 static pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
@@ -184,6 +223,8 @@ void ms_ring_push(ms_thread_t *t, const ms_record_t *rec)
     r->slots[head & r->mask] = *rec;
     atomic_store_explicit(&r->head, head + 1, memory_order_release);
     ms_bump(&t->samples, 1);
+    if (MS_UNLIKELY(head + 1 - tail == (r->mask + 1) / 2))
+        ms_wake_drainer();
 }
 
 void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed)
@@ -375,6 +416,9 @@ void ms_buffers_fork_child_quick(void)
     pthread_mutex_init(&g_registry_lock, NULL);
     atomic_store(&g_orphan_lock, 0);
     atomic_store(&g_replaced_lock, 0);
+    /* The drainer thread is gone; the child's own drainer starts on a fresh semaphore. */
+    pthread_once(&g_work_once, init_work);
+    sem_init(&g_work, 0, 0);
 }
 
 /* The child starts from zero: the parent's threads, counters and records are not inherited.

@@ -136,7 +136,8 @@ __attribute__((always_inline)) static inline void on_alloc(ms_thread_t *t, int d
                             uint32_t site)
 {
     uint64_t critical = atomic_load_explicit(&g_critical, memory_order_relaxed);
-    int cls = size >= critical ? MS_CLASS_LARGE : size >= MS_MEDIUM_MIN ? MS_CLASS_MEDIUM : MS_CLASS_SMALL;
+    /* Branch-free: ms_start guarantees critical >= MS_MEDIUM_MIN. */
+    int cls = (size >= MS_MEDIUM_MIN) + (size >= critical);
     ms_bump(&t->allocations[domain][cls], 1);
     ms_bump(&t->bytes[domain][cls], size);
     ms_bump(&t->by_size[domain][ms_bucket_of(size)], 1);

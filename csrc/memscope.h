@@ -146,6 +146,10 @@ void ms_read_counters(ms_counters_t *out);
  * deltas against *base_us (microseconds since the Unix epoch of the earliest record).
  * Frees the rings of exited threads once empty. Returns the number of records. */
 size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us);
+/* The drainer's sleep: returns 1 when woken early (a ring reached half full, or
+ * ms_wake_drainer was called), 0 after timeout_ms. Call without the GIL (cffi releases it). */
+int ms_wait_for_work(uint32_t timeout_ms);
+void ms_wake_drainer(void);
 /* Fills out with what id stands for; 0 on success, -1 if id was never handed out. */
 int ms_site_info(uint32_t id, ms_site_t *out);
 /* Adds a batch of records to a cumulative summary (the SIMD or scalar reducer, see below). */

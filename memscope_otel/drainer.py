@@ -1,7 +1,8 @@
 """The drainer: one background thread that moves records out of the rings into the Summary.
 
-It runs every ``drain_interval_ms`` and whenever metrics are collected (``drain()``), so that a
-collection right after a workload sees all of it. Its own allocations are never tracked, and it
+It runs every ``drain_interval_ms``, as soon as any thread's ring is half full (the C side wakes
+it), and whenever metrics are collected (``drain()``), so that a collection right after a workload
+sees all of it. Its own allocations are never tracked, and it
 spends its time in C with the GIL released (cffi releases it around every call).
 """
 import logging
@@ -32,7 +33,12 @@ class Drainer:
 
     def _run(self):
         sampler.ignore_this_thread()
-        while not self._stopping.wait(self.interval_s):
+        interval_ms = max(1, int(self.interval_s * 1000))
+        while True:
+            # Sleeps in C (GIL released) until the interval passes or a ring is half full.
+            sampler.wait_for_work(interval_ms)
+            if self._stopping.is_set():
+                break
             try:
                 self.drain()
             except Exception:  # the tracked application must never see our failures
@@ -61,6 +67,7 @@ class Drainer:
 
     def stop(self):
         self._stopping.set()
+        sampler.wake_drainer()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._thread = None

@@ -164,6 +164,17 @@ def track_deallocation(address):
     lib.ms_track_deallocation(address)
 
 
+def wait_for_work(timeout_ms):
+    """Blocks (GIL released) until a ring is half full or ``timeout_ms`` passed."""
+    _, lib = _lib()
+    return bool(lib.ms_wait_for_work(timeout_ms))
+
+
+def wake_drainer():
+    _, lib = _lib()
+    lib.ms_wake_drainer()
+
+
 def after_fork_child():
     _, lib = _lib()
     lib.ms_after_fork_child()

@@ -33,3 +33,27 @@ def test_a_restart_with_a_bigger_ring_stops_the_drops():
         assert sampler.read_counters().footprint_bytes >= 4096 * 32
     finally:
         memscope_otel.stop()
+
+
+def test_a_half_full_ring_wakes_the_drainer():
+    """Bursts larger than a ring are drained as they come, not at the next interval."""
+    import time
+
+    memscope_otel.start(meter_provider=MeterProvider(), max_records_per_thread=1024, drain_interval_ms=60000)
+    try:
+        tracker = memscope_otel.snapshot() and memscope_otel.tracker.current()
+        before = sampler.read_counters()
+        drains_before = tracker.drainer.drains
+        # 8 bursts of 300 sampled allocations and their 300 frees (600 records: past the
+        # half-full mark, under the capacity) through one 1024-record ring. The woken drainer
+        # needs the GIL, so it drains between bursts, not inside one.
+        for _ in range(8):
+            keep = large_allocations(300)
+            del keep
+            time.sleep(0.05)
+        after = sampler.read_counters()
+        assert tracker.drainer.drains > drains_before  # woken: the interval is a minute
+        assert after.samples - before.samples >= 8 * 600  # allocations and frees
+        assert after.dropped == before.dropped
+    finally:
+        memscope_otel.stop()

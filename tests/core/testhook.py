@@ -199,12 +199,13 @@ def _thread_state(native_id):
 
 
 def wait_thread_idle(thread, timeout=10.0):
-    """Waits until ``thread`` (memscope's drainer) is blocked inside ``Event.wait``.
+    """Waits until ``thread`` (memscope's drainer) is blocked in its sleep (``sampler.wait_for_work``,
+    in C with the GIL released).
 
     memscope ignores its drainer's allocations only from the first line of the drainer's loop;
-    the thread's start-up (and the lock that ``Event.wait`` allocates) would otherwise race with
-    a measurement window. Sleeping in the kernel with its innermost Python frame in
-    ``Condition.wait``, several polls in a row, means it is parked in the blocking acquire.
+    the thread's start-up would otherwise race with a measurement window. Sleeping in the kernel
+    with its innermost Python frame in ``wait_for_work``, several polls in a row, means it is
+    parked in the semaphore wait.
     """
     import sys
 
@@ -214,8 +215,8 @@ def wait_thread_idle(thread, timeout=10.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"thread {thread.name} never went idle")
         frame = sys._current_frames().get(thread.ident)
-        parked = (frame is not None and frame.f_code.co_name == "wait"
-                  and frame.f_code.co_filename.endswith("threading.py")
+        parked = (frame is not None and frame.f_code.co_name == "wait_for_work"
+                  and frame.f_code.co_filename.endswith("sampler.py")
                   and _thread_state(thread.native_id) == "S")
         stable = stable + 1 if parked else 0
         del frame
