@@ -15,10 +15,18 @@ from .records import RECORD_DTYPE
 _DOMAIN_BITS = {"obj": 1, "mem": 2, "raw": 4}
 
 
-def _lib():
-    from ._memscope import ffi, lib
+_LOADED = None
 
-    return ffi, lib
+
+def _lib():
+    # Cached: after the first call this allocates nothing, so it can run on a tracked thread
+    # before that thread is marked ignored (sampler.ignored) without being counted.
+    global _LOADED
+    if _LOADED is None:
+        from ._memscope import ffi, lib
+
+        _LOADED = ffi, lib
+    return _LOADED
 
 
 @dataclass(frozen=True)
@@ -180,15 +188,21 @@ def after_fork_child():
     lib.ms_after_fork_child()
 
 
-@contextlib.contextmanager
-def ignored():
-    """Allocations of the calling thread are the tracker's own inside this block."""
-    _, lib = _lib()
-    previous = lib.ms_set_thread_ignored(1)
-    try:
-        yield
-    finally:
-        lib.ms_set_thread_ignored(previous)
+class ignored:  # noqa: N801 - used as ``with sampler.ignored():``, like the function it replaces
+    """Allocations of the calling thread are the tracker's own inside this block.
+
+    A class, not a generator: the thread is marked first thing in ``__enter__`` and unmarked last
+    thing in ``__exit__``, so no frame of the tracker's own runs tracked around the block."""
+
+    __slots__ = ("_previous",)
+
+    def __enter__(self):
+        self._previous = _lib()[1].ms_set_thread_ignored(1)
+        return self
+
+    def __exit__(self, *exc_info):
+        _lib()[1].ms_set_thread_ignored(self._previous)
+        return False
 
 
 def ignore_this_thread():
