@@ -314,7 +314,7 @@ NETWORK_MODULES = ("socket", "socketserver", "selectors", "ssl", "asyncio", "htt
 ARRAY_MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "sklearn", "pandas")
 
 _IDLE_GAP_US = 4000     # a gap between consecutive records longer than this counts as idle time
-_MAX_PENDING = 200_000  # sampled blocks whose free we wait for (3.2 MB; bounded memory)
+_MAX_PENDING = 200_000  # sampled blocks whose free we wait for (a table of at most 16 MB)
 _MAX_TIMES = 500_000    # record times kept per window (4 MB); later records of the window are not timed
 _MAX_LIFETIMES = 200_000  # lifetimes kept per window (1.6 MB); later frees of the window are not timed
 _THREAD_SLOTS = 1 << 16  # a record's thread index is a u16
@@ -354,26 +354,130 @@ class _Window:
 
 
 class PendingAllocations:
-    """Sampled allocations whose free has not been seen yet: addresses (ascending, unique, u64)
-    and the times they were allocated (µs), at most ``capacity`` of them."""
+    """Sampled allocations whose free has not been seen yet (address -> time allocated, µs), at
+    most ``capacity`` of them: an open-addressing hash table in two numpy arrays, probed for a
+    whole batch of addresses at once.
+
+    A sorted array would need a pass over every pending block at each batch to delete and insert
+    (milliseconds with 200,000 pending); here a batch costs a few vectorized probe rounds over the
+    batch's own addresses, however many blocks are pending."""
+
+    _EMPTY, _DELETED = np.uint64(0), np.uint64(1)  # never a block's address (non-NULL, aligned)
+    _MIN_SLOTS = 1 << 12
+    _PROBE_WINDOW = 8
+    _WINDOW_STEPS = np.arange(_PROBE_WINDOW)
 
     def __init__(self, capacity=_MAX_PENDING):
         self.capacity = capacity
-        self.addresses = np.zeros(0, dtype=np.uint64)
-        self.times = np.zeros(0, dtype=np.int64)
+        self.clear()
 
     def __len__(self):
-        return len(self.addresses)
+        return self._live
 
     def clear(self):
         """Forgets every pending allocation."""
-        self.addresses = np.zeros(0, dtype=np.uint64)
-        self.times = np.zeros(0, dtype=np.int64)
+        self._reset_table(self._MIN_SLOTS)
+
+    def _reset_table(self, slots):
+        self._keys = np.zeros(slots, dtype=np.uint64)
+        self._times = np.zeros(slots, dtype=np.int64)
+        self._live = 0  # slots holding an address
+        self._used = 0  # ... or a deletion mark (both lengthen probe chains)
+
+    def items(self):
+        """(addresses, allocation times) of the pending allocations, in no particular order."""
+        held = self._keys > self._DELETED
+        return self._keys[held], self._times[held]
+
+    def _home(self, addresses):
+        # splitmix64's finalizer: every address bit reaches the top bits that pick the slot.
+        x = addresses ^ (addresses >> np.uint64(30))
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+        return (x >> np.uint64(64 - (len(self._keys).bit_length() - 1))).astype(np.intp)
+
+    def find(self, addresses):
+        """The slot of each of ``addresses``, -1 where it is not pending.
+
+        After the home slots, each round reads a window of _PROBE_WINDOW slots per address still
+        looking; the table is kept at most 3/8 full, so nearly every chain ends within one window."""
+        mask = len(self._keys) - 1
+        at = self._home(addresses)
+        # First the home slot alone: it ends most chains (more than 5 in 8 at a load of 3/8).
+        keys = self._keys[at]
+        hit = keys == addresses
+        slots = np.where(hit, at, -1)
+        active = np.flatnonzero(~hit & (keys != self._EMPTY))
+        at = (at[active] + 1) & mask
+        while len(active):
+            window = self._keys[(at[:, None] + self._WINDOW_STEPS) & mask]
+            match = window == addresses[active][:, None]
+            stop = match | (window == self._EMPTY)  # the address, or the end of its chain
+            ended = stop.any(axis=1)
+            first = stop.argmax(axis=1)
+            hit = ended & match[np.arange(len(first)), first]
+            slots[active[hit]] = (at[hit] + first[hit]) & mask
+            active, at = active[~ended], (at[~ended] + self._PROBE_WINDOW) & mask
+        return slots
+
+    def times_at(self, slots):
+        """Allocation times at ``slots`` (from :meth:`find`)."""
+        return self._times[slots]
+
+    def set_times(self, slots, times):
+        """Sets the allocation times at ``slots`` (from :meth:`find`): the block was freed and
+        allocated again at the same address."""
+        self._times[slots] = times
+
+    def remove(self, slots):
+        """Forgets the allocations at ``slots`` (distinct, from :meth:`find`)."""
+        self._keys[slots] = self._DELETED
+        self._live -= len(slots)
+
+    def insert(self, addresses, times):
+        """Adds allocations at ``addresses`` (distinct, none pending)."""
+        if len(addresses) == 0:
+            return
+        if 8 * (self._used + len(addresses)) > 3 * len(self._keys):  # linear probing: keep it sparse
+            self._rebuild(self._live + len(addresses))
+        mask = len(self._keys) - 1
+        active = np.arange(len(addresses))
+        at = self._home(addresses)
+        while len(active):
+            slots = (at[:, None] + self._WINDOW_STEPS) & mask
+            window = self._keys[slots]
+            free = window <= self._DELETED
+            has_free = free.any(axis=1)
+            claimants = np.flatnonzero(has_free)
+            first = free.argmax(axis=1)[claimants]
+            where = slots[claimants, first]
+            was_empty = window[claimants, first] == self._EMPTY
+            claim = active[claimants]
+            self._keys[where] = addresses[claim]  # two claims of one slot: one of them wins
+            won = self._keys[where] == addresses[claim]
+            self._times[where[won]] = times[claim[won]]
+            self._used += int(np.count_nonzero(was_empty[won]))
+            # A window with no free slot: look further. A lost claim: this window again.
+            at = np.where(has_free, at, at + self._PROBE_WINDOW) & mask
+            going = np.ones(len(active), dtype=bool)
+            going[claimants[won]] = False
+            active, at = active[going], at[going]
+        self._live += len(addresses)
+
+    def _rebuild(self, live):
+        """A fresh table for ``live`` allocations, without deletion marks, at a load of at most 1/4."""
+        addresses, times = self.items()
+        self._reset_table(max(self._MIN_SLOTS, 1 << (4 * live - 1).bit_length()))
+        self.insert(addresses, times)
 
     def keep_followed(self, level):
         """Forgets the allocations at addresses no longer followed at ``level``."""
-        kept = followed(self.addresses, level)
-        self.addresses, self.times = self.addresses[kept], self.times[kept]
+        addresses, times = self.items()
+        kept = followed(addresses, level)
+        self._reset_table(self._MIN_SLOTS)
+        self.insert(addresses[kept], times[kept])
 
 
 def follow_level(n):
@@ -403,8 +507,8 @@ def match_lifetimes(addresses, times, frees, pending):
     last event is an allocation; when that exceeds its capacity, the allocations already pending
     stay and the earliest new ones fill the room left (new ones beyond it are not followed).
 
-    Vectorized: a sort of the batch and a few passes over it and over ``pending``, whatever the
-    batch size; no Python operation per record. Returns (lifetimes, free times), both int64 and in
+    Vectorized: a sort of the batch, a few passes over it and a few probe rounds of ``pending``,
+    whatever the batch size; no Python operation per record. Returns (lifetimes, free times), both int64 and in
     the order of the batch sorted by address."""
     n = len(addresses)
     if n == 0:
@@ -419,38 +523,30 @@ def match_lifetimes(addresses, times, frees, pending):
     inner = np.flatnonzero(f & same_as_prev & prev_is_alloc)
     lifetimes, freed_at = [t[inner] - t[inner - 1]], [t[inner]]
     first = ~same_as_prev
+    heads = np.flatnonzero(first)  # each address's first event in the batch...
+    tails = np.empty_like(heads)   # ... and its last
+    tails[:-1] = heads[1:] - 1
+    tails[-1] = n - 1
+    ends_allocated = ~f[tails]
     if len(pending):
         # The first event of an address in this batch follows its pending allocation, if any.
-        heads = np.flatnonzero(first)
-        slot = np.searchsorted(pending.addresses, a[heads])
-        np.minimum(slot, len(pending) - 1, out=slot)
-        found = pending.addresses[slot] == a[heads]
-        head_free = f[heads] & found
-        lifetimes.append(t[heads[head_free]] - pending.times[slot[head_free]])
+        slots = pending.find(a[heads])
+        found = slots >= 0
+        head_free = np.flatnonzero(f[heads] & found)
+        lifetimes.append(t[heads[head_free]] - pending.times_at(slots[head_free]))
         freed_at.append(t[heads[head_free]])
-        # Every address seen in this batch leaves: its state is now its last event in the batch.
-        keep = np.ones(len(pending), dtype=bool)
-        keep[slot[found]] = False
-        kept_addresses, kept_times = pending.addresses[keep], pending.times[keep]
+        # The batch's last event of an address is its state now: allocated since then, or gone.
+        still = found & ends_allocated
+        pending.set_times(slots[still], t[tails[still]])
+        pending.remove(slots[found & ~ends_allocated])
+        newly = tails[~found & ends_allocated]
     else:
-        kept_addresses, kept_times = pending.addresses, pending.times
-    last = np.ones(n, dtype=bool)
-    last[:-1] = a[1:] != a[:-1]
-    newly = np.flatnonzero(last & ~f)
-    room = pending.capacity - len(kept_addresses)
+        newly = tails[ends_allocated]
+    room = pending.capacity - len(pending)
     if len(newly) > room:
         earliest = np.argsort(t[newly], kind="stable")[:max(room, 0)]
         newly = np.sort(newly[earliest])
-    new_addresses, new_times = a[newly], t[newly]
-    # Merge two ascending, disjoint address arrays (a linear pass, no re-sort of the pending ones).
-    at = np.searchsorted(kept_addresses, new_addresses) + np.arange(len(new_addresses))
-    is_new = np.zeros(len(kept_addresses) + len(new_addresses), dtype=bool)
-    is_new[at] = True
-    merged_addresses = np.empty(len(is_new), dtype=np.uint64)
-    merged_times = np.empty(len(is_new), dtype=np.int64)
-    merged_addresses[at], merged_times[at] = new_addresses, new_times
-    merged_addresses[~is_new], merged_times[~is_new] = kept_addresses, kept_times
-    pending.addresses, pending.times = merged_addresses, merged_times
+    pending.insert(a[newly], t[newly])
     return np.concatenate(lifetimes), np.concatenate(freed_at)
 
 
@@ -576,8 +672,8 @@ class WorkloadRecognizer:
     def sink(self, records, base_us):
         """Drainer sink: reads a batch of records (called on the drainer's thread or a collector's).
 
-        Vectorized: its cost is a few numpy passes and sorts of the batch (and a linear pass over the
-        pending allocations), a fixed number of Python operations whatever the batch size."""
+        Vectorized: its cost is a few numpy passes and sorts of the batch and a few probe rounds of
+        the pending allocations, a bounded number of Python operations whatever the batch size."""
         if len(records) == 0:
             return
         times = base_us + records["time_delta_us"].astype(np.int64)

@@ -38,6 +38,11 @@ def reference_match(batches, capacity=None):
     return per_batch, pending
 
 
+def as_dict(pending):
+    addresses, times = pending.items()
+    return dict(zip(addresses.tolist(), times.tolist()))
+
+
 def random_batches(rng, n_batches, size, pool, span_us=2000):
     """Batches over a small pool of addresses (so they repeat within and across batches), with
     times drawn from a short span (many ties) and shuffled (rings are concatenated, not merged)."""
@@ -64,14 +69,51 @@ def test_match_lifetimes_equals_a_record_by_record_walk(seed):
     pending = PendingAllocations()
     carried_over = 0
     for (addresses, times, frees), want in zip(batches, expected):
-        before = dict(zip(pending.addresses.tolist(), pending.times.tolist()))
+        before = as_dict(pending)
         carried_over += sum(1 for x, fr in zip(addresses.tolist(), frees) if fr and x in before)
         lifetimes, freed_at = match_lifetimes(addresses, times, frees, pending)
         assert sorted(lifetimes.tolist()) == want
         assert len(freed_at) == len(lifetimes)
-        assert np.all(np.diff(pending.addresses.astype(np.float64)) > 0)  # ascending, unique
-    assert dict(zip(pending.addresses.tolist(), pending.times.tolist())) == expected_pending
+        assert len(pending) == len(as_dict(pending))
+    assert as_dict(pending) == expected_pending
     assert carried_over > 0  # the batches did free blocks allocated in earlier batches
+
+
+def test_many_batches_over_a_large_pool_grow_and_rebuild_the_table():
+    rng = np.random.default_rng(11)
+    batches = random_batches(rng, n_batches=12, size=6000, pool=40_000, span_us=50)
+    expected, expected_pending = reference_match(batches)
+    pending = PendingAllocations()
+    for (addresses, times, frees), want in zip(batches, expected):
+        lifetimes, _ = match_lifetimes(addresses, times, frees, pending)
+        assert sorted(lifetimes.tolist()) == want
+    assert as_dict(pending) == expected_pending
+    assert len(pending._keys) > PendingAllocations._MIN_SLOTS  # it grew
+
+
+def test_pending_table_finds_what_a_dict_holds():
+    """Inserts, removals and re-inserts into deleted slots, against a dict."""
+    rng = np.random.default_rng(5)
+    pending, reference = PendingAllocations(), {}
+    universe = rng.choice(2**44, 30_000, replace=False).astype(np.uint64) * np.uint64(16)
+    for step in range(40):
+        present = np.array(sorted(reference), dtype=np.uint64)
+        if len(present) and step % 3:
+            gone = rng.choice(present, min(len(present), int(rng.integers(1, 2000))), replace=False)
+            pending.remove(pending.find(gone))
+            for address in gone.tolist():
+                del reference[address]
+        absent = np.array([a for a in rng.choice(universe, 1500, replace=False).tolist() if a not in reference],
+                          dtype=np.uint64)
+        times = rng.integers(0, 10**9, len(absent))
+        pending.insert(absent, times)
+        reference.update(zip(absent.tolist(), times.tolist()))
+        assert as_dict(pending) == reference and len(pending) == len(reference)
+        probe = rng.choice(universe, 3000, replace=False)
+        slots = pending.find(probe)
+        assert [s >= 0 for s in slots.tolist()] == [a in reference for a in probe.tolist()]
+        held = slots >= 0
+        assert pending.times_at(slots[held]).tolist() == [reference[a] for a in probe[held].tolist()]
 
 
 def test_same_microsecond_events_keep_batch_order():
@@ -81,11 +123,11 @@ def test_same_microsecond_events_keep_batch_order():
     pending = PendingAllocations()
     lifetimes, _ = match_lifetimes(addresses, np.array([7, 10, 10]), np.array([False, True, False]), pending)
     assert lifetimes.tolist() == [3]
-    assert pending.addresses.tolist() == [16] and pending.times.tolist() == [10]
+    assert as_dict(pending) == {16: 10}
     # Realloc records allocate too; a second free of a block gives nothing.
     lifetimes, _ = match_lifetimes(np.array([16, 16, 16], np.uint64), np.array([12, 15, 16]),
                                    np.array([True, True, False]), pending)
-    assert lifetimes.tolist() == [2] and pending.times.tolist() == [16]
+    assert lifetimes.tolist() == [2] and as_dict(pending) == {16: 16}
 
 
 def test_pending_allocations_stay_within_capacity():
@@ -93,12 +135,12 @@ def test_pending_allocations_stay_within_capacity():
     pending = PendingAllocations(capacity=50)
     unbounded = PendingAllocations(capacity=10**9)
     for addresses, times, frees in random_batches(rng, n_batches=6, size=300, pool=400):
-        old = dict(zip(pending.addresses.tolist(), pending.times.tolist()))
+        old = as_dict(pending)
         touched = set(addresses.tolist())
         match_lifetimes(addresses, times, frees, pending)
         match_lifetimes(addresses, times, frees, unbounded)
         assert len(pending) <= 50
-        now = dict(zip(pending.addresses.tolist(), pending.times.tolist()))
+        now = as_dict(pending)
         # Allocations already pending and untouched by the batch are never pushed out by new ones.
         assert {a: t for a, t in old.items() if a not in touched}.items() <= now.items()
         # Whatever is pending is a block whose last event was an allocation at that time.
