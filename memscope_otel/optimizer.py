@@ -508,8 +508,8 @@ def match_lifetimes(addresses, times, frees, pending):
     stay and the earliest new ones fill the room left (new ones beyond it are not followed).
 
     Vectorized: a sort of the batch, a few passes over it and a few probe rounds of ``pending``,
-    whatever the batch size; no Python operation per record. Returns (lifetimes, free times), both int64 and in
-    the order of the batch sorted by address."""
+    whatever the batch size; no Python operation per record. Returns (lifetimes, free times), both
+    int64, in no particular order."""
     n = len(addresses)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -522,8 +522,7 @@ def match_lifetimes(addresses, times, frees, pending):
     # A free right after an allocation of its address in this batch.
     inner = np.flatnonzero(f & same_as_prev & prev_is_alloc)
     lifetimes, freed_at = [t[inner] - t[inner - 1]], [t[inner]]
-    first = ~same_as_prev
-    heads = np.flatnonzero(first)  # each address's first event in the batch...
+    heads = np.flatnonzero(~same_as_prev)  # each address's first event in the batch...
     tails = np.empty_like(heads)   # ... and its last
     tails[:-1] = heads[1:] - 1
     tails[-1] = n - 1
@@ -618,8 +617,6 @@ def _warm_numpy():
     if _numpy_warm:
         return
     _numpy_warm = True
-    import numpy.ma  # noqa: F401  (imported lazily by several numpy functions)
-
     addresses = np.array([16, 32, 16, 48], dtype=np.uint64)
     times = np.array([1, 2, 3, 4], dtype=np.int64)
     frees = np.array([False, False, True, True])
