@@ -2,12 +2,12 @@
  * live.c: the sampled blocks that are still allocated, so that a free of one of them lowers the
  * live estimate by its weight times its size.
  *
- * A bounded table of 8-way buckets, each behind its own one-byte lock (only sampled allocations
- * and likely-sampled frees take one), in front of it a counting filter of 2^18 bytes indexed by
+ * A bounded table of 8-way buckets, two candidate buckets per address, each behind its own
+ * one-byte lock (only sampled allocations and likely-sampled frees take them), in front of it a counting filter of 2^18 bytes indexed by
  * address granule (ms_live_slot). An unsampled free reads one filter byte and stops there; the
  * filter never says "absent" for a present address, and says "maybe" for an absent one with a
- * probability of about (sampled live blocks / 2^18). A full bucket refuses the insert; the
- * record is then flagged MS_FLAG_NOLIVE and stays out of the live estimate.
+ * probability of about (sampled live blocks / 2^18). When both buckets are full the insert is
+ * refused; the record is then flagged MS_FLAG_NOLIVE and stays out of the live estimate.
  */
 #include <string.h>
 
@@ -22,12 +22,6 @@
 _Atomic uint8_t ms_live_filter[FILTER_SIZE];
 static ms_live_entry_t g_table[LIVE_BUCKETS][LIVE_WAYS];
 static ms_spin_t g_locks[LIVE_BUCKETS];
-
-static inline uint32_t bucket_of(uint64_t address)
-{
-    /* Hashed (unlike the filter): only sampled events come here, and they should spread. */
-    return (uint32_t)((address * 0x9E3779B97F4A7C15ull) >> (64 - LIVE_BUCKET_BITS));
-}
 
 static void filter_add(uint64_t address)
 {
@@ -46,49 +40,80 @@ static void filter_remove(uint64_t address)
         ;
 }
 
+/* Two candidate buckets per address (hashed, unlike the filter: only sampled events come here,
+ * and they should spread). An entry lives in either; a bucket overflow then needs both full,
+ * which keeps MS_FLAG_NOLIVE rare even with tens of thousands of live sampled blocks. */
+static inline void buckets_of(uint64_t address, uint32_t *first, uint32_t *second)
+{
+    *first = (uint32_t)((address * 0x9E3779B97F4A7C15ull) >> (64 - LIVE_BUCKET_BITS));
+    *second = (uint32_t)((address * 0xC2B2AE3D27D4EB4Full) >> (64 - LIVE_BUCKET_BITS));
+}
+
+/* Both buckets' locks, always in index order so that two threads cannot deadlock. */
+static void lock_pair(uint32_t a, uint32_t b)
+{
+    ms_spin_lock(&g_locks[a < b ? a : b]);
+    if (a != b)
+        ms_spin_lock(&g_locks[a < b ? b : a]);
+}
+
+static void unlock_pair(uint32_t a, uint32_t b)
+{
+    ms_spin_unlock(&g_locks[a]);
+    if (a != b)
+        ms_spin_unlock(&g_locks[b]);
+}
+
+static ms_live_entry_t *find_in(uint32_t b, uint64_t address)
+{
+    for (int i = 0; i < LIVE_WAYS; i++) {
+        if (g_table[b][i].address == address)
+            return &g_table[b][i];
+    }
+    return NULL;
+}
+
 bool ms_live_insert(const ms_live_entry_t *e)
 {
     if (e->address == 0)
         return false;
-    uint32_t b = bucket_of(e->address);
-    bool inserted = false;
-    ms_spin_lock(&g_locks[b]);
-    ms_live_entry_t *slot = NULL;
-    for (int i = 0; i < LIVE_WAYS; i++) {
-        if (g_table[b][i].address == e->address) {
-            /* A stale entry for a reused address (its free was not seen, e.g. while stopped). */
-            slot = &g_table[b][i];
-            filter_remove(e->address);
-            break;
-        }
-        if (!slot && g_table[b][i].address == 0)
-            slot = &g_table[b][i];
+    uint32_t b1, b2;
+    buckets_of(e->address, &b1, &b2);
+    lock_pair(b1, b2);
+    ms_live_entry_t *slot = find_in(b1, e->address);
+    if (!slot)
+        slot = find_in(b2, e->address);
+    if (slot) {
+        /* A stale entry for a reused address (its free was not seen, e.g. while stopped). */
+        filter_remove(e->address);
+    } else {
+        slot = find_in(b1, 0);
+        if (!slot)
+            slot = find_in(b2, 0);
     }
     if (slot) {
         *slot = *e;
         filter_add(e->address);
-        inserted = true;
     }
-    ms_spin_unlock(&g_locks[b]);
-    return inserted;
+    unlock_pair(b1, b2);
+    return slot != NULL;
 }
 
 bool ms_live_remove(uint64_t address, ms_live_entry_t *out)
 {
-    uint32_t b = bucket_of(address);
-    bool found = false;
-    ms_spin_lock(&g_locks[b]);
-    for (int i = 0; i < LIVE_WAYS; i++) {
-        if (g_table[b][i].address == address) {
-            *out = g_table[b][i];
-            g_table[b][i].address = 0;
-            filter_remove(address);
-            found = true;
-            break;
-        }
+    uint32_t b1, b2;
+    buckets_of(address, &b1, &b2);
+    lock_pair(b1, b2);
+    ms_live_entry_t *slot = find_in(b1, address);
+    if (!slot)
+        slot = find_in(b2, address);
+    if (slot) {
+        *out = *slot;
+        slot->address = 0;
+        filter_remove(address);
     }
-    ms_spin_unlock(&g_locks[b]);
-    return found;
+    unlock_pair(b1, b2);
+    return slot != NULL;
 }
 
 void ms_live_clear(void)
