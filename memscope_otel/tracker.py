@@ -199,9 +199,18 @@ def start(meter_provider=None, **overrides):
             log.info("memscope tracker disabled (OTEL_PYTHON_MEMSCOPE_ENABLED or OTEL_SDK_DISABLED)")
             return None
         # Setting up (imports, instrument registration) is the tracker's own work: not counted.
-        with sampler.ignored():
-            tracker = Tracker(config, meter_provider)
-            tracker.start()
+        tracker = None
+        try:
+            with sampler.ignored():
+                tracker = Tracker(config, meter_provider)
+                tracker.start()
+        except Exception:  # a profiler must never take the application down
+            log.exception("memscope could not start; the application runs untracked")
+            try:  # undo what did start (hooks, drainer thread)
+                tracker.stop() if tracker is not None else sampler.stop()
+            except Exception:
+                pass
+            return None
         _current = tracker
         return tracker
 
@@ -212,8 +221,11 @@ def stop():
     with _lock:
         tracker, _current = _current, None
         if tracker is not None:
-            with sampler.ignored():
-                tracker.stop()
+            try:
+                with sampler.ignored():
+                    tracker.stop()
+            except Exception:
+                log.exception("memscope did not stop cleanly")
 
 
 def _after_fork_in_child():

@@ -115,3 +115,15 @@ def test_routed_counters_are_monotonic_and_add_up():
         # Every byte is in exactly one series (exported now, exported before, or other).
         exported = sum(v[0] for v in routed._series.values())
         assert exported + routed.other[0] == pytest.approx(sum(v[0] for v in totals.values()))
+
+
+def test_start_never_raises_into_the_application(monkeypatch, caplog):
+    from memscope_otel import sampler
+
+    def broken(config):
+        raise RuntimeError("simulated failure inside the sampler")
+
+    monkeypatch.setattr(sampler, "start", broken)
+    assert memscope_otel.start(meter_provider=MeterProvider()) is None
+    assert not memscope_otel.is_running()
+    assert "could not start" in caplog.text
