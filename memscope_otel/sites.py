@@ -51,14 +51,17 @@ class _QualnameIndex:
 
     def __init__(self, min_interval=10.0):
         self._names = {}
+        self._missing = set()  # not found by a rebuild: never worth another (it costs a heap walk)
         self._built_at = None
         self._min_interval = min_interval
 
     def lookup(self, code):
         name = self._names.get(code)
-        if name is None and self._may_rebuild():
+        if name is None and code not in self._missing and self._may_rebuild():
             self._rebuild()
             name = self._names.get(code)
+            if name is None:
+                self._missing.add(code)
         return name
 
     def _may_rebuild(self):
