@@ -207,7 +207,10 @@ def start(meter_provider=None, **overrides):
         except Exception:  # a profiler must never take the application down
             log.exception("memscope could not start; the application runs untracked")
             try:  # undo what did start (hooks, drainer thread)
-                tracker.stop() if tracker is not None else sampler.stop()
+                if tracker is not None:
+                    tracker.stop()
+                else:
+                    sampler.stop()
             except Exception:
                 pass
             return None
