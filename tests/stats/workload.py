@@ -64,15 +64,16 @@ static void deallocate(int domain, void *p)
     }
 }
 
-/* Allocates and at once frees one block of each size, repeat times over the array.
- * Returns the number of failed allocations (the caller asserts 0). */
-size_t churn(int domain, const uint64_t *sizes, size_t n, size_t repeat)
+/* Allocates (calloc(1, size) when zeroed) and at once frees one block of each size, repeat
+ * times over the array. Returns the number of failed allocations (the caller asserts 0). */
+static size_t churn_with(int domain, const uint64_t *sizes, size_t n, size_t repeat, int zeroed)
 {
     size_t failed = 0;
     PyGILState_STATE gil = PyGILState_Ensure();
     for (size_t r = 0; r < repeat; r++) {
         for (size_t i = 0; i < n; i++) {
-            void *p = allocate(domain, (size_t)sizes[i]);
+            size_t size = (size_t)sizes[i];
+            void *p = zeroed ? allocate_zeroed(domain, size) : allocate(domain, size);
             if (p == NULL)
                 failed++;
             else
@@ -81,6 +82,11 @@ size_t churn(int domain, const uint64_t *sizes, size_t n, size_t repeat)
     }
     PyGILState_Release(gil);
     return failed;
+}
+
+size_t churn(int domain, const uint64_t *sizes, size_t n, size_t repeat)
+{
+    return churn_with(domain, sizes, n, repeat, 0);
 }
 
 /* Allocates one block of each size and leaves it allocated; out[i] gets its address.
@@ -109,22 +115,9 @@ void release(int domain, const uintptr_t *blocks, size_t n)
     PyGILState_Release(gil);
 }
 
-/* As churn, with calloc(1, size). */
 size_t churn_calloc(int domain, const uint64_t *sizes, size_t n, size_t repeat)
 {
-    size_t failed = 0;
-    PyGILState_STATE gil = PyGILState_Ensure();
-    for (size_t r = 0; r < repeat; r++) {
-        for (size_t i = 0; i < n; i++) {
-            void *p = allocate_zeroed(domain, (size_t)sizes[i]);
-            if (p == NULL)
-                failed++;
-            else
-                deallocate(domain, p);
-        }
-    }
-    PyGILState_Release(gil);
-    return failed;
+    return churn_with(domain, sizes, n, repeat, 1);
 }
 
 /* Allocates first[i], reallocates the block to then[i], frees it; repeat times over the arrays:
