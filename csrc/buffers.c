@@ -23,12 +23,9 @@ static ms_thread_t *g_threads;      /* registered threads, under g_registry_lock
 static uint64_t g_threads_seen;     /* under g_registry_lock */
 static uint64_t g_next_index;       /* under g_registry_lock */
 
-/* Counters of exited threads, folded in by the drainer (under g_registry_lock). */
-static struct {
-    uint64_t allocations[MS_DOMAINS][MS_CLASSES], bytes[MS_DOMAINS][MS_CLASSES];
-    uint64_t deallocations[MS_DOMAINS], by_size[MS_DOMAINS][MS_BUCKETS];
-    uint64_t samples, dropped, live_untracked, slow_calls, slow_ns;
-} g_retired;
+/* Counters of exited threads, folded in by the drainer (under g_registry_lock). Only the
+ * per-thread fields of ms_counters_t are used. */
+static ms_counters_t g_retired;
 
 /* The state used, under g_orphan_lock, by threads that have none: after their TLS destructor
  * ran (late frees at thread exit) or when calloc failed. Never freed. */
@@ -124,6 +121,7 @@ void ms_thread_reset_sampling(ms_thread_t *t)
     t->epoch = ms_rate_epoch();
     ms_draw_countdown(t, MS_CLASS_SMALL);
     ms_draw_countdown(t, MS_CLASS_MEDIUM);
+    ms_arm_small(t);
 }
 
 static ms_thread_t *attach(void)
@@ -276,24 +274,6 @@ static bool ring_empty(ms_ring_t *r)
                      atomic_load_explicit(&r->tail, memory_order_relaxed);
 }
 
-static void fold_retired(ms_thread_t *t)
-{
-    for (int d = 0; d < MS_DOMAINS; d++) {
-        for (int c = 0; c < MS_CLASSES; c++) {
-            g_retired.allocations[d][c] += ms_peek(&t->allocations[d][c]);
-            g_retired.bytes[d][c] += ms_peek(&t->bytes[d][c]);
-        }
-        g_retired.deallocations[d] += ms_peek(&t->deallocations[d]);
-        for (int b = 0; b < MS_BUCKETS; b++)
-            g_retired.by_size[d][b] += ms_peek(&t->by_size[d][b]);
-    }
-    g_retired.samples += ms_peek(&t->samples);
-    g_retired.dropped += ms_peek(&t->dropped);
-    g_retired.live_untracked += ms_peek(&t->live_untracked);
-    g_retired.slow_calls += ms_peek(&t->slow_calls);
-    g_retired.slow_ns += ms_peek(&t->slow_ns);
-}
-
 static void free_thread(ms_thread_t *t)
 {
     ms_ring_t *r = atomic_load(&t->ring);
@@ -325,7 +305,7 @@ size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us)
         ms_ring_t *r = atomic_load_explicit(&t->ring, memory_order_acquire);
         n += drain_ring(r, out + n, capacity - n);
         if (dead && ring_empty(r)) {
-            fold_retired(t);
+            ms_thread_add(&g_retired, t);
             *link = t->next;
             free_thread(t);
         } else {
@@ -354,7 +334,7 @@ size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us)
     return n;
 }
 
-static void add_thread(ms_counters_t *out, ms_thread_t *t)
+void ms_thread_add(ms_counters_t *out, ms_thread_t *t)
 {
     for (int d = 0; d < MS_DOMAINS; d++) {
         for (int c = 0; c < MS_CLASSES; c++) {
@@ -364,6 +344,11 @@ static void add_thread(ms_counters_t *out, ms_thread_t *t)
         out->deallocations[d] += ms_peek(&t->deallocations[d]);
         for (int b = 0; b < MS_BUCKETS; b++)
             out->by_size[d][b] += ms_peek(&t->by_size[d][b]);
+        for (int b = 0; b < MS_SMALL_BUCKETS; b++) {
+            uint64_t n = ms_peek(&t->small_by_size[d][b]);
+            out->allocations[d][MS_CLASS_SMALL] += n;
+            out->by_size[d][b] += n;
+        }
     }
     out->samples += ms_peek(&t->samples);
     out->dropped += ms_peek(&t->dropped);
@@ -377,7 +362,7 @@ void ms_read_counters(ms_counters_t *out)
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&g_registry_lock);
     for (ms_thread_t *t = g_threads; t; t = t->next) {
-        add_thread(out, t);
+        ms_thread_add(out, t);
         out->threads_live++;
     }
     for (int d = 0; d < MS_DOMAINS; d++) {
@@ -392,13 +377,13 @@ void ms_read_counters(ms_counters_t *out)
     out->samples += g_retired.samples;
     out->dropped += g_retired.dropped;
     out->live_untracked += g_retired.live_untracked;
-    out->slow_path_calls += g_retired.slow_calls;
-    out->slow_path_ns += g_retired.slow_ns;
+    out->slow_path_calls += g_retired.slow_path_calls;
+    out->slow_path_ns += g_retired.slow_path_ns;
     out->threads_seen = g_threads_seen;
     pthread_mutex_unlock(&g_registry_lock);
     /* The orphan state's counters are written under its lock, but relaxed reads are enough for
      * a monotonic snapshot. */
-    add_thread(out, &g_orphan);
+    ms_thread_add(out, &g_orphan);
     out->ids_used = ms_sites_used();
     out->footprint_bytes = ms_buffers_footprint() + ms_live_footprint();
 }

@@ -20,6 +20,10 @@
  * that a hook left in a chain as a pass-through after stop() stays silent when a later start()
  * asks for fewer domains. */
 static _Atomic int g_active;
+/* Per hooked domain: MS_MEDIUM_MIN - 1 while the domain is counted, else 0. A request takes the
+ * fast path when size - 1 < this, which in one compare says "counted, small class, not zero"
+ * (size 0 wraps around). Written only through set_active, together with g_active. */
+static _Atomic uint64_t g_small_span[3];
 static _Atomic uint64_t g_critical = 8192;
 static _Atomic int64_t g_frequency = 1000;
 static _Atomic double g_rate[2] = {0.001, 0.05}; /* [small, medium] */
@@ -39,6 +43,19 @@ int64_t ms_frequency_interval(void)
 uint64_t ms_rate_epoch(void)
 {
     return atomic_load_explicit(&g_epoch, memory_order_acquire);
+}
+
+static void set_active(int mask)
+{
+    /* Spans first when switching off, last when switching on: a request that sees a span then
+     * also sees its domain active (a thread racing the switch may count one request either way). */
+    for (int d = 0; d < 3; d++)
+        if (!(mask >> d & 1))
+            atomic_store(&g_small_span[d], 0);
+    atomic_store(&g_active, mask);
+    for (int d = 0; d < 3; d++)
+        if (mask >> d & 1)
+            atomic_store(&g_small_span[d], MS_MEDIUM_MIN - 1);
 }
 
 /* ---- sampling ---- */
@@ -138,10 +155,15 @@ __attribute__((always_inline)) static inline void on_alloc(ms_thread_t *t, int d
     uint64_t critical = atomic_load_explicit(&g_critical, memory_order_relaxed);
     /* Branch-free: ms_start guarantees critical >= MS_MEDIUM_MIN. */
     int cls = (size >= MS_MEDIUM_MIN) + (size >= critical);
-    ms_bump(&t->allocations[domain][cls], 1);
     ms_bump(&t->bytes[domain][cls], size);
-    ms_bump(&t->by_size[domain][ms_bucket_of(size)], 1);
+    if (cls == MS_CLASS_SMALL) {
+        ms_bump(&t->small_by_size[domain][ms_bucket_of(size)], 1);
+    } else {
+        ms_bump(&t->allocations[domain][cls], 1);
+        ms_bump(&t->by_size[domain][ms_bucket_of(size)], 1);
+    }
 
+    ms_sync_small(t);
     bool frequency_slot = --t->freq_left <= 0;
     if (MS_UNLIKELY(frequency_slot))
         start_frequency_interval(t);
@@ -154,6 +176,7 @@ __attribute__((always_inline)) static inline void on_alloc(ms_thread_t *t, int d
     } else if (MS_UNLIKELY(--t->countdown[cls] <= 0)) {
         countdown_expired(t, domain, address, size, cls, event, site);
     }
+    ms_arm_small(t);
 }
 
 /* Emits the free record of a sampled block that has left the live table. */
@@ -245,7 +268,7 @@ static void untracked_free(uint64_t address)
     }
 }
 
-__attribute__((always_inline)) static inline void *hook_malloc(int domain, size_t size)
+__attribute__((noinline)) static void *general_malloc(int domain, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
     if (!tracking(domain))
@@ -308,7 +331,7 @@ __attribute__((always_inline)) static inline void *hook_realloc(int domain, void
     return p;
 }
 
-__attribute__((always_inline)) static inline void hook_free(int domain, void *ptr)
+__attribute__((noinline)) static void general_free(int domain, void *ptr)
 {
     PyMemAllocatorEx *next = &g_next[domain];
     if (!ptr || !tracking(domain)) {
@@ -321,6 +344,57 @@ __attribute__((always_inline)) static inline void hook_free(int domain, void *pt
     count_free(domain, (uint64_t)(uintptr_t)ptr);
     next->free(next->ctx, ptr);
     ms_tls.guard = 0;
+}
+
+/* A small request that failed: the fast path counted it before the call. */
+__attribute__((noinline, cold)) static void uncount_small(int domain, uint64_t size)
+{
+    ms_thread_t *t = ms_tls.thread;
+    ms_bump(&t->bytes[domain][MS_CLASS_SMALL], -size);
+    ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], (uint64_t)-1);
+    t->small_left++;
+}
+
+/* The fast path of every small allocation that is not due for a sample: counted before the call,
+ * so that only the request size has to live across it (fewer registers saved), and undone in the
+ * rare case the allocator fails. Everything else (other classes, an event due, a thread not set
+ * up yet, a nested or ignored call, a domain switched off) takes the general path. */
+__attribute__((always_inline)) static inline void *hook_malloc(int domain, size_t size)
+{
+    PyMemAllocatorEx *next = &g_next[domain];
+    ms_thread_t *t = ms_tls.thread;
+    if (MS_LIKELY(size - 1 < atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) &&
+                  ms_tls.guard == 0 && (uintptr_t)t > (uintptr_t)MS_THREAD_DEAD && t->small_left > 1)) {
+        t->small_left--;
+        ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
+        ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
+        ms_tls.guard = MS_GUARD_HOOK;
+        void *p = next->malloc(next->ctx, size);
+        ms_tls.guard = 0;
+        if (MS_UNLIKELY(p == NULL)) {
+            uncount_small(domain, size);
+            return NULL; /* not p: nothing but size has to survive the calls */
+        }
+        return p;
+    }
+    return general_malloc(domain, size);
+}
+
+/* The fast path of a free: a counted thread, a non-NULL pointer the live filter rules out. */
+__attribute__((always_inline)) static inline void hook_free(int domain, void *ptr)
+{
+    PyMemAllocatorEx *next = &g_next[domain];
+    ms_thread_t *t = ms_tls.thread;
+    if (MS_LIKELY(atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) != 0 && ms_tls.guard == 0 &&
+                  (uintptr_t)t > (uintptr_t)MS_THREAD_DEAD && ptr != NULL &&
+                  !ms_live_maybe((uint64_t)(uintptr_t)ptr))) {
+        ms_bump(&t->deallocations[domain], 1);
+        ms_tls.guard = MS_GUARD_HOOK;
+        next->free(next->ctx, ptr);
+        ms_tls.guard = 0;
+        return;
+    }
+    general_free(domain, ptr);
 }
 
 /* One set of entry points per domain: ctx is not trusted (see g_next). */
@@ -395,7 +469,7 @@ static int start_locked(const ms_config_t *cfg)
     atomic_fetch_add(&g_epoch, 1);
     ms_buffers_configure(cfg->ring_capacity, cfg->seed);
     ms_live_clear();
-    atomic_store(&g_active, cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
+    set_active(cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
     /* Install innermost first (RAW) so that a forwarded request never meets a half-built chain.
      * The saved allocator is published (release fence) before the hook that reads it. */
     for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
@@ -412,7 +486,7 @@ static int start_locked(const ms_config_t *cfg)
 int ms_stop(void)
 {
     PyGILState_STATE gil = PyGILState_Ensure();
-    atomic_store(&g_active, 0);
+    set_active(0);
     for (int d = MS_DOMAIN_OBJ; d <= MS_DOMAIN_RAW; d++) {
         if (!g_installed[d])
             continue;
@@ -493,7 +567,7 @@ static _Atomic int g_active_before_fork;
 static void fork_child_quick(void)
 {
     atomic_store(&g_active_before_fork, atomic_load(&g_active));
-    atomic_store(&g_active, 0);
+    set_active(0);
     ms_buffers_fork_child_quick();
     ms_sites_fork_child();
 }
@@ -503,7 +577,7 @@ void ms_after_fork_child(void)
     ms_buffers_fork_child();
     ms_live_fork_child();
     atomic_fetch_add(&g_epoch, 1);
-    atomic_store(&g_active, atomic_load(&g_active_before_fork));
+    set_active(atomic_load(&g_active_before_fork));
 }
 
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;

@@ -54,6 +54,17 @@ static inline int ms_bucket_of(uint64_t size)
     return size <= 1 ? 0 : 64 - __builtin_clzll(size - 1);
 }
 
+/* Sizes below this are the small class whatever the critical size is (start() refuses a
+ * smaller one); the histogram buckets of 1..MS_MEDIUM_MIN-1 are 0..MS_SMALL_BUCKETS-1. */
+#define MS_SMALL_BUCKETS 11
+
+/* ms_bucket_of for 1 <= size <= 2^63, without its branch: the bit length of size-1, which is
+ * also the bit index of the top bit of 2(size-1)+1 (two instructions on the fast path). */
+static inline int ms_bucket_of_nonzero(uint64_t size)
+{
+    return 63 - __builtin_clzll(2 * (size - 1) + 1);
+}
+
 /* ---- buffers.c: per-thread state, its ring, the registry of threads ---- */
 
 typedef struct ms_ring {
@@ -67,13 +78,22 @@ typedef struct ms_ring {
 } ms_ring_t;
 
 typedef struct ms_thread {
-    /* Exact counters, written by the owning thread only. */
-    ms_counter_t allocations[MS_DOMAINS][MS_CLASSES];
+    /* Exact counters, written by the owning thread only. Small allocations are counted once,
+     * in small_by_size: their per-class count is its sum, taken at read time (ms_thread_add),
+     * which saves the fast path one counter update. allocations[d][MS_CLASS_SMALL] and
+     * by_size[d][b] count the medium and large classes only. */
+    ms_counter_t small_by_size[MS_DOMAINS][MS_SMALL_BUCKETS];
     ms_counter_t bytes[MS_DOMAINS][MS_CLASSES];
     ms_counter_t deallocations[MS_DOMAINS];
+    ms_counter_t allocations[MS_DOMAINS][MS_CLASSES];
     ms_counter_t by_size[MS_DOMAINS][MS_BUCKETS];
     ms_counter_t samples, dropped, live_untracked, slow_calls, slow_ns;
-    /* Sampling state, owning thread only. */
+    /* Sampling state, owning thread only. The fast path (small class, nothing due) decrements
+     * small_left alone; small_left = min(freq_left, countdown[small]) - (small allocations since
+     * ms_arm_small), so the two countdowns it stands for are brought up to date (ms_sync_small)
+     * only on the general path, which every event due goes through. */
+    int64_t small_left;
+    int64_t small_armed;           /* small_left when last armed */
     int64_t freq_left;             /* allocations until the next frequency-guaranteed sample */
     int64_t countdown[2];          /* [small, medium]: allocations until the next Bernoulli hit */
     float weight[2];               /* 1/p of the rate each countdown was drawn with; 0 = none */
@@ -120,6 +140,27 @@ static inline void ms_thread_release(bool locked)
     if (MS_UNLIKELY(locked))
         ms_orphan_unlock();
 }
+/* Brings freq_left and countdown[small] up to date with the small allocations the fast path
+ * counted since ms_arm_small. */
+static inline void ms_sync_small(ms_thread_t *t)
+{
+    int64_t used = t->small_armed - t->small_left;
+    t->freq_left -= used;
+    t->countdown[MS_CLASS_SMALL] -= used;
+    t->small_armed = t->small_left;
+}
+
+/* After any change of freq_left or countdown[small]: the fast path may take small allocations
+ * until the first of them is due (small_left > 1 leaves at least one for the general path). */
+static inline void ms_arm_small(ms_thread_t *t)
+{
+    int64_t f = t->freq_left, c = t->countdown[MS_CLASS_SMALL];
+    t->small_left = t->small_armed = f < c ? f : c;
+}
+
+/* Adds t's counters to out (the per-class small counts from small_by_size). */
+void ms_thread_add(ms_counters_t *out, ms_thread_t *t);
+
 /* Appends one record to t's ring (allocating it on first use); counts a drop when full. */
 void ms_ring_push(ms_thread_t *t, const ms_record_t *rec);
 void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed);
