@@ -16,7 +16,7 @@
 
 #include "internal.h"
 
-__thread struct ms_tls ms_tls __attribute__((tls_model("initial-exec")));
+__thread uintptr_t ms_tls __attribute__((tls_model("initial-exec"))) = MS_TLS_NOSTATE;
 
 static pthread_mutex_t g_registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static ms_thread_t *g_threads;      /* registered threads, under g_registry_lock */
@@ -102,7 +102,7 @@ uint32_t ms_record_time(void)
 static void thread_exit(void *arg)
 {
     ms_thread_t *t = arg;
-    ms_tls.thread = MS_THREAD_DEAD;
+    ms_tls_set_thread(MS_THREAD_DEAD);
     /* Release: every counter and ring write of this thread happens before the drainer frees it. */
     atomic_store_explicit(&t->dead, 1, memory_order_release);
 }
@@ -145,13 +145,13 @@ static ms_thread_t *attach(void)
     t->rng = atomic_load(&g_seed) ^ (0xD1B54A32D192ED03ull * ((uint64_t)t->index + 1));
     ms_thread_reset_sampling(t);
     atomic_fetch_add(&g_ring_bytes, sizeof *t);
-    ms_tls.thread = t;
+    ms_tls_set_thread(t);
     return t;
 }
 
 ms_thread_t *ms_thread_attach_or_orphan(bool *locked)
 {
-    ms_thread_t *t = ms_tls.thread;
+    ms_thread_t *t = ms_tls_thread();
     if (t == NULL && (t = attach()) != NULL) {
         *locked = false;
         return t;
@@ -242,7 +242,7 @@ void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed)
     }
     /* Reseed the calling thread (the others own their state), so that a fixed seed gives a
      * fixed sample for work that starts on this thread after ms_start. */
-    ms_thread_t *self = ms_tls.thread;
+    ms_thread_t *self = ms_tls_thread();
     if (self && self != MS_THREAD_DEAD) {
         self->rng = seed ^ (0xD1B54A32D192ED03ull * ((uint64_t)self->index + 1));
         ms_thread_reset_sampling(self);
@@ -412,7 +412,7 @@ void ms_buffers_fork_child_quick(void)
 void ms_buffers_fork_child(void)
 {
     pthread_mutex_lock(&g_registry_lock);
-    ms_thread_t *self = ms_tls.thread;
+    ms_thread_t *self = ms_tls_thread();
     g_threads = NULL;
     g_threads_seen = 0;
     memset(&g_retired, 0, sizeof g_retired);

@@ -235,18 +235,18 @@ __attribute__((noinline, cold)) static void count_free_slow(int domain, uint64_t
 __attribute__((always_inline)) static inline void count_alloc(int domain, uint64_t address, uint64_t size, int event,
                                                               uint32_t site)
 {
-    ms_thread_t *t = ms_tls.thread;
-    if (MS_LIKELY((uintptr_t)t > (uintptr_t)MS_THREAD_DEAD))
-        on_alloc(t, domain, address, size, event, site);
+    uintptr_t w = ms_tls;
+    if (MS_LIKELY(!(w & MS_TLS_NOSTATE)))
+        on_alloc((ms_thread_t *)(w & ~(uintptr_t)MS_TLS_FLAGS), domain, address, size, event, site);
     else
         count_alloc_slow(domain, address, size, event, site);
 }
 
 __attribute__((always_inline)) static inline void count_free(int domain, uint64_t address)
 {
-    ms_thread_t *t = ms_tls.thread;
-    if (MS_LIKELY((uintptr_t)t > (uintptr_t)MS_THREAD_DEAD))
-        on_free(t, domain, address);
+    uintptr_t w = ms_tls;
+    if (MS_LIKELY(!(w & MS_TLS_NOSTATE)))
+        on_free((ms_thread_t *)(w & ~(uintptr_t)MS_TLS_FLAGS), domain, address);
     else
         count_free_slow(domain, address);
 }
@@ -255,14 +255,14 @@ __attribute__((always_inline)) static inline void count_free(int domain, uint64_
 
 static inline bool tracking(int domain)
 {
-    return ms_tls.guard == 0 && (atomic_load_explicit(&g_active, memory_order_relaxed) >> domain & 1);
+    return ms_tls_guard() == 0 && (atomic_load_explicit(&g_active, memory_order_relaxed) >> domain & 1);
 }
 
 /* A free on a thread the tracker ignores (its own threads) is not counted, but a sampled block
  * must still leave the live table, or its address would later match an unrelated block. */
 static void untracked_free(uint64_t address)
 {
-    if (ms_tls.guard == MS_GUARD_IGNORED && ms_live_maybe(address)) {
+    if (ms_tls_guard() == MS_GUARD_IGNORED && ms_live_maybe(address)) {
         ms_live_entry_t e;
         ms_live_remove(address, &e);
     }
@@ -273,11 +273,11 @@ __attribute__((noinline)) static void *general_malloc(int domain, size_t size)
     PyMemAllocatorEx *next = &g_next[domain];
     if (!tracking(domain))
         return next->malloc(next->ctx, size);
-    ms_tls.guard = MS_GUARD_HOOK;
+    ms_tls_set_guard(MS_GUARD_HOOK);
     void *p = next->malloc(next->ctx, size);
     if (MS_LIKELY(p != NULL))
         count_alloc(domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
-    ms_tls.guard = 0;
+    ms_tls_set_guard(0);
     return p;
 }
 
@@ -286,7 +286,7 @@ __attribute__((always_inline)) static inline void *hook_calloc(int domain, size_
     PyMemAllocatorEx *next = &g_next[domain];
     if (!tracking(domain))
         return next->calloc(next->ctx, nelem, elsize);
-    ms_tls.guard = MS_GUARD_HOOK;
+    ms_tls_set_guard(MS_GUARD_HOOK);
     void *p = next->calloc(next->ctx, nelem, elsize);
     if (p) {
         size_t size;
@@ -294,7 +294,7 @@ __attribute__((always_inline)) static inline void *hook_calloc(int domain, size_
             size = SIZE_MAX; /* cannot succeed; counted saturated if an allocator claims it did */
         count_alloc(domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
     }
-    ms_tls.guard = 0;
+    ms_tls_set_guard(0);
     return p;
 }
 
@@ -306,7 +306,7 @@ __attribute__((always_inline)) static inline void *hook_realloc(int domain, void
             untracked_free((uint64_t)(uintptr_t)ptr);
         return next->realloc(next->ctx, ptr, size);
     }
-    ms_tls.guard = MS_GUARD_HOOK;
+    ms_tls_set_guard(MS_GUARD_HOOK);
     uint64_t old = (uint64_t)(uintptr_t)ptr;
     ms_live_entry_t old_entry;
     bool old_sampled = ptr && ms_live_maybe(old) && ms_live_remove(old, &old_entry);
@@ -327,7 +327,7 @@ __attribute__((always_inline)) static inline void *hook_realloc(int domain, void
         ms_live_insert(&old_entry);
     }
     ms_thread_release(locked);
-    ms_tls.guard = 0;
+    ms_tls_set_guard(0);
     return p;
 }
 
@@ -340,16 +340,16 @@ __attribute__((noinline)) static void general_free(int domain, void *ptr)
         next->free(next->ctx, ptr);
         return;
     }
-    ms_tls.guard = MS_GUARD_HOOK;
+    ms_tls_set_guard(MS_GUARD_HOOK);
     count_free(domain, (uint64_t)(uintptr_t)ptr);
     next->free(next->ctx, ptr);
-    ms_tls.guard = 0;
+    ms_tls_set_guard(0);
 }
 
 /* A small request that failed: the fast path counted it before the call. */
 __attribute__((noinline, cold)) static void uncount_small(int domain, uint64_t size)
 {
-    ms_thread_t *t = ms_tls.thread;
+    ms_thread_t *t = ms_tls_thread();
     ms_bump(&t->bytes[domain][MS_CLASS_SMALL], -size);
     ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], (uint64_t)-1);
     t->small_left++;
@@ -362,15 +362,16 @@ __attribute__((noinline, cold)) static void uncount_small(int domain, uint64_t s
 __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    ms_thread_t *t = ms_tls.thread;
+    uintptr_t w = ms_tls;
+    ms_thread_t *t = (ms_thread_t *)w;
     if (MS_LIKELY(size - 1 < atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) &&
-                  ms_tls.guard == 0 && (uintptr_t)t > (uintptr_t)MS_THREAD_DEAD && t->small_left > 1)) {
+                  !(w & MS_TLS_FLAGS) && t->small_left > 1)) {
         t->small_left--;
         ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
         ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
-        ms_tls.guard = MS_GUARD_HOOK;
+        ms_tls = w | MS_GUARD_HOOK;
         void *p = next->malloc(next->ctx, size);
-        ms_tls.guard = 0;
+        ms_tls = w;
         if (MS_UNLIKELY(p == NULL)) {
             uncount_small(domain, size);
             return NULL; /* not p: nothing but size has to survive the calls */
@@ -384,14 +385,14 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
 __attribute__((always_inline)) static inline void hook_free(int domain, void *ptr)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    ms_thread_t *t = ms_tls.thread;
-    if (MS_LIKELY(atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) != 0 && ms_tls.guard == 0 &&
-                  (uintptr_t)t > (uintptr_t)MS_THREAD_DEAD && ptr != NULL &&
-                  !ms_live_maybe((uint64_t)(uintptr_t)ptr))) {
+    uintptr_t w = ms_tls;
+    ms_thread_t *t = (ms_thread_t *)w;
+    if (MS_LIKELY(atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) != 0 && !(w & MS_TLS_FLAGS) &&
+                  ptr != NULL && !ms_live_maybe((uint64_t)(uintptr_t)ptr))) {
         ms_bump(&t->deallocations[domain], 1);
-        ms_tls.guard = MS_GUARD_HOOK;
+        ms_tls = w | MS_GUARD_HOOK;
         next->free(next->ctx, ptr);
-        ms_tls.guard = 0;
+        ms_tls = w;
         return;
     }
     general_free(domain, ptr);
@@ -526,8 +527,8 @@ void ms_get_rates(double *medium_rate, double *small_rate)
 
 int ms_set_thread_ignored(int ignored)
 {
-    int previous = ms_tls.guard == MS_GUARD_IGNORED;
-    ms_tls.guard = ignored ? MS_GUARD_IGNORED : 0;
+    int previous = ms_tls_guard() == MS_GUARD_IGNORED;
+    ms_tls_set_guard(ignored ? MS_GUARD_IGNORED : 0);
     return previous;
 }
 
@@ -544,18 +545,18 @@ void ms_track_allocation(uint64_t address, uint64_t size, uint32_t type_id)
         return;
     if (type_id >= MS_MAX_IDS)
         type_id = MS_ID_NATIVE + MS_DOMAIN_MANUAL;
-    ms_tls.guard = MS_GUARD_HOOK;
+    ms_tls_set_guard(MS_GUARD_HOOK);
     count_alloc(MS_DOMAIN_MANUAL, address, size, MS_EVENT_ALLOC, type_id);
-    ms_tls.guard = 0;
+    ms_tls_set_guard(0);
 }
 
 void ms_track_deallocation(uint64_t address)
 {
     if (!tracking(MS_DOMAIN_MANUAL) || address == 0)
         return;
-    ms_tls.guard = MS_GUARD_HOOK;
+    ms_tls_set_guard(MS_GUARD_HOOK);
     count_free(MS_DOMAIN_MANUAL, address);
-    ms_tls.guard = 0;
+    ms_tls_set_guard(0);
 }
 
 /* ---- fork ---- */
