@@ -24,6 +24,9 @@ static _Atomic int g_active;
  * fast path when size - 1 < this, which in one compare says "counted, small class, not zero"
  * (size 0 wraps around). Written only through set_active, together with g_active. */
 static _Atomic uint64_t g_small_span[3];
+/* Per hooked domain: non-zero while the domain is counted and its next allocator is one of
+ * CPython's own (see g_plain), so that a fast-path free may jump straight to it (below). */
+static _Atomic uint64_t g_fast_free[3];
 static _Atomic uint64_t g_critical = 8192;
 static _Atomic int64_t g_frequency = 1000;
 static _Atomic double g_rate[2] = {0.001, 0.05}; /* [small, medium] */
@@ -34,6 +37,12 @@ static _Atomic uint64_t g_epoch = 1;
  * the RAW domain may call our function with the previous allocator's ctx. */
 static PyMemAllocatorEx g_next[3];
 static int g_installed[3];
+/* Whether g_next[d] is CPython's own allocator (pymalloc or malloc: their ctx is NULL; debug
+ * hooks, tracemalloc and most other hooks carry a ctx). Under one of those, the only hooked call
+ * a free can make is pymalloc handing a block it does not own to PyMem_RawFree, which the
+ * forwarded-free marker recognises, so the fast-path free needs neither the re-entry guard nor
+ * a call frame of its own. */
+static bool g_plain[3];
 
 int64_t ms_frequency_interval(void)
 {
@@ -49,13 +58,19 @@ static void set_active(int mask)
 {
     /* Spans first when switching off, last when switching on: a request that sees a span then
      * also sees its domain active (a thread racing the switch may count one request either way). */
-    for (int d = 0; d < 3; d++)
-        if (!(mask >> d & 1))
+    for (int d = 0; d < 3; d++) {
+        if (!(mask >> d & 1)) {
             atomic_store(&g_small_span[d], 0);
+            atomic_store(&g_fast_free[d], 0);
+        }
+    }
     atomic_store(&g_active, mask);
-    for (int d = 0; d < 3; d++)
-        if (mask >> d & 1)
+    for (int d = 0; d < 3; d++) {
+        if (mask >> d & 1) {
             atomic_store(&g_small_span[d], MS_MEDIUM_MIN - 1);
+            atomic_store(&g_fast_free[d], g_plain[d]);
+        }
+    }
 }
 
 /* ---- sampling ---- */
@@ -235,7 +250,7 @@ __attribute__((noinline, cold)) static void count_free_slow(int domain, uint64_t
 __attribute__((always_inline)) static inline void count_alloc(int domain, uint64_t address, uint64_t size, int event,
                                                               uint32_t site)
 {
-    uintptr_t w = ms_tls;
+    uintptr_t w = ms_tls.word;
     if (MS_LIKELY(!(w & MS_TLS_NOSTATE)))
         on_alloc((ms_thread_t *)(w & ~(uintptr_t)MS_TLS_FLAGS), domain, address, size, event, site);
     else
@@ -244,7 +259,7 @@ __attribute__((always_inline)) static inline void count_alloc(int domain, uint64
 
 __attribute__((always_inline)) static inline void count_free(int domain, uint64_t address)
 {
-    uintptr_t w = ms_tls;
+    uintptr_t w = ms_tls.word;
     if (MS_LIKELY(!(w & MS_TLS_NOSTATE)))
         on_free((ms_thread_t *)(w & ~(uintptr_t)MS_TLS_FLAGS), domain, address);
     else
@@ -284,6 +299,8 @@ __attribute__((noinline)) static void *general_malloc(int domain, size_t size)
 __attribute__((always_inline)) static inline void *hook_calloc(int domain, size_t nelem, size_t elsize)
 {
     PyMemAllocatorEx *next = &g_next[domain];
+    if (domain == MS_DOMAIN_RAW)
+        ms_tls.forwarded = 0; /* see hook_free */
     if (!tracking(domain))
         return next->calloc(next->ctx, nelem, elsize);
     ms_tls_set_guard(MS_GUARD_HOOK);
@@ -301,6 +318,8 @@ __attribute__((always_inline)) static inline void *hook_calloc(int domain, size_
 __attribute__((always_inline)) static inline void *hook_realloc(int domain, void *ptr, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
+    if (domain == MS_DOMAIN_RAW)
+        ms_tls.forwarded = 0; /* see hook_free */
     if (!tracking(domain)) {
         if (ptr)
             untracked_free((uint64_t)(uintptr_t)ptr);
@@ -362,16 +381,18 @@ __attribute__((noinline, cold)) static void uncount_small(int domain, uint64_t s
 __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    uintptr_t w = ms_tls;
+    if (domain == MS_DOMAIN_RAW)
+        ms_tls.forwarded = 0; /* see hook_free */
+    uintptr_t w = ms_tls.word;
     ms_thread_t *t = (ms_thread_t *)w;
     if (MS_LIKELY(size - 1 < atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) &&
                   !(w & MS_TLS_FLAGS) && t->small_left > 1)) {
         t->small_left--;
         ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
         ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
-        ms_tls = w | MS_GUARD_HOOK;
+        ms_tls.word = w | MS_GUARD_HOOK;
         void *p = next->malloc(next->ctx, size);
-        ms_tls = w;
+        ms_tls.word = w;
         if (MS_UNLIKELY(p == NULL)) {
             uncount_small(domain, size);
             return NULL; /* not p: nothing but size has to survive the calls */
@@ -381,18 +402,29 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
     return general_malloc(domain, size);
 }
 
-/* The fast path of a free: a counted thread, a non-NULL pointer the live filter rules out. */
+/* The fast path of a free: a counted thread, a non-NULL pointer the live filter rules out, the
+ * next allocator CPython's own. It counts and then jumps to that allocator (no guard, no frame):
+ * when pymalloc hands the block on to PyMem_RawFree (a block it did not allocate), the RAW hook
+ * finds the block in ms_tls.forwarded and passes it through uncounted, as the guard would have
+ * done. The marker can only be mistaken for a RAW free of the very same address that reaches this
+ * thread before its next OBJ/MEM free or RAW allocation: the address of a block pymalloc just
+ * freed, handed back to the system and out again by malloc, all in that gap. */
 __attribute__((always_inline)) static inline void hook_free(int domain, void *ptr)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    uintptr_t w = ms_tls;
+    uintptr_t w = ms_tls.word;
     ms_thread_t *t = (ms_thread_t *)w;
-    if (MS_LIKELY(atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) != 0 && !(w & MS_TLS_FLAGS) &&
+    if (domain == MS_DOMAIN_RAW && MS_UNLIKELY((uintptr_t)ptr == ms_tls.forwarded)) {
+        ms_tls.forwarded = 0; /* counted at the OBJ/MEM free that handed it on */
+        next->free(next->ctx, ptr);
+        return;
+    }
+    if (MS_LIKELY(atomic_load_explicit(&g_fast_free[domain], memory_order_relaxed) != 0 && !(w & MS_TLS_FLAGS) &&
                   ptr != NULL && !ms_live_maybe((uint64_t)(uintptr_t)ptr))) {
         ms_bump(&t->deallocations[domain], 1);
-        ms_tls = w | MS_GUARD_HOOK;
+        if (domain != MS_DOMAIN_RAW)
+            ms_tls.forwarded = (uintptr_t)ptr;
         next->free(next->ctx, ptr);
-        ms_tls = w;
         return;
     }
     general_free(domain, ptr);
@@ -477,6 +509,7 @@ static int start_locked(const ms_config_t *cfg)
         if (!(cfg->domains_mask & (1 << d)) || g_installed[d])
             continue;
         PyMem_GetAllocator(g_py_domain[d], &g_next[d]);
+        g_plain[d] = g_next[d].ctx == NULL;
         atomic_thread_fence(memory_order_release);
         PyMem_SetAllocator(g_py_domain[d], &g_ours[d]);
         g_installed[d] = 1;

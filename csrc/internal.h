@@ -125,13 +125,18 @@ typedef struct ms_thread {
 #define MS_TLS_FLAGS 15u    /* the word is a counted thread's state exactly when these are 0 */
 #define MS_THREAD_DEAD ((ms_thread_t *)(uintptr_t)1)
 
+struct ms_tls {
+    uintptr_t word;      /* as above */
+    uintptr_t forwarded; /* the block of this thread's last unguarded OBJ/MEM free (hooks.c) */
+};
+
 /* Initial-exec: one direct %fs-relative access instead of a __tls_get_addr call per hook. */
-extern __thread uintptr_t ms_tls __attribute__((tls_model("initial-exec")));
+extern __thread struct ms_tls ms_tls __attribute__((tls_model("initial-exec")));
 
 /* NULL until first use, MS_THREAD_DEAD after the thread's exit, else the thread's state. */
 static inline ms_thread_t *ms_tls_thread(void)
 {
-    uintptr_t w = ms_tls;
+    uintptr_t w = ms_tls.word;
     if (w & MS_TLS_NOSTATE)
         return w & MS_TLS_DEAD ? MS_THREAD_DEAD : NULL;
     return (ms_thread_t *)(w & ~(uintptr_t)MS_TLS_FLAGS);
@@ -139,23 +144,23 @@ static inline ms_thread_t *ms_tls_thread(void)
 
 static inline void ms_tls_set_thread(ms_thread_t *t)
 {
-    uintptr_t guard = ms_tls & (MS_GUARD_HOOK | MS_GUARD_IGNORED);
+    uintptr_t guard = ms_tls.word & (MS_GUARD_HOOK | MS_GUARD_IGNORED);
     if (t == NULL)
-        ms_tls = MS_TLS_NOSTATE | guard;
+        ms_tls.word = MS_TLS_NOSTATE | guard;
     else if (t == MS_THREAD_DEAD)
-        ms_tls = MS_TLS_NOSTATE | MS_TLS_DEAD | guard;
+        ms_tls.word = MS_TLS_NOSTATE | MS_TLS_DEAD | guard;
     else
-        ms_tls = (uintptr_t)t | guard;
+        ms_tls.word = (uintptr_t)t | guard;
 }
 
 static inline unsigned ms_tls_guard(void)
 {
-    return (unsigned)(ms_tls & (MS_GUARD_HOOK | MS_GUARD_IGNORED));
+    return (unsigned)(ms_tls.word & (MS_GUARD_HOOK | MS_GUARD_IGNORED));
 }
 
 static inline void ms_tls_set_guard(unsigned guard)
 {
-    ms_tls = (ms_tls & ~(uintptr_t)(MS_GUARD_HOOK | MS_GUARD_IGNORED)) | guard;
+    ms_tls.word = (ms_tls.word & ~(uintptr_t)(MS_GUARD_HOOK | MS_GUARD_IGNORED)) | guard;
 }
 
 /* Slow paths of ms_thread_acquire / ms_thread_release, out of line. */
@@ -167,7 +172,7 @@ void ms_orphan_unlock(void);
  * Inline: on the fast path this is one thread-local load and a compare. */
 static inline ms_thread_t *ms_thread_acquire(bool *locked)
 {
-    uintptr_t w = ms_tls;
+    uintptr_t w = ms_tls.word;
     if (MS_LIKELY(!(w & MS_TLS_NOSTATE))) {
         *locked = false;
         return (ms_thread_t *)(w & ~(uintptr_t)MS_TLS_FLAGS);

@@ -122,3 +122,25 @@ def test_oracle_counts_what_it_is_told(tracker, th):
     assert mine.deallocations[raw] == 2
     assert mine.by_size[raw][13] == 1 and mine.by_size[raw][10] == 1 and mine.by_size[raw].sum() == 2
     assert_same_counts(memscope, mine, manual)
+
+
+def test_blocks_pymalloc_hands_to_raw_are_counted_once(tracker, th):
+    """OBJ/MEM blocks over 512 B live in the RAW allocator, so their frees reach the RAW hook from
+    inside pymalloc; the fast-path free marks them so that the RAW hook does not count them again
+    (hooks.c). A RAW free of another block right after an OBJ free must still count."""
+    with installed_on_top():
+        window = ExactWindow()
+        window.begin()
+        raw = [th.lib.th_alloc(testhook.RAW, 64 + i) for i in range(400)]
+        for i in range(3000):
+            domain = (testhook.OBJ, testhook.MEM)[i % 2]
+            th.lib.th_free(domain, th.lib.th_alloc(domain, 513 + (i * 37) % 3000))  # handed to RAW
+            if i % 10 == 0:
+                th.lib.th_free(domain, th.lib.th_alloc(domain, 64))  # pymalloc's own block
+                th.lib.th_free(testhook.RAW, raw.pop())
+        for p in raw:
+            th.lib.th_free(testhook.RAW, p)
+        memscope, mine, manual = window.end()
+    assert mine.deallocations[testhook.OBJ] >= 1800 and mine.deallocations[testhook.MEM] >= 1500
+    assert mine.deallocations[testhook.RAW] >= 400
+    assert_same_counts(memscope, mine, manual)

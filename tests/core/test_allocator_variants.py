@@ -1,0 +1,25 @@
+"""The exact-counter tests again, under the other allocators CPython can run with.
+
+Under ``PYTHONMALLOC=debug`` memscope's next allocator is CPython's debug hooks (not one of its
+plain allocators), so every free takes the guarded general path; under ``PYTHONMALLOC=malloc``
+nothing is handed from one domain to another. Each runs in a fresh interpreter, as the variable
+only takes effect at startup.
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+@pytest.mark.parametrize("pythonmalloc", ["debug", "malloc"])
+def test_exact_counts_under_other_allocators(pythonmalloc):
+    env = dict(os.environ, PYTHONMALLOC=pythonmalloc)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_exact_counters.py"],
+        cwd=HERE, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"PYTHONMALLOC={pythonmalloc}:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
