@@ -14,7 +14,7 @@ import sysconfig
 
 HERE = pathlib.Path(__file__).resolve().parent
 BUILD = HERE / ".build" / f"py{sys.version_info[0]}{sys.version_info[1]}"
-MODULE = "_memscope_bench_native_v2"  # bump when SOURCE changes: builds are cached
+MODULE = "_memscope_bench_native_v3"  # bump when SOURCE changes: builds are cached
 
 CDEF = """
 typedef struct { uint64_t wall_ns; uint64_t cpu_ns; } bench_time_t;
@@ -64,8 +64,10 @@ static int pick(int domain, alloc_fn *a, free_fn *f)
     }
 }
 
-/* Written once per block so that neither the compiler nor the allocator can skip the pair. */
-static volatile unsigned char sink;
+/* Written once per block so that neither the compiler nor the allocator can skip the pair.
+ * Thread-local: a shared one would be a cache line every thread writes on every pair, which
+ * serialises the threads of benchmarks/threads.py (the untracked loop then stops scaling). */
+static _Thread_local volatile unsigned char sink;
 
 /* n alloc+free pairs, cycling through sizes. Holds the GIL for the OBJ and MEM domains. */
 int bench_pairs(int domain, const size_t *sizes, size_t nsizes, size_t n, bench_time_t *out)
