@@ -386,18 +386,20 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
     uintptr_t w = ms_tls.word;
     ms_thread_t *t = (ms_thread_t *)w;
     if (MS_LIKELY(size - 1 < atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) &&
-                  !(w & MS_TLS_FLAGS) && t->small_left > 1)) {
-        t->small_left--;
-        ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
-        ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
-        ms_tls.word = w | MS_GUARD_HOOK;
-        void *p = next->malloc(next->ctx, size);
-        ms_tls.word = w;
-        if (MS_UNLIKELY(p == NULL)) {
-            uncount_small(domain, size);
-            return NULL; /* not p: nothing but size has to survive the calls */
+                  !(w & MS_TLS_FLAGS))) {
+        if (MS_LIKELY(--t->small_left >= 0)) {
+            ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
+            ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
+            ms_tls.word = w + MS_GUARD_HOOK; /* w's guard bits are 0 */
+            void *p = next->malloc(next->ctx, size);
+            ms_tls.word = w;
+            if (MS_UNLIKELY(p == NULL)) {
+                uncount_small(domain, size);
+                return NULL; /* not p: nothing but size has to survive the calls */
+            }
+            return p;
         }
-        return p;
+        t->small_left++; /* this one is due: the general path counts it */
     }
     return general_malloc(domain, size);
 }

@@ -68,9 +68,9 @@ static inline int ms_bucket_of(uint64_t size)
 
 /* ms_bucket_of for 1 <= size <= 2^63, without its branch: the bit length of size-1, which is
  * also the bit index of the top bit of 2(size-1)+1 (two instructions on the fast path). */
-static inline int ms_bucket_of_nonzero(uint64_t size)
+static inline uint64_t ms_bucket_of_nonzero(uint64_t size)
 {
-    return 63 - __builtin_clzll(2 * (size - 1) + 1);
+    return 63 - (uint64_t)__builtin_clzll(2 * (size - 1) + 1);
 }
 
 /* ---- buffers.c: per-thread state, its ring, the registry of threads ---- */
@@ -97,9 +97,9 @@ typedef struct ms_thread {
     ms_counter_t by_size[MS_DOMAINS][MS_BUCKETS];
     ms_counter_t samples, dropped, live_untracked, slow_calls, slow_ns;
     /* Sampling state, owning thread only. The fast path (small class, nothing due) decrements
-     * small_left alone; small_left = min(freq_left, countdown[small]) - (small allocations since
-     * ms_arm_small), so the two countdowns it stands for are brought up to date (ms_sync_small)
-     * only on the general path, which every event due goes through. */
+     * small_left alone: the small allocations it may still take before the next one due, which
+     * must go to the general path (min(freq_left, countdown[small]) - 1 when armed). The two
+     * countdowns it stands for are brought up to date (ms_sync_small) only on the general path. */
     int64_t small_left;
     int64_t small_armed;           /* small_left when last armed */
     int64_t freq_left;             /* allocations until the next frequency-guaranteed sample */
@@ -196,11 +196,11 @@ static inline void ms_sync_small(ms_thread_t *t)
 }
 
 /* After any change of freq_left or countdown[small]: the fast path may take small allocations
- * until the first of them is due (small_left > 1 leaves at least one for the general path). */
+ * up to, not including, the first one due. */
 static inline void ms_arm_small(ms_thread_t *t)
 {
     int64_t f = t->freq_left, c = t->countdown[MS_CLASS_SMALL];
-    t->small_left = t->small_armed = f < c ? f : c;
+    t->small_left = t->small_armed = (f < c ? f : c) - 1;
 }
 
 /* Adds t's counters to out (the per-class small counts from small_by_size). */
