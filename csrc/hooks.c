@@ -504,9 +504,9 @@ static int start_locked(const ms_config_t *cfg)
     atomic_fetch_add(&g_epoch, 1);
     ms_buffers_configure(cfg->ring_capacity, cfg->seed);
     ms_live_clear();
-    set_active(cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
     /* Install innermost first (RAW) so that a forwarded request never meets a half-built chain.
-     * The saved allocator is published (release fence) before the hook that reads it. */
+     * The saved allocator is published (release fence) before the hook that reads it. The hooks
+     * pass calls through until set_active below, which also needs g_plain. */
     for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
         if (!(cfg->domains_mask & (1 << d)) || g_installed[d])
             continue;
@@ -516,6 +516,7 @@ static int start_locked(const ms_config_t *cfg)
         PyMem_SetAllocator(g_py_domain[d], &g_ours[d]);
         g_installed[d] = 1;
     }
+    set_active(cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
     return 0;
 }
 
