@@ -323,6 +323,9 @@ _THREAD_SLOTS = 1 << 16  # a record's thread index is a u16
 # window): every event of a followed address is seen, so each lifetime is exact. Lifetimes feed
 # no rule of RULES, only the reported features, so the cap does not change the classification.
 _MAX_FOLLOWED_PER_BATCH = 8192
+# Records waiting for the recognizer's worker (2 MiB): beyond it, batches skip the recognizer
+# (counted) rather than hold up the drainer or grow without bound.
+_MAX_QUEUED_RECORDS = 65536
 _ADDRESS_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads addresses over the high bits
 _MIN_PERIOD_US, _MAX_PERIOD_US = 5000.0, 100000.0  # frame periods looked for: 10 to 200 fps
 # The frame clock is read from the last 10 s of records: a longer span would need a finer grid of
@@ -645,39 +648,114 @@ class WorkloadRecognizer:
 
     Attach :meth:`sink` to the drainer (it sees every drained batch) and call :meth:`observe` with
     each snapshot's counters; :meth:`features` and :meth:`classify` read the current window, which
-    :meth:`reset` restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`."""
+    :meth:`reset` restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`.
+
+    The sink only queues a copy of each batch: a worker thread reads them. Reading a batch is a few
+    dozen numpy calls, and each may release the GIL; while the application keeps the GIL busy,
+    getting it back costs up to the interpreter's switch interval (5 ms) every time, so a batch read
+    on the drainer's thread took the drainer away from the rings for 100-200 ms, long enough for a
+    busy thread to fill its ring and drop records. :attr:`window` and :meth:`features` first read
+    whatever is queued, so they see every batch drained before the call."""
 
     def __init__(self, resolve=None, clock=None):
         self._resolve = resolve
         self._clock = clock or time.monotonic
-        self._lock = threading.Lock()
         self._pending = PendingAllocations()
         self._follow_level = 0  # lifetimes are read at 1 in 2**level addresses (see followed())
         self._last_counters = None
-        self.window = _Window(self._clock(), rusage=_rusage())
+        self._window = _Window(self._clock(), rusage=_rusage())
+        self.batches_skipped = 0  # batches the queue had no room for
+        self._new_locks()
         _warm_numpy()
 
+    def _new_locks(self):
+        self._lock = threading.Lock()          # the window and the pending allocations
+        self._read_lock = threading.Lock()     # one reader of the queue at a time: batches in order
+        self._queued = threading.Condition()   # the queue of drained batches
+        self._queue = []
+        self._queue_records = 0
+        self._worker = None
+        self._closing = False
+
+    @property
+    def window(self):
+        """The current window, with every batch queued so far read into it."""
+        self.read_queued()
+        return self._window
+
     def reset(self, counters=None):
-        """Starts a new window (from ``counters``, or the counters read now)."""
+        """Starts a new window (from ``counters``, or the counters read now); batches still queued
+        belonged to the previous one."""
         counters = counters if counters is not None else sampler.read_counters()
-        with self._lock:
-            self.window = _Window(self._clock(), counters, rusage=_rusage())
-            self._pending.clear()
-            self._follow_level = 0
-            self._last_counters = counters
+        with self._read_lock:
+            with self._queued:
+                self._queue, self._queue_records = [], 0
+            with self._lock:
+                self._window = _Window(self._clock(), counters, rusage=_rusage())
+                self._pending.clear()
+                self._follow_level = 0
+                self._last_counters = counters
+
+    def after_fork_child(self):
+        """In a forked child: no worker thread, and the locks may have been held by a thread the
+        child does not have."""
+        self._new_locks()
 
     def sink(self, records, base_us):
-        """Drainer sink: reads a batch of records (called on the drainer's thread or a collector's).
-
-        Vectorized: its cost is a few numpy passes and sorts of the batch and a few probe rounds of
-        the pending allocations, a bounded number of Python operations whatever the batch size."""
+        """Drainer sink: queues a copy of the batch for the worker thread (started on first use)."""
         if len(records) == 0:
             return
+        with self._queued:
+            if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
+                self.batches_skipped += 1
+                return
+            self._queue.append((records.copy(), base_us))
+            self._queue_records += len(records)
+            if self._worker is None or not self._worker.is_alive():
+                self._closing = False
+                self._worker = threading.Thread(target=self._work, name="memscope-recognizer", daemon=True)
+                self._worker.start()
+            self._queued.notify()
+
+    def close(self):
+        """Lets the worker thread end once the queue is empty (a later batch starts a new one)."""
+        with self._queued:
+            self._closing = True
+            self._queued.notify_all()
+
+    def _work(self):
+        sampler.ignore_this_thread()
+        while True:
+            with self._queued:
+                while not self._queue and not self._closing:
+                    self._queued.wait()
+                if not self._queue:
+                    return
+            try:
+                self.read_queued()
+            except Exception:  # the tracked application must never see our failures
+                log.exception("memscope workload recognizer failed on a batch of records")
+
+    def read_queued(self):
+        """Reads every queued batch into the window, in the order they were drained."""
+        with self._read_lock:
+            while True:
+                with self._queued:
+                    if not self._queue:
+                        return
+                    records, base_us = self._queue.pop(0)
+                    self._queue_records -= len(records)
+                self._read_batch(records, base_us)
+
+    def _read_batch(self, records, base_us):
+        """Reads one batch. Vectorized: its cost is a few numpy passes and sorts of the batch and a
+        few probe rounds of the pending allocations, a bounded number of Python operations whatever
+        the batch size."""
         times = base_us + records["time_delta_us"].astype(np.int64)
         frees = (records["flags"] & EVENT_MASK) == (1 << EVENT_SHIFT)  # every other event allocates
         allocs = np.flatnonzero(~frees)  # (indices: .take() is several times faster than a mask)
         with self._lock:
-            w = self.window
+            w = self._window
             if w.n_times < _MAX_TIMES:
                 w.times.append(times)
                 w.n_times += len(times)
@@ -705,15 +783,16 @@ class WorkloadRecognizer:
     def observe(self, counters):
         """Feeds one snapshot's exact counters."""
         with self._lock:
-            if self.window.counters is None:
-                self.window.counters = counters
+            if self._window.counters is None:
+                self._window.counters = counters
             self._last_counters = counters
-            self.window.max_threads_live = max(self.window.max_threads_live, counters.threads_live)
+            self._window.max_threads_live = max(self._window.max_threads_live, counters.threads_live)
 
     def features(self, counters=None):
         """The window's features (a dict of floats), from ``counters`` (default: the last observed)."""
+        self.read_queued()
         with self._lock:
-            w = self.window
+            w = self._window
             c1 = counters if counters is not None else self._last_counters
             c0 = w.counters
             if c0 is None or c1 is None:
@@ -946,6 +1025,7 @@ class PerformanceOptimizer:
         """In a forked child: the counters start again from zero and the drainer is new."""
         self.monitor.reset()
         self._last = None
+        self.recognizer.after_fork_child()
         self.recognizer.reset()
         self.attach_drainer(drainer)
 
@@ -959,6 +1039,7 @@ class PerformanceOptimizer:
             self.tracker.listeners.remove(self.on_snapshot)
         if self.recognizer.sink in self.tracker.drainer.sinks:
             self.tracker.drainer.sinks.remove(self.recognizer.sink)
+        self.recognizer.close()
 
     @property
     def pressure(self):

@@ -7,6 +7,8 @@ blocks never allocated.
 """
 import subprocess
 import sys
+import threading
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -229,3 +231,61 @@ def test_first_drain_imports_nothing():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _gated(recognizer, monkeypatch):
+    """Makes the recognizer's batch reads wait for the returned event; records who read each."""
+    gate, readers, original = threading.Event(), [], recognizer._read_batch
+
+    def read(records, base_us):
+        gate.wait(30)
+        readers.append(threading.current_thread().name)
+        original(records, base_us)
+
+    monkeypatch.setattr(recognizer, "_read_batch", read)
+    return gate, readers
+
+
+def _wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_sink_queues_and_the_worker_thread_reads(monkeypatch):
+    """The drainer's thread only queues a batch: a batch read can take the drainer away from the
+    rings for as long as the application keeps the GIL (see WorkloadRecognizer)."""
+    rng = np.random.default_rng(7)
+    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
+    recognizer.reset(counters=object())
+    gate, readers = _gated(recognizer, monkeypatch)
+    records = records_from(np.arange(100, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
+    recognizer.sink(records, 0)
+    records["address"] = 0  # the sink kept a copy: the drainer reuses its buffer
+    _wait_until(lambda: recognizer._queue_records == 0)  # the worker took the batch...
+    assert readers == []  # ...and is still reading it, while sink() has long returned
+    gate.set()
+    assert recognizer.window.allocs_followed == 100  # the window waits for the batch in flight
+    assert readers == ["memscope-recognizer"]
+    assert len(recognizer._pending) == 100  # allocations waiting for their frees
+    recognizer.close()
+    _wait_until(lambda: not recognizer._worker.is_alive())
+
+
+def test_a_full_queue_skips_batches_and_counts_them(monkeypatch):
+    monkeypatch.setattr(optimizer, "_MAX_QUEUED_RECORDS", 250)
+    rng = np.random.default_rng(8)
+    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
+    recognizer.reset(counters=object())
+    gate, readers = _gated(recognizer, monkeypatch)
+    batch = records_from(np.arange(100, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
+    recognizer.sink(batch, 0)
+    _wait_until(lambda: recognizer._queue_records == 0)  # in flight: no longer counts against the bound
+    for _ in range(4):
+        recognizer.sink(batch, 0)  # two fit (200 <= 250), two do not
+    assert recognizer.batches_skipped == 2
+    gate.set()
+    assert recognizer.window.n_times == 300
+    assert len(readers) == 3
+    recognizer.close()
