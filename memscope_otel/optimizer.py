@@ -326,6 +326,7 @@ _MAX_FOLLOWED_PER_BATCH = 8192
 # Records waiting for the recognizer's worker (2 MiB): beyond it, batches skip the recognizer
 # (counted) rather than hold up the drainer or grow without bound.
 _MAX_QUEUED_RECORDS = 65536
+_WORKER_IDLE_S = 5.0  # an idle worker thread ends; the next batch starts another
 _ADDRESS_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads addresses over the high bits
 _MIN_PERIOD_US, _MAX_PERIOD_US = 5000.0, 100000.0  # frame periods looked for: 10 to 200 fps
 # The frame clock is read from the last 10 s of records: a longer span would need a finer grid of
@@ -650,7 +651,8 @@ class WorkloadRecognizer:
     each snapshot's counters; :meth:`features` and :meth:`classify` read the current window, which
     :meth:`reset` restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`.
 
-    The sink only queues a copy of each batch: a worker thread reads them. Reading a batch is a few
+    With :attr:`use_worker` set (the optimizer sets it), the sink only queues a copy of each batch
+    and a worker thread reads them; otherwise sink() reads the batch itself. Reading a batch is a few
     dozen numpy calls, and each may release the GIL; while the application keeps the GIL busy,
     getting it back costs up to the interpreter's switch interval (5 ms) every time, so a batch read
     on the drainer's thread took the drainer away from the rings for 100-200 ms, long enough for a
@@ -665,6 +667,7 @@ class WorkloadRecognizer:
         self._last_counters = None
         self._window = _Window(self._clock(), rusage=_rusage())
         self.batches_skipped = 0  # batches the queue had no room for
+        self.use_worker = False
         self._new_locks()
         _warm_numpy()
 
@@ -702,8 +705,14 @@ class WorkloadRecognizer:
         self._new_locks()
 
     def sink(self, records, base_us):
-        """Drainer sink: queues a copy of the batch for the worker thread (started on first use)."""
+        """Drainer sink: reads the batch, or with :attr:`use_worker` queues a copy of it for the
+        worker thread (started when needed)."""
         if len(records) == 0:
+            return
+        if not self.use_worker:
+            self.read_queued()
+            with self._read_lock:
+                self._read_batch(records, base_us)
             return
         with self._queued:
             if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
@@ -727,9 +736,11 @@ class WorkloadRecognizer:
         sampler.ignore_this_thread()
         while True:
             with self._queued:
-                while not self._queue and not self._closing:
-                    self._queued.wait()
-                if not self._queue:
+                if not self._queue and not self._closing:
+                    self._queued.wait(_WORKER_IDLE_S)
+                if not self._queue:  # closed, or idle: the next batch starts another worker
+                    if self._worker is threading.current_thread():
+                        self._worker = None
                     return
             try:
                 self.read_queued()
@@ -1018,6 +1029,7 @@ class PerformanceOptimizer:
 
     def attach_drainer(self, drainer):
         """Adds the recognizer's sink to ``drainer``."""
+        self.recognizer.use_worker = True
         if self.recognizer.sink not in drainer.sinks:
             drainer.sinks.append(self.recognizer.sink)
 

@@ -259,6 +259,7 @@ def test_sink_queues_and_the_worker_thread_reads(monkeypatch):
     rng = np.random.default_rng(7)
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
     recognizer.reset(counters=object())
+    recognizer.use_worker = True  # as the optimizer sets it
     gate, readers = _gated(recognizer, monkeypatch)
     records = records_from(np.arange(100, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
     recognizer.sink(records, 0)
@@ -269,8 +270,9 @@ def test_sink_queues_and_the_worker_thread_reads(monkeypatch):
     assert recognizer.window.allocs_followed == 100  # the window waits for the batch in flight
     assert readers == ["memscope-recognizer"]
     assert len(recognizer._pending) == 100  # allocations waiting for their frees
+    worker = recognizer._worker
     recognizer.close()
-    _wait_until(lambda: not recognizer._worker.is_alive())
+    _wait_until(lambda: not worker.is_alive())
 
 
 def test_a_full_queue_skips_batches_and_counts_them(monkeypatch):
@@ -278,6 +280,7 @@ def test_a_full_queue_skips_batches_and_counts_them(monkeypatch):
     rng = np.random.default_rng(8)
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
     recognizer.reset(counters=object())
+    recognizer.use_worker = True  # as the optimizer sets it
     gate, readers = _gated(recognizer, monkeypatch)
     batch = records_from(np.arange(100, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
     recognizer.sink(batch, 0)
@@ -288,4 +291,6 @@ def test_a_full_queue_skips_batches_and_counts_them(monkeypatch):
     gate.set()
     assert recognizer.window.n_times == 300
     assert len(readers) == 3
+    worker = recognizer._worker
     recognizer.close()
+    _wait_until(lambda: worker is None or not worker.is_alive())
