@@ -94,9 +94,14 @@ static uint64_t mono_us(void)
     return ms_now_ns() / 1000u;
 }
 
+uint32_t ms_record_time_at(uint64_t now_ns)
+{
+    return (uint32_t)(now_ns / 1000u - atomic_load_explicit(&g_mono0_us, memory_order_relaxed));
+}
+
 uint32_t ms_record_time(void)
 {
-    return (uint32_t)(mono_us() - atomic_load_explicit(&g_mono0_us, memory_order_relaxed));
+    return ms_record_time_at(ms_now_ns());
 }
 
 static void thread_exit(void *arg)

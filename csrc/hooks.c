@@ -131,7 +131,7 @@ __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, u
     ms_record_t rec = {
         .address = address,
         .size = size,
-        .time_delta_us = ms_record_time(),
+        .time_delta_us = ms_record_time_at(t0), /* one clock read for both */
         .site = site,
         .weight = weight,
         .flags = (uint16_t)(domain | (event << MS_FLAG_EVENT_SHIFT) | (cls << MS_FLAG_CLASS_SHIFT) | flags),

@@ -214,6 +214,7 @@ void ms_buffers_fork_child_quick(void);
 void ms_buffers_fork_child(void);
 uint64_t ms_buffers_footprint(void);
 uint32_t ms_record_time(void);
+uint32_t ms_record_time_at(uint64_t now_ns); /* the same for a CLOCK_MONOTONIC reading */
 
 /* ---- hooks.c: sampling parameters shared with buffers.c ---- */
 uint64_t ms_rng_next(uint64_t *state);
