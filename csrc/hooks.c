@@ -1,10 +1,12 @@
 /*
  * hooks.c: the allocator hooks, the exact counters they keep, and the sampling decision.
  *
- * Cost model: every Python allocation and free runs through here, so the unsampled path is a
- * guard check, a few thread-local counter bumps and one countdown decrement (allocations), or a
- * counter bump and one filter-byte load (frees). Everything else (site capture, clock reads,
- * record writes, live-table updates) happens only for sampled events.
+ * Cost model: every Python allocation and free runs through here, so the common cases have fast
+ * paths (hook_malloc, hook_free): a small allocation with no sample due is one thread-local load
+ * and test, a size compare, a countdown decrement and two thread-local counter adds around the
+ * call; an unsampled free is a counter add and one filter-byte load, then a jump to the next
+ * allocator. Everything else (site capture, clock reads, record writes, live-table updates, the
+ * other size classes) happens on the general paths.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
