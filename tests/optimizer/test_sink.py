@@ -290,7 +290,34 @@ def test_a_full_queue_skips_batches_and_counts_them(monkeypatch):
     assert recognizer.batches_skipped == 2
     gate.set()
     assert recognizer.window.n_times == 300
-    assert len(readers) == 3
+    assert len(readers) == 2  # the batch in flight, then the two queued ones read as one
     worker = recognizer._worker
     recognizer.close()
+    _wait_until(lambda: worker is None or not worker.is_alive())
+
+
+def test_batches_read_together_give_the_window_of_batches_read_one_by_one(monkeypatch):
+    """The worker reads what it gathered as one batch, times rebased on the earliest batch's base."""
+    monkeypatch.setattr(optimizer, "_GATHER_S", 30.0)  # the worker waits; window reads the queue at once
+    monkeypatch.setattr(optimizer, "_GATHER_RECORDS", 10**9)
+    rng = np.random.default_rng(9)
+    batches = random_batches(rng, n_batches=4, size=1500, pool=500, span_us=5000)
+    one_by_one, together = (WorkloadRecognizer(clock=lambda: 0.0) for _ in range(2))
+    for r in (one_by_one, together):
+        r.reset(counters=object())
+    together.use_worker = True
+    for b, (addresses, times, frees) in enumerate(batches):
+        records = records_from(addresses, times, frees, b * 5000, rng)
+        one_by_one.sink(records, b * 5000)
+        together.sink(records, b * 5000)
+    a, w = one_by_one.window, together.window
+    assert a.n_times == w.n_times == 6000
+    assert sorted(np.concatenate(a.times).tolist()) == sorted(np.concatenate(w.times).tolist())
+    assert sorted(np.concatenate(a.lifetimes).tolist()) == sorted(np.concatenate(w.lifetimes).tolist())
+    assert a.allocs_followed == w.allocs_followed
+    assert a.site_ids.tolist() == w.site_ids.tolist()
+    assert np.allclose(a.site_weights, w.site_weights, rtol=1e-12)
+    assert (a.threads == w.threads).all()
+    worker = together._worker
+    together.close()
     _wait_until(lambda: worker is None or not worker.is_alive())
