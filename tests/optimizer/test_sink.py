@@ -233,8 +233,26 @@ def test_first_drain_imports_nothing():
     assert done.stdout.strip() == "[]"
 
 
-def _gated(recognizer, monkeypatch):
-    """Makes the recognizer's batch reads wait for the returned event; records who read each."""
+def _wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def _close(recognizer):
+    worker = recognizer._worker
+    recognizer.close()
+    _wait_until(lambda: worker is None or not worker.is_alive())
+
+
+@pytest.fixture
+def gated_worker(monkeypatch):
+    """A recognizer with its worker on (as the optimizer sets it), whose batch reads wait for
+    ``gate``; ``readers`` names the thread of each read. Closed after the test."""
+    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
+    recognizer.reset(counters=object())
+    recognizer.use_worker = True
     gate, readers, original = threading.Event(), [], recognizer._read_batch
 
     def read(records, base_us):
@@ -243,25 +261,21 @@ def _gated(recognizer, monkeypatch):
         original(records, base_us)
 
     monkeypatch.setattr(recognizer, "_read_batch", read)
-    return gate, readers
+    yield recognizer, gate, readers
+    gate.set()
+    _close(recognizer)
 
 
-def _wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
+def _hundred_allocations(seed):
+    rng = np.random.default_rng(seed)
+    return records_from(np.arange(100, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
 
 
-def test_sink_queues_and_the_worker_thread_reads(monkeypatch):
+def test_sink_queues_and_the_worker_thread_reads(gated_worker):
     """The drainer's thread only queues a batch: a batch read can take the drainer away from the
     rings for as long as the application keeps the GIL (see WorkloadRecognizer)."""
-    rng = np.random.default_rng(7)
-    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
-    recognizer.reset(counters=object())
-    recognizer.use_worker = True  # as the optimizer sets it
-    gate, readers = _gated(recognizer, monkeypatch)
-    records = records_from(np.arange(100, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
+    recognizer, gate, readers = gated_worker
+    records = _hundred_allocations(7)
     recognizer.sink(records, 0)
     records["address"] = 0  # the sink kept a copy: the drainer reuses its buffer
     _wait_until(lambda: recognizer._queue_records == 0)  # the worker took the batch...
@@ -270,19 +284,12 @@ def test_sink_queues_and_the_worker_thread_reads(monkeypatch):
     assert recognizer.window.allocs_followed == 100  # the window waits for the batch in flight
     assert readers == ["memscope-recognizer"]
     assert len(recognizer._pending) == 100  # allocations waiting for their frees
-    worker = recognizer._worker
-    recognizer.close()
-    _wait_until(lambda: not worker.is_alive())
 
 
-def test_a_full_queue_skips_batches_and_counts_them(monkeypatch):
+def test_a_full_queue_skips_batches_and_counts_them(gated_worker, monkeypatch):
     monkeypatch.setattr(optimizer, "_MAX_QUEUED_RECORDS", 250)
-    rng = np.random.default_rng(8)
-    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
-    recognizer.reset(counters=object())
-    recognizer.use_worker = True  # as the optimizer sets it
-    gate, readers = _gated(recognizer, monkeypatch)
-    batch = records_from(np.arange(100, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
+    recognizer, gate, readers = gated_worker
+    batch = _hundred_allocations(8)
     recognizer.sink(batch, 0)
     _wait_until(lambda: recognizer._queue_records == 0)  # in flight: no longer counts against the bound
     for _ in range(4):
@@ -291,9 +298,6 @@ def test_a_full_queue_skips_batches_and_counts_them(monkeypatch):
     gate.set()
     assert recognizer.window.n_times == 300
     assert len(readers) == 2  # the batch in flight, then the two queued ones read as one
-    worker = recognizer._worker
-    recognizer.close()
-    _wait_until(lambda: worker is None or not worker.is_alive())
 
 
 def test_batches_read_together_give_the_window_of_batches_read_one_by_one(monkeypatch):
@@ -318,6 +322,4 @@ def test_batches_read_together_give_the_window_of_batches_read_one_by_one(monkey
     assert a.site_ids.tolist() == w.site_ids.tolist()
     assert np.allclose(a.site_weights, w.site_weights, rtol=1e-12)
     assert (a.threads == w.threads).all()
-    worker = together._worker
-    together.close()
-    _wait_until(lambda: worker is None or not worker.is_alive())
+    _close(together)
