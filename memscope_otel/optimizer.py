@@ -327,10 +327,6 @@ _MAX_FOLLOWED_PER_BATCH = 8192
 # (counted) rather than hold up the drainer or grow without bound.
 _MAX_QUEUED_RECORDS = 65536
 _WORKER_IDLE_S = 5.0  # an idle worker thread ends; the next batch starts another
-# The worker gathers batches for up to this long, or this many records, and reads them as one: a
-# read's fixed cost (a few dozen numpy calls, each a possible GIL handoff) is then paid once.
-_GATHER_S = 0.25
-_GATHER_RECORDS = 16384
 _ADDRESS_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads addresses over the high bits
 _MIN_PERIOD_US, _MAX_PERIOD_US = 5000.0, 100000.0  # frame periods looked for: 10 to 200 fps
 # The frame clock is read from the last 10 s of records: a longer span would need a finer grid of
@@ -746,12 +742,6 @@ class WorkloadRecognizer:
                     if self._worker is threading.current_thread():
                         self._worker = None
                     return
-                deadline = time.monotonic() + _GATHER_S
-                while not self._closing and self._queue_records < _GATHER_RECORDS:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._queued.wait(left)
             try:
                 self.read_queued()
             except Exception:  # the tracked application must never see our failures
@@ -759,7 +749,9 @@ class WorkloadRecognizer:
 
     def read_queued(self):
         """Reads every queued batch into the window, as one batch: in the order they were drained,
-        with their times on the earliest batch's base."""
+        with their times on the earliest batch's base. Batches that queued up while the previous
+        read ran are thus read together, and a read's fixed cost (a few dozen numpy calls, each a
+        possible GIL handoff) is paid once for them, without making any batch wait longer."""
         with self._read_lock:
             with self._queued:
                 batches, self._queue, self._queue_records = self._queue, [], 0

@@ -300,21 +300,22 @@ def test_a_full_queue_skips_batches_and_counts_them(gated_worker, monkeypatch):
     assert len(readers) == 2  # the batch in flight, then the two queued ones read as one
 
 
-def test_batches_read_together_give_the_window_of_batches_read_one_by_one(monkeypatch):
-    """The worker reads what it gathered as one batch, times rebased on the earliest batch's base."""
-    monkeypatch.setattr(optimizer, "_GATHER_S", 30.0)  # the worker waits; window reads the queue at once
-    monkeypatch.setattr(optimizer, "_GATHER_RECORDS", 10**9)
+def test_batches_read_together_give_the_window_of_batches_read_one_by_one(gated_worker):
+    """Batches queued while a read runs are read as one, times rebased on the earliest base."""
+    together, gate, readers = gated_worker
+    one_by_one = WorkloadRecognizer(clock=lambda: 0.0)
+    one_by_one.reset(counters=object())
     rng = np.random.default_rng(9)
     batches = random_batches(rng, n_batches=4, size=1500, pool=500, span_us=5000)
-    one_by_one, together = (WorkloadRecognizer(clock=lambda: 0.0) for _ in range(2))
-    for r in (one_by_one, together):
-        r.reset(counters=object())
-    together.use_worker = True
     for b, (addresses, times, frees) in enumerate(batches):
         records = records_from(addresses, times, frees, b * 5000, rng)
         one_by_one.sink(records, b * 5000)
         together.sink(records, b * 5000)
+        if b == 0:
+            _wait_until(lambda: together._queue_records == 0)  # the worker holds the first batch
+    gate.set()
     a, w = one_by_one.window, together.window
+    assert len(readers) == 2  # the first batch, then the three that queued up meanwhile
     assert a.n_times == w.n_times == 6000
     assert sorted(np.concatenate(a.times).tolist()) == sorted(np.concatenate(w.times).tolist())
     assert sorted(np.concatenate(a.lifetimes).tolist()) == sorted(np.concatenate(w.lifetimes).tolist())
@@ -322,4 +323,3 @@ def test_batches_read_together_give_the_window_of_batches_read_one_by_one(monkey
     assert a.site_ids.tolist() == w.site_ids.tolist()
     assert np.allclose(a.site_weights, w.site_weights, rtol=1e-12)
     assert (a.threads == w.threads).all()
-    _close(together)
