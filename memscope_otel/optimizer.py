@@ -326,7 +326,6 @@ _MAX_FOLLOWED_PER_BATCH = 8192
 # Records waiting for the recognizer's worker (2 MiB): beyond it, batches skip the recognizer
 # (counted) rather than hold up the drainer or grow without bound.
 _MAX_QUEUED_RECORDS = 65536
-_WORKER_IDLE_S = 5.0  # an idle worker thread ends; the next batch starts another
 _ADDRESS_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads addresses over the high bits
 _MIN_PERIOD_US, _MAX_PERIOD_US = 5000.0, 100000.0  # frame periods looked for: 10 to 200 fps
 # The frame clock is read from the last 10 s of records: a longer span would need a finer grid of
@@ -651,8 +650,9 @@ class WorkloadRecognizer:
     each snapshot's counters; :meth:`features` and :meth:`classify` read the current window, which
     :meth:`reset` restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`.
 
-    With :attr:`use_worker` set (the optimizer sets it), the sink only queues a copy of each batch
-    and a worker thread reads them; otherwise sink() reads the batch itself. Reading a batch is a few
+    While :meth:`start_worker` has a worker thread running (the optimizer starts it with itself),
+    the sink only queues a copy of each batch and the worker reads them; otherwise sink() reads the
+    batch itself. Reading a batch is a few
     dozen numpy calls, and each may release the GIL; while the application keeps the GIL busy,
     getting it back costs up to the interpreter's switch interval (5 ms) every time, so a batch read
     on the drainer's thread took the drainer away from the rings for 100-200 ms, long enough for a
@@ -667,7 +667,6 @@ class WorkloadRecognizer:
         self._last_counters = None
         self._window = _Window(self._clock(), rusage=_rusage())
         self.batches_skipped = 0  # batches the queue had no room for
-        self.use_worker = False
         self._new_locks()
         _warm_numpy()
 
@@ -678,7 +677,6 @@ class WorkloadRecognizer:
         self._queue = []
         self._queue_records = 0
         self._worker = None
-        self._closing = False
 
     @property
     def window(self):
@@ -705,42 +703,47 @@ class WorkloadRecognizer:
         self._new_locks()
 
     def sink(self, records, base_us):
-        """Drainer sink: reads the batch, or with :attr:`use_worker` queues a copy of it for the
-        worker thread (started when needed)."""
+        """Drainer sink: queues a copy of the batch for the worker thread, or reads it when none
+        runs."""
         if len(records) == 0:
             return
-        if not self.use_worker:
-            self.read_queued()
-            with self._read_lock:
-                self._read_batch(records, base_us)
-            return
         with self._queued:
-            if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
-                self.batches_skipped += 1
+            if self._worker is not None:
+                if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
+                    self.batches_skipped += 1
+                    return
+                self._queue.append((records.copy(), base_us))
+                self._queue_records += len(records)
+                self._queued.notify()
                 return
-            self._queue.append((records.copy(), base_us))
-            self._queue_records += len(records)
-            if self._worker is None or not self._worker.is_alive():
-                self._closing = False
+        self.read_queued()
+        with self._read_lock:
+            self._read_batch(records, base_us)
+
+    def start_worker(self):
+        """Starts the worker thread, once: thread start-up allocates before the thread can tell the
+        sampler to ignore it, so it happens here, with the optimizer, not whenever a batch comes."""
+        with self._queued:
+            if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="memscope-recognizer", daemon=True)
                 self._worker.start()
-            self._queued.notify()
 
     def close(self):
-        """Lets the worker thread end once the queue is empty (a later batch starts a new one)."""
+        """Ends the worker thread after it has read the queue; later batches are read by sink()."""
         with self._queued:
-            self._closing = True
+            worker, self._worker = self._worker, None
             self._queued.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(10.0)
 
     def _work(self):
         sampler.ignore_this_thread()
+        me = threading.current_thread()
         while True:
             with self._queued:
-                if not self._queue and not self._closing:
-                    self._queued.wait(_WORKER_IDLE_S)
-                if not self._queue:  # closed, or idle: the next batch starts another worker
-                    if self._worker is threading.current_thread():
-                        self._worker = None
+                while not self._queue and self._worker is me:
+                    self._queued.wait()
+                if not self._queue:  # closed
                     return
             try:
                 self.read_queued()
@@ -1039,7 +1042,7 @@ class PerformanceOptimizer:
 
     def attach_drainer(self, drainer):
         """Adds the recognizer's sink to ``drainer``."""
-        self.recognizer.use_worker = True
+        self.recognizer.start_worker()
         if self.recognizer.sink not in drainer.sinks:
             drainer.sinks.append(self.recognizer.sink)
 

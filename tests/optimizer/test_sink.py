@@ -240,19 +240,13 @@ def _wait_until(condition, timeout=10.0):
         time.sleep(0.001)
 
 
-def _close(recognizer):
-    worker = recognizer._worker
-    recognizer.close()
-    _wait_until(lambda: worker is None or not worker.is_alive())
-
-
 @pytest.fixture
 def gated_worker(monkeypatch):
     """A recognizer with its worker on (as the optimizer sets it), whose batch reads wait for
     ``gate``; ``readers`` names the thread of each read. Closed after the test."""
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
     recognizer.reset(counters=object())
-    recognizer.use_worker = True
+    recognizer.start_worker()
     gate, readers, original = threading.Event(), [], recognizer._read_batch
 
     def read(records, base_us):
@@ -263,7 +257,9 @@ def gated_worker(monkeypatch):
     monkeypatch.setattr(recognizer, "_read_batch", read)
     yield recognizer, gate, readers
     gate.set()
-    _close(recognizer)
+    worker = recognizer._worker
+    recognizer.close()
+    assert not worker.is_alive()
 
 
 def _hundred_allocations(seed):
