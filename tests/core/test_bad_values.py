@@ -143,7 +143,10 @@ def test_manual_api_when_not_running_is_silent(caplog):
 def test_good_track_allocation_is_counted(provider):
     """The manual domain counts what it is given (so the checks above are not vacuous). Small and
     never sampled: the process-wide per-type estimates other tests read stay untouched."""
-    start_quiet(provider, small_sample_rate=0.0, frequency_sample_interval=0)
+    # Nothing sampled at all, so that an allocation of the interpreter between the two reads
+    # cannot add a record either.
+    start_quiet(provider, small_sample_rate=0.0, medium_sample_rate=0.0, critical_size_threshold=2**40,
+                frequency_sample_interval=0)
     before = sampler.read_counters()
     memscope_otel.track_allocation(0x10000, 123, "core.tests.Buffer")
     memscope_otel.track_deallocation(0x10000)
