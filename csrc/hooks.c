@@ -367,13 +367,15 @@ __attribute__((noinline)) static void general_free(int domain, void *ptr)
     ms_tls_set_guard(0);
 }
 
-/* A small request that failed: the fast path counted it before the call. */
-__attribute__((noinline, cold)) static void uncount_small(int domain, uint64_t size)
+/* A small request that failed: the fast path counted it before the call. Returns NULL, so that
+ * the fast path ends in a tail call here and keeps no stack space for it. */
+__attribute__((noinline, cold)) static void *uncount_small(int domain, uint64_t size)
 {
     ms_thread_t *t = ms_tls_thread();
     ms_bump(&t->bytes[domain][MS_CLASS_SMALL], -size);
     ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], (uint64_t)-1);
     t->small_left++;
+    return NULL;
 }
 
 /* The fast path of every small allocation that is not due for a sample: counted before the call,
@@ -395,10 +397,8 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
             ms_tls.word = w + MS_GUARD_HOOK; /* w's guard bits are 0 */
             void *p = next->malloc(next->ctx, size);
             ms_tls.word = w;
-            if (MS_UNLIKELY(p == NULL)) {
-                uncount_small(domain, size);
-                return NULL; /* not p: nothing but size has to survive the calls */
-            }
+            if (MS_UNLIKELY(p == NULL))
+                return uncount_small(domain, size);
             return p;
         }
         t->small_left++; /* this one is due: the general path counts it */
