@@ -14,7 +14,7 @@ import sysconfig
 
 HERE = pathlib.Path(__file__).resolve().parent
 BUILD = HERE / ".build" / f"py{sys.version_info[0]}{sys.version_info[1]}"
-MODULE = "_memscope_bench_native_v4"  # bump when SOURCE changes: builds are cached
+MODULE = "_memscope_bench_native_v5"  # bump when SOURCE changes: builds are cached
 
 CDEF = """
 typedef struct { uint64_t wall_ns; uint64_t cpu_ns; } bench_time_t;
@@ -64,19 +64,22 @@ static int pick(int domain, alloc_fn *a, free_fn *f)
     }
 }
 
-/* Each loop writes every block once into a local volatile `sink`, so that neither the compiler
- * nor the allocator can skip the pair. Local: a shared static would be a cache line every thread
+/* Each loop reads every block once into a volatile, so that neither the compiler nor the
+ * allocator can skip the pair. A local one: a shared static would be a cache line every thread
  * writes on every pair, which serialised the threads of benchmarks/threads.py (the untracked loop
  * stopped scaling); a _Thread_local one costs a __tls_get_addr call per pair in this dlopen'd
  * module. */
+static inline void keep(unsigned char c)
+{
+    volatile unsigned char sink = c;
+    (void)sink;
+}
 
 /* n alloc+free pairs, cycling through sizes. Holds the GIL for the OBJ and MEM domains. */
 int bench_pairs(int domain, const size_t *sizes, size_t nsizes, size_t n, bench_time_t *out)
 {
     alloc_fn a;
     free_fn f;
-    volatile unsigned char sink = 0;
-    (void)sink; /* a volatile read: "used" for -Wunused-but-set-variable */
     if (pick(domain, &a, &f) != 0 || nsizes == 0)
         return -1;
     PyGILState_STATE gil = PyGILState_UNLOCKED;
@@ -93,7 +96,7 @@ int bench_pairs(int domain, const size_t *sizes, size_t nsizes, size_t n, bench_
             break;
         }
         p[0] = (unsigned char)i;
-        sink = p[0];
+        keep(p[0]);
         f(p);
     }
     out->cpu_ns = now(CLOCK_THREAD_CPUTIME_ID) - c0;
@@ -112,8 +115,6 @@ int bench_bursts(int domain, const size_t *sizes, size_t nsizes, size_t bursts, 
 {
     alloc_fn a;
     free_fn f;
-    volatile unsigned char sink = 0;
-    (void)sink; /* a volatile read: "used" for -Wunused-but-set-variable */
     if (pick(domain, &a, &f) != 0 || nsizes == 0 || burst == 0 || burst > MAX_BURST)
         return -1;
     void *blocks[MAX_BURST];
@@ -137,7 +138,7 @@ int bench_bursts(int domain, const size_t *sizes, size_t nsizes, size_t bursts, 
             blocks[made] = p;
         }
         for (size_t j = 0; j < made; j++) {
-            sink = *(unsigned char *)blocks[j];
+            keep(*(unsigned char *)blocks[j]);
             f(blocks[j]);
         }
     }
@@ -155,8 +156,6 @@ int bench_latency(int domain, const size_t *sizes, size_t nsizes, size_t n,
 {
     alloc_fn a;
     free_fn f;
-    volatile unsigned char sink = 0;
-    (void)sink; /* a volatile read: "used" for -Wunused-but-set-variable */
     if (pick(domain, &a, &f) != 0 || nsizes == 0)
         return -1;
     PyGILState_STATE gil = PyGILState_UNLOCKED;
@@ -174,7 +173,7 @@ int bench_latency(int domain, const size_t *sizes, size_t nsizes, size_t n,
             break;
         }
         p[0] = (unsigned char)i;
-        sink = p[0];
+        keep(p[0]);
         uint64_t t2 = now(CLOCK_MONOTONIC);
         f(p);
         uint64_t t3 = now(CLOCK_MONOTONIC);
