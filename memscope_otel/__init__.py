@@ -34,7 +34,8 @@ def start(meter_provider=None, **config):
 
 
 def stop():
-    """Stops tracking; the metrics keep their last values. Safe to call when not running."""
+    """Stops tracking; the metrics keep their last values. Safe to call when not running; an
+    application that exits without calling it is stopped at exit."""
     _tracker.stop()
 
 

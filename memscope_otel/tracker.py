@@ -4,6 +4,7 @@ At most one tracker runs at a time (the allocator hooks are process-wide). ``sta
 ``stop()`` never raise into the application for bad settings (the config layer warns and falls
 back to defaults); they raise only for programming errors such as a second ``start()``.
 """
+import atexit
 import logging
 import os
 import threading
@@ -215,6 +216,11 @@ def start(meter_provider=None, **overrides):
                 pass
             return None
         _current = tracker
+        # Registered anew at every start, so that it runs before the exit handlers registered
+        # before it (atexit runs the last registered first): e.g. the MeterProvider's shutdown,
+        # whose final export then sees the final drain.
+        atexit.unregister(_stop_at_exit)
+        atexit.register(_stop_at_exit)
         return tracker
 
 
@@ -229,6 +235,15 @@ def stop():
                     tracker.stop()
             except Exception:
                 log.exception("memscope did not stop cleanly")
+
+
+def _stop_at_exit():
+    """Stops the tracker when the interpreter exits without stop(): the last records are drained
+    and the dump is closed, and the tracker's threads end while the interpreter is whole. A daemon
+    thread still inside numpy when the interpreter finalizes is ended by CPython with pthread_exit
+    as soon as it asks for the GIL back; unwinding numpy's C++ frames that way aborts the process
+    ("terminate called without an active exception", exit status 134)."""
+    stop()
 
 
 def _after_fork_in_child():
