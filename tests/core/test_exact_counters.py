@@ -144,3 +144,33 @@ def test_blocks_pymalloc_hands_to_raw_are_counted_once(tracker, th):
     assert mine.deallocations[testhook.OBJ] >= 1800 and mine.deallocations[testhook.MEM] >= 1500
     assert mine.deallocations[testhook.RAW] >= 400
     assert_same_counts(memscope, mine, manual)
+
+
+@pytest.mark.parametrize("size", [700, 3000, 20000], ids=["small", "medium", "large"])
+def test_failed_requests_are_not_counted(start_tracker, th, size):
+    """A malloc, calloc or realloc that returns NULL is no allocation, and a failed realloc frees
+    nothing (its block stays valid). The small-allocation fast path counts before passing the
+    request on and must undo it: an allocator layer under memscope fails every request of
+    ``size`` made by the test hook's calls."""
+    import memscope_otel
+
+    with testhook.failing_below(size):
+        start_tracker()
+        with installed_on_top():
+            window = ExactWindow()
+            window.begin()
+            for d in range(3):
+                for i in range(300):  # past the frequency slot: the general paths fail too
+                    keep = th.lib.th_alloc(d, 64 + i % 100)
+                    assert th.lib.th_alloc(d, size) == 0
+                    assert th.lib.th_calloc(d, 1, size) == 0
+                    assert th.lib.th_realloc(d, 0, size) == 0
+                    assert th.lib.th_realloc(d, keep, size) == 0
+                    keep = th.lib.th_realloc(d, keep, size + 1)  # succeeds: frees the old block
+                    th.lib.th_free(d, keep)
+            memscope, mine, manual = window.end()
+        memscope_otel.stop()  # before the layer under it goes
+    cls = SMALL if size < 1024 else MEDIUM if size < 8192 else LARGE
+    for d in range(3):  # (the interpreter's own requests come on top in OBJ and MEM)
+        assert mine.allocations[d, cls] >= 300 and mine.deallocations[d] >= 600
+    assert_same_counts(memscope, mine, manual)

@@ -27,6 +27,7 @@ static _Atomic uint64_t c_allocations[3][3], c_bytes[3][3], c_deallocations[3], 
 static _Atomic int g_counting;
 static _Atomic uint64_t g_critical = 8192;
 static _Thread_local int t_guard;
+static _Thread_local int t_fail_armed; /* inside th_alloc/th_calloc/th_realloc (failing layer) */
 
 static PyMemAllocatorEx g_next[3];
 static int g_installed[3];
@@ -371,11 +372,46 @@ int th_workload(uint64_t seed, int rounds)
 
 uintptr_t th_alloc(int domain, size_t size)
 {
-    if (domain == 2)
-        return (uintptr_t)PyMem_RawMalloc(size);
-    PyGILState_STATE gil = PyGILState_Ensure();
-    void *p = apis[domain].malloc(size);
-    PyGILState_Release(gil);
+    t_fail_armed = 1;
+    void *p;
+    if (domain == 2) { /* RAW: without the GIL, as callers may */
+        p = PyMem_RawMalloc(size);
+    } else {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        p = apis[domain].malloc(size);
+        PyGILState_Release(gil);
+    }
+    t_fail_armed = 0;
+    return (uintptr_t)p;
+}
+
+uintptr_t th_calloc(int domain, size_t nelem, size_t elsize)
+{
+    t_fail_armed = 1;
+    void *p;
+    if (domain == 2) { /* RAW: without the GIL, as callers may */
+        p = PyMem_RawCalloc(nelem, elsize);
+    } else {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        p = apis[domain].calloc(nelem, elsize);
+        PyGILState_Release(gil);
+    }
+    t_fail_armed = 0;
+    return (uintptr_t)p;
+}
+
+uintptr_t th_realloc(int domain, uintptr_t ptr, size_t size)
+{
+    t_fail_armed = 1;
+    void *p;
+    if (domain == 2) { /* RAW: without the GIL, as callers may */
+        p = PyMem_RawRealloc((void *)ptr, size);
+    } else {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        p = apis[domain].realloc((void *)ptr, size);
+        PyGILState_Release(gil);
+    }
+    t_fail_armed = 0;
     return (uintptr_t)p;
 }
 
@@ -450,4 +486,93 @@ int th_native_threads_keep(int threads, int count, size_t size, uintptr_t *keep)
     for (int i = 0; i < started; i++)
         pthread_join(ids[i], NULL);
     return started == threads ? 0 : -1;
+}
+
+/* ---- an allocator layer BELOW memscope that fails the requests of one size ----
+ * memscope's fast paths count a request before passing it on and undo the count when it fails;
+ * real allocators almost never fail, so the tests make this one fail on purpose: only inside
+ * th_alloc/th_calloc/th_realloc (the interpreter's own requests of that size go through). It
+ * has a non-NULL ctx, like any third-party hook, and passes everything else on unchanged. */
+
+static PyMemAllocatorEx f_next[3];
+static PyMemAllocatorEx f_ours[3];
+static int f_installed;
+static _Atomic uint64_t f_fail_size; /* 0: fail nothing */
+static char f_ctx[3];
+
+static int f_domain(void *ctx)
+{
+    return (int)((char *)ctx - f_ctx);
+}
+
+static int f_fails(uint64_t size)
+{
+    uint64_t f = atomic_load(&f_fail_size);
+    return t_fail_armed && f != 0 && size == f;
+}
+
+static void *f_malloc(void *ctx, size_t size)
+{
+    PyMemAllocatorEx *n = &f_next[f_domain(ctx)];
+    return f_fails(size) ? NULL : n->malloc(n->ctx, size);
+}
+
+static void *f_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    PyMemAllocatorEx *n = &f_next[f_domain(ctx)];
+    size_t size;
+    if (!__builtin_mul_overflow(nelem, elsize, &size) && f_fails(size))
+        return NULL;
+    return n->calloc(n->ctx, nelem, elsize);
+}
+
+static void *f_realloc(void *ctx, void *ptr, size_t size)
+{
+    PyMemAllocatorEx *n = &f_next[f_domain(ctx)];
+    return f_fails(size) ? NULL : n->realloc(n->ctx, ptr, size);
+}
+
+static void f_free(void *ctx, void *ptr)
+{
+    PyMemAllocatorEx *n = &f_next[f_domain(ctx)];
+    n->free(n->ctx, ptr);
+}
+
+int th_install_failing(uint64_t fail_size)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int rc = -1;
+    if (!f_installed) {
+        atomic_store(&f_fail_size, fail_size);
+        for (int d = 2; d >= 0; d--) {
+            PyMem_GetAllocator(py_domain[d], &f_next[d]);
+            f_ours[d] = (PyMemAllocatorEx){&f_ctx[d], f_malloc, f_calloc, f_realloc, f_free};
+            atomic_thread_fence(memory_order_release);
+            PyMem_SetAllocator(py_domain[d], &f_ours[d]);
+        }
+        f_installed = 1;
+        rc = 0;
+    }
+    PyGILState_Release(gil);
+    return rc;
+}
+
+/* Unlinks the layer where it is on top; returns the number of domains where something else still
+ * sits over it (the layer then stays, passing everything on, as f_fail_size is reset). */
+int th_uninstall_failing(void)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int blocked = 0;
+    atomic_store(&f_fail_size, 0);
+    for (int d = 0; d < 3 && f_installed; d++) {
+        PyMemAllocatorEx current;
+        PyMem_GetAllocator(py_domain[d], &current);
+        if (current.malloc == f_malloc)
+            PyMem_SetAllocator(py_domain[d], &f_next[d]);
+        else
+            blocked++;
+    }
+    f_installed = blocked != 0;
+    PyGILState_Release(gil);
+    return blocked;
 }

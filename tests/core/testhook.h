@@ -28,11 +28,15 @@ void th_end(uintptr_t snapshot, uintptr_t out, th_counts_t *mine);
 void th_counts(th_counts_t *mine);
 int th_workload(uint64_t seed, int rounds);
 uintptr_t th_alloc(int domain, size_t size);
+uintptr_t th_calloc(int domain, size_t nelem, size_t elsize);
+uintptr_t th_realloc(int domain, uintptr_t ptr, size_t size);
 void th_free(int domain, uintptr_t p);
 void th_raw_alloc_many(uintptr_t *out, int count, size_t size);
 void th_raw_free_many(const uintptr_t *ptrs, int count);
 int th_native_threads(int threads, int count, size_t size);
 int th_native_threads_keep(int threads, int count, size_t size, uintptr_t *keep);
+int th_install_failing(uint64_t fail_size);
+int th_uninstall_failing(void);
 /* TESTHOOK_CDEF_END */
 
 #endif

@@ -168,6 +168,21 @@ def installed_on_top(critical_size=8192):
         assert blocked == 0, "something was installed over the test hook and left there"
 
 
+@contextlib.contextmanager
+def failing_below(fail_size):
+    """Installs, under whatever is started inside the block (memscope), an allocator layer that
+    fails every malloc, calloc and realloc of ``fail_size`` bytes. Stop memscope inside the block:
+    the layer can only be unlinked from the top of the chain."""
+    lib = load().lib
+    if lib.th_install_failing(fail_size) != 0:
+        raise RuntimeError("the failing layer was already installed")
+    try:
+        yield lib
+    finally:
+        blocked = lib.th_uninstall_failing()
+        assert blocked == 0, "something was left installed over the failing layer"
+
+
 def allocator(domain):
     """The (ctx, malloc, calloc, realloc, free) addresses installed now for a domain."""
     th = load()
