@@ -15,6 +15,13 @@ summary arrays + the drain buffer).
     python benchmarks/workloads.py             # 11 rounds (a few minutes)
     python benchmarks/workloads.py --quick     # 3 rounds, shorter programs (< 60 s)
     python benchmarks/workloads.py --instructions   # instruction counts under callgrind
+    python benchmarks/workloads.py --in-process     # each program's rounds in one interpreter
+
+With ``--in-process`` one interpreter per program runs all its rounds, untracked and tracked
+alternating (start() before and stop() after each tracked run, which unlinks the hooks): the two
+runs of a pair are milliseconds apart instead of seconds, so the drift of a shared machine's speed
+(1.5x between minutes here) cancels out of each pair. Both modes then share one heap and the
+tracker's imported modules; the fresh-interpreter default keeps them apart.
 
 On a shared machine CPU time itself is noisy (neighbours share caches and cores), so
 ``--instructions`` runs each program once per mode under ``valgrind --tool=callgrind`` and
@@ -36,24 +43,14 @@ from _common import geomean, median, quantile
 import programs
 
 
-def child(name, scale, tracked):
-    """One timed run in this (fresh) interpreter; prints a JSON line. The timed part is the
-    program plus, when tracked, one final drain: the tracker's whole work on the records."""
+def _timed(name, scale, tracked, provider, reader, native):
+    """One timed run of a program (the interpreter already warmed up); returns its figures. The
+    timed part is the program plus, when tracked, one final drain and the recognizer's read of
+    it: the tracker's whole work on the records."""
     import gc
 
-    import _native
-
-    _, native = _native.load()
-
-    import numpy  # noqa: F401 - imported by every run alike, tracked or not
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
-    warm = max(1, scale // 10)
-    programs.run(name, warm)  # warm-up: imports, caches, regex compilation
     out = {"name": name, "tracked": tracked}
+    warm = max(1, scale // 10)
     if tracked:
         import memscope_otel
         import memscope_otel.sampler as sampler
@@ -75,6 +72,10 @@ def child(name, scale, tracked):
     programs.run(name, scale)
     if tracked:
         tracker.drainer.drain()
+        if tracker.optimizer is not None:
+            # The recognizer's worker reads drained batches on its own thread: its read of the
+            # last batch belongs to the run too (read_queued waits for a read under way).
+            tracker.optimizer.recognizer.read_queued()
     out["wall_s"] = time.perf_counter() - w0
     out["cpu_s"] = time.process_time() - c0
     native.bench_callgrind_toggle()
@@ -96,13 +97,40 @@ def child(name, scale, tracked):
         out["py_summary"] = MAX_IDS * 3 * 8
         out["drain_buffer"] = tracker.drainer._buffer.array.nbytes
         memscope_otel.stop()
-    print(json.dumps(out))
+    return out
 
 
-def run_child(name, scale, tracked, callgrind_out=None):
+def child(name, scale, tracked, rounds=0):
+    """In this (fresh) interpreter: imports everything, warms the program up untracked, then
+    prints the JSON figures of one timed run (``rounds`` = 0), or of ``rounds`` pairs of runs,
+    untracked and tracked alternating, in one process (``--in-process``)."""
+    import _native
+
+    _, native = _native.load()
+
+    import numpy  # noqa: F401 - imported by every run alike, tracked or not
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    programs.run(name, max(1, scale // 10))  # warm-up: imports, caches, regex compilation
+    if not rounds:
+        print(json.dumps(_timed(name, scale, tracked, provider, reader, native)))
+        return
+    runs = []
+    for r in range(rounds):
+        for mode in ((False, True) if r % 2 == 0 else (True, False)):
+            runs.append(_timed(name, scale, mode, provider, reader, native))
+    print(json.dumps(runs))
+
+
+def run_child(name, scale, tracked, callgrind_out=None, rounds=0):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--scale", str(scale)]
     if tracked:
         cmd.append("--tracked")
+    if rounds:
+        cmd += ["--child-rounds", str(rounds)]
     env = dict(os.environ)
     if callgrind_out:
         cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
@@ -110,6 +138,9 @@ def run_child(name, scale, tracked, callgrind_out=None):
         # Under valgrind the program runs ~50x slower: a 200 ms drain period would drain 50x
         # more often per unit of work than in reality. Drain once, at the end, instead.
         env["OTEL_PYTHON_MEMSCOPE_DRAIN_INTERVAL_MS"] = "60000"
+        # The same string hashes in both runs: dict probe lengths otherwise differ between two
+        # interpreters by a few tenths of a percent of all instructions, either way.
+        env["PYTHONHASHSEED"] = "0"
     env.pop("OTEL_SDK_DISABLED", None)
     # numpy's BLAS threads spin after import and would add noise to both modes alike.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -160,13 +191,17 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, help="tracked/untracked pairs per program (default 11, quick 3)")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions under callgrind instead of timing (one run per mode)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run each program's rounds in one interpreter (minutes apart become "
+                         "milliseconds apart: the machine's drift cancels out of each pair)")
     ap.add_argument("--only", nargs="+", choices=sorted(programs.PROGRAMS), help="run only these programs")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--scale", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--tracked", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child-rounds", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        child(args.child, args.scale, args.tracked)
+        child(args.child, args.scale, args.tracked, args.child_rounds)
         return
     rounds = args.rounds or (3 if args.quick else 11)
     names = args.only or list(programs.PROGRAMS)
@@ -176,12 +211,21 @@ def main(argv=None):
         return
     print("memscope-otel workload benchmark:", _common.machine())
     runs = {(n, m): [] for n in names for m in (False, True)}
-    for r in range(rounds):
+    if args.in_process:
         for n in names:
             scale = max(1, int(programs.SCALE[n] * factor))
-            for tracked in ((False, True) if r % 2 == 0 else (True, False)):
-                runs[(n, tracked)].append(run_child(n, scale, tracked))
-    print(f"\n{rounds} interleaved rounds per program; ratio = median(tracked) / median(untracked)")
+            for run in run_child(n, scale, False, rounds=rounds):
+                runs[(n, run["tracked"])].append(run)
+        how = "rounds in one interpreter per program (start() and stop() around each tracked run)"
+    else:
+        for r in range(rounds):
+            for n in names:
+                scale = max(1, int(programs.SCALE[n] * factor))
+                for tracked in ((False, True) if r % 2 == 0 else (True, False)):
+                    runs[(n, tracked)].append(run_child(n, scale, tracked))
+        how = "interleaved rounds, a fresh interpreter per run"
+    print(f"\n{rounds} {how}; ratio = median(tracked) / median(untracked), [p25, p75] of the "
+          f"round-by-round ratios")
     head = (f"{'program':16} {'untracked s':>11} {'tracked s':>9} {'ratio cpu':>9} {'[p25, p75]':>15} "
             f"{'ratio wall':>10} {'allocs/s':>10} {'records/s':>10} {'dropped':>7} {'sampled ns':>10} "
             f"{'footprint KiB':>13} {'collect ms':>10} {'start ms':>8}")
