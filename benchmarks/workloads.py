@@ -216,16 +216,16 @@ def main(argv=None):
             scale = max(1, int(programs.SCALE[n] * factor))
             for run in run_child(n, scale, False, rounds=rounds):
                 runs[(n, run["tracked"])].append(run)
-        how = "rounds in one interpreter per program (start() and stop() around each tracked run)"
+        how = ("rounds in one interpreter per program (start() and stop() around each tracked run); "
+               "ratio = median of the round-by-round ratios")
     else:
         for r in range(rounds):
             for n in names:
                 scale = max(1, int(programs.SCALE[n] * factor))
                 for tracked in ((False, True) if r % 2 == 0 else (True, False)):
                     runs[(n, tracked)].append(run_child(n, scale, tracked))
-        how = "interleaved rounds, a fresh interpreter per run"
-    print(f"\n{rounds} {how}; ratio = median(tracked) / median(untracked), [p25, p75] of the "
-          f"round-by-round ratios")
+        how = "interleaved rounds, a fresh interpreter per run; ratio = median(tracked) / median(untracked)"
+    print(f"\n{rounds} {how}; [p25, p75] of the round-by-round ratios")
     head = (f"{'program':16} {'untracked s':>11} {'tracked s':>9} {'ratio cpu':>9} {'[p25, p75]':>15} "
             f"{'ratio wall':>10} {'allocs/s':>10} {'records/s':>10} {'dropped':>7} {'sampled ns':>10} "
             f"{'footprint KiB':>13} {'collect ms':>10} {'start ms':>8}")
@@ -234,9 +234,13 @@ def main(argv=None):
     cpu_ratios, wall_ratios = [], []
     for n in names:
         base, tr = runs[(n, False)], runs[(n, True)]
-        ratio = median([x["cpu_s"] for x in tr]) / median([x["cpu_s"] for x in base])
-        wall = median([x["wall_s"] for x in tr]) / median([x["wall_s"] for x in base])
         paired = [t["cpu_s"] / b["cpu_s"] for t, b in zip(tr, base)]
+        if args.in_process:  # the two runs of a round are milliseconds apart: compare within rounds
+            ratio = median(paired)
+            wall = median([t["wall_s"] / b["wall_s"] for t, b in zip(tr, base)])
+        else:
+            ratio = median([x["cpu_s"] for x in tr]) / median([x["cpu_s"] for x in base])
+            wall = median([x["wall_s"] for x in tr]) / median([x["wall_s"] for x in base])
         cpu_ratios.append(ratio)
         wall_ratios.append(wall)
         allocs = median([x["allocations"] / x["cpu_s"] for x in tr])
