@@ -7,6 +7,7 @@ back to defaults); they raise only for programming errors such as a second ``sta
 import atexit
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -246,6 +247,27 @@ def _stop_at_exit():
     stop()
 
 
+class _MultiprocessingChild:
+    """A multiprocessing child made by fork ends with os._exit(), which runs no atexit handler:
+    the stop at exit then has to be one of multiprocessing's own exit finalizers. They are
+    cleared when the child starts, after the fork handlers ran, so the finalizer is registered
+    from multiprocessing's after-fork hook, which runs after the clearing."""
+
+    def arm(self):
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None:  # else this fork is not multiprocessing's: atexit serves
+            util.register_after_fork(self, _MultiprocessingChild._register_finalizer)
+
+    @staticmethod
+    def _register_finalizer(_self):
+        import multiprocessing.util
+
+        multiprocessing.util.Finalize(None, _stop_at_exit, exitpriority=0)
+
+
+_multiprocessing_child = _MultiprocessingChild()
+
+
 def _after_fork_in_child():
     global _lock
     _lock = threading.RLock()
@@ -253,6 +275,7 @@ def _after_fork_in_child():
     if tracker is not None:
         try:
             tracker.after_fork_child()
+            _multiprocessing_child.arm()
         except Exception:
             log.exception("memscope could not restart in the forked child; tracking is off there")
 

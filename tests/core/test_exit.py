@@ -1,4 +1,5 @@
-"""An application that exits without calling stop(): memscope stops itself first (atexit).
+"""An application that exits without calling stop(): memscope stops itself first (atexit, and
+multiprocessing's exit finalizers in a child it forked, which ends with os._exit).
 
 Without that, records still in the rings never reached the dump, and the tracker's daemon threads
 were still running numpy when the interpreter finalized: CPython ends such a thread with
@@ -65,4 +66,37 @@ def test_exit_without_stop_with_the_optimizer_off(tmp_path):
     assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
     assert "memscope threads at exit: []" in proc.stdout, proc.stdout
     with open_dump(str(path), strict=True) as dump:
+        assert int((dump.records["size"] == BLOCK).sum()) == 2 * BLOCKS
+
+
+MULTIPROCESSING_CHILD = textwrap.dedent(f"""
+    import multiprocessing, sys, warnings
+
+    import memscope_otel
+
+    def work():  # in the child, which ends with os._exit(): no atexit handler runs there
+        blocks = [bytearray({BLOCK} - 1) for _ in range({BLOCKS})]
+        del blocks
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads running
+    assert memscope_otel.start(dump_path=sys.argv[1], drain_interval_ms=60000) is not None
+    child = multiprocessing.get_context("fork").Process(target=work)
+    child.start()
+    child.join()
+    print("child", child.pid, child.exitcode, flush=True)
+    memscope_otel.stop()
+""")
+
+
+def test_multiprocessing_child_drains_and_closes_its_dump(tmp_path):
+    path = tmp_path / "mp.dump"
+    env = dict(os.environ)
+    env.pop("OTEL_SDK_DISABLED", None)
+    proc = subprocess.run([sys.executable, "-c", MULTIPROCESSING_CHILD, str(path)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    _, pid, exitcode = proc.stdout.split()
+    assert exitcode == "0", proc.stdout
+    with open_dump(f"{path}.{pid}", strict=True) as dump:  # the child's own dump
+        assert dump.truncated is None
         assert int((dump.records["size"] == BLOCK).sum()) == 2 * BLOCKS
