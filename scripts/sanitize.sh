@@ -17,7 +17,10 @@ rm -rf build
 MEMSCOPE_SANITIZE=1 "$VENV/bin/python" -m pip install -q --no-cache-dir ".[test]"
 # Refuse to report a clean run of an unsanitized build.
 so=$(ls "$VENV"/lib/python*/site-packages/memscope_otel/_memscope*.so)
-ldd "$so" | grep -q libasan || { echo "sanitize: $so is not an ASan build" >&2; exit 1; }
+# (ldd's output is read whole first: with pipefail, `ldd | grep -q` fails whenever grep exits on
+# its match before ldd has written its last line, and ldd dies of SIGPIPE.)
+libs=$(ldd "$so")
+grep -q libasan <<<"$libs" || { echo "sanitize: $so is not an ASan build" >&2; exit 1; }
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
