@@ -426,6 +426,26 @@ void th_free(int domain, uintptr_t p)
     PyGILState_Release(gil);
 }
 
+/* rounds x (malloc+free of small, of medium, then realloc(NULL, small) grown by realloc to
+ * medium, freed): four allocations a round, two of each class, through one domain's API (RAW
+ * without the GIL, OBJ and MEM with it). */
+void th_class_mix(int domain, int rounds, size_t small, size_t medium)
+{
+    PyGILState_STATE gil = PyGILState_UNLOCKED;
+    if (domain != 2)
+        gil = PyGILState_Ensure();
+    const api_t *a = &apis[domain];
+    for (int i = 0; i < rounds; i++) {
+        a->free(a->malloc(small));
+        a->free(a->malloc(medium));
+        void *p = a->realloc(NULL, small);
+        void *q = a->realloc(p, medium);
+        a->free(q ? q : p);
+    }
+    if (domain != 2)
+        PyGILState_Release(gil);
+}
+
 /* RAW allocations of size bytes, count of them, kept in out (freed later by th_free_many). */
 void th_raw_alloc_many(uintptr_t *out, int count, size_t size)
 {

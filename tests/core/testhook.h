@@ -31,6 +31,7 @@ uintptr_t th_alloc(int domain, size_t size);
 uintptr_t th_calloc(int domain, size_t nelem, size_t elsize);
 uintptr_t th_realloc(int domain, uintptr_t ptr, size_t size);
 void th_free(int domain, uintptr_t p);
+void th_class_mix(int domain, int rounds, size_t small, size_t medium);
 void th_raw_alloc_many(uintptr_t *out, int count, size_t size);
 void th_raw_free_many(const uintptr_t *ptrs, int count);
 int th_native_threads(int threads, int count, size_t size);
