@@ -112,9 +112,11 @@ static void thread_exit(void *arg)
     atomic_store_explicit(&t->dead, 1, memory_order_release);
 }
 
+static bool g_key_ok;
+
 static void make_key(void)
 {
-    pthread_key_create(&g_exit_key, thread_exit);
+    g_key_ok = pthread_key_create(&g_exit_key, thread_exit) == 0;
 }
 
 void ms_thread_reset_sampling(ms_thread_t *t)
@@ -132,6 +134,11 @@ void ms_thread_reset_sampling(ms_thread_t *t)
 static ms_thread_t *attach(void)
 {
     pthread_once(&g_key_once, make_key);
+    /* Without a key of our own (the process used up its keys) a thread cannot have a state that
+     * is handed over at its exit: it counts in the shared orphan state. pthread_setspecific on an
+     * uncreated key would write some other library's slot (key 0 is CPython's own). */
+    if (!g_key_ok)
+        return NULL;
     /* Cache-line aligned: no two threads' hot counters share a line. */
     void *mem = NULL;
     if (posix_memalign(&mem, 64, sizeof(ms_thread_t)) != 0)
@@ -429,6 +436,15 @@ void ms_buffers_fork_child(void)
         atomic_store(&g_orphan.ring, orphan_ring);
     }
     uint64_t bytes = orphan_ring ? sizeof *orphan_ring + (orphan_ring->mask + 1) * sizeof(ms_record_t) : 0;
+    /* Rings the parent's threads replaced: not counted in the child's total below, so they are
+     * freed here rather than by the next drain, which would subtract them from it (a total that
+     * wrapped around). Freed, not abandoned: a replaced ring can be large, and once the parent
+     * frees its own copy the child's would be the only one left holding the pages. */
+    for (ms_ring_t *r = g_replaced_rings, *next; r; r = next) {
+        next = r->replaced_next;
+        free(r);
+    }
+    g_replaced_rings = NULL;
     if (self && self != MS_THREAD_DEAD) {
         ms_ring_t *ring = atomic_load(&self->ring);
         uint16_t index = self->index;

@@ -285,11 +285,18 @@ static void untracked_free(uint64_t address)
     }
 }
 
+/* Bit d: start() is checking whether domain d's chain still reaches our hook (reachable()). */
+static _Atomic int g_probing;
+static _Atomic int g_probe_seen;
+
 __attribute__((noinline)) static void *general_malloc(int domain, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!tracking(domain))
+    if (!tracking(domain)) {
+        if (MS_UNLIKELY(atomic_load_explicit(&g_probing, memory_order_relaxed) >> domain & 1))
+            atomic_fetch_or(&g_probe_seen, 1 << domain);
         return next->malloc(next->ctx, size);
+    }
     ms_tls_set_guard(MS_GUARD_HOOK);
     void *p = next->malloc(next->ctx, size);
     if (MS_LIKELY(p != NULL))
@@ -491,6 +498,25 @@ int ms_start(const ms_config_t *cfg)
     return rc;
 }
 
+/* Whether a call through domain d's allocator chain reaches our hook. stop() leaves the hook in
+ * the chain when another one sits on top of it, and that other tool may unlink it later:
+ * tracemalloc.stop() puts back the allocator it saved, the one under ours. Called with the GIL
+ * held and the hooks inactive; any call that reaches our hook meanwhile, from any thread, shows
+ * the chain still holds it. (A hook on top that forwarded some calls but not this one would make
+ * start() install ours a second time, both sharing g_next: a loop. No allocator hook we know of
+ * forwards selectively.) */
+static bool reachable(int d)
+{
+    static void *(*const api_malloc[3])(size_t) = {PyObject_Malloc, PyMem_Malloc, PyMem_RawMalloc};
+    static void (*const api_free[3])(void *) = {PyObject_Free, PyMem_Free, PyMem_RawFree};
+    atomic_fetch_and(&g_probe_seen, ~(1 << d));
+    atomic_fetch_or(&g_probing, 1 << d);
+    void *p = api_malloc[d](64);
+    atomic_fetch_and(&g_probing, ~(1 << d));
+    api_free[d](p);
+    return atomic_load(&g_probe_seen) >> d & 1;
+}
+
 static int start_locked(const ms_config_t *cfg)
 {
     if (atomic_load(&g_active))
@@ -506,6 +532,17 @@ static int start_locked(const ms_config_t *cfg)
     atomic_fetch_add(&g_epoch, 1);
     ms_buffers_configure(cfg->ring_capacity, cfg->seed);
     ms_live_clear();
+    int reinstalled = 0;
+    for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
+        if (!(cfg->domains_mask & (1 << d)) || !g_installed[d])
+            continue;
+        PyMemAllocatorEx current;
+        PyMem_GetAllocator(g_py_domain[d], &current);
+        if (current.malloc != g_ours[d].malloc && !reachable(d)) {
+            g_installed[d] = 0; /* unlinked by another tool since stop(): installed again below */
+            reinstalled |= 1 << d;
+        }
+    }
     /* Install innermost first (RAW) so that a forwarded request never meets a half-built chain.
      * The saved allocator is published (release fence) before the hook that reads it. The hooks
      * pass calls through until set_active below, which also needs g_plain. */
@@ -519,7 +556,7 @@ static int start_locked(const ms_config_t *cfg)
         g_installed[d] = 1;
     }
     set_active(cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
-    return 0;
+    return reinstalled;
 }
 
 int ms_stop(void)
@@ -601,14 +638,16 @@ void ms_track_deallocation(uint64_t address)
 
 static _Atomic int g_active_before_fork;
 
-/* Runs inside fork() in the child: no Python, no allocation, O(1). Tracking pauses until the
- * Python side calls ms_after_fork_child, so that a fork+exec child pays almost nothing. */
+/* Runs inside fork() in the child: no Python, no allocation, no work beyond resetting locks
+ * (the live table's 8 KiB of bucket locks the largest). Tracking pauses until the Python side
+ * calls ms_after_fork_child, so that a fork+exec child pays almost nothing. */
 static void fork_child_quick(void)
 {
     atomic_store(&g_active_before_fork, atomic_load(&g_active));
     set_active(0);
     ms_buffers_fork_child_quick();
     ms_sites_fork_child();
+    ms_live_fork_child_locks();
 }
 
 void ms_after_fork_child(void)

@@ -235,6 +235,7 @@ typedef struct {
 bool ms_live_insert(const ms_live_entry_t *e);
 bool ms_live_remove(uint64_t address, ms_live_entry_t *out);
 void ms_live_clear(void);
+void ms_live_fork_child_locks(void); /* in the pthread_atfork child handler */
 void ms_live_fork_child(void);
 uint64_t ms_live_footprint(void);
 

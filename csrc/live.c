@@ -138,11 +138,16 @@ void ms_live_clear(void)
     }
 }
 
-void ms_live_fork_child(void)
+void ms_live_fork_child_locks(void)
 {
-    /* The parent's other threads may have held bucket locks at fork(); they are gone. */
+    /* The parent's other threads may have held bucket locks at fork(); they are gone. Done in
+     * every child, tracked or not: a later start() clears the table under these locks. */
     for (uint32_t b = 0; b < LIVE_BUCKETS; b++)
         atomic_store_explicit(&g_locks[b], 0, memory_order_relaxed);
+}
+
+void ms_live_fork_child(void)
+{
     ms_live_clear();
 }
 

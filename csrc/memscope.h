@@ -124,8 +124,10 @@ typedef struct {
 } ms_summary_t;
 
 /* --- control (call with the GIL held) --- */
-/* Installs the hooks for cfg->domains_mask and starts counting. 0 on success; -1 if already
- * active; -2 if cfg is invalid. Counters are cumulative across stop/start. */
+/* Installs the hooks for cfg->domains_mask and starts counting. On success 0, or the mask of
+ * the domains (bit 1 << MS_DOMAIN_*) whose hook another tool had unlinked since ms_stop() left
+ * it under that tool's hook, installed again; -1 if already active; -2 if cfg is invalid.
+ * Counters are cumulative across stop/start. */
 int ms_start(const ms_config_t *cfg);
 /* Stops counting and removes every hook still on top of its domain (a hook that another
  * allocator was installed over stays in the chain, passing calls through). Returns 0. */

@@ -6,11 +6,14 @@ numpy arrays, and reads the exact counters. The cffi module is imported lazily s
 """
 import contextlib
 import hashlib
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from .records import RECORD_DTYPE
+
+log = logging.getLogger("memscope_otel")
 
 _DOMAIN_BITS = {"obj": 1, "mem": 2, "raw": 4}
 
@@ -66,8 +69,13 @@ def start(config):
     rc = lib.ms_start(c)
     if rc == -1:
         raise RuntimeError("memscope sampler is already active")
-    if rc != 0:
+    if rc < 0:
         raise RuntimeError(f"memscope sampler rejected its configuration ({config!r})")
+    if rc > 0:
+        names = [d for d, bit in _DOMAIN_BITS.items() if rc & bit]
+        log.warning("memscope's allocator hook of the %s domain(s) had been unlinked by another tool after "
+                    "the last stop() (tracemalloc.stop() does that when memscope started after "
+                    "tracemalloc); installed again", ", ".join(names))
 
 
 def stop():

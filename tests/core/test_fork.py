@@ -178,3 +178,39 @@ def test_gunicorn_workers_have_fresh_counters():
         assert report["own_at_post_fork"] < report["master_at_fork"] / 20, report
         assert report["own_now"] > report["own_at_post_fork"], report
         assert report["drainer_alive"], report
+
+
+FOOTPRINT_CHILD = """
+import os, warnings
+import memscope_otel
+from memscope_otel import sampler
+
+warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork() with threads running
+memscope_otel.start(max_records_per_thread=1 << 20, drain_interval_ms=60000, adaptive=False)
+keep = [bytearray(20000) for _ in range(10)]  # large: sampled, into a ring of 2^20 records (32 MiB)
+memscope_otel.snapshot()
+memscope_otel.stop()
+memscope_otel.start(drain_interval_ms=60000, adaptive=False)  # another capacity: the ring is replaced...
+keep.append(bytearray(20000))  # ...at this thread's next sample, and freed by the next drain
+pid = os.fork()
+if pid == 0:
+    before = sampler.read_counters().footprint_bytes
+    memscope_otel.snapshot()  # the child's first drain
+    after = sampler.read_counters().footprint_bytes
+    print("child", before, after, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+memscope_otel.stop()
+"""
+
+
+def test_fork_child_footprint_stays_its_own_after_a_ring_was_replaced():
+    """The parent's replaced ring is not counted in the child's fresh footprint: the child's
+    first drain must not subtract it (the unsigned total wrapped to about 2^64)."""
+    env = dict(os.environ)
+    env.pop("OTEL_SDK_DISABLED", None)
+    proc = subprocess.run([sys.executable, "-c", FOOTPRINT_CHILD], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, before, after = proc.stdout.split()
+    assert 0 < int(after) <= int(before) < 1 << 30, proc.stdout

@@ -121,3 +121,50 @@ def test_restart_with_fewer_domains_after_a_pass_through_counts_only_those(th):
     grown = after.allocations.sum(axis=1) - before.allocations.sum(axis=1)
     assert grown[testhook.OBJ] > 0
     assert grown[testhook.MEM] == 0 and grown[testhook.RAW] == 0, f"counted unselected domains: {grown}"
+
+
+
+def test_a_hook_another_tool_unlinked_is_installed_again(start_tracker, caplog):
+    """memscope started over tracemalloc; tracemalloc.stop() puts back the allocators it saved,
+    unlinking memscope's hooks under stop()'s feet. The next start() must notice and install
+    them again (it used to believe them still in the chain and count nothing), and say so."""
+    import tracemalloc
+
+    original = chain()
+    tracemalloc.start()
+    try:
+        start_tracker()
+    finally:
+        tracemalloc.stop()
+    assert chain() == original  # memscope's hooks are gone with tracemalloc's
+    memscope_otel.stop()
+    with caplog.at_level("WARNING", logger="memscope_otel"):
+        start_tracker()
+    assert "obj, mem, raw domain(s) had been unlinked" in caplog.text
+    before = sampler.read_counters()
+    keep = [str(i) * 3 for i in range(20_000)]
+    after = sampler.read_counters()
+    assert (after.allocations - before.allocations)[testhook.OBJ].sum() >= len(keep)
+    memscope_otel.stop()
+    assert chain() == original
+
+
+def test_a_hook_still_under_another_is_not_installed_twice(start_tracker, th, caplog):
+    """The other way round: while another hook still sits on top, stop() leaves memscope's in
+    the chain and the next start() finds it there (installing it again would loop)."""
+    original = chain()
+    start_tracker()
+    with installed_on_top():
+        memscope_otel.stop()
+        with caplog.at_level("WARNING", logger="memscope_otel"):
+            start_tracker()
+        assert "unlinked" not in caplog.text
+        window = ExactWindow()
+        window.begin()
+        th.lib.th_workload(3, 50)
+        memscope, mine, _ = window.end()
+        assert (memscope.allocations == mine.allocations).all()
+        memscope_otel.stop()
+    memscope_otel.start(drain_interval_ms=60000, adaptive=False)  # on top again: stop() unlinks it
+    memscope_otel.stop()
+    assert chain() == original

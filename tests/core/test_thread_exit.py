@@ -112,3 +112,47 @@ def test_full_rings_count_drops_exactly(start_tracker, th):
     marked = np.concatenate(captured)
     assert len(marked) == samples
     assert np.all(np.bincount(marked["thread"])[np.unique(marked["thread"])] == ring)
+
+
+KEYS_CHILD = """
+import ctypes, sys, threading
+import memscope_otel
+from memscope_otel import sampler
+
+libc = ctypes.CDLL(None)
+libc.pthread_getspecific.restype = ctypes.c_void_p
+sampler.read_counters()  # the extension loaded, no thread state made yet
+key0 = libc.pthread_getspecific(0)
+k = ctypes.c_uint()
+while libc.pthread_key_create(ctypes.byref(k), None) == 0:  # the process's keys, all used up
+    pass
+assert memscope_otel.start(drain_interval_ms=60000, adaptive=False) is not None
+before = sampler.read_counters()
+worker = threading.Thread(target=lambda: [bytes(100) for _ in range(5000)])
+worker.start()
+worker.join()
+keep = [bytes(100) for _ in range(5000)]
+after = sampler.read_counters()
+print("key 0 kept:", libc.pthread_getspecific(0) == key0, flush=True)
+print("counted:", int((after.allocations - before.allocations).sum()), flush=True)
+memscope_otel.stop()
+print("stopped", flush=True)
+"""
+
+
+def test_threads_count_in_the_shared_state_when_no_thread_key_is_left():
+    """A thread's state is handed over at its exit through a pthread key; in a process that has
+    used up its keys, the tracker must not write someone else's slot (key 0 is CPython's own
+    thread-state slot: the interpreter crashed at stop()), and threads count in the shared state."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("OTEL_SDK_DISABLED", None)
+    proc = subprocess.run([sys.executable, "-c", KEYS_CHILD], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    assert "key 0 kept: True" in proc.stdout
+    counted = int(proc.stdout.split("counted:")[1].split()[0])
+    assert counted >= 10_000  # both threads' bytes(100), in the shared (orphan) state
+    assert "stopped" in proc.stdout
