@@ -22,7 +22,11 @@ class Drainer:
         self.drains = 0
         self._buffer = sampler.DrainBuffer()
         # Held while records are reduced into the summary; readers take it for a consistent copy.
-        self.lock = threading.Lock()
+        # Re-entrant: a signal handler that calls stop() (or takes a snapshot) may run on a thread
+        # that is inside drain(); with a plain lock that thread would wait for itself forever.
+        self.lock = threading.RLock()
+        self._draining = False  # True only while the thread holding the lock is in drain()...
+        self._drainer_ident = None  # ... this one
         self._stopping = threading.Event()
         self._thread = None
 
@@ -45,29 +49,47 @@ class Drainer:
                 log.exception("memscope drainer failed; records of this round are lost")
 
     def drain(self):
-        """Drains every ring now; returns the number of records moved."""
+        """Drains every ring now; returns the number of records moved. Called again from a signal
+        handler interrupting a drain on the same thread, it returns 0 at once: the drain it
+        interrupted (which owns the buffer its records are in) goes on when the handler returns."""
         moved = 0
         with sampler.ignored(), self.lock:
-            while True:
-                records, base_us = self._buffer.drain()
-                if len(records) == 0:
-                    break
-                self.summary.add(records)
-                for sink in self.sinks:
-                    try:
-                        sink(records, base_us)
-                    except Exception:
-                        log.exception("memscope record sink %r failed", sink)
-                moved += len(records)
-                if len(records) < len(self._buffer.array):
-                    break
+            if self._draining:
+                return 0
+            self._draining, self._drainer_ident = True, threading.get_ident()
+            try:
+                moved = self._drain_locked()
+            finally:
+                self._draining, self._drainer_ident = False, None
             self.records_drained += moved
             self.drains += 1
         return moved
 
+    def _drain_locked(self):
+        moved = 0
+        while True:
+            records, base_us = self._buffer.drain()
+            if len(records) == 0:
+                break
+            self.summary.add(records)
+            for sink in list(self.sinks):
+                try:
+                    sink(records, base_us)
+                except Exception:
+                    log.exception("memscope record sink %r failed", sink)
+            moved += len(records)
+            if len(records) < len(self._buffer.array):
+                break
+        return moved
+
     def stop(self):
+        """Ends the thread after a last drain. From a signal handler that interrupted a drain on
+        this thread, neither waits: the thread may be waiting for the lock this one holds, and
+        the interrupted drain takes what is left when the handler returns."""
         self._stopping.set()
         sampler.wake_drainer()
+        if self._draining and self._drainer_ident == threading.get_ident():
+            return
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._thread = None

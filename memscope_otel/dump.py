@@ -190,6 +190,12 @@ class DumpWriter:
         payload = b"".join(parts) + bytes(_pad32(size) - size)
         self._append([self._chunk(KIND_STRINGS, 0, count, payload), payload])
 
+    def unlinked(self) -> bool:
+        """True once the file has no name left (deleted while written): its space would only
+        come back when it is closed."""
+        with self._lock:
+            return self._fd >= 0 and os.fstat(self._fd).st_nlink == 0
+
     def flush(self) -> None:
         """Asks the kernel to write the file to disk. Chunks already survive the process being
         killed once written; this also makes them survive a machine crash."""

@@ -1047,7 +1047,9 @@ class PerformanceOptimizer:
             drainer.sinks.append(self.recognizer.sink)
 
     def after_fork_child(self, drainer):
-        """In a forked child: the counters start again from zero and the drainer is new."""
+        """In a forked child: the counters start again from zero and the drainer is new. The lock
+        is made anew: a snapshot in another thread of the parent may have held it at fork()."""
+        self._lock = threading.Lock()
         self.monitor.reset()
         self._last = None
         self.recognizer.after_fork_child()
@@ -1058,13 +1060,14 @@ class PerformanceOptimizer:
         """Stops observing (a later start of the sampler begins again at the configured rates)."""
         if not self._running:
             return
-        self._running = False
+        # Every step may run again: a stop() cut short by a signal is finished by the next one.
         self.monitor.stop()
         if self.on_snapshot in self.tracker.listeners:
             self.tracker.listeners.remove(self.on_snapshot)
         if self.recognizer.sink in self.tracker.drainer.sinks:
             self.tracker.drainer.sinks.remove(self.recognizer.sink)
         self.recognizer.close()
+        self._running = False
 
     @property
     def pressure(self):

@@ -111,7 +111,10 @@ class Producer:
               self._pressure)
 
     def reset(self):
-        """Forgets routing state (in a forked child, whose counters start again from zero)."""
+        """Forgets routing state (in a forked child, whose counters start again from zero). The
+        lock is made anew: a collection running in another thread of the parent when it forked
+        holds the inherited one forever, and the child would hang here, inside os.fork()."""
+        self._lock = threading.Lock()
         with self._lock:
             self._sites = RoutedCounters(self._max_sites)
             self._types = RoutedCounters(self._max_sites)

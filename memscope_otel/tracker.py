@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +41,31 @@ class _Process:
     def __init__(self):
         self.summary = None
         self.resolver = None
-        self.producers = {}  # id(meter provider) -> (provider, Producer)
+        # id(meter provider) -> weak references to (the provider, its Producer). Weak: the
+        # provider's instruments hold the Producer (their callbacks), and the Producer the
+        # provider (through the tracker it serves), so both go together once the application
+        # drops the provider; an application that makes a new one on each reload keeps no old one.
+        self.producers = {}
+
+    def producer_for(self, provider):
+        """The Producer registered on ``provider`` by an earlier start(), or None."""
+        known = self.producers.get(id(provider))
+        if known is not None and known[0]() is provider:
+            return known[1]()
+        return None
+
+    def remember(self, provider, producer):
+        key = id(provider)
+
+        def forget(ref):
+            if self.producers.get(key, (None,))[0] is ref:
+                del self.producers[key]
+
+        try:
+            ref = weakref.ref(provider, forget)
+        except TypeError:  # a provider class without weak reference support: kept for good
+            ref = lambda: provider  # noqa: E731
+        self.producers[key] = (ref, weakref.ref(producer))
 
     def ensure(self):
         if self.summary is None:
@@ -82,10 +107,23 @@ class Tracker:
         return [self._write_dump]
 
     def _write_dump(self, records, base_us):
-        new_ids = np.unique(records["site"])
-        self._dump.write_strings(self.resolver.labels(i for i in new_ids if i not in self._dumped_ids))
-        self._dumped_ids.update(int(i) for i in new_ids)
-        self._dump.write_chunk(base_us, records)
+        dump = self._dump
+        if dump is None:
+            return
+        try:
+            if dump.unlinked():
+                raise OSError("the file was deleted; its disk space comes back only once it is closed")
+            new_ids = np.unique(records["site"])
+            dump.write_strings(self.resolver.labels(i for i in new_ids if i not in self._dumped_ids))
+            self._dumped_ids.update(int(i) for i in new_ids)
+            dump.write_chunk(base_us, records)
+        except OSError as exc:
+            # Once, not at every drain: a full disk must not also fill up with our log lines.
+            # The file keeps every chunk written so far (DumpWriter cuts a torn one back).
+            self._dump = None
+            log.warning("memscope stopped writing its dump %s: %s (OTEL_PYTHON_MEMSCOPE_DUMP_PATH; "
+                        "the chunks written so far stay readable)", dump.path, exc)
+            dump.close()
 
     def start(self):
         self._dumped_ids = set()
@@ -97,14 +135,14 @@ class Tracker:
         from .producer import Producer
 
         provider = self._meter_provider or metrics.get_meter_provider()
-        known = _process.producers.get(id(provider))
-        if known is not None and known[0] is provider:
-            self.producer = known[1]
+        known = _process.producer_for(provider)
+        if known is not None:
+            self.producer = known
             self.producer.tracker = self
         else:
             meter = provider.get_meter("memscope_otel", _version())
             self.producer = Producer(meter, self, self.config.max_sites)
-            _process.producers[id(provider)] = (provider, self.producer)
+            _process.remember(provider, self.producer)
         if self.config.adaptive:
             from .optimizer import PerformanceOptimizer
 
@@ -116,9 +154,11 @@ class Tracker:
                 self.optimizer = None
 
     def stop(self):
+        # The hooks first: this is the step that must happen even if a signal's exception
+        # (KeyboardInterrupt) cuts the rest short; the module's stop() then tries again later.
+        sampler.stop()
         if self.optimizer is not None:
             self.optimizer.stop()
-        sampler.stop()
         self.drainer.stop()
         if self._dump is not None:
             self._dump.close()
@@ -206,15 +246,17 @@ def start(meter_provider=None, **overrides):
             with sampler.ignored():
                 tracker = Tracker(config, meter_provider)
                 tracker.start()
-        except Exception:  # a profiler must never take the application down
-            log.exception("memscope could not start; the application runs untracked")
+        except BaseException as exc:  # a profiler must never take the application down
             try:  # undo what did start (hooks, drainer thread)
                 if tracker is not None:
                     tracker.stop()
                 else:
                     sampler.stop()
-            except Exception:
-                pass
+            except BaseException:  # (a second interrupt) the hooks at least
+                sampler.stop()
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: the application's own, after the undo
+            log.exception("memscope could not start; the application runs untracked")
             return None
         _current = tracker
         # Registered anew at every start, so that it runs before the exit handlers registered
@@ -229,13 +271,21 @@ def stop():
     """See :func:`memscope_otel.stop`."""
     global _current
     with _lock:
-        tracker, _current = _current, None
-        if tracker is not None:
-            try:
-                with sampler.ignored():
-                    tracker.stop()
-            except Exception:
-                log.exception("memscope did not stop cleanly")
+        tracker = _current
+        if tracker is None:
+            return
+        try:
+            with sampler.ignored():
+                tracker.stop()
+        except Exception:
+            log.exception("memscope did not stop cleanly")
+        except BaseException:
+            # Interrupted (KeyboardInterrupt from a signal): the hooks are off (Tracker.stop()
+            # does that first); the tracker stays current, so that the next stop(), or the one at
+            # exit, finishes stopping its threads and closing its dump.
+            sampler.stop()
+            raise
+        _current = None
 
 
 def _stop_at_exit():

@@ -127,3 +127,37 @@ def test_start_never_raises_into_the_application(monkeypatch, caplog):
     assert memscope_otel.start(meter_provider=MeterProvider()) is None
     assert not memscope_otel.is_running()
     assert "could not start" in caplog.text
+
+
+def test_a_dropped_provider_is_not_kept_alive():
+    """An application that makes a new MeterProvider on each reload and drops the old one: memscope
+    must not keep the old providers (nor the stopped trackers their Producers serve) alive."""
+    import gc
+    import weakref
+
+    from memscope_otel import tracker as tracker_module
+
+    refs = []
+    for _ in range(5):
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        memscope_otel.start(meter_provider=provider, drain_interval_ms=60000, adaptive=False)
+        memscope_otel.stop()
+        provider.shutdown()
+        refs.append(weakref.ref(provider))
+        del provider
+    gc.collect()
+    assert [r() for r in refs] == [None] * 5
+    assert not any(key in tracker_module._process.producers for key in map(id, refs))
+
+
+def test_a_kept_provider_gets_its_producer_back_after_a_restart():
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    first = memscope_otel.start(meter_provider=provider, drain_interval_ms=60000, adaptive=False).producer
+    memscope_otel.stop()
+    import gc
+
+    gc.collect()  # the Producer lives on through the provider's instruments, not through memscope
+    second = memscope_otel.start(meter_provider=provider, drain_interval_ms=60000, adaptive=False).producer
+    memscope_otel.stop()
+    assert second is first

@@ -214,3 +214,30 @@ def test_fork_child_footprint_stays_its_own_after_a_ring_was_replaced():
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, before, after = proc.stdout.split()
     assert 0 < int(after) <= int(before) < 1 << 30, proc.stdout
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads running
+def test_fork_while_a_collection_holds_the_producer_and_optimizer_locks(start_tracker):
+    """A collection on another thread (the SDK's exporter) holds these locks for a moment; a fork
+    in that moment gave a child that hung inside os.fork() (the producer's reset) or at its first
+    collection (the optimizer's). Held here on purpose across the fork."""
+    tracker = start_tracker(adaptive=True, wait_idle=False)
+    with tracker.producer._lock, tracker.optimizer._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: after_fork ran inside fork(); now one collection
+            try:
+                memscope_otel.snapshot()
+                os._exit(0)
+            finally:
+                os._exit(3)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on a lock inherited from the parent")
+    assert os.waitstatus_to_exitcode(status) == 0
