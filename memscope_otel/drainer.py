@@ -91,6 +91,9 @@ class Drainer:
         if self._draining and self._drainer_ident == threading.get_ident():
             return
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+            try:
+                self._thread.join(timeout=5)
+            except RuntimeError:  # start() was interrupted before the thread said it runs: it
+                pass              # sees _stopping at its first wake-up and ends
         self._thread = None
         self.drain()

@@ -734,7 +734,10 @@ class WorkloadRecognizer:
             worker, self._worker = self._worker, None
             self._queued.notify_all()
         if worker is not None and worker is not threading.current_thread():
-            worker.join(10.0)
+            try:
+                worker.join(10.0)
+            except RuntimeError:  # start_worker() was interrupted before the thread said it runs:
+                pass              # it finds itself closed when it looks and ends
 
     def _work(self):
         sampler.ignore_this_thread()

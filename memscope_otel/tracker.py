@@ -157,11 +157,15 @@ class Tracker:
         # The hooks first: this is the step that must happen even if a signal's exception
         # (KeyboardInterrupt) cuts the rest short; the module's stop() then tries again later.
         sampler.stop()
-        if self.optimizer is not None:
-            self.optimizer.stop()
-        self.drainer.stop()
-        if self._dump is not None:
-            self._dump.close()
+        try:  # each step even when one before it failed (e.g. a start() cut short by a signal)
+            if self.optimizer is not None:
+                self.optimizer.stop()
+        finally:
+            try:
+                self.drainer.stop()
+            finally:
+                if self._dump is not None:
+                    self._dump.close()
         # Collections after stop() keep reporting the final values (cumulative series must not
         # vanish or drop), without draining records that belong to a later tracker.
         self._final = self._snapshot()

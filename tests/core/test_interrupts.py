@@ -85,3 +85,19 @@ def test_stop_from_inside_a_drain_on_the_same_thread_does_not_deadlock():
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-3000:]}"
     assert "stopped inside a drain" in proc.stdout
     assert "snapshot returned; running: False" in proc.stdout
+
+
+def test_a_failing_step_of_stop_does_not_skip_the_next_ones(start_tracker, monkeypatch, caplog):
+    tracker = start_tracker(adaptive=True)
+    optimizer_stop = tracker.optimizer.stop
+
+    def failing():
+        raise RuntimeError("optimizer failed to stop")
+
+    monkeypatch.setattr(tracker.optimizer, "stop", failing)
+    memscope_otel.stop()  # logged, not raised
+    assert "did not stop cleanly" in caplog.text
+    assert not sampler.is_active() and not memscope_otel.is_running()
+    assert tracker.drainer._thread is None  # the drainer still stopped after the failed step
+    optimizer_stop()  # (the test's own cleanup of the recognizer's thread)
+    assert memscope_threads() == []
