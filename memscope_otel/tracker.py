@@ -250,6 +250,13 @@ def start(meter_provider=None, **overrides):
             with sampler.ignored():
                 tracker = Tracker(config, meter_provider)
                 tracker.start()
+                # Registered anew at every start, so that it runs before the exit handlers
+                # registered before it (atexit runs the last registered first): e.g. the
+                # MeterProvider's shutdown, whose final export then sees the final drain. (Inside
+                # ignored(): the array of exit handlers grows by realloc now and then, and a
+                # fixed seed must give the same sample of the application's own work.)
+                atexit.unregister(_stop_at_exit)
+                atexit.register(_stop_at_exit)
         except BaseException as exc:  # a profiler must never take the application down
             try:  # undo what did start (hooks, drainer thread)
                 if tracker is not None:
@@ -263,11 +270,6 @@ def start(meter_provider=None, **overrides):
             log.exception("memscope could not start; the application runs untracked")
             return None
         _current = tracker
-        # Registered anew at every start, so that it runs before the exit handlers registered
-        # before it (atexit runs the last registered first): e.g. the MeterProvider's shutdown,
-        # whose final export then sees the final drain.
-        atexit.unregister(_stop_at_exit)
-        atexit.register(_stop_at_exit)
         return tracker
 
 
