@@ -370,49 +370,37 @@ int th_workload(uint64_t seed, int rounds)
 
 /* ---- single allocations, for tests that need to control exactly what happens ---- */
 
+enum { OP_MALLOC, OP_CALLOC, OP_REALLOC };
+
+/* One request through a domain's public API, armed for the failing layer (below): RAW without
+ * the GIL, as its callers may, OBJ and MEM with it. */
+static uintptr_t api_call(int domain, int op, void *ptr, size_t a, size_t b)
+{
+    PyGILState_STATE gil = PyGILState_UNLOCKED;
+    if (domain != 2)
+        gil = PyGILState_Ensure();
+    const api_t *api = &apis[domain];
+    t_fail_armed = 1;
+    void *p = op == OP_MALLOC ? api->malloc(a) : op == OP_CALLOC ? api->calloc(a, b) : api->realloc(ptr, a);
+    t_fail_armed = 0;
+    if (domain != 2)
+        PyGILState_Release(gil);
+    return (uintptr_t)p;
+}
+
 uintptr_t th_alloc(int domain, size_t size)
 {
-    t_fail_armed = 1;
-    void *p;
-    if (domain == 2) { /* RAW: without the GIL, as callers may */
-        p = PyMem_RawMalloc(size);
-    } else {
-        PyGILState_STATE gil = PyGILState_Ensure();
-        p = apis[domain].malloc(size);
-        PyGILState_Release(gil);
-    }
-    t_fail_armed = 0;
-    return (uintptr_t)p;
+    return api_call(domain, OP_MALLOC, NULL, size, 0);
 }
 
 uintptr_t th_calloc(int domain, size_t nelem, size_t elsize)
 {
-    t_fail_armed = 1;
-    void *p;
-    if (domain == 2) { /* RAW: without the GIL, as callers may */
-        p = PyMem_RawCalloc(nelem, elsize);
-    } else {
-        PyGILState_STATE gil = PyGILState_Ensure();
-        p = apis[domain].calloc(nelem, elsize);
-        PyGILState_Release(gil);
-    }
-    t_fail_armed = 0;
-    return (uintptr_t)p;
+    return api_call(domain, OP_CALLOC, NULL, nelem, elsize);
 }
 
 uintptr_t th_realloc(int domain, uintptr_t ptr, size_t size)
 {
-    t_fail_armed = 1;
-    void *p;
-    if (domain == 2) { /* RAW: without the GIL, as callers may */
-        p = PyMem_RawRealloc((void *)ptr, size);
-    } else {
-        PyGILState_STATE gil = PyGILState_Ensure();
-        p = apis[domain].realloc((void *)ptr, size);
-        PyGILState_Release(gil);
-    }
-    t_fail_armed = 0;
-    return (uintptr_t)p;
+    return api_call(domain, OP_REALLOC, (void *)ptr, size, 0);
 }
 
 void th_free(int domain, uintptr_t p)
