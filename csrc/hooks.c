@@ -285,18 +285,11 @@ static void untracked_free(uint64_t address)
     }
 }
 
-/* Bit d: start() is checking whether domain d's chain still reaches our hook (reachable()). */
-static _Atomic int g_probing;
-static _Atomic int g_probe_seen;
-
 __attribute__((noinline)) static void *general_malloc(int domain, size_t size)
 {
     PyMemAllocatorEx *next = &g_next[domain];
-    if (!tracking(domain)) {
-        if (MS_UNLIKELY(atomic_load_explicit(&g_probing, memory_order_relaxed) >> domain & 1))
-            atomic_fetch_or(&g_probe_seen, 1 << domain);
+    if (!tracking(domain))
         return next->malloc(next->ctx, size);
-    }
     ms_tls_set_guard(MS_GUARD_HOOK);
     void *p = next->malloc(next->ctx, size);
     if (MS_LIKELY(p != NULL))
@@ -498,6 +491,21 @@ int ms_start(const ms_config_t *cfg)
     return rc;
 }
 
+/* Bit d: a call went through domain d's probe (reachable()). */
+static _Atomic int g_probe_seen;
+static void *(*g_probe_next[3])(void *, size_t);
+
+#define MS_PROBE(name, domain)                                                                   \
+    static void *name(void *ctx, size_t size)                                                    \
+    {                                                                                            \
+        atomic_fetch_or(&g_probe_seen, 1 << (domain));                                           \
+        return g_probe_next[domain](ctx, size);                                                  \
+    }
+MS_PROBE(probe_obj, MS_DOMAIN_OBJ)
+MS_PROBE(probe_mem, MS_DOMAIN_MEM)
+MS_PROBE(probe_raw, MS_DOMAIN_RAW)
+static void *(*const g_probe[3])(void *, size_t) = {probe_obj, probe_mem, probe_raw};
+
 /* Whether a call through domain d's allocator chain reaches our hook. stop() leaves the hook in
  * the chain when another one sits on top of it, and that other tool may unlink it later:
  * tracemalloc.stop() puts back the allocator it saved, the one under ours. Called with the GIL
@@ -509,10 +517,15 @@ static bool reachable(int d)
 {
     static void *(*const api_malloc[3])(size_t) = {PyObject_Malloc, PyMem_Malloc, PyMem_RawMalloc};
     static void (*const api_free[3])(void *) = {PyObject_Free, PyMem_Free, PyMem_RawFree};
+    /* Our (inactive) hook passes every call on through g_next[d].malloc: for the test call, that
+     * link goes through a probe that notes it was used, so the hooks themselves carry nothing
+     * for this. A thread still holding the probe's address after the link is put back only
+     * reaches the same next allocator through it. */
+    g_probe_next[d] = g_next[d].malloc;
     atomic_fetch_and(&g_probe_seen, ~(1 << d));
-    atomic_fetch_or(&g_probing, 1 << d);
+    __atomic_store_n(&g_next[d].malloc, g_probe[d], __ATOMIC_RELEASE);
     void *p = api_malloc[d](64);
-    atomic_fetch_and(&g_probing, ~(1 << d));
+    __atomic_store_n(&g_next[d].malloc, g_probe_next[d], __ATOMIC_RELEASE);
     api_free[d](p);
     return atomic_load(&g_probe_seen) >> d & 1;
 }
