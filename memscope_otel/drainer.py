@@ -25,8 +25,7 @@ class Drainer:
         # Re-entrant: a signal handler that calls stop() (or takes a snapshot) may run on a thread
         # that is inside drain(); with a plain lock that thread would wait for itself forever.
         self.lock = threading.RLock()
-        self._draining = False  # True only while the thread holding the lock is in drain()...
-        self._drainer_ident = None  # ... this one
+        self._drain_owner = None  # the thread in drain() (it holds the lock), or None
         self._stopping = threading.Event()
         self._thread = None
 
@@ -54,13 +53,13 @@ class Drainer:
         interrupted (which owns the buffer its records are in) goes on when the handler returns."""
         moved = 0
         with sampler.ignored(), self.lock:
-            if self._draining:
+            if self._drain_owner is not None:  # (only this thread can be it: it holds the lock)
                 return 0
-            self._draining, self._drainer_ident = True, threading.get_ident()
+            self._drain_owner = threading.get_ident()
             try:
                 moved = self._drain_locked()
             finally:
-                self._draining, self._drainer_ident = False, None
+                self._drain_owner = None
             self.records_drained += moved
             self.drains += 1
         return moved
@@ -88,7 +87,7 @@ class Drainer:
         the interrupted drain takes what is left when the handler returns."""
         self._stopping.set()
         sampler.wake_drainer()
-        if self._draining and self._drainer_ident == threading.get_ident():
+        if self._drain_owner == threading.get_ident():
             return
         if self._thread is not None and self._thread is not threading.current_thread():
             try:

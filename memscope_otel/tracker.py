@@ -5,6 +5,7 @@ At most one tracker runs at a time (the allocator hooks are process-wide). ``sta
 back to defaults); they raise only for programming errors such as a second ``start()``.
 """
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -157,15 +158,14 @@ class Tracker:
         # The hooks first: this is the step that must happen even if a signal's exception
         # (KeyboardInterrupt) cuts the rest short; the module's stop() then tries again later.
         sampler.stop()
-        try:  # each step even when one before it failed (e.g. a start() cut short by a signal)
+        # Each step runs even when one before it failed (e.g. after a start() cut short by a
+        # signal); ExitStack runs them last pushed first and raises what failed afterwards.
+        with contextlib.ExitStack() as steps:
+            if self._dump is not None:
+                steps.callback(self._dump.close)
+            steps.callback(self.drainer.stop)
             if self.optimizer is not None:
-                self.optimizer.stop()
-        finally:
-            try:
-                self.drainer.stop()
-            finally:
-                if self._dump is not None:
-                    self._dump.close()
+                steps.callback(self.optimizer.stop)
         # Collections after stop() keep reporting the final values (cumulative series must not
         # vanish or drop), without draining records that belong to a later tracker.
         self._final = self._snapshot()
