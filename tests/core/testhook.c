@@ -139,53 +139,66 @@ TH_HOOKS(obj, 0)
 TH_HOOKS(mem, 1)
 TH_HOOKS(raw, 2)
 
-static PyMemAllocatorEx g_ours[3] = {
+static const PyMemAllocatorEx g_ours[3] = {
     {NULL, obj_malloc, obj_calloc, obj_realloc, obj_free},
     {NULL, mem_malloc, mem_calloc, mem_realloc, mem_free},
     {NULL, raw_malloc, raw_calloc, raw_realloc, raw_free},
 };
 
-/* cffi releases the GIL around calls; PyMem_SetAllocator needs it. */
-int th_install(uint64_t critical_size)
+/* Installs a layer of this file (ours[d]) over each domain's current allocator, saved in next[d],
+ * innermost (RAW) first so that a forwarded request never meets a half-built chain. Returns -1
+ * if it was already installed in some domain (left as it is there). cffi releases the GIL
+ * around calls; PyMem_SetAllocator needs it. */
+static int layer_install(PyMemAllocatorEx next[3], const PyMemAllocatorEx ours[3], int installed[3])
 {
     PyGILState_STATE gil = PyGILState_Ensure();
     int rc = 0;
-    atomic_store(&g_critical, critical_size);
-    for (int d = 2; d >= 0; d--) { /* innermost (RAW) first */
-        if (g_installed[d]) {
+    for (int d = 2; d >= 0; d--) {
+        if (installed[d]) {
             rc = -1;
             continue;
         }
-        PyMem_GetAllocator(py_domain[d], &g_next[d]);
+        PyMem_GetAllocator(py_domain[d], &next[d]);
         atomic_thread_fence(memory_order_release);
-        PyMem_SetAllocator(py_domain[d], &g_ours[d]);
-        g_installed[d] = 1;
+        PyMem_SetAllocator(py_domain[d], (PyMemAllocatorEx *)&ours[d]);
+        installed[d] = 1;
     }
     PyGILState_Release(gil);
     return rc;
 }
 
-/* Unlinks the hook of every domain where it is on top; returns the number of domains where
- * something else was installed over it (left in place: g_next stays valid forever). */
-int th_uninstall(void)
+/* Unlinks the layer from every domain where it is on top; returns the number of domains where
+ * something else was installed over it (left in place: next stays valid forever). */
+static int layer_uninstall(PyMemAllocatorEx next[3], const PyMemAllocatorEx ours[3], int installed[3])
 {
     PyGILState_STATE gil = PyGILState_Ensure();
     int blocked = 0;
-    atomic_store(&g_counting, 0);
     for (int d = 0; d < 3; d++) {
-        if (!g_installed[d])
+        if (!installed[d])
             continue;
         PyMemAllocatorEx current;
         PyMem_GetAllocator(py_domain[d], &current);
-        if (current.malloc == g_ours[d].malloc) {
-            PyMem_SetAllocator(py_domain[d], &g_next[d]);
-            g_installed[d] = 0;
+        if (current.malloc == ours[d].malloc) {
+            PyMem_SetAllocator(py_domain[d], &next[d]);
+            installed[d] = 0;
         } else {
             blocked++;
         }
     }
     PyGILState_Release(gil);
     return blocked;
+}
+
+int th_install(uint64_t critical_size)
+{
+    atomic_store(&g_critical, critical_size);
+    return layer_install(g_next, g_ours, g_installed);
+}
+
+int th_uninstall(void)
+{
+    atomic_store(&g_counting, 0);
+    return layer_uninstall(g_next, g_ours, g_installed);
 }
 
 int th_is_top(int domain)
@@ -503,8 +516,7 @@ int th_native_threads_keep(int threads, int count, size_t size, uintptr_t *keep)
  * has a non-NULL ctx, like any third-party hook, and passes everything else on unchanged. */
 
 static PyMemAllocatorEx f_next[3];
-static PyMemAllocatorEx f_ours[3];
-static int f_installed;
+static int f_installed[3];
 static _Atomic uint64_t f_fail_size; /* 0: fail nothing */
 static char f_ctx[3];
 
@@ -546,41 +558,22 @@ static void f_free(void *ctx, void *ptr)
     n->free(n->ctx, ptr);
 }
 
+static const PyMemAllocatorEx f_ours[3] = {
+    {&f_ctx[0], f_malloc, f_calloc, f_realloc, f_free},
+    {&f_ctx[1], f_malloc, f_calloc, f_realloc, f_free},
+    {&f_ctx[2], f_malloc, f_calloc, f_realloc, f_free},
+};
+
 int th_install_failing(uint64_t fail_size)
 {
-    PyGILState_STATE gil = PyGILState_Ensure();
-    int rc = -1;
-    if (!f_installed) {
-        atomic_store(&f_fail_size, fail_size);
-        for (int d = 2; d >= 0; d--) {
-            PyMem_GetAllocator(py_domain[d], &f_next[d]);
-            f_ours[d] = (PyMemAllocatorEx){&f_ctx[d], f_malloc, f_calloc, f_realloc, f_free};
-            atomic_thread_fence(memory_order_release);
-            PyMem_SetAllocator(py_domain[d], &f_ours[d]);
-        }
-        f_installed = 1;
-        rc = 0;
-    }
-    PyGILState_Release(gil);
-    return rc;
+    atomic_store(&f_fail_size, fail_size);
+    return layer_install(f_next, f_ours, f_installed);
 }
 
-/* Unlinks the layer where it is on top; returns the number of domains where something else still
- * sits over it (the layer then stays, passing everything on, as f_fail_size is reset). */
+/* Unlinks the layer where it is on top (see layer_uninstall); where something else still sits
+ * over it, it stays, passing everything on, as f_fail_size is reset. */
 int th_uninstall_failing(void)
 {
-    PyGILState_STATE gil = PyGILState_Ensure();
-    int blocked = 0;
     atomic_store(&f_fail_size, 0);
-    for (int d = 0; d < 3 && f_installed; d++) {
-        PyMemAllocatorEx current;
-        PyMem_GetAllocator(py_domain[d], &current);
-        if (current.malloc == f_malloc)
-            PyMem_SetAllocator(py_domain[d], &f_next[d]);
-        else
-            blocked++;
-    }
-    f_installed = blocked != 0;
-    PyGILState_Release(gil);
-    return blocked;
+    return layer_uninstall(f_next, f_ours, f_installed);
 }

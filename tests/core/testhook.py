@@ -156,31 +156,28 @@ class ExactWindow:
 
 
 @contextlib.contextmanager
+def _layer(install, uninstall, what):
+    """Installs one of testhook.c's allocator layers for the block's duration."""
+    if install() != 0:
+        raise RuntimeError(f"{what} was already installed")
+    try:
+        yield load().lib
+    finally:
+        assert uninstall() == 0, f"something was installed over {what} and left there"
+
+
 def installed_on_top(critical_size=8192):
     """Installs the counting hook over the current allocators for the block's duration."""
     lib = load().lib
-    if lib.th_install(critical_size) != 0:
-        raise RuntimeError("test hook was already installed")
-    try:
-        yield lib
-    finally:
-        blocked = lib.th_uninstall()
-        assert blocked == 0, "something was installed over the test hook and left there"
+    return _layer(lambda: lib.th_install(critical_size), lib.th_uninstall, "the test hook")
 
 
-@contextlib.contextmanager
 def failing_below(fail_size):
     """Installs, under whatever is started inside the block (memscope), an allocator layer that
     fails every malloc, calloc and realloc of ``fail_size`` bytes. Stop memscope inside the block:
     the layer can only be unlinked from the top of the chain."""
     lib = load().lib
-    if lib.th_install_failing(fail_size) != 0:
-        raise RuntimeError("the failing layer was already installed")
-    try:
-        yield lib
-    finally:
-        blocked = lib.th_uninstall_failing()
-        assert blocked == 0, "something was left installed over the failing layer"
+    return _layer(lambda: lib.th_install_failing(fail_size), lib.th_uninstall_failing, "the failing layer")
 
 
 def allocator(domain):
