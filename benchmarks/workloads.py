@@ -16,6 +16,7 @@ summary arrays + the drain buffer).
     python benchmarks/workloads.py --quick     # 3 rounds, shorter programs (< 60 s)
     python benchmarks/workloads.py --instructions   # instruction counts under callgrind
     python benchmarks/workloads.py --in-process     # each program's rounds in one interpreter
+    python benchmarks/workloads.py --instructions --counting-only   # exact counters alone
 
 With ``--in-process`` one interpreter per program runs all its rounds, untracked and tracked
 alternating (start() before and stop() after each tracked run, which unlinks the hooks): the two
@@ -189,6 +190,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, help="tracked/untracked pairs per program (default 11, quick 3)")
+    ap.add_argument("--counting-only", action="store_true",
+                    help="track with every sampling path off (no rate, no frequency slot, no block "
+                         "large enough to be always sampled): what the exact counters cost alone")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions under callgrind instead of timing (one run per mode)")
     ap.add_argument("--in-process", action="store_true",
@@ -203,6 +207,12 @@ def main(argv=None):
     if args.child:
         child(args.child, args.scale, args.tracked, args.child_rounds)
         return
+    if args.counting_only:  # the children read their settings from the environment
+        os.environ.update({
+            "OTEL_PYTHON_MEMSCOPE_SMALL_SAMPLE_RATE": "0", "OTEL_PYTHON_MEMSCOPE_MEDIUM_SAMPLE_RATE": "0",
+            "OTEL_PYTHON_MEMSCOPE_FREQUENCY_SAMPLE_INTERVAL": "0",
+            "OTEL_PYTHON_MEMSCOPE_CRITICAL_SIZE_THRESHOLD": str(2**40)})
+        print("counting only: every sampling path off (OTEL_PYTHON_MEMSCOPE_* set for the runs)")
     rounds = args.rounds or (3 if args.quick else 11)
     names = args.only or list(programs.PROGRAMS)
     factor = 0.5 if args.quick else 1.0

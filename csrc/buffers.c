@@ -346,6 +346,14 @@ size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us)
     return n;
 }
 
+size_t ms_drain_reduce(ms_record_t *out, size_t capacity, uint64_t *base_us, ms_summary_t *summary)
+{
+    size_t n = ms_drain(out, capacity, base_us);
+    if (n > 0)
+        ms_reduce(out, n, summary);
+    return n;
+}
+
 void ms_thread_add(ms_counters_t *out, ms_thread_t *t)
 {
     for (int d = 0; d < MS_DOMAINS; d++) {

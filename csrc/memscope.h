@@ -156,6 +156,10 @@ void ms_wake_drainer(void);
 int ms_site_info(uint32_t id, ms_site_t *out);
 /* Adds a batch of records to a cumulative summary (the SIMD or scalar reducer, see below). */
 void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
+/* ms_drain, then ms_reduce of the records it moved: the drainer's one call per drain. Each call
+ * from Python gives the GIL up and takes it back, and a background thread taking it back from a
+ * busy application waits up to the switch interval and forces a switch on it. */
+size_t ms_drain_reduce(ms_record_t *out, size_t capacity, uint64_t *base_us, ms_summary_t *summary);
 
 /* --- manual API (GIL held) --- */
 /* The id of a type, interned by a caller-computed 64-bit key of its name. */

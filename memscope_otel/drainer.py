@@ -67,10 +67,9 @@ class Drainer:
     def _drain_locked(self):
         moved = 0
         while True:
-            records, base_us = self._buffer.drain()
+            records, base_us = self._buffer.drain(self.summary)  # drained and reduced
             if len(records) == 0:
                 break
-            self.summary.add(records)
             for sink in list(self.sinks):
                 try:
                     sink(records, base_us)

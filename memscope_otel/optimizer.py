@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import sampler
-from .records import EVENT_MASK, EVENT_SHIFT
+from .records import EVENT_MASK, EVENT_SHIFT, concatenate_records
 
 log = logging.getLogger("memscope_otel.optimizer")
 
@@ -323,9 +323,14 @@ _THREAD_SLOTS = 1 << 16  # a record's thread index is a u16
 # window): every event of a followed address is seen, so each lifetime is exact. Lifetimes feed
 # no rule of RULES, only the reported features, so the cap does not change the classification.
 _MAX_FOLLOWED_PER_BATCH = 8192
-# Records waiting for the recognizer's worker (2 MiB): beyond it, batches skip the recognizer
+# Records waiting for the recognizer's worker (4 MiB): beyond it, batches skip the recognizer
 # (counted) rather than hold up the drainer or grow without bound.
-_MAX_QUEUED_RECORDS = 65536
+_MAX_QUEUED_RECORDS = 131072
+# The worker reads the queue when it holds this many records, or when its oldest batch has waited
+# this long: every read costs the application a few dozen forced GIL switches whatever its size
+# (see WorkloadRecognizer), and classification needs the window at most every few seconds.
+_READ_AT_RECORDS = _MAX_QUEUED_RECORDS // 2
+_READ_EVERY_S = 10.0
 _ADDRESS_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads addresses over the high bits
 _MIN_PERIOD_US, _MAX_PERIOD_US = 5000.0, 100000.0  # frame periods looked for: 10 to 200 fps
 # The frame clock is read from the last 10 s of records: a longer span would need a finer grid of
@@ -656,8 +661,12 @@ class WorkloadRecognizer:
     dozen numpy calls, and each may release the GIL; while the application keeps the GIL busy,
     getting it back costs up to the interpreter's switch interval (5 ms) every time, so a batch read
     on the drainer's thread took the drainer away from the rings for 100-200 ms, long enough for a
-    busy thread to fill its ring and drop records. :attr:`window` and :meth:`features` first read
-    whatever is queued, so they see every batch drained before the call."""
+    busy thread to fill its ring and drop records. The worker itself pays that price at every
+    wake-up and every numpy call, and the application pays a forced switch each time, so it reads
+    the queue only every :attr:`read_every_s` seconds (10), or as soon as the queue holds
+    :attr:`read_at_records` records (65,536), not after every drain (5 per second). :attr:`window`
+    and :meth:`features` first read whatever is queued, so they see every batch drained before
+    the call."""
 
     def __init__(self, resolve=None, clock=None):
         self._resolve = resolve
@@ -667,6 +676,8 @@ class WorkloadRecognizer:
         self._last_counters = None
         self._window = _Window(self._clock(), rusage=_rusage())
         self.batches_skipped = 0  # batches the queue had no room for
+        self.read_every_s = _READ_EVERY_S  # the worker's cadence (see _READ_AT_RECORDS)
+        self.read_at_records = _READ_AT_RECORDS
         self._new_locks()
         _warm_numpy()
 
@@ -676,6 +687,7 @@ class WorkloadRecognizer:
         self._queued = threading.Condition()   # the queue of drained batches
         self._queue = []
         self._queue_records = 0
+        self._queued_since = 0.0  # time.monotonic() when the oldest queued batch came
         self._worker = None
 
     @property
@@ -683,6 +695,11 @@ class WorkloadRecognizer:
         """The current window, with every batch queued so far read into it."""
         self.read_queued()
         return self._window
+
+    @property
+    def window_started(self):
+        """When the current window started (clock seconds), without reading the queue."""
+        return self._window.started
 
     def reset(self, counters=None):
         """Starts a new window (from ``counters``, or the counters read now); batches still queued
@@ -712,9 +729,16 @@ class WorkloadRecognizer:
                 if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
                     self.batches_skipped += 1
                     return
-                self._queue.append((records.copy(), base_us))
-                self._queue_records += len(records)
-                self._queued.notify()
+                first = not self._queue
+                if first:
+                    self._queued_since = time.monotonic()
+                self._queue.append((concatenate_records([records]), base_us))
+                before, self._queue_records = self._queue_records, self._queue_records + len(records)
+                # Wake the worker only when that changes what it waits for: the first batch sets
+                # its deadline, crossing the size threshold ends the wait. (Each wake-up of a
+                # thread that needs the GIL is a forced switch of the application's thread.)
+                if first or before < self.read_at_records <= self._queue_records:
+                    self._queued.notify()
                 return
         self.read_queued()
         with self._read_lock:
@@ -744,14 +768,26 @@ class WorkloadRecognizer:
         me = threading.current_thread()
         while True:
             with self._queued:
-                while not self._queue and self._worker is me:
-                    self._queued.wait()
+                while self._worker is me:
+                    wait_s = self._read_due_in()
+                    if wait_s == 0.0:
+                        break
+                    self._queued.wait(wait_s)
                 if not self._queue:  # closed
                     return
             try:
                 self.read_queued()
             except Exception:  # the tracked application must never see our failures
                 log.exception("memscope workload recognizer failed on a batch of records")
+
+    def _read_due_in(self):
+        """Seconds until the queue is due for the worker's read: 0.0 now, None while it is empty.
+        Call with ``_queued`` held."""
+        if not self._queue:
+            return None
+        if self._queue_records >= self.read_at_records:
+            return 0.0
+        return max(0.0, self._queued_since + self.read_every_s - time.monotonic())
 
     def read_queued(self):
         """Reads every queued batch into the window, as one batch: in the order they were drained,
@@ -769,7 +805,7 @@ class WorkloadRecognizer:
                 for records, base in batches:
                     self._read_batch(records, base)
                 return
-            records = np.concatenate([r for r, _ in batches])
+            records = concatenate_records([r for r, _ in batches])
             shift = np.repeat(np.array(bases, np.int64) - base_us, [len(r) for r, _ in batches])
             records["time_delta_us"] = (records["time_delta_us"].astype(np.int64) + shift).astype(np.uint32)
             self._read_batch(records, base_us)
@@ -1097,7 +1133,7 @@ class PerformanceOptimizer:
 
     def _update_workload(self, counters):
         now = time.monotonic()
-        age = now - self.recognizer.window.started
+        age = now - self.recognizer.window_started
         # Classifying costs a few ms (the frame-clock search): not at every collection.
         if age < self.RECOGNITION_MIN_S or now - self._classified_at < self.RECOGNITION_EVERY_S:
             return

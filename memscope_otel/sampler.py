@@ -7,6 +7,7 @@ numpy arrays, and reads the exact counters. The cffi module is imported lazily s
 import contextlib
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,10 +139,14 @@ class DrainBuffer:
         self._ptr = ffi.cast("ms_record_t *", ffi.from_buffer(self.array))
         self._base = ffi.new("uint64_t *")
 
-    def drain(self):
-        """Moves pending records out of the rings: (view of the records, base time in µs)."""
+    def drain(self, summary=None):
+        """Moves pending records out of the rings: (view of the records, base time in µs). With
+        a ``summary``, also reduces them into it, in the same call into C."""
         _, lib = _lib()
-        n = lib.ms_drain(self._ptr, len(self.array), self._base)
+        if summary is None:
+            n = lib.ms_drain(self._ptr, len(self.array), self._base)
+        else:
+            n = lib.ms_drain_reduce(self._ptr, len(self.array), self._base, summary.c_summary)
         return self.array[:n], int(self._base[0])
 
 
@@ -196,6 +201,11 @@ def after_fork_child():
     lib.ms_after_fork_child()
 
 
+# Threads that ignore_this_thread() marked for good (the tracker's own): ignored() costs them no
+# call into C, and so no trip of the GIL (see ms_drain_reduce in csrc/memscope.h).
+_own_thread = threading.local()
+
+
 class ignored:  # noqa: N801 - used as ``with sampler.ignored():``, like the function it replaces
     """Allocations of the calling thread are the tracker's own inside this block.
 
@@ -205,14 +215,20 @@ class ignored:  # noqa: N801 - used as ``with sampler.ignored():``, like the fun
     __slots__ = ("_previous",)
 
     def __enter__(self):
-        self._previous = _lib()[1].ms_set_thread_ignored(1)
+        if getattr(_own_thread, "ignored", False):
+            self._previous = None
+        else:
+            self._previous = _lib()[1].ms_set_thread_ignored(1)
         return self
 
     def __exit__(self, *exc_info):
-        _lib()[1].ms_set_thread_ignored(self._previous)
+        if self._previous is not None:
+            _lib()[1].ms_set_thread_ignored(self._previous)
         return False
 
 
 def ignore_this_thread():
+    """Marks the calling thread as the tracker's own for the rest of its life."""
     _, lib = _lib()
     lib.ms_set_thread_ignored(1)
+    _own_thread.ignored = True

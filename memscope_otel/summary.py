@@ -49,6 +49,11 @@ class Summary:
         return self._view(self._c.live_count, (4,))
 
     @property
+    def c_summary(self):
+        """The ``ms_summary_t *`` the C reducer adds to (ms_reduce, ms_drain_reduce)."""
+        return self._c
+
+    @property
     def records(self):
         return int(self._c.records)
 
@@ -59,7 +64,7 @@ class Summary:
         from ._memscope import lib
 
         records = np.ascontiguousarray(records, dtype=RECORD_DTYPE)
-        lib.ms_reduce(self._ffi.cast("ms_record_t *", self._ffi.from_buffer(records)), len(records), self._c)
+        lib.ms_reduce(self._ffi.cast("ms_record_t *", self._ffi.from_buffer(records)), len(records), self.c_summary)
 
     def reset_live(self):
         """Forgets the live estimate (after a restart the old blocks' frees are no longer seen)."""

@@ -246,6 +246,7 @@ def gated_worker(monkeypatch):
     ``gate``; ``readers`` names the thread of each read. Closed after the test."""
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
     recognizer.reset(counters=object())
+    recognizer.read_every_s = 0.0  # these tests are about the queue: every batch is due at once
     recognizer.start_worker()
     gate, readers, original = threading.Event(), [], recognizer._read_batch
 
@@ -294,6 +295,62 @@ def test_a_full_queue_skips_batches_and_counts_them(gated_worker, monkeypatch):
     gate.set()
     assert recognizer.window.n_times == 300
     assert len(readers) == 2  # the batch in flight, then the two queued ones read as one
+
+
+@pytest.fixture
+def paced_worker(monkeypatch):
+    """A recognizer with its worker on at its own cadence; ``reads`` lists (thread name, records)
+    of each batch read. Closed after the test."""
+    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
+    recognizer.reset(counters=object())
+    reads, original = [], recognizer._read_batch
+
+    def read(records, base_us):
+        reads.append((threading.current_thread().name, len(records)))
+        original(records, base_us)
+
+    monkeypatch.setattr(recognizer, "_read_batch", read)
+    yield recognizer, reads
+    worker = recognizer._worker
+    recognizer.close()
+    assert not worker.is_alive()
+
+
+def test_the_worker_waits_for_a_full_enough_queue(paced_worker):
+    """Each read costs the application forced GIL switches whatever its size: the worker leaves
+    a small queue alone until it holds read_at_records, then reads it whole."""
+    recognizer, reads = paced_worker
+    recognizer.read_every_s, recognizer.read_at_records = 3600.0, 250
+    recognizer.start_worker()
+    for seed in range(2):
+        recognizer.sink(_hundred_allocations(seed), 0)
+    time.sleep(0.2)
+    assert reads == [] and recognizer._queue_records == 200  # below the threshold: not due
+    recognizer.sink(_hundred_allocations(2), 0)  # 300 >= 250
+    _wait_until(lambda: reads)
+    assert reads == [("memscope-recognizer", 300)] and recognizer._queue_records == 0
+
+
+def test_the_worker_reads_a_small_queue_after_read_every_s(paced_worker):
+    recognizer, reads = paced_worker
+    recognizer.read_every_s = 0.3
+    recognizer.start_worker()
+    queued_at = time.monotonic()
+    recognizer.sink(_hundred_allocations(3), 0)
+    _wait_until(lambda: reads)
+    assert time.monotonic() - queued_at >= 0.3
+    assert reads == [("memscope-recognizer", 100)]
+
+
+def test_the_window_reads_what_the_worker_has_not_read_yet(paced_worker):
+    """features() and window do not wait for the worker's cadence: they read the queue."""
+    recognizer, reads = paced_worker
+    recognizer.read_every_s = 3600.0
+    recognizer.start_worker()
+    recognizer.sink(_hundred_allocations(4), 0)
+    recognizer.sink(_hundred_allocations(5), 0)
+    assert recognizer.window.allocs_followed == 200
+    assert reads == [(threading.current_thread().name, 200)]  # read here, as one batch
 
 
 def test_batches_read_together_give_the_window_of_batches_read_one_by_one(gated_worker):
