@@ -16,7 +16,7 @@
 
 #include "internal.h"
 
-__thread struct ms_tls ms_tls __attribute__((tls_model("initial-exec"))) = {MS_TLS_NOSTATE, 0};
+__thread struct ms_tls ms_tls __attribute__((tls_model("initial-exec"))) = {MS_TLS_NOSTATE, 0, 0};
 
 static pthread_mutex_t g_registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static ms_thread_t *g_threads;      /* registered threads, under g_registry_lock */

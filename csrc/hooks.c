@@ -369,13 +369,23 @@ __attribute__((noinline)) static void general_free(int domain, void *ptr)
 
 /* A small request that failed: the fast path counted it before the call. Returns NULL, so that
  * the fast path ends in a tail call here and keeps no stack space for it. */
-__attribute__((noinline, cold)) static void *uncount_small(int domain, uint64_t size)
+__attribute__((noinline, cold)) static void *uncount_small(int domain)
 {
     ms_thread_t *t = ms_tls_thread();
+    uint64_t size = ms_tls.request;
     ms_bump(&t->bytes[domain][MS_CLASS_SMALL], -size);
     ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], (uint64_t)-1);
     t->small_left++;
     return NULL;
+}
+
+/* A small allocation the fast path found due for a sample: its decrement is undone here, out of
+ * line, so that the fast path needs the decremented count only for its sign (one instruction
+ * that decrements memory and sets the flags). The general path counts it. */
+__attribute__((noinline, cold)) static void *small_due(int domain, size_t size)
+{
+    ms_tls_thread()->small_left++;
+    return general_malloc(domain, size);
 }
 
 /* The fast path of every small allocation that is not due for a sample: counted before the call,
@@ -394,19 +404,23 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
         if (MS_LIKELY(--t->small_left >= 0)) {
             ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
             ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
+            /* Nothing has to live across the call (no register to save): the guard is taken
+             * off by subtraction (nested calls leave the word alone) and the size for the undo
+             * waits in a thread-local slot. */
             ms_tls.word = w + MS_GUARD_HOOK; /* w's guard bits are 0 */
+            ms_tls.request = size;
             void *p = next->malloc(next->ctx, size);
-            ms_tls.word = w;
+            ms_tls.word -= MS_GUARD_HOOK;
             if (MS_UNLIKELY(p == NULL))
-                return uncount_small(domain, size);
+                return uncount_small(domain);
             return p;
         }
-        t->small_left++; /* this one is due: the general path counts it */
+        return small_due(domain, size);
     }
     return general_malloc(domain, size);
 }
 
-/* The fast path of a free: a counted thread, a non-NULL pointer the live filter rules out, the
+/* The fast path of a free: a counted thread, a pointer the live filter rules out (never NULL), the
  * next allocator CPython's own. It counts and then jumps to that allocator (no guard, no frame):
  * when pymalloc hands the block on to PyMem_RawFree (a block it did not allocate), the RAW hook
  * finds the block in ms_tls.forwarded and passes it through uncounted, as the guard would have
@@ -423,8 +437,9 @@ __attribute__((always_inline)) static inline void hook_free(int domain, void *pt
         next->free(next->ctx, ptr);
         return;
     }
+    /* No NULL test: ms_live_clear keeps NULL's filter slot at "maybe". */
     if (MS_LIKELY(atomic_load_explicit(&g_fast_free[domain], memory_order_relaxed) != 0 && !(w & MS_TLS_FLAGS) &&
-                  ptr != NULL && !ms_live_maybe((uint64_t)(uintptr_t)ptr))) {
+                  !ms_live_maybe((uint64_t)(uintptr_t)ptr))) {
         ms_bump(&t->deallocations[domain], 1);
         if (domain != MS_DOMAIN_RAW)
             ms_tls.forwarded = (uintptr_t)ptr;

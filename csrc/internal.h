@@ -128,6 +128,7 @@ typedef struct ms_thread {
 struct ms_tls {
     uintptr_t word;      /* as above */
     uintptr_t forwarded; /* the block of this thread's last unguarded OBJ/MEM free (hooks.c) */
+    uint64_t request;    /* the size of the fast-path allocation in progress (hooks.c) */
 };
 
 /* Initial-exec: one direct %fs-relative access instead of a __tls_get_addr call per hook. */

@@ -136,6 +136,9 @@ void ms_live_clear(void)
         if (atomic_load_explicit(&ms_live_filter[i], memory_order_relaxed) == FILTER_SATURATED)
             atomic_compare_exchange_strong(&ms_live_filter[i], &v, 0);
     }
+    /* NULL's slot says "maybe" for good: the free fast path then needs no NULL test of its own
+     * (a free of NULL, or of a block in that slot, takes the general path, which checks). */
+    atomic_store(&ms_live_filter[ms_live_slot(0)], FILTER_SATURATED);
 }
 
 void ms_live_fork_child_locks(void)
