@@ -60,9 +60,11 @@ void ms_wake_drainer(void)
     sem_post(&g_work);
 }
 
-int ms_wait_for_work(uint32_t timeout_ms)
+static uint64_t pending_records(void);
+
+/* Whether the drainer was woken (1) or timeout_ms passed (0). */
+static int wait_once(uint32_t timeout_ms)
 {
-    pthread_once(&g_work_once, init_work);
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += timeout_ms / 1000u;
@@ -76,6 +78,19 @@ int ms_wait_for_work(uint32_t timeout_ms)
             return 0;
     }
     return 1;
+}
+
+int ms_wait_for_work(uint32_t timeout_ms)
+{
+    pthread_once(&g_work_once, init_work);
+    /* A periodic drain with little to move is skipped, up to MS_DRAIN_SKIPS in a row: each time
+     * the drainer comes back from here it must take the GIL back from the application. */
+    for (int skipped = 0;; skipped++) {
+        if (wait_once(timeout_ms))
+            return 1;
+        if (skipped >= MS_DRAIN_SKIPS || pending_records() >= MS_DRAIN_MIN_RECORDS)
+            return 0;
+    }
 }
 
 static pthread_key_t g_exit_key;
@@ -277,6 +292,26 @@ static size_t drain_ring(ms_ring_t *r, ms_record_t *out, size_t room)
     for (size_t i = 0; i < n; i++)
         out[i] = r->slots[(tail + i) & r->mask];
     atomic_store_explicit(&r->tail, tail + n, memory_order_release);
+    return n;
+}
+
+/* Records waiting in every ring. Under the registry lock (thread states and replaced rings are
+ * freed under it) and the orphan lock, as ms_drain reads them. */
+static uint64_t pending_records(void)
+{
+    uint64_t n = 0;
+    pthread_mutex_lock(&g_registry_lock);
+    for (ms_thread_t *t = g_threads; t; t = t->next) {
+        ms_ring_t *r = atomic_load_explicit(&t->ring, memory_order_acquire);
+        if (r)
+            n += atomic_load_explicit(&r->head, memory_order_acquire) - atomic_load_explicit(&r->tail, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&g_registry_lock);
+    ms_spin_lock(&g_orphan_lock);
+    ms_ring_t *r = atomic_load(&g_orphan.ring);
+    if (r)
+        n += atomic_load_explicit(&r->head, memory_order_acquire) - atomic_load_explicit(&r->tail, memory_order_relaxed);
+    ms_spin_unlock(&g_orphan_lock);
     return n;
 }
 

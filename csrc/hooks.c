@@ -389,8 +389,8 @@ __attribute__((noinline, cold)) static void *small_due(int domain, size_t size)
 }
 
 /* The fast path of every small allocation that is not due for a sample: counted before the call,
- * so that only the request size has to live across it (fewer registers saved), and undone in the
- * rare case the allocator fails. Everything else (other classes, an event due, a thread not set
+ * so that nothing has to live across it (no register to save), and undone in the rare case the
+ * allocator fails. Everything else (other classes, an event due, a thread not set
  * up yet, a nested or ignored call, a domain switched off) takes the general path. */
 __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_t size)
 {
@@ -404,9 +404,9 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
         if (MS_LIKELY(--t->small_left >= 0)) {
             ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
             ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
-            /* Nothing has to live across the call (no register to save): the guard is taken
-             * off by subtraction (nested calls leave the word alone) and the size for the undo
-             * waits in a thread-local slot. */
+            /* The guard comes off by subtraction (nested calls leave the word alone: they see
+             * the guard and pass through) and the size for the undo waits in a thread-local slot
+             * (only this fast path writes it, and nested calls never take it). */
             ms_tls.word = w + MS_GUARD_HOOK; /* w's guard bits are 0 */
             ms_tls.request = size;
             void *p = next->malloc(next->ctx, size);

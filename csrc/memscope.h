@@ -56,6 +56,11 @@
 #define MS_ID_OVERFLOW 4
 #define MS_FIRST_DYNAMIC_ID 8
 
+/* The drainer's periodic drain is skipped, up to MS_DRAIN_SKIPS periods in a row, while fewer
+ * than MS_DRAIN_MIN_RECORDS records wait in the rings (ms_wait_for_work). */
+#define MS_DRAIN_MIN_RECORDS 4096
+#define MS_DRAIN_SKIPS 4
+
 /* The 32-byte record (little-endian; mirrored by memscope_otel.records.RECORD_DTYPE).
  * time_delta_us: microseconds since the base time of the chunk it was drained in.
  * For a free event, size/weight/site are those of the sampled allocation being freed. */
@@ -149,7 +154,9 @@ void ms_read_counters(ms_counters_t *out);
  * Frees the rings of exited threads once empty. Returns the number of records. */
 size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us);
 /* The drainer's sleep: returns 1 when woken early (a ring reached half full, or
- * ms_wake_drainer was called), 0 after timeout_ms. Call without the GIL (cffi releases it). */
+ * ms_wake_drainer was called), 0 after timeout_ms, or after up to MS_DRAIN_SKIPS more periods
+ * of timeout_ms while fewer than MS_DRAIN_MIN_RECORDS records wait in the rings. Call without
+ * the GIL (cffi releases it). */
 int ms_wait_for_work(uint32_t timeout_ms);
 void ms_wake_drainer(void);
 /* Fills out with what id stands for; 0 on success, -1 if id was never handed out. */

@@ -1,8 +1,9 @@
 """The drainer: one background thread that moves records out of the rings into the Summary.
 
-It runs every ``drain_interval_ms``, as soon as any thread's ring is half full (the C side wakes
-it), and whenever metrics are collected (``drain()``), so that a collection right after a workload
-sees all of it. Its own allocations are never tracked, and it
+It runs every ``drain_interval_ms`` (up to five intervals apart while fewer than 4,096 records wait:
+each wake-up makes it take the GIL back from the application), as soon as any thread's ring is
+half full (the C side wakes it), and whenever metrics are collected (``drain()``), so that a
+collection right after a workload sees all of it. Its own allocations are never tracked, and it
 spends its time in C with the GIL released (cffi releases it around every call).
 """
 import logging

@@ -18,6 +18,7 @@ RECORD_DTYPE = np.dtype(
 )
 assert RECORD_DTYPE.itemsize == 32
 
+
 def concatenate_records(batches):
     """One new (writable) array of the records of ``batches``, in order.
 

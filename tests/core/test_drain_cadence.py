@@ -1,0 +1,63 @@
+"""The drainer's periodic wake-up: every interval while enough records wait, less often when few do.
+
+Each wake-up of the drainer makes it take the GIL back from the application (a forced switch,
+and in programs that give the GIL up often, milliseconds of wake-ups), so a periodic drain with
+fewer than MS_DRAIN_MIN_RECORDS records waiting is skipped, up to MS_DRAIN_SKIPS in a row.
+"""
+import time
+
+from memscope_otel._memscope import lib
+
+INTERVAL_MS = 100
+
+
+def _drains_during(tracker, work, seconds):
+    before = tracker.drainer.drains
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        work()
+    return tracker.drainer.drains - before
+
+
+def test_a_few_records_are_drained_at_most_every_skips_plus_one_intervals(start_tracker):
+    tracker = start_tracker(drain_interval_ms=INTERVAL_MS)
+    kept = []
+
+    def trickle():  # a record now and then (large blocks are always sampled)
+        kept.append(bytearray(20000))
+        time.sleep(0.02)
+
+    seconds = 1.5
+    drains = _drains_during(tracker, trickle, seconds)
+    # Never more often than every MS_DRAIN_SKIPS + 1 intervals (a slow machine only drains less).
+    most = seconds * 1000 / (INTERVAL_MS * (lib.MS_DRAIN_SKIPS + 1)) + 1
+    assert 1 <= drains <= most, (drains, most)
+    assert len(kept) > 0
+
+
+def test_enough_waiting_records_are_drained_every_interval(start_tracker):
+    # Rings large enough that the half-full wake-up never comes first.
+    tracker = start_tracker(drain_interval_ms=INTERVAL_MS, max_records_per_thread=1 << 18)
+    per_burst = 2 * lib.MS_DRAIN_MIN_RECORDS
+    bursts = 8
+
+    def burst():
+        blocks = [bytearray(20000) for _ in range(per_burst)]  # records waiting: 2x the minimum
+        del blocks  # (their frees are records too)
+        time.sleep(INTERVAL_MS / 1000 * 1.2)  # a periodic wake-up finds them
+
+    drains = 0
+    for _ in range(bursts):
+        before = tracker.drainer.drains
+        burst()
+        drains += tracker.drainer.drains > before
+    # Skipping would leave most bursts undrained after 1.2 intervals: at most 1 in 5 drained.
+    assert drains >= bursts - 2, drains
+
+
+def test_the_setting_documents_the_c_constants():
+    from memscope_otel.config import SETTINGS_BY_KEYWORD
+
+    meaning = SETTINGS_BY_KEYWORD["drain_interval_ms"].meaning
+    assert f"up to {lib.MS_DRAIN_SKIPS + 1} times" in meaning, meaning
+    assert f"fewer than {lib.MS_DRAIN_MIN_RECORDS} records" in meaning, meaning
