@@ -666,7 +666,8 @@ class WorkloadRecognizer:
     the queue only every :attr:`read_every_s` seconds (10), or as soon as the queue holds
     :attr:`read_at_records` records (65,536), not after every drain (5 per second). :attr:`window`
     and :meth:`features` first read whatever is queued, so they see every batch drained before
-    the call."""
+    the call (``features(read_queue=False)``, the optimizer's classification inside a collection,
+    does not)."""
 
     def __init__(self, resolve=None, clock=None):
         self._resolve = resolve
@@ -688,6 +689,7 @@ class WorkloadRecognizer:
         self._queue = []
         self._queue_records = 0
         self._queued_since = 0.0  # time.monotonic() when the oldest queued batch came
+        self._read_now = False  # read_soon() was called
         self._worker = None
 
     @property
@@ -780,12 +782,20 @@ class WorkloadRecognizer:
             except Exception:  # the tracked application must never see our failures
                 log.exception("memscope workload recognizer failed on a batch of records")
 
+    def read_soon(self):
+        """Makes the worker read what is queued now, on its own thread (no wait here)."""
+        with self._queued:
+            self._read_now = True
+            self._queued.notify()
+
     def _read_due_in(self):
         """Seconds until the queue is due for the worker's read: 0.0 now, None while it is empty.
         Call with ``_queued`` held."""
         if not self._queue:
+            self._read_now = False
             return None
-        if self._queue_records >= self.read_at_records:
+        if self._queue_records >= self.read_at_records or self._read_now:
+            self._read_now = False
             return 0.0
         return max(0.0, self._queued_since + self.read_every_s - time.monotonic())
 
@@ -851,9 +861,12 @@ class WorkloadRecognizer:
             self._last_counters = counters
             self._window.max_threads_live = max(self._window.max_threads_live, counters.threads_live)
 
-    def features(self, counters=None):
-        """The window's features (a dict of floats), from ``counters`` (default: the last observed)."""
-        self.read_queued()
+    def features(self, counters=None, read_queue=True):
+        """The window's features (a dict of floats), from ``counters`` (default: the last observed).
+        With ``read_queue`` false, from the batches read so far (the worker's are at most
+        :attr:`read_every_s` behind): no read on the caller's thread."""
+        if read_queue:
+            self.read_queued()
         with self._lock:
             w = self._window
             c1 = counters if counters is not None else self._last_counters
@@ -1138,7 +1151,11 @@ class PerformanceOptimizer:
         if age < self.RECOGNITION_MIN_S or now - self._classified_at < self.RECOGNITION_EVERY_S:
             return
         self._classified_at = now
-        features = self.recognizer.features(counters)
+        # From the batches the worker has read: a read here would run inside the collection (its
+        # numpy calls each a possible GIL take-back, counted in collection_cost). The worker
+        # then reads what is queued, for the next classification.
+        features = self.recognizer.features(counters, read_queue=False)
+        self.recognizer.read_soon()
         if features is not None and features["records"] >= MIN_RECORDS:
             workload, reasons = classify(features)
             if workload != self.workload:

@@ -353,6 +353,23 @@ def test_the_window_reads_what_the_worker_has_not_read_yet(paced_worker):
     assert reads == [(threading.current_thread().name, 200)]  # read here, as one batch
 
 
+def test_a_classification_leaves_the_read_to_the_worker(paced_worker):
+    """The optimizer classifies inside a collection: features(read_queue=False) reads nothing on
+    the calling thread, and read_soon() has the worker read the queue at once."""
+    recognizer, reads = paced_worker
+    recognizer.read_every_s = 3600.0
+    recognizer.start_worker()
+    from memscope_otel import sampler
+
+    recognizer.reset(counters=sampler.read_counters())
+    recognizer.sink(_hundred_allocations(6), 0)
+    assert recognizer.features(sampler.read_counters(), read_queue=False)["records"] == 0
+    assert reads == [] and recognizer._queue_records == 100
+    recognizer.read_soon()
+    _wait_until(lambda: reads)
+    assert reads == [("memscope-recognizer", 100)]
+
+
 def test_batches_read_together_give_the_window_of_batches_read_one_by_one(gated_worker):
     """Batches queued while a read runs are read as one, times rebased on the earliest base."""
     together, gate, readers = gated_worker
