@@ -80,7 +80,7 @@ static int wait_once(uint32_t timeout_ms)
     return 1;
 }
 
-int ms_wait_for_work(uint32_t timeout_ms)
+int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records)
 {
     pthread_once(&g_work_once, init_work);
     /* A periodic drain with little to move is skipped, up to MS_DRAIN_SKIPS in a row: each time
@@ -88,7 +88,7 @@ int ms_wait_for_work(uint32_t timeout_ms)
     for (int skipped = 0;; skipped++) {
         if (wait_once(timeout_ms))
             return 1;
-        if (skipped >= MS_DRAIN_SKIPS || pending_records() >= MS_DRAIN_MIN_RECORDS)
+        if (skipped >= MS_DRAIN_SKIPS || min_records == 0 || pending_records() >= min_records)
             return 0;
     }
 }

@@ -57,7 +57,8 @@
 #define MS_FIRST_DYNAMIC_ID 8
 
 /* The drainer's periodic drain is skipped, up to MS_DRAIN_SKIPS periods in a row, while fewer
- * than MS_DRAIN_MIN_RECORDS records wait in the rings (ms_wait_for_work). */
+ * than MS_DRAIN_MIN_RECORDS records wait in the rings (ms_wait_for_work), unless a dump wants
+ * every interval's records. */
 #define MS_DRAIN_MIN_RECORDS 4096
 #define MS_DRAIN_SKIPS 4
 
@@ -155,9 +156,9 @@ void ms_read_counters(ms_counters_t *out);
 size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us);
 /* The drainer's sleep: returns 1 when woken early (a ring reached half full, or
  * ms_wake_drainer was called), 0 after timeout_ms, or after up to MS_DRAIN_SKIPS more periods
- * of timeout_ms while fewer than MS_DRAIN_MIN_RECORDS records wait in the rings. Call without
- * the GIL (cffi releases it). */
-int ms_wait_for_work(uint32_t timeout_ms);
+ * of timeout_ms while fewer than min_records records wait in the rings (0: never longer than
+ * timeout_ms). Call without the GIL (cffi releases it). */
+int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records);
 void ms_wake_drainer(void);
 /* Fills out with what id stands for; 0 on success, -1 if id was never handed out. */
 int ms_site_info(uint32_t id, ms_site_t *out);

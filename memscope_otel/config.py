@@ -273,7 +273,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Allocation sites exported, top by bytes; the rest fold into one `other` series."),
     Setting("DRAIN_INTERVAL_MS", Integer(10, 60000), 200,
             "Milliseconds between two drains of the ring buffers by the background thread; up to 5 times "
-            "as long while fewer than 4096 records wait (a ring half full is drained at once)."),
+            "as long while fewer than 4096 records wait and no dump is written (a ring half full is drained "
+            "at once)."),
     Setting("DUMP_PATH", FilePath(), None,
             "Also write every sampled record to this binary dump file; unset writes no dump."),
     Setting("SEED", Integer(0, 2**64 - 1), 0,

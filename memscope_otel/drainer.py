@@ -1,8 +1,8 @@
 """The drainer: one background thread that moves records out of the rings into the Summary.
 
-It runs every ``drain_interval_ms`` (up to five intervals apart while fewer than 4,096 records wait:
-each wake-up makes it take the GIL back from the application), as soon as any thread's ring is
-half full (the C side wakes it), and whenever metrics are collected (``drain()``), so that a
+It runs every ``drain_interval_ms`` (up to five intervals apart while fewer than 4,096 records wait
+and no dump is written: each wake-up makes it take the GIL back from the application), as soon as
+any thread's ring is half full (the C side wakes it), and whenever metrics are collected (``drain()``), so that a
 collection right after a workload sees all of it. Its own allocations are never tracked, and it
 spends its time in C with the GIL released (cffi releases it around every call).
 """
@@ -19,6 +19,9 @@ class Drainer:
         self.summary = summary
         self.interval_s = interval_s
         self.sinks = list(sinks)  # callables (records, base_us), e.g. the dump writer
+        # Periodic drains with few records waiting are skipped (see ms_wait_for_work), unless a
+        # sink given here (the dump writer) wants every interval's records.
+        self.skip_below = 0 if self.sinks else sampler.drain_min_records()
         self.records_drained = 0
         self.drains = 0
         self._buffer = sampler.DrainBuffer()
@@ -40,7 +43,7 @@ class Drainer:
         interval_ms = max(1, int(self.interval_s * 1000))
         while True:
             # Sleeps in C (GIL released) until the interval passes or a ring is half full.
-            sampler.wait_for_work(interval_ms)
+            sampler.wait_for_work(interval_ms, self.skip_below)
             if self._stopping.is_set():
                 break
             try:

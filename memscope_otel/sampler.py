@@ -185,10 +185,17 @@ def track_deallocation(address):
     lib.ms_track_deallocation(address)
 
 
-def wait_for_work(timeout_ms):
-    """Blocks (GIL released) until a ring is half full or ``timeout_ms`` passed."""
+def wait_for_work(timeout_ms, min_records=0):
+    """Blocks (GIL released) until a ring is half full or ``timeout_ms`` passed, or up to
+    MS_DRAIN_SKIPS more periods of it while fewer than ``min_records`` records wait."""
     _, lib = _lib()
-    return bool(lib.ms_wait_for_work(timeout_ms))
+    return bool(lib.ms_wait_for_work(timeout_ms, min_records))
+
+
+def drain_min_records():
+    """MS_DRAIN_MIN_RECORDS: fewer records waiting than this let a periodic drain be skipped."""
+    _, lib = _lib()
+    return lib.MS_DRAIN_MIN_RECORDS
 
 
 def wake_drainer():

@@ -61,3 +61,19 @@ def test_the_setting_documents_the_c_constants():
     meaning = SETTINGS_BY_KEYWORD["drain_interval_ms"].meaning
     assert f"up to {lib.MS_DRAIN_SKIPS + 1} times" in meaning, meaning
     assert f"fewer than {lib.MS_DRAIN_MIN_RECORDS} records" in meaning, meaning
+
+
+def test_with_a_dump_every_interval_drains(start_tracker, tmp_path):
+    """A dump file gets each interval's records: no periodic drain is skipped."""
+    tracker = start_tracker(drain_interval_ms=INTERVAL_MS, dump_path=str(tmp_path / "cadence.dump"))
+    assert tracker.drainer.skip_below == 0
+    kept = []
+
+    def trickle():
+        kept.append(bytearray(20000))
+        time.sleep(0.02)
+
+    seconds = 1.5
+    drains = _drains_during(tracker, trickle, seconds)
+    skipping_at_most = seconds * 1000 / (INTERVAL_MS * (lib.MS_DRAIN_SKIPS + 1)) + 1
+    assert drains > 2 * skipping_at_most, drains  # 15 expected; a busy machine drains a few fewer
