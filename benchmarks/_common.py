@@ -18,6 +18,24 @@ FAST_PATH_ONLY = dict(small_sample_rate=0.0, medium_sample_rate=0.0, frequency_s
 SAMPLE_ALL = dict(small_sample_rate=1.0, medium_sample_rate=1.0)
 
 
+def run_json_child(cmd, what, env=None):
+    """Runs a benchmark's child interpreter and returns the JSON object its last line prints.
+
+    The child runs with the SDK enabled and one BLAS thread: numpy's BLAS threads spin after
+    import and would add noise to both modes alike."""
+    import json
+    import subprocess
+
+    env = dict(os.environ if env is None else env)
+    env.pop("OTEL_SDK_DISABLED", None)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, "1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 class Tracker:
     """One way of running: no tracker, tracemalloc, or memscope with given settings."""
 

@@ -17,7 +17,6 @@ it, and the application thread's context switches per second in both modes. Linu
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -72,13 +71,7 @@ def run_child(name, seconds, tracked):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--seconds", str(seconds)]
     if tracked:
         cmd.append("--tracked")
-    env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, "1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} (tracked={tracked}) failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _common.run_json_child(cmd, f"{name} (tracked={tracked})")
 
 
 def main(argv=None):

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -142,14 +141,7 @@ def run_child(name, scale, tracked, callgrind_out=None, rounds=0):
         # The same string hashes in both runs: dict probe lengths otherwise differ between two
         # interpreters by a few tenths of a percent of all instructions, either way.
         env["PYTHONHASHSEED"] = "0"
-    env.pop("OTEL_SDK_DISABLED", None)
-    # numpy's BLAS threads spin after import and would add noise to both modes alike.
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, "1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} (tracked={tracked}) failed:\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _common.run_json_child(cmd, f"{name} (tracked={tracked})", env)
 
 
 def instructions(path):
