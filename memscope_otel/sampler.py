@@ -139,14 +139,11 @@ class DrainBuffer:
         self._ptr = ffi.cast("ms_record_t *", ffi.from_buffer(self.array))
         self._base = ffi.new("uint64_t *")
 
-    def drain(self, summary=None):
-        """Moves pending records out of the rings: (view of the records, base time in µs). With
-        a ``summary``, also reduces them into it, in the same call into C."""
+    def drain(self, summary):
+        """Moves pending records out of the rings and reduces them into ``summary``, in one call
+        into C: (view of the records, base time in µs)."""
         _, lib = _lib()
-        if summary is None:
-            n = lib.ms_drain(self._ptr, len(self.array), self._base)
-        else:
-            n = lib.ms_drain_reduce(self._ptr, len(self.array), self._base, summary.c_summary)
+        n = lib.ms_drain_reduce(self._ptr, len(self.array), self._base, summary.c_summary)
         return self.array[:n], int(self._base[0])
 
 

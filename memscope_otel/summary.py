@@ -5,7 +5,6 @@ into these numpy arrays.
 """
 import numpy as np
 
-from .records import RECORD_DTYPE
 
 MAX_IDS = 32768  # MS_MAX_IDS in csrc/memscope.h
 
@@ -50,21 +49,12 @@ class Summary:
 
     @property
     def c_summary(self):
-        """The ``ms_summary_t *`` the C reducer adds to (ms_reduce, ms_drain_reduce)."""
+        """The ``ms_summary_t *`` the drainer's C call reduces into (ms_drain_reduce)."""
         return self._c
 
     @property
     def records(self):
         return int(self._c.records)
-
-    def add(self, records):
-        """Reduces a batch (array of RECORD_DTYPE) into the summary."""
-        if len(records) == 0:
-            return
-        from ._memscope import lib
-
-        records = np.ascontiguousarray(records, dtype=RECORD_DTYPE)
-        lib.ms_reduce(self._ffi.cast("ms_record_t *", self._ffi.from_buffer(records)), len(records), self.c_summary)
 
     def reset_live(self):
         """Forgets the live estimate (after a restart the old blocks' frees are no longer seen)."""
