@@ -35,9 +35,10 @@ static ms_spin_t g_orphan_lock;
 static _Atomic uint64_t g_ring_capacity = 16384;
 static _Atomic uint64_t g_seed;
 static _Atomic uint64_t g_ring_bytes; /* memory held by rings and thread states */
+static _Atomic uint64_t g_rings_max_bytes = (uint64_t)64 << 20; /* no new ring past this */
 
-/* Record time: microseconds on the monotonic clock since g_mono0_us, truncated to 32 bits in
- * the ring; ms_drain unwraps it against the clock at drain time. */
+/* Record time: microseconds on the monotonic clock since g_mono0_us; a ring holds the low 32
+ * bits, and the high bits in marker records (MS_EVENT_EPOCH). */
 static _Atomic uint64_t g_mono0_us;
 static _Atomic uint64_t g_real0_us;
 
@@ -62,18 +63,20 @@ void ms_wake_drainer(void)
 
 static uint64_t pending_records(void);
 
-/* Whether the drainer was woken (1) or timeout_ms passed (0). */
+/* Whether the drainer was woken (1) or timeout_ms passed (0). The deadline is on the monotonic
+ * clock: on the wall clock (sem_timedwait's), a step backwards would stall the drainer for as
+ * long as the step, and the rings would overflow meanwhile. */
 static int wait_once(uint32_t timeout_ms)
 {
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += timeout_ms / 1000u;
     deadline.tv_nsec += (long)(timeout_ms % 1000u) * 1000000L;
     if (deadline.tv_nsec >= 1000000000L) {
         deadline.tv_sec++;
         deadline.tv_nsec -= 1000000000L;
     }
-    while (sem_timedwait(&g_work, &deadline) != 0) {
+    while (sem_clockwait(&g_work, CLOCK_MONOTONIC, &deadline) != 0) {
         if (errno != EINTR)
             return 0;
     }
@@ -88,7 +91,7 @@ int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records)
     for (int skipped = 0;; skipped++) {
         if (wait_once(timeout_ms))
             return 1;
-        if (skipped >= MS_DRAIN_SKIPS || min_records == 0 || pending_records() >= min_records)
+        if (skipped >= MS_DRAIN_SKIPS || min_records == 0 || pending_records() >= min_records || ms_hooks_moved())
             return 0;
     }
 }
@@ -109,14 +112,9 @@ static uint64_t mono_us(void)
     return ms_now_ns() / 1000u;
 }
 
-uint32_t ms_record_time_at(uint64_t now_ns)
+uint64_t ms_clock_us(uint64_t now_ns)
 {
-    return (uint32_t)(now_ns / 1000u - atomic_load_explicit(&g_mono0_us, memory_order_relaxed));
-}
-
-uint32_t ms_record_time(void)
-{
-    return ms_record_time_at(ms_now_ns());
+    return now_ns / 1000u - atomic_load_explicit(&g_mono0_us, memory_order_relaxed);
 }
 
 static void thread_exit(void *arg)
@@ -164,7 +162,9 @@ static ms_thread_t *attach(void)
         return NULL;
     }
     pthread_mutex_lock(&g_registry_lock);
-    t->index = (uint16_t)g_next_index++;
+    /* Indices recycle after 65,535 threads (records name a thread only to tell threads apart
+     * within a short window); UINT16_MAX stays the orphan state's. */
+    t->index = (uint16_t)(g_next_index++ % UINT16_MAX);
     g_threads_seen++;
     t->next = g_threads;
     g_threads = t;
@@ -215,7 +215,12 @@ static ms_ring_t *ring_for(ms_thread_t *t, ms_ring_t *old)
         if (old->mask + 1 == capacity || !empty)
             return old;
     }
-    ms_ring_t *r = calloc(1, sizeof *r + capacity * sizeof(ms_record_t));
+    /* The rings' budget (MAX_RING_MEMORY): past it a thread's records go to the spill. Checked
+     * before the allocation, so a race may overshoot it by a ring per thread racing. */
+    uint64_t size = sizeof(ms_ring_t) + capacity * sizeof(ms_record_t);
+    if (atomic_load(&g_ring_bytes) + size > atomic_load(&g_rings_max_bytes))
+        return old;
+    ms_ring_t *r = calloc(1, size);
     if (!r)
         return old;
     r->mask = capacity - 1;
@@ -230,34 +235,51 @@ static ms_ring_t *ring_for(ms_thread_t *t, ms_ring_t *old)
     return r;
 }
 
-void ms_ring_push(ms_thread_t *t, const ms_record_t *rec)
+/* Never blocks the application: a record with no room is counted and spilled. */
+__attribute__((noinline, cold)) static void drop(ms_thread_t *t, const ms_record_t *rec)
+{
+    ms_bump(&t->dropped, 1);
+    ms_spill_record(rec);
+}
+
+void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us)
 {
     ms_ring_t *r = atomic_load_explicit(&t->ring, memory_order_relaxed);
     if (MS_UNLIKELY(r == NULL || r->mask + 1 != atomic_load_explicit(&g_ring_capacity, memory_order_relaxed)))
         r = ring_for(t, r);
     if (MS_UNLIKELY(r == NULL)) {
-        ms_bump(&t->dropped, 1);
+        drop(t, rec);
         return;
     }
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-    if (head - tail > r->mask) {
-        ms_bump(&t->dropped, 1); /* never block the application */
+    uint64_t start = head, high = time_us >> 32;
+    bool marker = MS_UNLIKELY(high != r->producer_high);
+    if (head + marker - tail > r->mask) {
+        drop(t, rec);
         return;
     }
+    if (marker) {
+        r->slots[head & r->mask] = (ms_record_t){.address = high, .flags = MS_EVENT_EPOCH << MS_FLAG_EVENT_SHIFT};
+        r->producer_high = high;
+        head++;
+    }
+    rec->time_delta_us = (uint32_t)time_us;
     r->slots[head & r->mask] = *rec;
     atomic_store_explicit(&r->head, head + 1, memory_order_release);
     ms_bump(&t->samples, 1);
-    if (MS_UNLIKELY(head + 1 - tail == (r->mask + 1) / 2))
+    uint64_t half = (r->mask + 1) / 2;
+    if (MS_UNLIKELY(start - tail < half && head + 1 - tail >= half))
         ms_wake_drainer();
 }
 
-void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed)
+void ms_buffers_configure(uint64_t ring_capacity, uint64_t rings_max_bytes, uint64_t seed)
 {
     uint64_t capacity = 16;
     while (capacity < ring_capacity)
         capacity <<= 1;
     atomic_store(&g_ring_capacity, capacity);
+    atomic_store(&g_rings_max_bytes, rings_max_bytes);
     if (seed == 0)
         seed = ms_now_ns() ^ ((uint64_t)(uintptr_t)&seed << 16);
     atomic_store(&g_seed, seed);
@@ -281,17 +303,54 @@ void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed)
 
 /* ---- drainer side ---- */
 
-/* Copies up to room records out of r; returns how many. */
-static size_t drain_ring(ms_ring_t *r, ms_record_t *out, size_t room)
+static bool is_epoch(const ms_record_t *rec)
 {
-    if (!r || room == 0)
+    return (rec->flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT == MS_EVENT_EPOCH;
+}
+
+/* The full time of the first record waiting in r, or UINT64_MAX if none (markers only read). */
+static uint64_t first_time(ms_ring_t *r)
+{
+    if (!r)
+        return UINT64_MAX;
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    uint64_t high = r->consumer_high;
+    for (; tail != head; tail++) {
+        const ms_record_t *rec = &r->slots[tail & r->mask];
+        if (!is_epoch(rec))
+            return high << 32 | rec->time_delta_us;
+        high = rec->address;
+    }
+    return UINT64_MAX;
+}
+
+/* Moves up to room records out of r, each with its full time less base (markers consumed, not
+ * copied); stops before a record more than 2^32-1 us after base and sets *more. */
+static size_t drain_ring(ms_ring_t *r, ms_record_t *out, size_t room, uint64_t base, uint32_t *more)
+{
+    if (!r)
         return 0;
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-    size_t n = head - tail < room ? (size_t)(head - tail) : room;
-    for (size_t i = 0; i < n; i++)
-        out[i] = r->slots[(tail + i) & r->mask];
-    atomic_store_explicit(&r->tail, tail + n, memory_order_release);
+    size_t n = 0;
+    for (; tail != head; tail++) {
+        const ms_record_t *rec = &r->slots[tail & r->mask];
+        if (is_epoch(rec)) {
+            r->consumer_high = rec->address;
+            continue;
+        }
+        uint64_t time = r->consumer_high << 32 | rec->time_delta_us;
+        /* (A record older than base was pushed after base was taken: it leads the next drain.) */
+        if (n == room || time < base || time - base > UINT32_MAX) {
+            *more = 1;
+            break;
+        }
+        out[n] = *rec;
+        out[n].time_delta_us = (uint32_t)(time - base);
+        n++;
+    }
+    atomic_store_explicit(&r->tail, tail, memory_order_release);
     return n;
 }
 
@@ -332,10 +391,19 @@ static void free_thread(ms_thread_t *t)
     free(t);
 }
 
-size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us)
+size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
 {
     size_t n = 0;
+    info->more = 0;
     pthread_mutex_lock(&g_registry_lock);
+    ms_spin_lock(&g_orphan_lock);
+    /* Every ring is in time order: the earliest record waiting is the first of some ring. */
+    uint64_t base = first_time(atomic_load(&g_orphan.ring));
+    ms_spin_unlock(&g_orphan_lock);
+    for (ms_thread_t *t = g_threads; t; t = t->next) {
+        uint64_t first = first_time(atomic_load_explicit(&t->ring, memory_order_acquire));
+        base = first < base ? first : base;
+    }
     ms_spin_lock(&g_replaced_lock);
     ms_ring_t *replaced = g_replaced_rings;
     g_replaced_rings = NULL;
@@ -350,7 +418,7 @@ size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us)
         ms_thread_t *t = *link;
         bool dead = atomic_load_explicit(&t->dead, memory_order_acquire);
         ms_ring_t *r = atomic_load_explicit(&t->ring, memory_order_acquire);
-        n += drain_ring(r, out + n, capacity - n);
+        n += drain_ring(r, out + n, capacity - n, base, &info->more);
         if (dead && ring_empty(r)) {
             ms_thread_add(&g_retired, t);
             *link = t->next;
@@ -361,31 +429,19 @@ size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us)
     }
     pthread_mutex_unlock(&g_registry_lock);
     ms_spin_lock(&g_orphan_lock);
-    n += drain_ring(atomic_load(&g_orphan.ring), out + n, capacity - n);
+    n += drain_ring(atomic_load(&g_orphan.ring), out + n, capacity - n, base, &info->more);
     ms_spin_unlock(&g_orphan_lock);
-
-    /* Unwrap the 32-bit times: every record was written before now and, with the drainer
-     * running, less than 2^32 us (71 minutes) ago. */
-    uint64_t now = mono_us() - atomic_load(&g_mono0_us);
-    uint64_t earliest = now;
-    for (size_t i = 0; i < n; i++) {
-        uint64_t t = now - (uint32_t)((uint32_t)now - out[i].time_delta_us);
-        earliest = t < earliest ? t : earliest;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t t = now - (uint32_t)((uint32_t)now - out[i].time_delta_us);
-        out[i].time_delta_us = (uint32_t)(t - earliest);
-    }
-    if (base_us)
-        *base_us = atomic_load(&g_real0_us) + earliest;
+    info->base_us = atomic_load(&g_real0_us) + (n > 0 ? base : 0);
     return n;
 }
 
-size_t ms_drain_reduce(ms_record_t *out, size_t capacity, uint64_t *base_us, ms_summary_t *summary)
+size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info, ms_summary_t *summary)
 {
-    size_t n = ms_drain(out, capacity, base_us);
+    info->relinked = ms_hooks_moved() ? (uint32_t)ms_hooks_relink() : 0;
+    size_t n = ms_drain(out, capacity, info);
     if (n > 0)
         ms_reduce(out, n, summary);
+    ms_spill_fold(summary);
     return n;
 }
 
@@ -441,6 +497,8 @@ void ms_read_counters(ms_counters_t *out)
     ms_thread_add(out, &g_orphan);
     out->ids_used = ms_sites_used();
     out->footprint_bytes = ms_buffers_footprint() + ms_live_footprint();
+    ms_live_stats(&out->live_entries, &out->live_capacity, &out->live_inclusion_log2);
+    out->relinks = ms_hooks_relinks();
 }
 
 uint64_t ms_buffers_footprint(void)
@@ -461,6 +519,14 @@ void ms_buffers_fork_child_quick(void)
     sem_init(&g_work, 0, 0);
 }
 
+/* An empty ring whose time markers start again from the clock origin's epoch. */
+static void ring_reset(ms_ring_t *r)
+{
+    atomic_store(&r->head, 0);
+    atomic_store(&r->tail, 0);
+    r->producer_high = r->consumer_high = 0;
+}
+
 /* The child starts from zero: the parent's threads, counters and records are not inherited.
  * The parent's thread states are abandoned rather than freed: they are copy-on-write pages the
  * child never touches, and their list may have been mid-update when fork() ran. */
@@ -473,9 +539,9 @@ void ms_buffers_fork_child(void)
     memset(&g_retired, 0, sizeof g_retired);
     ms_ring_t *orphan_ring = atomic_load(&g_orphan.ring);
     memset(&g_orphan, 0, sizeof g_orphan);
+    g_orphan.index = UINT16_MAX;
     if (orphan_ring) {
-        atomic_store(&orphan_ring->head, 0);
-        atomic_store(&orphan_ring->tail, 0);
+        ring_reset(orphan_ring);
         atomic_store(&g_orphan.ring, orphan_ring);
     }
     uint64_t bytes = orphan_ring ? sizeof *orphan_ring + (orphan_ring->mask + 1) * sizeof(ms_record_t) : 0;
@@ -495,8 +561,7 @@ void ms_buffers_fork_child(void)
         self->index = index;
         self->rng = atomic_load(&g_seed) ^ ms_now_ns();
         if (ring) {
-            atomic_store(&ring->head, 0);
-            atomic_store(&ring->tail, 0);
+            ring_reset(ring);
             atomic_store(&self->ring, ring);
             bytes += sizeof *ring + (ring->mask + 1) * sizeof(ms_record_t);
         }

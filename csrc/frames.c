@@ -28,9 +28,13 @@
 
 #include "internal.h"
 
-/* The thread state of the calling thread if, and only if, it holds the GIL. Before 3.12 the
- * "current" thread state is the GIL holder's, which may be another thread when a RAW hook runs
- * without the GIL, so it is compared with this thread's own. No call here allocates. */
+/* The thread state of the calling thread if, and only if, it holds the GIL and runs in the main
+ * interpreter. Before 3.12 the "current" thread state is the GIL holder's, which may be another
+ * thread when a RAW hook runs without the GIL, so it is compared with this thread's own. Only the
+ * main interpreter's frames are read: a subinterpreter's code objects would go into the
+ * process-wide site table, their reference counts touched under another interpreter's GIL
+ * (3.12+), and their addresses left dangling when that interpreter is destroyed. No call here
+ * allocates. */
 static PyThreadState *gil_holder_self(void)
 {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -38,7 +42,7 @@ static PyThreadState *gil_holder_self(void)
 #else
     PyThreadState *current = _PyThreadState_UncheckedGet();
 #endif
-    if (current == NULL || current != PyGILState_GetThisThreadState())
+    if (current == NULL || current != PyGILState_GetThisThreadState() || current->interp != PyInterpreterState_Main())
         return NULL;
     return current;
 }

@@ -36,9 +36,18 @@ static _Atomic uint64_t g_epoch = 1;
 
 /* Saved allocators, one per domain, and whether our hook is in that domain's chain. The hooks
  * find the next allocator here rather than through ctx: a thread racing PyMem_SetAllocator on
- * the RAW domain may call our function with the previous allocator's ctx. */
+ * the RAW domain (no GIL) reads the struct's fields one by one, and may call our function with
+ * the previous allocator's ctx, or the previous allocator's function with our ctx. So ours is
+ * installed with the ctx of the allocator it saved (and stop() puts that allocator back): every
+ * mix of the two structs' fields is then a valid call. g_next[d] itself is rewritten only when
+ * what lies under us changed (link_over), never with a value a reader could tear. */
 static PyMemAllocatorEx g_next[3];
-static int g_installed[3];
+static _Atomic int g_installed[3]; /* read by the drainer without the GIL (ms_hooks_moved) */
+/* Per domain: the malloc of the allocator on top of the chain when the chain was last seen to
+ * reach our hook (NULL: ours was on top), so that the drainer's check costs one comparison while
+ * nothing changed. */
+static void *(*_Atomic g_known_top[3])(void *, size_t);
+static _Atomic uint64_t g_relinks;
 /* Whether g_next[d] is CPython's own allocator (pymalloc or malloc: their ctx is NULL; debug
  * hooks, tracemalloc and most other hooks carry a ctx). Under one of those, the only hooked call
  * a free can make is pymalloc handing a block it does not own to PyMem_RawFree, which the
@@ -118,6 +127,8 @@ __attribute__((noinline, cold)) static void redraw_if_rates_changed(ms_thread_t 
     }
 }
 
+static void emit_free(ms_thread_t *t, const ms_live_entry_t *e);
+
 /* Out of line and cold: the unsampled path must not pay for its register pressure. */
 __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, uint64_t address, uint64_t size, int cls, float weight,
                    int event, unsigned flags, uint32_t site)
@@ -125,21 +136,26 @@ __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, u
     uint64_t t0 = ms_now_ns();
     if (site == UINT32_MAX)
         site = ms_frame_site(domain);
-    ms_live_entry_t e = {address, size, site, weight, (uint32_t)domain, 0};
-    if (!ms_live_insert(&e)) {
+    ms_live_entry_t e = {address, size, site, weight, (uint32_t)domain, 0}, stale;
+    int live = ms_live_insert(&e, &t->rng, &stale);
+    if (MS_UNLIKELY(stale.address != 0))
+        emit_free(t, &stale); /* a block at this address whose free was never seen */
+    if (MS_UNLIKELY(live != MS_LIVE_IN)) {
         flags |= MS_FLAG_NOLIVE;
-        ms_bump(&t->live_untracked, 1);
+        if (live == MS_LIVE_SPILL)
+            ms_spill_live((uint32_t)domain, site, size, e.weight);
+        else
+            ms_bump(&t->live_untracked, 1);
     }
     ms_record_t rec = {
         .address = address,
         .size = size,
-        .time_delta_us = ms_record_time_at(t0), /* one clock read for both */
         .site = site,
         .weight = weight,
         .flags = (uint16_t)(domain | (event << MS_FLAG_EVENT_SHIFT) | (cls << MS_FLAG_CLASS_SHIFT) | flags),
         .thread = t->index,
     };
-    ms_ring_push(t, &rec);
+    ms_ring_push(t, &rec, ms_clock_us(t0)); /* one clock read for both */
     ms_bump(&t->slow_calls, 1);
     ms_bump(&t->slow_ns, ms_now_ns() - t0);
 }
@@ -196,7 +212,8 @@ __attribute__((always_inline)) static inline void on_alloc(ms_thread_t *t, int d
     ms_arm_small(t);
 }
 
-/* Emits the free record of a sampled block that has left the live table. */
+/* Emits the free record of a sampled block that has left the live table, with the block's live
+ * weight (its own, or more past the table's budget). */
 __attribute__((noinline, cold)) static void emit_free(ms_thread_t *t, const ms_live_entry_t *e)
 {
     uint64_t critical = atomic_load_explicit(&g_critical, memory_order_relaxed);
@@ -204,21 +221,20 @@ __attribute__((noinline, cold)) static void emit_free(ms_thread_t *t, const ms_l
     ms_record_t rec = {
         .address = e->address,
         .size = e->size,
-        .time_delta_us = ms_record_time(),
         .site = e->site,
         .weight = e->weight,
         .flags = (uint16_t)(e->domain | (MS_EVENT_FREE << MS_FLAG_EVENT_SHIFT) | (cls << MS_FLAG_CLASS_SHIFT)),
         .thread = t->index,
     };
-    ms_ring_push(t, &rec);
+    ms_ring_push(t, &rec, ms_clock_us(ms_now_ns()));
 }
 
 /* The free of a likely-sampled block (the filter said maybe), recorded before the block is
  * handed back: once freed, another thread may receive the same address. */
-__attribute__((noinline, cold)) static void on_maybe_sampled_free(ms_thread_t *t, uint64_t address)
+__attribute__((noinline, cold)) static void on_maybe_sampled_free(ms_thread_t *t, int domain, uint64_t address)
 {
     ms_live_entry_t e;
-    if (ms_live_remove(address, &e))
+    if (ms_live_remove(address, domain == MS_DOMAIN_MANUAL, &e))
         emit_free(t, &e);
 }
 
@@ -227,7 +243,7 @@ __attribute__((always_inline)) static inline void on_free(ms_thread_t *t, int do
     ms_bump(&t->deallocations[domain], 1);
     /* Filter first: the table (and its lock) is only touched for likely-sampled addresses. */
     if (MS_UNLIKELY(ms_live_maybe(address)))
-        on_maybe_sampled_free(t, address);
+        on_maybe_sampled_free(t, domain, address);
 }
 
 /* The thread-less cases (first allocation of a thread, after its exit) stay out of line, so
@@ -275,13 +291,21 @@ static inline bool tracking(int domain)
     return ms_tls_guard() == 0 && (atomic_load_explicit(&g_active, memory_order_relaxed) >> domain & 1);
 }
 
-/* A free on a thread the tracker ignores (its own threads) is not counted, but a sampled block
- * must still leave the live table, or its address would later match an unrelated block. */
-static void untracked_free(uint64_t address)
+/* A free on a thread the tracker ignores (its own threads) is not counted, but the free of a
+ * sampled block is still the application's block going away: a collection that runs on the
+ * drainer, or inside a metric callback, frees application objects. Its record goes into that
+ * thread's ring like any other (or the spill), or the block would stay "live" for good. */
+__attribute__((noinline, cold)) static void untracked_free(int domain, uint64_t address)
 {
-    if (ms_tls_guard() == MS_GUARD_IGNORED && ms_live_maybe(address)) {
-        ms_live_entry_t e;
-        ms_live_remove(address, &e);
+    if (ms_tls_guard() != MS_GUARD_IGNORED || !(atomic_load_explicit(&g_active, memory_order_relaxed) >> domain & 1) ||
+        !ms_live_maybe(address))
+        return;
+    ms_live_entry_t e;
+    if (ms_live_remove(address, false, &e)) {
+        bool locked;
+        ms_thread_t *t = ms_thread_acquire(&locked);
+        emit_free(t, &e);
+        ms_thread_release(locked);
     }
 }
 
@@ -324,28 +348,31 @@ __attribute__((always_inline)) static inline void *hook_realloc(int domain, void
         ms_tls.forwarded = 0; /* see hook_free */
     if (!tracking(domain)) {
         if (ptr)
-            untracked_free((uint64_t)(uintptr_t)ptr);
+            untracked_free(domain, (uint64_t)(uintptr_t)ptr);
         return next->realloc(next->ctx, ptr, size);
     }
     ms_tls_set_guard(MS_GUARD_HOOK);
     uint64_t old = (uint64_t)(uintptr_t)ptr;
-    ms_live_entry_t old_entry;
-    bool old_sampled = ptr && ms_live_maybe(old) && ms_live_remove(old, &old_entry);
+    ms_live_entry_t old_entry, stale;
+    /* Out of the table before the call: once realloc has moved the block, another thread may
+     * receive the old address and enter it. */
+    bool old_sampled = ptr && ms_live_maybe(old) && ms_live_remove(old, false, &old_entry);
     void *p = next->realloc(next->ctx, ptr, size);
     bool locked;
     ms_thread_t *t = ms_thread_acquire(&locked);
-    if (p || (ptr && size == 0)) {
-        /* Success, or realloc(p, 0) that freed p: the old block is gone. */
+    if (p) {
         if (ptr) {
             ms_bump(&t->deallocations[domain], 1);
             if (old_sampled)
                 emit_free(t, &old_entry);
         }
-        if (p)
-            on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_REALLOC, UINT32_MAX);
+        on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_REALLOC, UINT32_MAX);
     } else if (old_sampled) {
-        /* Failed: the old block is still valid and still sampled. */
-        ms_live_insert(&old_entry);
+        /* Failed, realloc(p, 0) included (CPython's allocators make that a request of 1 byte, so
+         * NULL is out of memory): the old block is still valid and still sampled. If it cannot
+         * go back, it leaves the estimate as if freed, since its free will not be seen. */
+        if (ms_live_insert(&old_entry, NULL, &stale) != MS_LIVE_IN)
+            emit_free(t, &old_entry);
     }
     ms_thread_release(locked);
     ms_tls_set_guard(0);
@@ -357,7 +384,7 @@ __attribute__((noinline)) static void general_free(int domain, void *ptr)
     PyMemAllocatorEx *next = &g_next[domain];
     if (!ptr || !tracking(domain)) {
         if (ptr)
-            untracked_free((uint64_t)(uintptr_t)ptr);
+            untracked_free(domain, (uint64_t)(uintptr_t)ptr);
         next->free(next->ctx, ptr);
         return;
     }
@@ -476,6 +503,7 @@ MS_DOMAIN_HOOKS(raw, MS_DOMAIN_RAW)
 MS_DOMAIN_HOOKS(mem, MS_DOMAIN_MEM)
 MS_DOMAIN_HOOKS(obj, MS_DOMAIN_OBJ)
 
+/* ctx is set to the saved allocator's at each install (see g_next); our hooks never read it. */
 static PyMemAllocatorEx g_ours[3] = {
     [MS_DOMAIN_OBJ] = {NULL, obj_malloc, obj_calloc, obj_realloc, obj_free},
     [MS_DOMAIN_MEM] = {NULL, mem_malloc, mem_calloc, mem_realloc, mem_free},
@@ -523,9 +551,10 @@ static void *(*const g_probe[3])(void *, size_t) = {probe_obj, probe_mem, probe_
 
 /* Whether a call through domain d's allocator chain reaches our hook. stop() leaves the hook in
  * the chain when another one sits on top of it, and that other tool may unlink it later:
- * tracemalloc.stop() puts back the allocator it saved, the one under ours. Called with the GIL
- * held and the hooks inactive; any call that reaches our hook meanwhile, from any thread, shows
- * the chain still holds it. (A hook on top that forwarded some calls but not this one would make
+ * tracemalloc.stop() puts back the allocator it saved, the one under ours, whether memscope is
+ * running or not. Called with the GIL held (start, or the drainer's check), on a thread whose own
+ * calls are not counted; any call that reaches our hook meanwhile, from any thread, shows the
+ * chain still holds it. (A hook on top that forwarded some calls but not this one would make
  * start() install ours a second time, both sharing g_next: a loop. No allocator hook we know of
  * forwards selectively.) */
 static bool reachable(int d)
@@ -545,20 +574,47 @@ static bool reachable(int d)
     return atomic_load(&g_probe_seen) >> d & 1;
 }
 
+/* Puts our hook on top of domain d's chain, over cur (the allocator on top now). */
+static void link_over(int d, const PyMemAllocatorEx *cur)
+{
+    bool plain = cur->ctx == NULL;
+    if (!plain) /* before g_next changes: a fast free must not jump to a non-plain allocator */
+        atomic_store(&g_fast_free[d], 0);
+    if (memcmp(&g_next[d], cur, sizeof *cur) != 0) {
+        /* Field by field: a thread still inside the hook from a link that another tool since
+         * removed may be reading it (a window of one call, against a drain interval). */
+        __atomic_store_n(&g_next[d].ctx, cur->ctx, __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next[d].malloc, cur->malloc, __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next[d].calloc, cur->calloc, __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next[d].realloc, cur->realloc, __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next[d].free, cur->free, __ATOMIC_RELEASE);
+    }
+    g_plain[d] = plain;
+    g_ours[d].ctx = cur->ctx;
+    /* The saved allocator is published before the hook that reads it. */
+    atomic_thread_fence(memory_order_release);
+    PyMem_SetAllocator(g_py_domain[d], &g_ours[d]);
+    atomic_store(&g_known_top[d], NULL);
+    atomic_store(&g_installed[d], 1);
+    if (plain && (atomic_load(&g_active) >> d & 1))
+        atomic_store(&g_fast_free[d], 1);
+}
+
 static int start_locked(const ms_config_t *cfg)
 {
     if (atomic_load(&g_active))
         return -1;
     if (!cfg || (cfg->domains_mask & ~7) || cfg->critical_size < MS_MEDIUM_MIN || !rate_ok(cfg->medium_rate) ||
         !rate_ok(cfg->small_rate) || cfg->frequency_interval > ((uint64_t)1 << 31) || cfg->ring_capacity < 16 ||
-        cfg->ring_capacity > (1u << 24))
+        cfg->ring_capacity > (1u << 24) || cfg->live_max_entries < 8192 || cfg->rings_max_bytes == 0)
         return -2;
     atomic_store(&g_critical, cfg->critical_size);
     atomic_store(&g_frequency, (int64_t)cfg->frequency_interval);
     atomic_store(&g_rate[MS_CLASS_SMALL], cfg->small_rate);
     atomic_store(&g_rate[MS_CLASS_MEDIUM], cfg->medium_rate);
     atomic_fetch_add(&g_epoch, 1);
-    ms_buffers_configure(cfg->ring_capacity, cfg->seed);
+    ms_buffers_configure(cfg->ring_capacity, cfg->rings_max_bytes, cfg->seed);
+    ms_live_configure(cfg->live_max_entries);
     ms_live_clear();
     int reinstalled = 0;
     for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
@@ -572,16 +628,13 @@ static int start_locked(const ms_config_t *cfg)
         }
     }
     /* Install innermost first (RAW) so that a forwarded request never meets a half-built chain.
-     * The saved allocator is published (release fence) before the hook that reads it. The hooks
-     * pass calls through until set_active below, which also needs g_plain. */
+     * The hooks pass calls through until set_active below, which also needs g_plain. */
     for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
         if (!(cfg->domains_mask & (1 << d)) || g_installed[d])
             continue;
-        PyMem_GetAllocator(g_py_domain[d], &g_next[d]);
-        g_plain[d] = g_next[d].ctx == NULL;
-        atomic_thread_fence(memory_order_release);
-        PyMem_SetAllocator(g_py_domain[d], &g_ours[d]);
-        g_installed[d] = 1;
+        PyMemAllocatorEx current;
+        PyMem_GetAllocator(g_py_domain[d], &current);
+        link_over(d, &current);
     }
     set_active(cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
     return reinstalled;
@@ -606,6 +659,56 @@ int ms_stop(void)
     /* g_next stays valid forever: threads may still be inside a hook. */
     PyGILState_Release(gil);
     return 0;
+}
+
+/* ---- the chain, checked while running ---- */
+
+bool ms_hooks_moved(void)
+{
+    int active = atomic_load_explicit(&g_active, memory_order_relaxed);
+    for (int d = MS_DOMAIN_OBJ; d <= MS_DOMAIN_RAW; d++) {
+        if (!(active >> d & 1) || !atomic_load(&g_installed[d]))
+            continue;
+        /* No GIL needed: 3.12+ takes the allocators' own lock, earlier versions copy a struct
+         * that changes only under the GIL (a torn copy just reads as "moved"). */
+        PyMemAllocatorEx current;
+        PyMem_GetAllocator(g_py_domain[d], &current);
+        if (current.malloc != g_ours[d].malloc && current.malloc != atomic_load(&g_known_top[d]))
+            return true;
+    }
+    return false;
+}
+
+int ms_hooks_relink(void)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    unsigned guard = ms_tls_guard();
+    ms_tls_set_guard(MS_GUARD_IGNORED); /* the probe's calls are ours */
+    int relinked = 0, active = atomic_load(&g_active);
+    for (int d = MS_DOMAIN_RAW; d >= MS_DOMAIN_OBJ; d--) {
+        if (!(active >> d & 1) || !atomic_load(&g_installed[d]))
+            continue;
+        PyMemAllocatorEx current;
+        PyMem_GetAllocator(g_py_domain[d], &current);
+        if (current.malloc == g_ours[d].malloc) {
+            atomic_store(&g_known_top[d], NULL);
+        } else if (reachable(d)) {
+            atomic_store(&g_known_top[d], current.malloc); /* another hook on top, forwarding */
+        } else {
+            link_over(d, &current);
+            relinked |= 1 << d;
+        }
+    }
+    if (relinked)
+        atomic_fetch_add(&g_relinks, 1);
+    ms_tls_set_guard(guard);
+    PyGILState_Release(gil);
+    return relinked;
+}
+
+uint64_t ms_hooks_relinks(void)
+{
+    return atomic_load(&g_relinks);
 }
 
 int ms_is_active(void)
@@ -676,12 +779,14 @@ static void fork_child_quick(void)
     ms_buffers_fork_child_quick();
     ms_sites_fork_child();
     ms_live_fork_child_locks();
+    ms_spill_fork_child_lock();
 }
 
 void ms_after_fork_child(void)
 {
     ms_buffers_fork_child();
     ms_live_fork_child();
+    ms_spill_clear();
     atomic_fetch_add(&g_epoch, 1);
     set_active(atomic_load(&g_active_before_fork));
 }

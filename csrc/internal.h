@@ -75,11 +75,20 @@ static inline uint64_t ms_bucket_of_nonzero(uint64_t size)
 
 /* ---- buffers.c: per-thread state, its ring, the registry of threads ---- */
 
+/* Records hold the low 32 bits of their time (microseconds since the tracker's clock origin, 71.6
+ * minutes of range). When the high bits of a thread's clock move on, the producer first pushes
+ * a marker record (event MS_EVENT_EPOCH, the new high bits in its address field) that the drainer
+ * reads and never passes on, so a ring read after any stall still gives every record its full
+ * time. */
+#define MS_EVENT_EPOCH 3
+
 typedef struct ms_ring {
-    _Atomic uint64_t head; /* written by the producer thread */
-    char pad0[56];
-    _Atomic uint64_t tail; /* written by the drainer */
-    char pad1[56];
+    _Atomic uint64_t head;  /* written by the producer thread */
+    uint64_t producer_high; /* producer only: the high time bits of the last record pushed */
+    char pad0[48];
+    _Atomic uint64_t tail;  /* written by the drainer */
+    uint64_t consumer_high; /* drainer only: the high time bits at the tail */
+    char pad1[48];
     uint64_t mask;
     struct ms_ring *replaced_next; /* on the drainer's list of rings to free */
     ms_record_t slots[];
@@ -207,15 +216,16 @@ static inline void ms_arm_small(ms_thread_t *t)
 /* Adds t's counters to out (the per-class small counts from small_by_size). */
 void ms_thread_add(ms_counters_t *out, ms_thread_t *t);
 
-/* Appends one record to t's ring (allocating it on first use); counts a drop when full. */
-void ms_ring_push(ms_thread_t *t, const ms_record_t *rec);
-void ms_buffers_configure(uint64_t ring_capacity, uint64_t seed);
+/* Appends rec to t's ring (allocating it on first use) with its time, time_us (ms_clock_us);
+ * a record that finds no room is counted as dropped and added to the spill instead. */
+void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us);
+void ms_buffers_configure(uint64_t ring_capacity, uint64_t rings_max_bytes, uint64_t seed);
 void ms_thread_reset_sampling(ms_thread_t *t);
 void ms_buffers_fork_child_quick(void);
 void ms_buffers_fork_child(void);
 uint64_t ms_buffers_footprint(void);
-uint32_t ms_record_time(void);
-uint32_t ms_record_time_at(uint64_t now_ns); /* the same for a CLOCK_MONOTONIC reading */
+/* Microseconds since the tracker's clock origin, for a CLOCK_MONOTONIC reading in ns. */
+uint64_t ms_clock_us(uint64_t now_ns);
 
 /* ---- hooks.c: sampling parameters shared with buffers.c ---- */
 uint64_t ms_rng_next(uint64_t *state);
@@ -233,12 +243,48 @@ typedef struct {
     uint32_t unused;
 } ms_live_entry_t;
 
-bool ms_live_insert(const ms_live_entry_t *e);
-bool ms_live_remove(uint64_t address, ms_live_entry_t *out);
+/* What ms_live_insert did with a sampled block. */
+#define MS_LIVE_IN 0    /* in the table; its record carries its live weight (its own weight) */
+#define MS_LIVE_SPILL 1 /* in the table with a live weight of its own (e->weight, set by the
+                           insert); the caller adds that live part to the spill and flags the
+                           record MS_FLAG_NOLIVE */
+#define MS_LIVE_OUT 2   /* not in the table (the inclusion coin, or no room at all) */
+
+/* Enters e (an address of the manual domain is a key apart from heap addresses). rng: the
+ * caller's RNG for the inclusion coin past the budget, or NULL to put back an entry that
+ * ms_live_remove took out (no coin, weight unchanged). A stale entry for the same key (its free
+ * was never seen) is replaced and handed back in *stale (stale->address != 0): the caller
+ * emits its free. */
+int ms_live_insert(ms_live_entry_t *e, uint64_t *rng, ms_live_entry_t *stale);
+bool ms_live_remove(uint64_t address, bool manual, ms_live_entry_t *out);
+void ms_live_configure(uint64_t max_entries);
 void ms_live_clear(void);
 void ms_live_fork_child_locks(void); /* in the pthread_atfork child handler */
 void ms_live_fork_child(void);
 uint64_t ms_live_footprint(void);
+void ms_live_stats(uint64_t *entries, uint64_t *capacity, uint64_t *inclusion_log2);
+
+/* ---- spill.c: what could not be queued, kept as weighted totals ---- */
+/* Adds a record that found no room in any ring (ms_ring_push). */
+void ms_spill_record(const ms_record_t *rec);
+/* Adds weight * size to the live estimate of a domain and site (negative: takes it off). */
+void ms_spill_live(uint32_t domain, uint32_t site, uint64_t size, double weight);
+/* Adds everything spilled so far into s and starts the spill again from zero. */
+void ms_spill_fold(ms_summary_t *s);
+void ms_spill_clear(void);
+void ms_spill_fork_child_lock(void); /* in the pthread_atfork child handler */
+/* reduce.c: one record added into a summary in double arithmetic (its out-of-bounds route). */
+void ms_reduce_record(const ms_record_t *r, ms_summary_t *s);
+
+/* ---- hooks.c: the allocator chain ---- */
+/* Whether some installed domain's allocator chain changed on top of our hook since it was last
+ * checked (no GIL needed; see ms_drain_reduce). */
+bool ms_hooks_moved(void);
+/* Checks the chain of every domain that moved, with the GIL, and installs again a hook that is
+ * no longer reached. Returns the mask of the domains installed again. */
+int ms_hooks_relink(void);
+/* How many times ms_hooks_relink installed a hook again. */
+uint64_t ms_hooks_relinks(void);
 
 extern _Atomic uint8_t ms_live_filter[];
 #define MS_LIVE_FILTER_BITS 18

@@ -1,27 +1,57 @@
 /*
  * live.c: the sampled blocks that are still allocated, so that a free of one of them lowers the
- * live estimate by its weight times its size.
+ * live estimate by its live weight times its size.
  *
- * A bounded table of 8-way buckets, two candidate buckets per address, each behind its own
- * one-byte lock (only sampled allocations and likely-sampled frees take them), in front of it a counting filter of 2^18 bytes indexed by
- * address granule (ms_live_slot). An unsampled free reads one filter byte and stops there; the
- * filter never says "absent" for a present address, and says "maybe" for an absent one with a
- * probability of about (sampled live blocks / 2^18). When both buckets are full the insert is
- * refused; the record is then flagged MS_FLAG_NOLIVE and stays out of the live estimate.
+ * A hash table of 8-way buckets, two candidate buckets per key, each bucket behind its own
+ * one-byte lock (only sampled allocations and likely-sampled frees take them), in front of it a
+ * counting filter of 2^18 bytes indexed by address granule (ms_live_slot). An unsampled free
+ * reads one filter byte and stops there; the filter never says "absent" for a present address,
+ * and says "maybe" for an absent one with a probability of about (sampled live blocks / 2^18).
+ *
+ * Growth. Large blocks are always sampled, so the table must hold every live large block of the
+ * program: it starts at 8,192 entries (256 KiB) and doubles when three quarters full, up to the
+ * budget (LIVE_TABLE_MAX_ENTRIES). A doubling locks every bucket of the old table (in index order,
+ * like every other taker of two locks), rehashes into the new one, publishes it, and unlocks; a
+ * thread that then gets an old lock sees the table changed and starts again on the new one. So
+ * nobody reads the old entries after the switch and they are unmapped at once; the old locks
+ * (1/256 of the entries' size) stay allocated, since a late thread may still take one.
+ *
+ * Past the budget the estimate stays unbiased by sampling the table itself: each new block
+ * enters with probability 2^-k and a live weight 2^k times its own (its live part goes through
+ * the spill, its record is flagged NOLIVE); when the table is three quarters full again, k grows
+ * by one and every entry in it tosses a coin: kept with its live weight doubled, or evicted, the
+ * spill taking off or adding what changes. Each block's expected contribution stays its size.
  */
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
-#define LIVE_BUCKET_BITS 13
-#define LIVE_BUCKETS (1u << LIVE_BUCKET_BITS)
 #define LIVE_WAYS 8
+#define LIVE_MIN_BITS 10 /* 1,024 buckets: 8,192 entries */
+#define LIVE_MAX_BITS 23 /* the largest budget accepted, 2^26 entries */
 #define FILTER_SIZE (1u << MS_LIVE_FILTER_BITS)
 #define FILTER_SATURATED 255
 
+typedef ms_live_entry_t live_bucket_t[LIVE_WAYS];
+
+typedef struct {
+    uint32_t bits;
+    live_bucket_t *buckets; /* mapped; unmapped once a larger table replaced it */
+    ms_spin_t *locks;       /* never freed: a thread may still take an old table's lock */
+} live_table_t;
+
 _Atomic uint8_t ms_live_filter[FILTER_SIZE];
-static ms_live_entry_t g_table[LIVE_BUCKETS][LIVE_WAYS];
-static ms_spin_t g_locks[LIVE_BUCKETS];
+/* One descriptor per size, so that a table's address never changes and stale pointers to it stay
+ * comparable. Written only under g_resize_lock, before the table is published. */
+static live_table_t g_tables[LIVE_MAX_BITS + 1];
+static _Atomic(live_table_t *) g_table;
+static ms_spin_t g_resize_lock;
+static _Atomic uint64_t g_entries;
+static _Atomic uint32_t g_max_bits = 15; /* from the budget: 2^15 buckets = 262,144 entries */
+static _Atomic int g_inclusion_log2;     /* k: a new block enters with probability 2^-k */
+static _Atomic uint64_t g_table_bytes;   /* entries and locks mapped or allocated now */
 
 static void filter_add(uint64_t address)
 {
@@ -40,95 +70,290 @@ static void filter_remove(uint64_t address)
         ;
 }
 
+static uint64_t capacity_of(const live_table_t *t)
+{
+    return (uint64_t)LIVE_WAYS << t->bits;
+}
+
+/* A table of 2^bits buckets, or NULL without memory. mmap rather than calloc: the pages are
+ * zero on first touch and go back to the system at once when the table is replaced. Called
+ * inside allocator hooks: neither allocates through Python. */
+static live_table_t *table_make(uint32_t bits)
+{
+    live_table_t *t = &g_tables[bits];
+    size_t size = sizeof(live_bucket_t) << bits;
+    void *buckets = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buckets == MAP_FAILED)
+        return NULL;
+    if (t->locks == NULL) {
+        t->locks = calloc((size_t)1 << bits, sizeof(ms_spin_t));
+        if (t->locks == NULL) {
+            munmap(buckets, size);
+            return NULL;
+        }
+        atomic_fetch_add(&g_table_bytes, ((uint64_t)1 << bits) * sizeof(ms_spin_t));
+    }
+    t->bits = bits;
+    t->buckets = buckets;
+    atomic_fetch_add(&g_table_bytes, size);
+    return t;
+}
+
+static void table_unmap(live_table_t *t)
+{
+    size_t size = sizeof(live_bucket_t) << t->bits;
+    munmap(t->buckets, size);
+    t->buckets = NULL;
+    atomic_fetch_sub(&g_table_bytes, size);
+}
+
+/* The current table, made on first use (NULL only without memory). */
+static live_table_t *current(void)
+{
+    live_table_t *t = atomic_load_explicit(&g_table, memory_order_acquire);
+    if (MS_LIKELY(t != NULL))
+        return t;
+    ms_spin_lock(&g_resize_lock);
+    t = atomic_load(&g_table);
+    if (t == NULL && (t = table_make(LIVE_MIN_BITS)) != NULL)
+        atomic_store_explicit(&g_table, t, memory_order_release);
+    ms_spin_unlock(&g_resize_lock);
+    return t;
+}
+
 /* Two candidate buckets per address (hashed, unlike the filter: only sampled events come here,
- * and they should spread). An entry lives in either; a bucket overflow then needs both full,
- * which keeps MS_FLAG_NOLIVE rare even with tens of thousands of live sampled blocks. */
-static inline void buckets_of(uint64_t address, uint32_t *first, uint32_t *second)
+ * and they should spread). An entry lives in either; a bucket overflow then needs both full. */
+static inline void buckets_of(const live_table_t *t, uint64_t address, uint32_t *first, uint32_t *second)
 {
-    *first = (uint32_t)((address * 0x9E3779B97F4A7C15ull) >> (64 - LIVE_BUCKET_BITS));
-    *second = (uint32_t)((address * 0xC2B2AE3D27D4EB4Full) >> (64 - LIVE_BUCKET_BITS));
+    *first = (uint32_t)((address * 0x9E3779B97F4A7C15ull) >> (64 - t->bits));
+    *second = (uint32_t)((address * 0xC2B2AE3D27D4EB4Full) >> (64 - t->bits));
 }
 
-/* Both buckets' locks, always in index order so that two threads cannot deadlock. */
-static void lock_pair(uint32_t a, uint32_t b)
+/* Locks the two buckets of address in the current table, always in index order so that two
+ * threads (or a resize, which takes them all in order) cannot deadlock. NULL without a table. */
+static live_table_t *lock_pair(uint64_t address, uint32_t *a, uint32_t *b)
 {
-    ms_spin_lock(&g_locks[a < b ? a : b]);
+    for (;;) {
+        live_table_t *t = current();
+        if (t == NULL)
+            return NULL;
+        buckets_of(t, address, a, b);
+        uint32_t lo = *a < *b ? *a : *b, hi = *a < *b ? *b : *a;
+        ms_spin_lock(&t->locks[lo]);
+        if (lo != hi)
+            ms_spin_lock(&t->locks[hi]);
+        if (MS_LIKELY(atomic_load_explicit(&g_table, memory_order_acquire) == t))
+            return t;
+        /* replaced while we waited: its entries are gone, start again on the new one */
+        ms_spin_unlock(&t->locks[lo]);
+        if (lo != hi)
+            ms_spin_unlock(&t->locks[hi]);
+    }
+}
+
+static void unlock_pair(live_table_t *t, uint32_t a, uint32_t b)
+{
+    ms_spin_unlock(&t->locks[a]);
     if (a != b)
-        ms_spin_lock(&g_locks[a < b ? b : a]);
+        ms_spin_unlock(&t->locks[b]);
 }
 
-static void unlock_pair(uint32_t a, uint32_t b)
+static bool is_manual(const ms_live_entry_t *e)
 {
-    ms_spin_unlock(&g_locks[a]);
-    if (a != b)
-        ms_spin_unlock(&g_locks[b]);
+    return e->domain == MS_DOMAIN_MANUAL;
 }
 
-static ms_live_entry_t *find_in(uint32_t b, uint64_t address)
+static ms_live_entry_t *find_in(live_table_t *t, uint32_t b, uint64_t address, bool manual)
 {
     for (int i = 0; i < LIVE_WAYS; i++) {
-        if (g_table[b][i].address == address)
-            return &g_table[b][i];
+        ms_live_entry_t *e = &t->buckets[b][i];
+        if (e->address == address && (address == 0 || is_manual(e) == manual))
+            return e;
     }
     return NULL;
 }
 
-bool ms_live_insert(const ms_live_entry_t *e)
+static ms_live_entry_t *find(live_table_t *t, uint32_t b1, uint32_t b2, uint64_t address, bool manual)
 {
-    if (e->address == 0)
-        return false;
-    uint32_t b1, b2;
-    buckets_of(e->address, &b1, &b2);
-    lock_pair(b1, b2);
-    ms_live_entry_t *slot = find_in(b1, e->address);
-    if (!slot)
-        slot = find_in(b2, e->address);
-    if (slot) {
-        /* A stale entry for a reused address (its free was not seen, e.g. while stopped). */
-        filter_remove(e->address);
-    } else {
-        slot = find_in(b1, 0);
-        if (!slot)
-            slot = find_in(b2, 0);
-    }
-    if (slot) {
-        *slot = *e;
-        filter_add(e->address);
-    }
-    unlock_pair(b1, b2);
-    return slot != NULL;
+    ms_live_entry_t *e = find_in(t, b1, address, manual);
+    return e ? e : find_in(t, b2, address, manual);
 }
 
-bool ms_live_remove(uint64_t address, ms_live_entry_t *out)
+/* Rehashes every entry of from into to (not published yet, so no locks). An entry that finds
+ * both its buckets full (rare at three-eighths load) leaves the estimate through the spill. */
+static void rehash(live_table_t *from, live_table_t *to)
+{
+    for (uint32_t b = 0; b < (1u << from->bits); b++) {
+        for (int i = 0; i < LIVE_WAYS; i++) {
+            ms_live_entry_t *e = &from->buckets[b][i];
+            if (e->address == 0)
+                continue;
+            uint32_t b1, b2;
+            buckets_of(to, e->address, &b1, &b2);
+            ms_live_entry_t *slot = find(to, b1, b2, 0, false);
+            if (slot) {
+                *slot = *e;
+            } else {
+                ms_spill_live(e->domain, e->site, e->size, -(double)e->weight);
+                filter_remove(e->address);
+                atomic_fetch_sub(&g_entries, 1);
+            }
+        }
+    }
+}
+
+/* At the budget: k grows by one and every entry is kept (live weight doubled) or evicted, one
+ * coin each; the spill adds or takes off the difference. Called with every lock of t held. */
+static void thin(live_table_t *t, uint64_t *rng)
+{
+    uint64_t bits = 0;
+    int left = 0;
+    for (uint32_t b = 0; b < (1u << t->bits); b++) {
+        for (int i = 0; i < LIVE_WAYS; i++) {
+            ms_live_entry_t *e = &t->buckets[b][i];
+            if (e->address == 0)
+                continue;
+            if (left == 0) {
+                bits = ms_rng_next(rng);
+                left = 64;
+            }
+            bool keep = bits & 1;
+            bits >>= 1;
+            left--;
+            if (keep) {
+                ms_spill_live(e->domain, e->site, e->size, (double)e->weight);
+                e->weight *= 2.0f;
+            } else {
+                ms_spill_live(e->domain, e->site, e->size, -(double)e->weight);
+                filter_remove(e->address);
+                e->address = 0;
+                atomic_fetch_sub(&g_entries, 1);
+            }
+        }
+    }
+    atomic_fetch_add(&g_inclusion_log2, 1);
+}
+
+/* Makes room in t, which was full enough (or had both buckets of a key full): doubles it while
+ * the budget allows, else thins it. Returns false when t could be neither grown nor thinned
+ * (no memory, or k at its limit). Runs in whichever thread found t full, inside a hook: a
+ * pause of a few milliseconds at most once per doubling. */
+static bool make_room(live_table_t *t, uint64_t *rng)
+{
+    bool done = true;
+    ms_spin_lock(&g_resize_lock);
+    if (atomic_load(&g_table) != t) { /* someone else did it */
+        ms_spin_unlock(&g_resize_lock);
+        return true;
+    }
+    uint32_t n = 1u << t->bits;
+    for (uint32_t b = 0; b < n; b++)
+        ms_spin_lock(&t->locks[b]);
+    live_table_t *bigger = NULL;
+    if (t->bits < atomic_load(&g_max_bits) && (bigger = table_make(t->bits + 1)) != NULL) {
+        rehash(t, bigger);
+        atomic_store_explicit(&g_table, bigger, memory_order_release);
+    } else if (rng != NULL && atomic_load(&g_inclusion_log2) < 24) {
+        thin(t, rng);
+    } else {
+        done = false;
+    }
+    for (uint32_t b = 0; b < n; b++)
+        ms_spin_unlock(&t->locks[b]);
+    if (bigger)
+        table_unmap(t); /* nobody reads it any more: see lock_pair */
+    ms_spin_unlock(&g_resize_lock);
+    return done;
+}
+
+int ms_live_insert(ms_live_entry_t *e, uint64_t *rng, ms_live_entry_t *stale)
+{
+    stale->address = 0;
+    if (e->address == 0)
+        return MS_LIVE_OUT;
+    int result = MS_LIVE_IN;
+    if (rng != NULL) {
+        int k = atomic_load_explicit(&g_inclusion_log2, memory_order_relaxed);
+        if (k > 0) {
+            if ((ms_rng_next(rng) & (((uint64_t)1 << k) - 1)) != 0)
+                return MS_LIVE_OUT;
+            e->weight *= (float)((uint64_t)1 << k); /* a power of two: exact */
+            result = MS_LIVE_SPILL;
+        }
+    }
+    bool manual = is_manual(e);
+    for (int attempt = 0; attempt < 4; attempt++) {
+        uint32_t b1, b2;
+        live_table_t *t = lock_pair(e->address, &b1, &b2);
+        if (t == NULL)
+            return MS_LIVE_OUT;
+        ms_live_entry_t *slot = find(t, b1, b2, e->address, manual);
+        bool fresh = slot == NULL;
+        if (slot) /* a stale entry for a reused address: its free was never seen */
+            *stale = *slot;
+        else
+            slot = find(t, b1, b2, 0, false);
+        if (slot) {
+            *slot = *e;
+            unlock_pair(t, b1, b2);
+            if (fresh) {
+                filter_add(e->address);
+                uint64_t n = atomic_fetch_add(&g_entries, 1) + 1;
+                if (n > capacity_of(t) / 4 * 3)
+                    make_room(t, rng);
+            }
+            return result;
+        }
+        unlock_pair(t, b1, b2);
+        if (!make_room(t, rng))
+            break;
+    }
+    return MS_LIVE_OUT;
+}
+
+bool ms_live_remove(uint64_t address, bool manual, ms_live_entry_t *out)
 {
     uint32_t b1, b2;
-    buckets_of(address, &b1, &b2);
-    lock_pair(b1, b2);
-    ms_live_entry_t *slot = find_in(b1, address);
-    if (!slot)
-        slot = find_in(b2, address);
+    live_table_t *t = lock_pair(address, &b1, &b2);
+    if (t == NULL)
+        return false;
+    ms_live_entry_t *slot = address ? find(t, b1, b2, address, manual) : NULL;
     if (slot) {
         *out = *slot;
         slot->address = 0;
-        filter_remove(address);
     }
-    unlock_pair(b1, b2);
+    unlock_pair(t, b1, b2);
+    if (slot) {
+        filter_remove(address);
+        atomic_fetch_sub(&g_entries, 1);
+    }
     return slot != NULL;
+}
+
+void ms_live_configure(uint64_t max_entries)
+{
+    uint32_t bits = LIVE_MIN_BITS;
+    while (bits < LIVE_MAX_BITS && ((uint64_t)LIVE_WAYS << (bits + 1)) <= max_entries)
+        bits++;
+    atomic_store(&g_max_bits, bits);
 }
 
 void ms_live_clear(void)
 {
+    live_table_t *t = current();
     /* Bucket by bucket under each lock: a thread still inside a hook may be using one. */
-    for (uint32_t b = 0; b < LIVE_BUCKETS; b++) {
-        ms_spin_lock(&g_locks[b]);
+    for (uint32_t b = 0; t && b < (1u << t->bits); b++) {
+        ms_spin_lock(&t->locks[b]);
         for (int i = 0; i < LIVE_WAYS; i++) {
-            if (g_table[b][i].address != 0) {
-                filter_remove(g_table[b][i].address);
-                g_table[b][i].address = 0;
+            if (t->buckets[b][i].address != 0) {
+                filter_remove(t->buckets[b][i].address);
+                t->buckets[b][i].address = 0;
+                atomic_fetch_sub(&g_entries, 1);
             }
         }
-        ms_spin_unlock(&g_locks[b]);
+        ms_spin_unlock(&t->locks[b]);
     }
+    atomic_store(&g_inclusion_log2, 0);
     /* Saturated bytes are the only ones the loop above cannot bring back to zero. */
     for (uint32_t i = 0; i < FILTER_SIZE; i++) {
         uint8_t v = FILTER_SATURATED;
@@ -143,10 +368,13 @@ void ms_live_clear(void)
 
 void ms_live_fork_child_locks(void)
 {
-    /* The parent's other threads may have held bucket locks at fork(); they are gone. Done in
-     * every child, tracked or not: a later start() clears the table under these locks. */
-    for (uint32_t b = 0; b < LIVE_BUCKETS; b++)
-        atomic_store_explicit(&g_locks[b], 0, memory_order_relaxed);
+    /* The parent's other threads may have held bucket locks (or the resize lock) at fork(); they
+     * are gone. Done in every child, tracked or not: a later start() clears the table under
+     * these locks. */
+    atomic_store_explicit(&g_resize_lock, 0, memory_order_relaxed);
+    live_table_t *t = atomic_load(&g_table);
+    for (uint32_t b = 0; t && b < (1u << t->bits); b++)
+        atomic_store_explicit(&t->locks[b], 0, memory_order_relaxed);
 }
 
 void ms_live_fork_child(void)
@@ -156,5 +384,13 @@ void ms_live_fork_child(void)
 
 uint64_t ms_live_footprint(void)
 {
-    return sizeof g_table + sizeof g_locks + sizeof ms_live_filter;
+    return sizeof ms_live_filter + atomic_load(&g_table_bytes);
+}
+
+void ms_live_stats(uint64_t *entries, uint64_t *capacity, uint64_t *inclusion_log2)
+{
+    live_table_t *t = atomic_load(&g_table);
+    *entries = atomic_load(&g_entries);
+    *capacity = t ? capacity_of(t) : 0;
+    *inclusion_log2 = (uint64_t)atomic_load(&g_inclusion_log2);
 }

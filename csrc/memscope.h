@@ -40,8 +40,10 @@
 #define MS_EVENT_ALLOC 0
 #define MS_EVENT_FREE 1
 #define MS_EVENT_REALLOC 2
-/* Set on an allocation record whose block could not enter the live table (table bucket
- * full): the reducer leaves it out of the live estimate, since its free cannot be seen. */
+/* Set on an allocation record whose block is not in the live table (left out by the table's
+ * inclusion coin past its budget, or no room at all): the reducer leaves it out of the live
+ * estimate, since its free will not be seen. Past the budget, the live part of an included
+ * block is added through the spill instead (see ms_drain_reduce), so this flag is set then too. */
 #define MS_FLAG_NOLIVE 64
 /* Set on an allocation sampled by the frequency guarantee (weight 1). Informational. */
 #define MS_FLAG_FREQUENCY 128
@@ -84,6 +86,8 @@ typedef struct {
     uint64_t frequency_interval;    /* every Nth allocation of a thread is sampled; 0 = off */
     uint64_t ring_capacity;         /* records per thread ring; rounded up to a power of two */
     uint64_t seed;                  /* seeds the per-thread sampling RNGs; 0 = from the clock */
+    uint64_t live_max_entries;      /* the live table's budget, in entries of 32 bytes */
+    uint64_t rings_max_bytes;       /* all rings together (thread states included) */
 } ms_config_t;
 
 /* Exact counters, summed over live threads, exited threads and the thread-less path.
@@ -94,14 +98,23 @@ typedef struct {
     uint64_t deallocations[4];      /* [domain] */
     uint64_t by_size[4][65];        /* [domain][bucket] allocation counts */
     uint64_t samples;               /* records written into rings (allocation and free events) */
-    uint64_t dropped;               /* records lost because a ring was full or had no memory */
-    uint64_t live_untracked;        /* sampled allocations the live table had no room for */
+    uint64_t dropped;               /* records that found no room in a ring (full, no memory, or the
+                                       rings' budget spent): they reach the estimates through the
+                                       spill, but not the dump file or the workload recognizer */
+    uint64_t live_untracked;        /* sampled allocations left out of the live table: by its
+                                       inclusion coin past the budget, or for want of any room */
     uint64_t slow_path_calls;       /* sampled events, each timed */
     uint64_t slow_path_ns;          /* total nanoseconds spent in the timed sampled path */
     uint64_t threads_seen;          /* threads that ever entered a hook */
     uint64_t threads_live;          /* threads registered now */
     uint64_t ids_used;              /* site/type ids handed out, including the fixed ones */
     uint64_t footprint_bytes;       /* memory the C side holds now (rings, tables, states) */
+    uint64_t live_entries;          /* sampled blocks in the live table now */
+    uint64_t live_capacity;         /* entries the live table has room for now (it grows) */
+    uint64_t live_inclusion_log2;   /* k: a sampled block enters the live table with probability
+                                       2^-k (0 until the table reaches its budget) */
+    uint64_t relinks;               /* times a hook found unlinked by another tool while running
+                                       was installed again (ms_drain_reduce) */
 } ms_counters_t;
 
 /* What an id stands for. code is a strong reference to a code object held by the id table
@@ -150,24 +163,38 @@ void ms_after_fork_child(void);
 
 /* --- reading (may be called without the GIL) --- */
 void ms_read_counters(ms_counters_t *out);
+/* What a drain reports besides its records. */
+typedef struct {
+    uint64_t base_us;   /* microseconds since the Unix epoch of the earliest record drained */
+    uint32_t more;      /* 1: records are left that did not fit (capacity, or more than 2^32 us
+                           after the earliest one): drain again */
+    uint32_t relinked;  /* bit 1 << MS_DOMAIN_*: that domain's hook had been unlinked by another
+                           tool while running and was installed again during this call */
+} ms_drain_info_t;
+
 /* Moves up to capacity records out of every thread's ring into out, rewriting their time
- * deltas against *base_us (microseconds since the Unix epoch of the earliest record).
- * Frees the rings of exited threads once empty. Returns the number of records. */
-size_t ms_drain(ms_record_t *out, size_t capacity, uint64_t *base_us);
-/* The drainer's sleep: returns 1 when woken early (a ring reached half full, or
- * ms_wake_drainer was called), 0 after timeout_ms, or after up to MS_DRAIN_SKIPS more periods
- * of timeout_ms while fewer than min_records records wait in the rings (0: never longer than
- * timeout_ms). Call without the GIL (cffi releases it). */
+ * deltas against info->base_us. Frees the rings of exited threads once empty. Returns the
+ * number of records. */
+size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info);
+/* The drainer's sleep (on the monotonic clock: a step of the wall clock changes nothing):
+ * returns 1 when woken early (a ring reached half full, or ms_wake_drainer was called), 0 after
+ * timeout_ms, or after up to MS_DRAIN_SKIPS more periods of timeout_ms while fewer than
+ * min_records records wait in the rings (0: never longer than timeout_ms) and every hook is
+ * still where it was put. Call without the GIL (cffi releases it). */
 int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records);
 void ms_wake_drainer(void);
 /* Fills out with what id stands for; 0 on success, -1 if id was never handed out. */
 int ms_site_info(uint32_t id, ms_site_t *out);
 /* Adds a batch of records to a cumulative summary (the SIMD or scalar reducer, see below). */
 void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
-/* ms_drain, then ms_reduce of the records it moved: the drainer's one call per drain. Each call
+/* The drainer's one call per drain: ms_drain, ms_reduce of the records it moved, then the
+ * spill (the weighted totals of records that found no room in a ring, and the live table's own
+ * adjustments) added into summary. First it checks that every hook is still in its allocator
+ * chain: one that another tool unlinked while running (tracemalloc.stop() when memscope started
+ * over it) is installed again, taking the GIL for that (info->relinked says which). Each call
  * from Python gives the GIL up and takes it back, and a background thread taking it back from a
  * busy application waits up to the switch interval and forces a switch on it. */
-size_t ms_drain_reduce(ms_record_t *out, size_t capacity, uint64_t *base_us, ms_summary_t *summary);
+size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info, ms_summary_t *summary);
 
 /* --- manual API (GIL held) --- */
 /* The id of a type, interned by a caller-computed 64-bit key of its name. */

@@ -275,6 +275,17 @@ static void add_in_double(const ms_record_t *r, unsigned kind, ms_summary_t *s)
         s->id_live_bytes[site] += wb;
 }
 
+/* One record straight into a summary by the double route, whatever its size and weight: the
+ * spill's way in (spill.c adds records one at a time, inside hooks, with no scratch). */
+void ms_reduce_record(const ms_record_t *r, ms_summary_t *s)
+{
+    unsigned kind = scalar_kind(r->flags);
+    if (kind != 0)
+        add_in_double(r, kind, s);
+    s->free_records += kind == 2;
+    s->records++;
+}
+
 /* One block (n <= BLOCK_RECORDS), the plain record loop: the reference twin of the vector
  * paths. ids: the per-id scratch (NULL when the summary has no per-id arrays). */
 static void reduce_block_scalar(const ms_record_t *records, size_t n, ms_summary_t *s,

@@ -259,6 +259,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Every Nth allocation of a thread is sampled whatever its size; 0 turns this off."),
     Setting("MAX_RECORDS_PER_THREAD", Integer(256, 4194304), 16384,
             "Capacity of each thread's ring buffer, in 32-byte records (rounded up to a power of two)."),
+    Setting("MAX_RING_MEMORY", Integer(2**20, 2**40), 128 * 2**20,
+            "Bytes all threads' ring buffers (and thread states) may hold together (256 rings of the "
+            "default size); a thread that finds no room for a ring has its records added straight into "
+            "the estimates (the dump file and the workload recognizer miss them; counted in "
+            "`memscope.sampler.dropped`)."),
+    Setting("LIVE_TABLE_MAX_ENTRIES", Integer(8192, 2**26), 262144,
+            "Most sampled live blocks the live table holds (32 bytes each; it starts at 8192 and "
+            "doubles as needed). Past it, new blocks enter with a halving probability and weights to "
+            "match, so the live estimate stays unbiased with a larger variance."),
     Setting("ENABLE_SIMD", Flag(), True,
             "Use the SIMD reducers where the CPU has them; false forces the scalar reducers."),
     Setting("ADAPTIVE", Flag(), True,

@@ -24,6 +24,7 @@ class Drainer:
         self.skip_below = 0 if self.sinks else sampler.drain_min_records()
         self.records_drained = 0
         self.drains = 0
+        self.relinks_seen = 0
         self._buffer = sampler.DrainBuffer()
         # Held while records are reduced into the summary; readers take it for a consistent copy.
         # Re-entrant: a signal handler that calls stop() (or takes a snapshot) may run on a thread
@@ -71,18 +72,29 @@ class Drainer:
     def _drain_locked(self):
         moved = 0
         while True:
-            records, base_us = self._buffer.drain(self.summary)  # drained and reduced
-            if len(records) == 0:
-                break
-            for sink in list(self.sinks):
-                try:
-                    sink(records, base_us)
-                except Exception:
-                    log.exception("memscope record sink %r failed", sink)
+            buffer = self._buffer
+            records, base_us = buffer.drain(self.summary)  # drained and reduced
+            if buffer.relinked:
+                self._relinked(buffer.relinked)
+            if len(records) and self.sinks:
+                for sink in list(self.sinks):
+                    try:
+                        sink(records, base_us)
+                    except Exception:
+                        log.exception("memscope record sink %r failed", sink)
             moved += len(records)
-            if len(records) < len(self._buffer.array):
+            if not buffer.more:
                 break
         return moved
+
+    def _relinked(self, mask):
+        names = ", ".join(name for bit, name in enumerate(("obj", "mem", "raw")) if mask >> bit & 1)
+        # Once per tracker at WARNING: a tool that keeps unlinking us must not flood the log.
+        level = logging.DEBUG if self.relinks_seen else logging.WARNING
+        self.relinks_seen += 1
+        log.log(level, "memscope's allocator hook of the %s domain(s) was unlinked by another tool while "
+                "running (tracemalloc.stop() does that when memscope started after tracemalloc); "
+                "installed again, counting goes on (allocations in between were not counted)", names)
 
     def stop(self):
         """Ends the thread after a last drain. From a signal handler that interrupted a drain on

@@ -50,6 +50,10 @@ class Counters:
     threads_live: int
     ids_used: int
     footprint_bytes: int
+    live_entries: int = 0
+    live_capacity: int = 0
+    live_inclusion_log2: int = 0
+    relinks: int = 0
 
 
 def start(config):
@@ -66,6 +70,8 @@ def start(config):
     c.frequency_interval = config.frequency_sample_interval
     c.ring_capacity = config.max_records_per_thread
     c.seed = config.seed
+    c.live_max_entries = config.live_table_max_entries
+    c.rings_max_bytes = config.max_ring_memory
     lib.ms_reduce_use_simd(1 if config.enable_simd else 0)
     rc = lib.ms_start(c)
     if rc == -1:
@@ -127,6 +133,10 @@ def read_counters():
         threads_live=c.threads_live,
         ids_used=c.ids_used,
         footprint_bytes=c.footprint_bytes,
+        live_entries=c.live_entries,
+        live_capacity=c.live_capacity,
+        live_inclusion_log2=c.live_inclusion_log2,
+        relinks=c.relinks,
     )
 
 
@@ -137,14 +147,18 @@ class DrainBuffer:
         ffi, _ = _lib()
         self.array = np.zeros(capacity, dtype=RECORD_DTYPE)
         self._ptr = ffi.cast("ms_record_t *", ffi.from_buffer(self.array))
-        self._base = ffi.new("uint64_t *")
+        self._info = ffi.new("ms_drain_info_t *")
 
     def drain(self, summary):
         """Moves pending records out of the rings and reduces them into ``summary``, in one call
-        into C: (view of the records, base time in µs)."""
+        into C: (view of the records, base time in µs). Then ``more`` says whether records were
+        left behind (drain again) and ``relinked`` which domains' hooks had been unlinked by
+        another tool and were installed again (a mask of 1 << domain index)."""
         _, lib = _lib()
-        n = lib.ms_drain_reduce(self._ptr, len(self.array), self._base, summary.c_summary)
-        return self.array[:n], int(self._base[0])
+        info = self._info
+        n = lib.ms_drain_reduce(self._ptr, len(self.array), info, summary.c_summary)
+        self.more, self.relinked = bool(info.more), int(info.relinked)
+        return self.array[:n], int(info.base_us)
 
 
 def site_info(site_id):

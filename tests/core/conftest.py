@@ -10,7 +10,8 @@ import testhook
 
 # No drain inside a measurement window: a long interval, and rings too large to reach the
 # half-full mark that wakes the drainer early (pages of an unused ring are never touched).
-QUIET = {"drain_interval_ms": 60000, "adaptive": False, "max_records_per_thread": 4194304}
+QUIET = {"drain_interval_ms": 60000, "adaptive": False, "max_records_per_thread": 4194304,
+         "max_ring_memory": 2**36}
 
 
 @pytest.fixture(scope="session")
