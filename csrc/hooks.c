@@ -353,26 +353,21 @@ __attribute__((always_inline)) static inline void *hook_realloc(int domain, void
     }
     ms_tls_set_guard(MS_GUARD_HOOK);
     uint64_t old = (uint64_t)(uintptr_t)ptr;
-    ms_live_entry_t old_entry, stale;
-    /* Out of the table before the call: once realloc has moved the block, another thread may
-     * receive the old address and enter it. */
-    bool old_sampled = ptr && ms_live_maybe(old) && ms_live_remove(old, false, &old_entry);
+    /* Claimed, not taken out, before the call: once realloc has moved the block another thread
+     * may receive the old address and enter it, and a failed realloc must find its slot again. */
+    bool old_sampled = ptr && ms_live_maybe(old) && ms_live_claim(old);
     void *p = next->realloc(next->ctx, ptr, size);
     bool locked;
     ms_thread_t *t = ms_thread_acquire(&locked);
+    ms_live_entry_t old_entry;
+    /* A NULL result is a failure, realloc(p, 0) included (CPython's allocators make that a
+     * request of 1 byte, so NULL is out of memory): the old block is still valid and sampled. */
+    if (old_sampled && ms_live_settle(old, p != NULL, &old_entry) && p != NULL)
+        emit_free(t, &old_entry);
     if (p) {
-        if (ptr) {
+        if (ptr)
             ms_bump(&t->deallocations[domain], 1);
-            if (old_sampled)
-                emit_free(t, &old_entry);
-        }
         on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_REALLOC, UINT32_MAX);
-    } else if (old_sampled) {
-        /* Failed, realloc(p, 0) included (CPython's allocators make that a request of 1 byte, so
-         * NULL is out of memory): the old block is still valid and still sampled. If it cannot
-         * go back, it leaves the estimate as if freed, since its free will not be seen. */
-        if (ms_live_insert(&old_entry, NULL, &stale) != MS_LIVE_IN)
-            emit_free(t, &old_entry);
     }
     ms_thread_release(locked);
     ms_tls_set_guard(0);

@@ -240,7 +240,7 @@ typedef struct {
     uint32_t site;
     float weight;
     uint32_t domain;
-    uint32_t unused;
+    uint32_t moving; /* 1 while a realloc of the block is in flight (ms_live_claim) */
 } ms_live_entry_t;
 
 /* What ms_live_insert did with a sampled block. */
@@ -257,6 +257,14 @@ typedef struct {
  * emits its free. */
 int ms_live_insert(ms_live_entry_t *e, uint64_t *rng, ms_live_entry_t *stale);
 bool ms_live_remove(uint64_t address, bool manual, ms_live_entry_t *out);
+/* A realloc of address is about to run: its entry (if any) is marked as moving, so that it keeps
+ * its slot (no re-insert that could fail) while lookups of the address skip it (once realloc has
+ * moved the block, another thread may receive the old address and enter it anew). */
+bool ms_live_claim(uint64_t address);
+/* The realloc is over: freed (it moved or succeeded) takes the claimed entry out and hands it
+ * back (the caller emits its free); otherwise the entry stays, as before. False if the entry is
+ * gone (the table's thinning evicted it meanwhile, already taking it off the estimate). */
+bool ms_live_settle(uint64_t address, bool freed, ms_live_entry_t *out);
 void ms_live_configure(uint64_t max_entries);
 void ms_live_clear(void);
 void ms_live_fork_child_locks(void); /* in the pthread_atfork child handler */
