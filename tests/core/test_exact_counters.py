@@ -146,12 +146,13 @@ def test_blocks_pymalloc_hands_to_raw_are_counted_once(tracker, th):
     assert_same_counts(memscope, mine, manual)
 
 
-@pytest.mark.parametrize("size", [700, 3000, 20000], ids=["small", "medium", "large"])
+@pytest.mark.parametrize("size", [0, 700, 3000, 20000], ids=["zero", "small", "medium", "large"])
 def test_failed_requests_are_not_counted(start_tracker, th, size):
     """A malloc, calloc or realloc that returns NULL is no allocation, and a failed realloc frees
-    nothing (its block stays valid). The small-allocation fast path counts before passing the
-    request on and must undo it: an allocator layer under memscope fails every request of
-    ``size`` made by the test hook's calls."""
+    nothing (its block stays valid; with size 0 too: CPython's allocators make realloc(p, 0) a
+    request of one byte, so NULL is out of memory). The small-allocation fast path counts before
+    passing the request on and must undo it: an allocator layer under memscope fails every
+    request of ``size`` made by the test hook's calls."""
     import memscope_otel
 
     with testhook.failing_below(size):

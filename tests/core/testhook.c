@@ -91,7 +91,9 @@ static void *th_realloc_d(int d, void *ptr, size_t size)
     void *p = n->realloc(n->ctx, ptr, size);
     t_guard = 0;
     if (atomic_load(&g_counting)) {
-        if (ptr && (p || size == 0))
+        /* CPython's allocators turn realloc(p, 0) into a request of one byte: NULL is a
+         * failure, p still allocated. */
+        if (ptr && p)
             count_free(d);
         if (p)
             count_alloc(d, size);
@@ -517,7 +519,8 @@ int th_native_threads_keep(int threads, int count, size_t size, uintptr_t *keep)
 
 static PyMemAllocatorEx f_next[3];
 static int f_installed[3];
-static _Atomic uint64_t f_fail_size; /* 0: fail nothing */
+static _Atomic uint64_t f_fail_size;
+static _Atomic int f_failing; /* 0 once uninstalled: the layer then fails nothing */
 static char f_ctx[3];
 
 static int f_domain(void *ctx)
@@ -527,8 +530,7 @@ static int f_domain(void *ctx)
 
 static int f_fails(uint64_t size)
 {
-    uint64_t f = atomic_load(&f_fail_size);
-    return t_fail_armed && f != 0 && size == f;
+    return t_fail_armed && atomic_load(&f_failing) && size == atomic_load(&f_fail_size);
 }
 
 static void *f_malloc(void *ctx, size_t size)
@@ -567,13 +569,72 @@ static const PyMemAllocatorEx f_ours[3] = {
 int th_install_failing(uint64_t fail_size)
 {
     atomic_store(&f_fail_size, fail_size);
+    atomic_store(&f_failing, 1);
     return layer_install(f_next, f_ours, f_installed);
 }
 
 /* Unlinks the layer where it is on top (see layer_uninstall); where something else still sits
- * over it, it stays, passing everything on, as f_fail_size is reset. */
+ * over it, it stays, passing everything on, as it fails nothing any more. */
 int th_uninstall_failing(void)
 {
-    atomic_store(&f_fail_size, 0);
+    atomic_store(&f_failing, 0);
     return layer_uninstall(f_next, f_ours, f_installed);
+}
+
+/* ---- native threads hammering the RAW domain until told to stop ----
+ * They never take the GIL nor have a thread state, as C libraries' own threads: their calls race
+ * whatever the main thread does to the allocator chain (start/stop installing and removing
+ * hooks). Each allocation's first and last bytes are written and checked, so that a call routed
+ * to the wrong allocator shows as a wrong block, not only as a crash. */
+
+static pthread_t h_threads[16];
+static int h_count;
+static _Atomic int h_stop;
+static _Atomic uint64_t h_calls, h_bad;
+
+static void *hammer_main(void *arg)
+{
+    uint64_t n = 0, bad = 0, size = 24 + 8 * (uint64_t)(uintptr_t)arg;
+    while (!atomic_load_explicit(&h_stop, memory_order_relaxed)) {
+        unsigned char *p = PyMem_RawMalloc(size);
+        if (p) {
+            p[0] = 0xA5;
+            p[size - 1] = 0x5A;
+            unsigned char *q = PyMem_RawRealloc(p, size * 2);
+            if (q) {
+                bad += q[0] != 0xA5 || q[size - 1] != 0x5A;
+                p = q;
+            }
+            PyMem_RawFree(p);
+        }
+        PyMem_RawFree(PyMem_RawCalloc(4, size));
+        n += 3;
+    }
+    atomic_fetch_add(&h_calls, n);
+    atomic_fetch_add(&h_bad, bad);
+    return NULL;
+}
+
+int th_hammer_start(int threads)
+{
+    if (h_count != 0 || threads < 1 || threads > 16)
+        return -1;
+    atomic_store(&h_stop, 0);
+    atomic_store(&h_calls, 0);
+    atomic_store(&h_bad, 0);
+    for (; h_count < threads; h_count++) {
+        if (pthread_create(&h_threads[h_count], NULL, hammer_main, (void *)(uintptr_t)h_count) != 0)
+            break;
+    }
+    return h_count == threads ? 0 : -1;
+}
+
+uint64_t th_hammer_stop(uint64_t *bad)
+{
+    atomic_store(&h_stop, 1);
+    for (int i = 0; i < h_count; i++)
+        pthread_join(h_threads[i], NULL);
+    h_count = 0;
+    *bad = atomic_load(&h_bad);
+    return atomic_load(&h_calls);
 }

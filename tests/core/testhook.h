@@ -38,6 +38,8 @@ int th_native_threads(int threads, int count, size_t size);
 int th_native_threads_keep(int threads, int count, size_t size, uintptr_t *keep);
 int th_install_failing(uint64_t fail_size);
 int th_uninstall_failing(void);
+int th_hammer_start(int threads);
+uint64_t th_hammer_stop(uint64_t *bad);
 /* TESTHOOK_CDEF_END */
 
 #endif

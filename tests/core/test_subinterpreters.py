@@ -1,0 +1,67 @@
+"""A thread of a subinterpreter: its allocations are ``<native>``, none of its code objects is
+kept by memscope's site table.
+
+With a per-interpreter GIL (3.12+, "isolated" interpreters) such a thread runs truly beside the
+main interpreter, so interning its code objects would touch their reference counts under the
+wrong lock, and their addresses would dangle once the interpreter is destroyed. Only the main
+interpreter's frames are read.
+"""
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 12),
+                                reason="interpreters with their own GIL exist from CPython 3.12")
+
+CHILD = r"""
+import sys
+try:
+    import _interpreters as interpreters          # 3.13
+except ImportError:
+    import _xxsubinterpreters as interpreters     # 3.12
+import memscope_otel
+from memscope_otel import sampler
+from memscope_otel.records import EVENTS, event_of
+
+SIZE = 50_013
+tracker = memscope_otel.start(adaptive=False, drain_interval_ms=60000)
+captured = []
+tracker.drainer.sinks.append(lambda records, base: captured.append(records[records["size"] == SIZE + 1].copy()))  # bytearray(n) asks n + 1
+code = '''
+import threading
+def subfn():
+    keep = [bytearray(%d) for _ in range(20)]
+thread = threading.Thread(target=subfn)
+thread.start()
+thread.join()
+''' % SIZE
+interp = interpreters.create()  # isolated: its own GIL and object allocator state
+interpreters.run_string(interp, code)
+memscope_otel.snapshot()  # drains
+interpreters.destroy(interp)
+memscope_otel.snapshot()
+
+import numpy as np
+records = np.concatenate(captured)
+allocs = records[event_of(records["flags"]) != EVENTS.index("free")]  # (bytearray reallocs from NULL)
+print("allocs:", len(allocs))
+print("sites:", sorted({int(s) for s in allocs["site"]}))
+names = set()
+for site_id in range(sampler.read_counters().ids_used):
+    info = sampler.site_info(site_id)
+    if info is not None and info[0] is not None:
+        names.add(info[0].co_name)
+print("subfn kept:", "subfn" in names)
+memscope_otel.stop()
+"""
+
+
+def test_subinterpreter_thread_is_native_and_leaves_no_code_object():
+    result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert int(lines["allocs"]) == 20, result.stdout
+    # MS_ID_NATIVE + domain: 0..3 (the buffers of bytearray(50013) are OBJ requests)
+    assert all(site < 4 for site in eval(lines["sites"])), result.stdout
+    assert lines["subfn kept"] == "False", result.stdout
