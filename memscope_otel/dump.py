@@ -38,8 +38,10 @@ not bounded by the file's own length.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import stat
 import struct
 import threading
 import time
@@ -83,6 +85,78 @@ def _pad32(n: int) -> int:
     return (n + 31) & ~31
 
 
+class DumpPathRefused(PermissionError):
+    """A dump path refused because writing there could harm a file that is not the dump's own
+    (``reason`` says why); nothing at the path was changed."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(errno.EPERM, reason, path)
+        self.reason = reason
+
+    def __str__(self):
+        return f"{self.filename}: {self.reason}"
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _refusal(st) -> str | None:
+    """Why the file described by ``st`` must not become a dump, or None."""
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link (a dump is never written through one)"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "an unknown kind of file")
+        return f"it is not a regular file ({kind})"
+    # Root included: root can truncate anything, which is exactly what a planted file asks for.
+    if st.st_uid != os.geteuid():
+        return f"it belongs to another user (uid {st.st_uid}) and is never truncated"
+    if st.st_nlink > 1:
+        return f"it has {st.st_nlink} hard links (truncating it would empty the other names too)"
+    return None
+
+
+def _open_dump_file(path: str, exclusive: bool) -> int:
+    """Opens ``path`` for a new dump: empty, mode 0600, and never a file that is not ours.
+
+    The checks look at the opened descriptor, not at the name, so nothing can be swapped in at the
+    name between a check and the truncation. Hence no O_TRUNC in the open (it would empty another
+    user's file before the check could refuse it), and O_NOFOLLOW (a symbolic link at the name
+    fails the open: the descriptor can never be a link's target). O_NONBLOCK keeps the open of a
+    FIFO from waiting for a reader and O_NOCTTY keeps a terminal from becoming the process's
+    controlling one; the check then refuses both.
+    """
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+             | (os.O_EXCL if exclusive else 0))
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        # Only to name the reason: the open already refused (ELOOP for a link, EEXIST when
+        # exclusive, ENXIO for a FIFO without a reader, EISDIR, EACCES where fs.protected_regular
+        # stops even root from opening another user's file in a sticky directory).
+        try:
+            reason = _refusal(os.lstat(path))
+        except OSError:
+            reason = None
+        if reason is None and exclusive and exc.errno == errno.EEXIST:
+            reason = "a file is already there (a forked child's dump is only ever a new file)"
+        if reason is None:
+            raise
+        raise DumpPathRefused(path, reason) from None
+    try:
+        reason = _refusal(os.fstat(fd))
+        if reason is not None:
+            raise DumpPathRefused(path, reason)
+        os.set_blocking(fd, True)
+        # Exactly 0600 whatever the umask, and also for an old dump of ours left 0644 before.
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 # ------------------------------------------------------------------------------------------ writer
 
 
@@ -90,11 +164,17 @@ class DumpWriter:
     """Writes a dump file: ``DumpWriter(path, config)`` creates (or truncates) it and writes the
     header; ``write_chunk`` and ``write_strings`` append chunks; ``close`` ends it.
 
+    The file holds heap addresses, so it is created with mode 0600 (whatever the umask; an old
+    file of ours is set to 0600 too). The path is refused with ``DumpPathRefused`` when it is a
+    symbolic link, not a regular file, another user's file (also for root) or a file with more
+    than one hard link; ``exclusive=True`` also refuses anything already there.
+
     Thread-safe. A failed write (disk full, ...) raises ``OSError`` after cutting the file back
     to its last complete chunk, so the file stays readable.
     """
 
-    def __init__(self, path, config: dict | None = None, start_time_us: int | None = None):
+    def __init__(self, path, config: dict | None = None, start_time_us: int | None = None,
+                 exclusive: bool = False):
         self.path = os.fspath(path)
         if start_time_us is None:
             start_time_us = time.time_ns() // 1000
@@ -109,7 +189,7 @@ class DumpWriter:
         header = fixed + struct.pack("<I", crc) + config_json
         header += bytes(header_length - len(header))
         self._lock = threading.Lock()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self._fd = _open_dump_file(self.path, exclusive)
         self._offset = 0
         self.records_written = 0
         try:

@@ -91,17 +91,21 @@ class Tracker:
         self.listeners = []  # callables(snapshot), e.g. the optimizer, after each refresh
         self.optimizer = None  # the PerformanceOptimizer while OTEL_PYTHON_MEMSCOPE_ADAPTIVE is true
 
-    def _sinks(self):
+    def _sinks(self, exclusive=False):
         if not self.config.dump_path:
             return []
         try:
-            from .dump import DumpWriter
+            from .dump import DumpPathRefused, DumpWriter
         except ImportError:
             log.warning("OTEL_PYTHON_MEMSCOPE_DUMP_PATH is set but this build has no dump writer")
             return []
         path = self.config.dump_path
         try:
-            self._dump = DumpWriter(path, {k: v for k, v in vars(self.config).items()})
+            self._dump = DumpWriter(path, {k: v for k, v in vars(self.config).items()}, exclusive=exclusive)
+        except DumpPathRefused as exc:
+            log.warning("OTEL_PYTHON_MEMSCOPE_DUMP_PATH: refused to write the dump to %r: %s; no dump, "
+                        "tracking and metrics go on", path, exc.reason)
+            return []
         except OSError as exc:
             log.warning("OTEL_PYTHON_MEMSCOPE_DUMP_PATH=%r cannot be written (%s); no dump", path, exc)
             return []
@@ -198,14 +202,17 @@ class Tracker:
         """In a forked child: fresh counters, records, summary and drainer; the parent's stay its own."""
         sampler.after_fork_child()
         _process.summary = self.summary = Summary()
-        if self._dump is not None:
-            # The parent keeps writing its file; a child writes its own next to it.
-            self._dump = None
-            if self.config.dump_path:
-                import dataclasses
+        # The parent keeps writing its file; a child writes its own next to it, and only if the
+        # parent still writes one: a refused path stays refused, and after a failed write the
+        # parent's path holds the chunks it kept readable, which a reopen would truncate.
+        parent_dumps, self._dump = self._dump is not None, None
+        if parent_dumps:
+            import dataclasses
 
-                self.config = dataclasses.replace(self.config, dump_path=f"{self.config.dump_path}.{os.getpid()}")
-        self.drainer = Drainer(self.summary, self.config.drain_interval_ms / 1000.0, self._sinks())
+            self.config = dataclasses.replace(self.config, dump_path=f"{self.config.dump_path}.{os.getpid()}")
+        # <path>.<pid> is a name anyone can predict and prepare: only a new file will do.
+        sinks = self._sinks(exclusive=True) if parent_dumps else []
+        self.drainer = Drainer(self.summary, self.config.drain_interval_ms / 1000.0, sinks)
         if self.optimizer is not None:
             self.optimizer.after_fork_child(self.drainer)
         self._dumped_ids = set()
