@@ -55,18 +55,127 @@ def test_every_metric_is_published_with_units(tracked):
     del keep, blocks
 
 
-def test_exact_counters_are_the_c_counters(tracked):
-    build(5000)
-    metrics = collect(tracked)
-    snap = memscope_otel.snapshot()
-    points = {(p.attributes["memscope.domain"], p.attributes["memscope.size_class"]): p.value
-              for p in metrics["memscope.allocated"].data.data_points}
-    # The snapshot was taken after the collection: counters only grow in between.
-    for (domain, cls), value in points.items():
-        d = ("obj", "mem", "raw", "manual").index(domain)
-        c = ("small", "medium", "large").index(cls)
-        assert 0 <= value <= snap.counters.bytes[d][c]
-    assert sum(points.values()) > 0
+DOMAIN_NAMES = ("obj", "mem", "raw", "manual")
+CLASS_NAMES = ("small", "medium", "large")
+# One size per size class (default thresholds: medium from 1024 B, large from 8192 B) and the
+# log2 bucket each falls in (memscope.size.le = the power of two at or above the size).
+WORKLOAD_SIZES = {"small": (100, "128"), "medium": (2000, "2048"), "large": (10000, "16384")}
+WORKLOAD_N = 300  # requests per domain and size class
+
+
+def _allocator_calls():
+    """The three CPython allocator domains called directly (a private PyDLL, so that the shared
+    ctypes.pythonapi function objects keep their settings): {domain: (malloc, free)}."""
+    import ctypes
+
+    api = ctypes.PyDLL(None)
+    calls = {}
+    for domain, (malloc, free) in {"obj": ("PyObject_Malloc", "PyObject_Free"),
+                                   "mem": ("PyMem_Malloc", "PyMem_Free"),
+                                   "raw": ("PyMem_RawMalloc", "PyMem_RawFree")}.items():
+        m, f = getattr(api, malloc), getattr(api, free)
+        m.restype, m.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        f.restype, f.argtypes = None, [ctypes.c_void_p]
+        calls[domain] = (m, f)
+    return calls
+
+
+def _exact_points(reader):
+    """{metric: {attribute tuple: value}} of the four exact counters in one collection, through
+    the SDK's own data model; a series reported twice would be a bug of its own."""
+    keys = {"memscope.allocations": ("memscope.domain", "memscope.size_class"),
+            "memscope.allocated": ("memscope.domain", "memscope.size_class"),
+            "memscope.allocations.by_size": ("memscope.domain", "memscope.size.le"),
+            "memscope.deallocations": ("memscope.domain",)}
+    out = {name: {} for name in keys}
+    for name, metric in collect(reader).items():
+        if name not in keys:
+            continue
+        assert metric.data.is_monotonic, name  # exported as counters (cumulative sums)
+        for point in metric.data.data_points:
+            key = tuple(point.attributes[k] for k in keys[name])
+            assert key not in out[name], (name, key)
+            out[name][key] = point.value
+    return out
+
+
+def _assert_points_are(points, counters, domains):
+    """Every exported exact point equals the C counter it reports, point by point, and every
+    (domain, class) and every non-empty histogram bucket of ``domains`` has its point."""
+    for metric, table in (("memscope.allocations", counters.allocations), ("memscope.allocated", counters.bytes)):
+        for domain in domains:
+            d = DOMAIN_NAMES.index(domain)
+            for c, cls in enumerate(CLASS_NAMES):
+                assert (domain, cls) in points[metric], \
+                    f"{metric} has no {domain}/{cls} series: {sorted(points[metric])}"
+                assert points[metric][domain, cls] == int(table[d][c]), (metric, domain, cls)
+    for domain in domains:
+        d = DOMAIN_NAMES.index(domain)
+        assert domain in {k[0] for k in points["memscope.deallocations"]}, f"no deallocations series for {domain}"
+        assert points["memscope.deallocations"][(domain,)] == int(counters.deallocations[d]), domain
+        buckets = {str(1 << int(k)): int(counters.by_size[d][k]) for k in counters.by_size[d].nonzero()[0]}
+        exported = {le: v for (dom, le), v in points["memscope.allocations.by_size"].items() if dom == domain}
+        assert exported == buckets, (domain, exported, buckets)
+        # The histogram is the same requests as the per-class counts.
+        assert sum(buckets.values()) == int(counters.allocations[d].sum()), domain
+    # No series names a domain the C side does not have.
+    for metric in points:
+        assert {k[0] for k in points[metric]} <= set(DOMAIN_NAMES), (metric, points[metric].keys())
+
+
+def test_exported_exact_counters_equal_the_c_counters_point_by_point():
+    """The exact metrics as an exporter receives them (a real MeterProvider and SDK reader) are
+    the C counters themselves: per domain x size class for memscope.allocations and
+    memscope.allocated, per bucket for memscope.allocations.by_size, per domain for
+    memscope.deallocations. A domain, class or bucket missing from the export, or any value off
+    by one, fails. Both while running (against the snapshot the collection was computed from:
+    the counters keep moving with the interpreter's own allocations) and after stop(), when
+    collections report the final snapshot and the C counters no longer move."""
+    from memscope_otel import sampler
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    calls = _allocator_calls()
+    # Every domain hooked and the default size-class thresholds, whatever the environment says.
+    tracker = memscope_otel.start(meter_provider=provider, seed=11, drain_interval_ms=60000, adaptive=False,
+                                  domains="obj,mem,raw", critical_size_threshold=8192)
+    try:
+        assert set(tracker.config.domains) == {"obj", "mem", "raw"}
+        seen = []
+        tracker.listeners.append(seen.append)  # the snapshot each collection's points come from
+        start = _exact_points(reader)
+        # Known requests in every domain and size class (and the manual API), all freed again.
+        for domain, (malloc, free) in calls.items():
+            for cls, (size, _) in WORKLOAD_SIZES.items():
+                blocks = [malloc(size) for _ in range(WORKLOAD_N)]
+                assert all(blocks)
+                for block in blocks:
+                    free(block)
+        for i in range(WORKLOAD_N):
+            memscope_otel.track_allocation(0x10000 + 64 * i, 40, "Block")
+            memscope_otel.track_deallocation(0x10000 + 64 * i)
+        del seen[:]
+        running = _exact_points(reader)
+        assert len(seen) == 1, "one snapshot per collection"
+        _assert_points_are(running, seen[0].counters, DOMAIN_NAMES)
+        # The workload is in the export: each (domain, class) grew by at least its known requests
+        # (the interpreter adds its own), each bucket of a workload size too.
+        for domain in ("obj", "mem", "raw"):
+            for cls, (size, le) in WORKLOAD_SIZES.items():
+                for metric, per in (("memscope.allocations", 1), ("memscope.allocated", size)):
+                    grew = running[metric][domain, cls] - start[metric].get((domain, cls), 0)
+                    assert grew >= WORKLOAD_N * per, (metric, domain, cls, grew)
+                bucket = running["memscope.allocations.by_size"][domain, le]
+                assert bucket - start["memscope.allocations.by_size"].get((domain, le), 0) >= WORKLOAD_N
+            grew = running["memscope.deallocations"][(domain,)] - start["memscope.deallocations"].get((domain,), 0)
+            assert grew >= 3 * WORKLOAD_N, (domain, grew)
+        assert running["memscope.allocated"]["manual", "small"] - start["memscope.allocated"].get(
+            ("manual", "small"), 0) == 40 * WORKLOAD_N
+    finally:
+        memscope_otel.stop()
+    final = _exact_points(reader)
+    counters = sampler.read_counters()
+    _assert_points_are(final, counters, DOMAIN_NAMES)
 
 
 def test_site_attribution_names_the_function_and_line(tracked):

@@ -1,4 +1,7 @@
 """The C reducers: SIMD and scalar paths bit-identical; both equal to the numpy computation."""
+import pathlib
+import sys
+
 import numpy as np
 import pytest
 
@@ -210,9 +213,20 @@ def test_buckets_at_powers_of_two():
             assert s["bucket_count"][0, bucket] == 1.0, (size, bucket)
 
 
+def unavailable(reason):
+    """Skips, or fails under MEMSCOPE_REQUIRE_INTEGRATION=1: the suite's one rule for a missing
+    prerequisite, in tests/integration/conftest.py (imported only on the skip path)."""
+    tests = str(pathlib.Path(__file__).resolve().parent.parent)
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from integration.conftest import unavailable as integration_unavailable
+
+    integration_unavailable(reason)
+
+
 def test_use_simd_switch():
     if not LIB.ms_reduce_simd_available():
-        pytest.skip("this CPU has no vector path")
+        unavailable("this CPU has no vector path")
     try:
         LIB.ms_reduce_use_simd(0)
         assert LIB.ms_reduce_simd_active() == 0

@@ -65,14 +65,21 @@ class Stratum:
         return self.total * abs(self.rate * weight_of(self.rate) - 1.0)
 
 
+def deviation(variance, bound, probability):
+    """Bernstein: a sum of independent (or martingale) terms, each at most ``bound`` in absolute
+    value, with total ``variance``, strays from its mean by ``deviation`` or more, in either
+    direction, with probability <= probability."""
+    ell = math.log(2.0 / probability)
+    a = ell * bound / 3.0
+    return a + math.sqrt(a * a + 2.0 * ell * variance)
+
+
 def tolerance(strata, alpha=ALPHA):
     """The deviation t with P(|T_hat - T| > t) <= alpha for an estimate over ``strata``."""
     strata = list(strata)
     v = sum(s.variance for s in strata)
     m = max((s.bound for s in strata), default=0.0)
-    ell = math.log(2.0 / alpha)
-    a = ell * m / 3.0
-    return a + math.sqrt(a * a + 2.0 * ell * v) + sum(s.rounding for s in strata)
+    return deviation(v, m, alpha) + sum(s.rounding for s in strata)
 
 
 def stddev(strata):
@@ -96,6 +103,7 @@ def count_stratum(rate, n):
 def unknown_sizes_stratum(rate, total_bytes, largest):
     """Allocations whose sizes are unknown but whose total and maximum are: sum s_i^2 <= largest *
     sum s_i bounds their variance (the tracker's exact counters give the total)."""
+    assert total_bytes >= 0, f"more bytes attributed to the workload than counted: {total_bytes}"
     return Stratum(rate, float(total_bytes), float(total_bytes) * float(largest), float(min(largest, total_bytes)))
 
 
@@ -127,6 +135,68 @@ class Check:
         """True when any estimate within tolerance of the truth, scaled by 1 +- relative, falls
         outside the tolerance: |(1+r)(X - T) + r T| >= r T - (1+r) t > t needs t < r T / (2 + r)."""
         return self.tolerance < relative * self.low / (2.0 + relative)
+
+
+# Power against a biased sampler (docs/statistics.md, "Power of the live-estimate tests").
+BIAS = 0.05  # the relative bias the live-estimate tests must detect
+BETA = 1e-3  # allowed probability that a sampler with that bias passes a check: power >= 0.999
+
+
+def variance_of(strata):
+    return sum(s.variance for s in strata)
+
+
+def bound_of(strata):
+    return max((s.bound for s in strata), default=0.0)
+
+
+def miss_probability(check, mean, variance, bound):
+    """Upper bound on the probability that an estimator with expectation ``mean`` whose deviation
+    is a sum of independent terms (total ``variance``, each at most ``bound``) lands inside the
+    check's acceptance interval [low - t, high + t] (one-sided Bernstein; no normal approximation)."""
+    low, high = check.low - check.tolerance, check.high + check.tolerance
+    if low <= mean <= high:
+        return 1.0
+    gap = mean - high if mean > high else low - mean
+    return math.exp(-gap * gap / (2.0 * (variance + bound * gap / 3.0)))
+
+
+def allocation_bias_miss(check, strata, r=BIAS):
+    """Every sampled allocation weighted (1 + r) / p: the live estimate is (1 + r) times an
+    unbiased one (a free removes what its allocation added), so its mean is at least
+    (1 + r) * low (the requests of unknown size add nothing in the worst case), its variance
+    (1 + r)^2 V and its terms (1 + r) M."""
+    return miss_probability(check, (1.0 + r) * check.low, (1.0 + r) ** 2 * variance_of(strata),
+                            (1.0 + r) * bound_of(strata))
+
+
+def free_bias_miss(check, strata, freed_strata, r=BIAS):
+    """Every free of a sampled block removing (1 + r) times what its allocation added: the
+    estimate loses r times the Horvitz-Thompson estimate of the freed bytes F, so its mean is at
+    most high - r F (frees of blocks of unknown size only lower it), its variance
+    V + r^2 V_freed, its terms at most max(M, r M_freed)."""
+    freed = sum(s.total for s in freed_strata)
+    return miss_probability(check, check.high - r * freed,
+                            variance_of(strata) + r * r * variance_of(freed_strata),
+                            max(bound_of(strata), r * bound_of(freed_strata)))
+
+
+def describe_power(check, alloc_miss=None, free_miss=None, r=BIAS):
+    parts = [f"{check.name}: tolerance {check.tolerance / check.sd:.2f} sd"]
+    for side, miss in (("allocation", alloc_miss), ("free", free_miss)):
+        if miss is not None:
+            parts.append(f"{r:.0%} {side}-side bias passes with probability <= {miss:.1e}")
+    return "; ".join(parts)
+
+
+def assert_powered(check, alloc_miss=None, free_miss=None, beta=BETA):
+    """The check rejects a sampler biased as described with probability >= 1 - beta (computed
+    from the workload's own sizes, so a smaller workload cannot silently lose the power)."""
+    text = describe_power(check, alloc_miss, free_miss)
+    if os.environ.get("MEMSCOPE_STATS_VERBOSE"):
+        print(text)
+    for miss in (alloc_miss, free_miss):
+        assert miss is None or miss <= beta, f"check not powered: {text}"
 
 
 def assert_all(checks):
