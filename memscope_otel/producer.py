@@ -106,6 +106,12 @@ class Producer:
         counter("memscope.sampler.samples", "{record}", "Records written by the sampler (exact)", self._samples)
         counter("memscope.sampler.dropped", "{record}", "Records lost to full buffers (exact)", self._dropped)
         updown("memscope.sampler.memory", "By", "Memory held by the tracker's C side", self._footprint)
+        gauge("memscope.sampler.live_table.fill", "1",
+              "Sampled live blocks in the live table, as a fraction of its budget (LIVE_TABLE_MAX_ENTRIES)",
+              self._live_table_fill)
+        gauge("memscope.sampler.live_table.inclusion", "1",
+              "Probability with which a sampled block enters the live table (below 1 past its budget)",
+              self._live_table_inclusion)
         # Last, so that the pressure it reports includes this collection's other callbacks.
         gauge("memscope.optimizer.pressure", "1", "Export pressure seen by the adaptive optimizer (0 to 1)",
               self._pressure)
@@ -185,6 +191,14 @@ class Producer:
 
     def _footprint(self, snap):
         yield Observation(snap.counters.footprint_bytes)
+
+    def _live_table_fill(self, snap):
+        budget = getattr(getattr(self.tracker, "config", None), "live_table_max_entries", 0)
+        if budget:
+            yield Observation(snap.counters.live_entries / budget)
+
+    def _live_table_inclusion(self, snap):
+        yield Observation(2.0 ** -snap.counters.live_inclusion_log2)
 
     def _rates(self, snap):
         medium, small = snap.rates

@@ -13,7 +13,8 @@ EXPECTED = {
     "memscope.allocations", "memscope.allocated", "memscope.deallocations", "memscope.allocations.by_size",
     "memscope.site.allocated", "memscope.site.allocations", "memscope.live", "memscope.site.live",
     "memscope.type.allocated", "memscope.sampler.rate", "memscope.sampler.samples",
-    "memscope.sampler.dropped", "memscope.sampler.memory",
+    "memscope.sampler.dropped", "memscope.sampler.memory", "memscope.sampler.live_table.fill",
+    "memscope.sampler.live_table.inclusion",
 }
 
 
