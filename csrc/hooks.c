@@ -295,10 +295,9 @@ static inline bool tracking(int domain)
  * sampled block is still the application's block going away: a collection that runs on the
  * drainer, or inside a metric callback, frees application objects. Its record goes into that
  * thread's ring like any other (or the spill), or the block would stay "live" for good. */
-__attribute__((noinline, cold)) static void untracked_free(int domain, uint64_t address)
+__attribute__((noinline, cold)) static void ignored_free(int domain, uint64_t address)
 {
-    if (ms_tls_guard() != MS_GUARD_IGNORED || !(atomic_load_explicit(&g_active, memory_order_relaxed) >> domain & 1) ||
-        !ms_live_maybe(address))
+    if (!(atomic_load_explicit(&g_active, memory_order_relaxed) >> domain & 1) || !ms_live_maybe(address))
         return;
     ms_live_entry_t e;
     if (ms_live_remove(address, false, &e)) {
@@ -307,6 +306,13 @@ __attribute__((noinline, cold)) static void untracked_free(int domain, uint64_t 
         emit_free(t, &e);
         ms_thread_release(locked);
     }
+}
+
+/* Nested calls (inside a hook) pass straight through: only the tracker's own threads look further. */
+static inline void untracked_free(int domain, uint64_t address)
+{
+    if (MS_UNLIKELY(ms_tls_guard() == MS_GUARD_IGNORED))
+        ignored_free(domain, address);
 }
 
 __attribute__((noinline)) static void *general_malloc(int domain, size_t size)
