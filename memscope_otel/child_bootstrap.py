@@ -21,11 +21,14 @@ import sys
 import threading
 import time
 
-# Run with ``python -c``: sys.path[0] is then the working directory, where a source checkout of
-# memscope_otel (without its compiled sampler) would shadow the installed package. The code drops
-# that entry before importing this module; main() puts the program's own entry back.
-BOOTSTRAP_CODE = ("import sys; del sys.path[0]; "
-                  "from memscope_otel.child_bootstrap import main; main(sys.argv[1:])")
+# Run with ``python -c``: sys.path[0] is then "" (the working directory), where a source checkout
+# of memscope_otel (without its compiled sampler) would shadow the installed package. The code
+# drops that entry before importing this module; main() puts the program's own entry back.
+BOOTSTRAP_CODE = ("import sys\n"
+                  "if sys.path and sys.path[0] == '':\n"
+                  "    del sys.path[0]\n"
+                  "from memscope_otel.child_bootstrap import main\n"
+                  "main(sys.argv[1:])\n")
 
 
 class ReadingPublisher:

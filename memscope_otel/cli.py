@@ -131,7 +131,8 @@ def _top(args) -> int:
         return _error("top", "give either --url or a program to run, not both")
     if not args.url and not command:
         return _error("top", "give a program to run (top -- PROGRAM [ARGS]) or a page (top --url URL)")
-    on_terminal = sys.stdout.isatty() and sys.stdin.isatty() and not args.plain
+    on_terminal = (sys.stdout.isatty() and sys.stdin.isatty() and not args.plain
+                   and os.environ.get("TERM", "dumb") not in ("", "dumb"))
     if args.url:
         source = UrlSource(args.url)
     else:

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from .reading import top_live_sites, top_sites_by_bytes
+from .reading import top_sites_by_bytes
 from .records import DOMAINS
 from .report import BUCKETS, Report, SiteRow
 
@@ -19,6 +19,11 @@ from .report import BUCKETS, Report, SiteRow
 def _rows(pairs) -> list:
     return [SiteRow(id=0, label=key.label(), domain=key.domain, est_bytes=fig.bytes, est_count=fig.count,
                     live_bytes=fig.live, records=None) for key, fig in pairs]
+
+
+def _per_domain(table) -> np.ndarray:
+    """[domain][size class] -> [domain] totals."""
+    return np.array([sum(row) for row in table], dtype=float)
 
 
 def report_from_readings(reading, timeline, command, status_text: str, top: int = 15) -> Report:
@@ -38,17 +43,15 @@ def report_from_readings(reading, timeline, command, status_text: str, top: int 
             buckets[k] = n
     types = sorted(reading.types.items(), key=lambda kv: kv[1], reverse=True)[:top]
     type_rows = [SiteRow(0, name, "manual", b, 0.0, 0.0, None) for name, b in types]
-    per_domain = lambda rows: np.array([sum(row) for row in rows], dtype=float)  # noqa: E731
     return Report(
         path=shlex.join(command), start_time_us=first_us, first_us=first_us, last_us=now_us,
         n_records=int(reading.samples), n_allocs=0, n_frees=0, n_chunks=0, n_threads=0,
         config={"small_sample_rate": reading.rates.get("small"), "medium_sample_rate": reading.rates.get("medium")},
         truncated=None,
-        est_count=per_domain(reading.allocations), est_bytes=per_domain(reading.allocated),
+        est_count=_per_domain(reading.allocations), est_bytes=_per_domain(reading.allocated),
         live_bytes=np.array(reading.live[:len(DOMAINS)], dtype=float),
         top_sites_by_bytes=_rows(top_sites_by_bytes(reading, top)),
-        top_sites_by_count=_rows(sorted(top_sites_by_bytes(reading, len(reading.sites)),
-                                        key=lambda kv: kv[1].count, reverse=True)[:top]),
+        top_sites_by_count=_rows(sorted(reading.sites.items(), key=lambda kv: kv[1].count, reverse=True)[:top]),
         top_types_by_bytes=type_rows, top_types_by_count=[],
         size_buckets=buckets, bin_edges_s=times,
         rate_bytes=np.diff(nbytes) / spans, rate_count=np.diff(counts) / spans, live_over_time=live[1:],

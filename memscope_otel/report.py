@@ -383,15 +383,19 @@ def _records_cell(records) -> str:
 
 def site_table(rows, title, total_bytes) -> list:
     """Text lines of a top list of SiteRow (empty when there are none). A row's ``records`` is the
-    number of sampled records behind it, or None where the source does not count them."""
+    number of sampled records behind it, or None where the source does not count them (the
+    column is left out when no row has it)."""
     if not rows:
         return []
+    with_records = any(r.records is not None for r in rows)
+    records_head = f"{'records':>8}  " if with_records else ""
     out = [title, f"  {'#':>3}  {'est. bytes':>11}  {'est. count':>10}  {'live bytes':>11}  {'share':>6}  "
-                  f"{'records':>8}  site"]
+                  f"{records_head}site"]
     for i, r in enumerate(rows, 1):
         share = 100 * r.est_bytes / total_bytes if total_bytes > 0 else 0.0
+        records = f"{_records_cell(r.records):>8}  " if with_records else ""
         out.append(f"  {i:>3}  {fmt_bytes(r.est_bytes):>11}  {fmt_count(r.est_count):>10}  "
-                   f"{fmt_bytes(r.live_bytes):>11}  {share:5.1f}%  {_records_cell(r.records):>8}  {r.label} ({r.domain})")
+                   f"{fmt_bytes(r.live_bytes):>11}  {share:5.1f}%  {records}{r.label} ({r.domain})")
     out.append("")
     return out
 

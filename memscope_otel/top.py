@@ -124,8 +124,11 @@ def run_screen(source, interval_s: float, iterations) -> None:
     first = source.first()
 
     def loop(screen):
-        curses.curs_set(0)
-        curses.use_default_colors()
+        for optional in (lambda: curses.curs_set(0), curses.use_default_colors):
+            try:  # not every terminal can hide the cursor or keep its own colours
+                optional()
+            except curses.error:
+                pass
         styles = {HEADER: curses.A_REVERSE, TITLE: curses.A_BOLD}
         screen.timeout(100)  # getch() waits at most this long: keys are seen within 0.1 s
         before, after = None, first

@@ -21,6 +21,12 @@ from .reading_stream import ReadingDecoder, StreamError
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
+def _interpreter_flags() -> list:
+    """This interpreter's -X, -W, -O... options, for the child (as multiprocessing passes them on)."""
+    flags = getattr(subprocess, "_args_from_interpreter_flags", None)
+    return list(flags()) if flags is not None else []
+
+
 class ProgramError(Exception):
     """The program cannot be started (missing script or module, missing exporter)."""
 
@@ -44,8 +50,8 @@ class TrackedProcess:
         self._changed = threading.Condition()
         self._ended = False  # the stream of readings has ended
         read_fd, write_fd = os.pipe()
-        argv = [sys.executable, "-c", BOOTSTRAP_CODE, "--readings-fd", str(write_fd), "--interval-s", str(interval_s),
-                "--exporter", exporter]
+        argv = [sys.executable, *_interpreter_flags(), "-c", BOOTSTRAP_CODE,
+                "--readings-fd", str(write_fd), "--interval-s", str(interval_s), "--exporter", exporter]
         if export_interval_ms:
             argv += ["--export-interval-ms", str(export_interval_ms)]
         if dump:

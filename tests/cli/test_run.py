@@ -108,3 +108,25 @@ def test_bad_program_is_one_line_error(args, message):
     line = one_line_error(result)
     assert line.startswith("memscope-otel run: error: ") and message in line
     assert result.stdout == b""
+
+
+def test_sigterm_to_run_is_passed_on_to_the_program():
+    import subprocess
+    import time
+
+    from .commands import cli_argv, cli_env
+
+    process = subprocess.Popen(cli_argv("run", "--", str(PROGRAMS / "steady_loop.py"), "120"), cwd=PROGRAMS,
+                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2.5)  # a reading or two
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == -signal.SIGTERM, err.decode()[-3000:]
+    summary = err.decode()
+    assert "killed by SIGTERM" in summary.splitlines()[0], summary
+    assert "steady_loop.py:build_frames" in summary and out == b""
