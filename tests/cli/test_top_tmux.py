@@ -94,3 +94,18 @@ def test_top_of_the_demo_metrics_page():
         except subprocess.TimeoutExpired:
             demo.kill()
             demo.communicate()
+
+
+def test_ctrl_c_leaves_the_view_of_a_page():
+    from .pages import PageServer, growing_memscope_page
+
+    with PageServer(growing_memscope_page()) as server:
+        pane = TmuxPane(cli_argv("top", "--url", server.url, "--interval", "0.5"), PROGRAMS, cli_env())
+        try:
+            pane.wait_for_screen(lambda s: "worker.py:grow_buffers:12 (obj)" in s and "MiB/s" in s)
+            pane.send_keys("C-c")
+            status = pane.wait_for_status()
+            assert status == 0, f"top did not leave on Ctrl-C (status {status}): {pane.stderr()}"
+            assert pane.stderr() == "" and "q quits" not in pane.screen()  # the terminal is restored
+        finally:
+            pane.close()

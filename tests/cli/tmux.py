@@ -30,7 +30,10 @@ class TmuxPane:
         self.socket = os.path.join(self.dir, "sock")
         self.status_file = os.path.join(self.dir, "status")
         self.stderr_file = os.path.join(self.dir, "stderr")
-        script = (f"{shlex.join(argv)} 2>{shlex.quote(self.stderr_file)}; "
+        # The shell traps SIGINT with a handler (not ignores it: an ignored signal stays ignored in
+        # its child), so that a Ctrl-C sent to the pane reaches the command and the shell lives on
+        # to write the command's status.
+        script = (f"trap : INT; {shlex.join(argv)} 2>{shlex.quote(self.stderr_file)}; "
                   f"echo $? > {shlex.quote(self.status_file)}; sleep 600")
         self._tmux("-f", "/dev/null", "new-session", "-d", "-x", str(width), "-y", str(height), "-c", str(cwd),
                    "sh", "-c", script, env=env)
