@@ -68,7 +68,8 @@ def render_summary(reading, command, status: int, top: int = 10) -> str:
     ``command`` the program's command line; ``status`` its subprocess-style exit status."""
     head = f"memscope-otel run: {shlex.join(command)}: {describe_status(status)}"
     if reading is None:
-        return head + "\n  no reading arrived from the program before it ended: nothing to summarize\n"
+        return (head + "\n  no reading arrived from the program: it ended before the first one, or the tracker is "
+                       "disabled there (OTEL_PYTHON_MEMSCOPE_ENABLED=false, OTEL_SDK_DISABLED=true)\n")
     out = [head]
     when = f"{reading.uptime_s:.2f} s tracked" if reading.uptime_s is not None else "tracked"
     out.append(f"  {when}; {fmt_count(reading.total_allocations)} allocations, "

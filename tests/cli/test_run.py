@@ -97,6 +97,12 @@ def test_no_summary_leaves_stderr_to_the_program():
     assert (result.returncode, result.stdout, result.stderr) == (0, STDOUT_BYTES, STDERR_BYTES)
 
 
+def test_disabled_tracker_runs_the_program_untracked():
+    result = run_cli("run", "--", PROGRAM, "0", OTEL_PYTHON_MEMSCOPE_ENABLED="false")
+    assert result.returncode == 0 and result.stdout == STDOUT_BYTES
+    assert "no reading arrived from the program" in _summary(result)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--", "no_such_program.py"], "no such file: no_such_program.py"),
     (["--", "-m", "no_such_module_xyz"], "no module named 'no_such_module_xyz'"),
