@@ -27,12 +27,17 @@ class UrlSource:
         self.title = url
         self.ended_status = None  # a page never "ends"
         self.problem = None       # why the last fetch failed, while it fails
+        self._fetched_at = time.monotonic()  # when the last fetch, good or failed, began
 
     def first(self):
+        self._fetched_at = time.monotonic()
         return read_url(self.url)  # PageError ends the command with its message
 
     def next(self, previous, interval_s: float):
-        time.sleep(max(0.0, previous.time_s + interval_s - time.monotonic()) if previous else interval_s)
+        # Paced from the last attempt, not the last success: a page that stopped answering is
+        # asked again once per interval, not as fast as its refusals come back.
+        time.sleep(max(0.0, self._fetched_at + interval_s - time.monotonic()))
+        self._fetched_at = time.monotonic()
         try:
             reading = read_url(self.url)
         except PageError as exc:
@@ -108,9 +113,12 @@ def run_plain(source, interval_s: float, iterations, out=sys.stdout) -> None:
             while reading is None:
                 if source.ended_status is not None:  # ended without another reading (a signal)
                     return
-                if source.problem:
+                if source.problem:  # a failed refresh is a refresh: it is printed and counted
                     out.write(f"{time.strftime('%H:%M:%S')} {source.problem}\n")
                     out.flush()
+                    printed += 1
+                    if iterations is not None and printed >= iterations:
+                        return
                 reading = source.next(after, interval_s)
             before, after = after, reading
     except KeyboardInterrupt:

@@ -72,3 +72,26 @@ def test_page_without_memscope_metrics_is_one_line_error(page):
 def test_bad_input_is_one_line_error(args, message):
     line = one_line_error(run_cli("top", *args))
     assert line.startswith("memscope-otel top: error: ") and message in line
+
+
+def test_a_page_that_stops_answering_is_reported_once_per_interval():
+    import time
+
+    growing = growing_memscope_page()
+    served = [0]
+
+    def page():
+        served[0] += 1
+        if served[0] > 2:
+            raise ConnectionError("the process behind the page went away")  # the connection drops
+        return growing()
+
+    with PageServer(page) as server:
+        started = time.monotonic()
+        result = run_cli("top", "--url", server.url, "--interval", "0.5", "-n", "5")
+        elapsed = time.monotonic() - started
+    lines = result.stdout.decode().splitlines()
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(lines) == 5 and "allocs/s" in lines[1], lines
+    assert all(f"cannot read {server.url}" in line for line in lines[2:]), lines
+    assert elapsed >= 4 * 0.5 * 0.9, elapsed  # paced: not a burst of refusals
