@@ -178,9 +178,11 @@ def main(argv):
     if command[:1] == ["-m"]:
         sys.path.insert(0, os.getcwd())  # what python -m puts first
         problem = _module_error(command[1])
-    else:
+    elif os.path.isfile(command[0]):
         sys.path.insert(0, os.path.dirname(os.path.realpath(command[0])))  # what python SCRIPT does
-        problem = None if os.path.isfile(command[0]) else f"no such file: {command[0]}"
+        problem = None
+    else:  # a directory or zip file with a __main__.py: runpy.run_path puts it on sys.path itself
+        problem = None if os.path.exists(command[0]) else f"no such file: {command[0]}"
     if problem is not None:
         from .reading_stream import encode_error
 

@@ -40,9 +40,8 @@ class TrackedProcess:
             raise ProgramError("give a program to run: -- PROGRAM [ARGS] or -- -m MODULE [ARGS]")
         if command[0] == "-m" and len(command) < 2:
             raise ProgramError("-m needs a module name")
-        if command[0] != "-m" and not os.path.isfile(command[0]):
-            raise ProgramError(f"no such file: {command[0]}" if not os.path.exists(command[0])
-                               else f"not a file: {command[0]}")
+        if command[0] != "-m" and not os.path.exists(command[0]):  # (a directory or zip with a
+            raise ProgramError(f"no such file: {command[0]}")     # __main__.py runs, as with python)
         self.command = list(command)
         self.latest = None       # the last Reading received
         self.timeline = []       # [(time_s, allocations, bytes allocated, live bytes)] of every reading

@@ -29,6 +29,15 @@ def test_program_lines_until_it_ends_and_its_exit_status():
     assert rates != {"0"}, out
 
 
+def test_program_that_ends_at_once_gives_its_final_line_and_exit_status():
+    pytest.importorskip("memscope_otel._memscope")
+    result = run_cli("top", "--", str(PROGRAMS / "known_sites.py"), "3")
+    out = result.stdout.decode("utf-8", "replace")  # (the program's last line has no newline)
+    assert result.returncode == 3, result.stderr.decode()[-3000:]
+    lines = re.findall(r"\d\d:\d\d:\d\d allocations .*", out)
+    assert len(lines) == 1 and "rates from the next line on" in lines[0], out  # from its final reading
+
+
 def test_url_lines_with_rates_and_the_site_of_the_page():
     with PageServer(growing_memscope_page()) as server:
         result = run_cli("top", "--url", server.url, "--interval", "0.5", "-n", "3")
