@@ -227,6 +227,10 @@ class Report:
     rate_bytes: np.ndarray      # [bins] estimated bytes allocated per second
     rate_count: np.ndarray      # [bins] estimated allocations per second
     live_over_time: np.ndarray  # [bins] live estimate at the end of each bin
+    # Set when the figures come from a live process rather than a dump: replaces the line that
+    # counts the dump's records and chunks (memscope-otel run --html).
+    origin: str | None = None
+    size_buckets_exact: bool = False  # size_buckets counts every allocation, not an estimate
 
     @property
     def duration_s(self) -> float:
@@ -244,8 +248,10 @@ def _time_range(dump):
     return first, last
 
 
-def analyze(dump, top: int = 15, bins: int = 60) -> Report:
-    """Reads every chunk of an open dump (``memscope_otel.dump.open_dump``) into a ``Report``."""
+def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
+    """Reads every chunk of an open dump (``memscope_otel.dump.open_dump``) into a ``Report``.
+    ``progress``, if given, is called as ``progress(records_done, records_total)`` after each
+    chunk (the command line draws a progress line from it)."""
     if top < 1 or bins < 1:
         raise ValueError(f"top={top} and bins={bins} must both be at least 1")
     first, last = _time_range(dump)
@@ -263,6 +269,7 @@ def analyze(dump, top: int = 15, bins: int = 60) -> Report:
     rate_bytes, rate_count, live_delta = np.zeros(bins), np.zeros(bins), np.zeros(bins)
     threads = np.zeros(1 << 16, dtype=bool)
     n_allocs = n_frees = 0
+    records_done = 0
     for chunk in dump.chunks:
         recs = chunk.records
         s = numpy_summary(recs)
@@ -286,6 +293,9 @@ def analyze(dump, top: int = 15, bins: int = 60) -> Report:
         rate_bytes += np.bincount(b[a], r.weighted_bytes[a], bins)
         rate_count += np.bincount(b[a], r.weight[a], bins)
         live_delta += np.bincount(b[lv], np.where(r.is_free, -r.weighted_bytes, r.weighted_bytes)[lv], bins)
+        records_done += len(recs)
+        if progress is not None:
+            progress(records_done, dump.n_records)
     bin_s = span_us / bins / 1e6
     edges = np.arange(bins + 1) * bin_s
 
@@ -367,15 +377,41 @@ def sparkline(values: np.ndarray) -> str:
 # ----------------------------------------------------------------------------------------- text
 
 
-def _table(rows, title, total_bytes):
+def _records_cell(records) -> str:
+    return "-" if records is None else str(records)
+
+
+def site_table(rows, title, total_bytes) -> list:
+    """Text lines of a top list of SiteRow (empty when there are none). A row's ``records`` is the
+    number of sampled records behind it, or None where the source does not count them (the
+    column is left out when no row has it)."""
     if not rows:
         return []
+    with_records = any(r.records is not None for r in rows)
+    records_head = f"{'records':>8}  " if with_records else ""
     out = [title, f"  {'#':>3}  {'est. bytes':>11}  {'est. count':>10}  {'live bytes':>11}  {'share':>6}  "
-                  f"{'records':>8}  site"]
+                  f"{records_head}site"]
     for i, r in enumerate(rows, 1):
         share = 100 * r.est_bytes / total_bytes if total_bytes > 0 else 0.0
+        records = f"{_records_cell(r.records):>8}  " if with_records else ""
         out.append(f"  {i:>3}  {fmt_bytes(r.est_bytes):>11}  {fmt_count(r.est_count):>10}  "
-                   f"{fmt_bytes(r.live_bytes):>11}  {share:5.1f}%  {r.records:>8}  {r.label} ({r.domain})")
+                   f"{fmt_bytes(r.live_bytes):>11}  {share:5.1f}%  {records}{r.label} ({r.domain})")
+    out.append("")
+    return out
+
+
+def size_distribution(buckets, title, width: int = 60) -> list:
+    """Text lines of a power-of-two size histogram (``buckets[k]``: allocations of bucket k), one
+    bar per bucket from the smallest to the largest non-empty one; empty when all are zero."""
+    buckets = np.asarray(buckets, dtype=float)
+    nz = np.nonzero(buckets)[0]
+    if not len(nz):
+        return []
+    out = [title]
+    peak = buckets.max()
+    for k in range(nz[0], nz[-1] + 1):
+        bar = "█" * int(round(buckets[k] / peak * width)) if peak > 0 else ""
+        out.append(f"  {bucket_label(k):>11}  {fmt_count(buckets[k]):>9}  {bar}")
     out.append("")
     return out
 
@@ -395,18 +431,11 @@ def render_text(rep: Report, width: int = 60) -> str:
         out.append(f"  note: {rep.truncated}; the complete chunks before it were read")
     out.append("  (estimates: each sampled record counts as 1/sampling probability allocations)")
     out.append("")
-    out += _table(rep.top_sites_by_bytes, "Top sites by estimated bytes", total_bytes)
-    out += _table(rep.top_sites_by_count, "Top sites by estimated count", total_bytes)
-    out += _table(rep.top_types_by_bytes, "Top types (manual API) by estimated bytes", total_bytes)
-    out += _table(rep.top_types_by_count, "Top types (manual API) by estimated count", total_bytes)
-    nz = np.nonzero(rep.size_buckets)[0]
-    if len(nz):
-        out.append("Size distribution (estimated allocations per power-of-two size)")
-        peak = rep.size_buckets.max()
-        for k in range(nz[0], nz[-1] + 1):
-            bar = "█" * int(round(rep.size_buckets[k] / peak * width)) if peak > 0 else ""
-            out.append(f"  {bucket_label(k):>11}  {fmt_count(rep.size_buckets[k]):>9}  {bar}")
-        out.append("")
+    out += site_table(rep.top_sites_by_bytes, "Top sites by estimated bytes", total_bytes)
+    out += site_table(rep.top_sites_by_count, "Top sites by estimated count", total_bytes)
+    out += site_table(rep.top_types_by_bytes, "Top types (manual API) by estimated bytes", total_bytes)
+    out += site_table(rep.top_types_by_count, "Top types (manual API) by estimated count", total_bytes)
+    out += size_distribution(rep.size_buckets, "Size distribution (estimated allocations per power-of-two size)", width)
     bin_s = rep.bin_edges_s[1] - rep.bin_edges_s[0] if len(rep.bin_edges_s) > 1 else 0
     out.append(f"Allocation rate over time (estimated bytes/s; {len(rep.rate_bytes)} bins of {bin_s:.3g} s)")
     out.append(f"  {sparkline(rep.rate_bytes)}")
@@ -543,7 +572,7 @@ def _html_table(rows, total_bytes) -> str:
     for i, r in enumerate(rows, 1):
         share = 100 * r.est_bytes / total_bytes if total_bytes > 0 else 0.0
         out.append(f"<tr><td>{i}</td><td>{_esc(fmt_bytes(r.est_bytes))}</td><td>{_esc(fmt_count(r.est_count))}</td>"
-                   f"<td>{_esc(fmt_bytes(r.live_bytes))}</td><td>{share:.1f}%</td><td>{r.records}</td>"
+                   f"<td>{_esc(fmt_bytes(r.live_bytes))}</td><td>{share:.1f}%</td><td>{_records_cell(r.records)}</td>"
                    f"<td>{_esc(r.domain)}</td><td class='site'>{_esc(r.label)}</td></tr>")
     out.append("</table>")
     return "".join(out)
@@ -559,6 +588,7 @@ def render_html(rep: Report) -> str:
     body = [
         f"<h1>memscope-otel report</h1>",
         f"<p class='meta'>{_esc(rep.path)}</p>",
+        f"<p class='meta'>{_esc(rep.origin)}</p>" if rep.origin else
         f"<p class='meta'>recorded {_esc(_utc(rep.first_us))}, {rep.duration_s:.2f} s; {rep.n_records:,} sampled records "
         f"in {rep.n_chunks} chunks ({rep.n_allocs:,} allocations, {rep.n_frees:,} frees) from {rep.n_threads} threads</p>",
         f"<p class='meta'>estimated <b>{_esc(fmt_count(rep.est_count.sum()))}</b> allocations, "
@@ -577,7 +607,8 @@ def render_html(rep: Report) -> str:
         "<h2>Top types (manual API) by estimated bytes</h2>",
         svg_hbars([(r.label, r.est_bytes) for r in rep.top_types_by_bytes], fmt_bytes),
         _html_table(rep.top_types_by_bytes, total_bytes),
-        "<h2>Size distribution</h2><p class='meta'>estimated allocations per power-of-two request size</p>",
+        "<h2>Size distribution</h2><p class='meta'>"
+        f"{'allocations' if rep.size_buckets_exact else 'estimated allocations'} per power-of-two request size</p>",
         svg_columns([bucket_label(k) for k in range(lo_b, hi_b)], rep.size_buckets[lo_b:hi_b], fmt_count),
         "<h2>Allocation rate over time</h2><p class='meta'>estimated bytes allocated per second</p>",
         svg_line(mids, rep.rate_bytes, lambda v: fmt_bytes(v) + "/s", LINE),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests need: a real Prometheus server, headless Chromium, and an
-# AArch64 cross compiler with qemu-user to run the NEON reducer against its scalar twin.
+# Debian packages the integration tests need: a real Prometheus server, headless Chromium, an
+# AArch64 cross compiler with qemu-user to run the NEON reducer against its scalar twin, and tmux
+# (a real terminal for `memscope-otel top`, tests/cli/test_top_tmux.py).
 # Idempotent; nothing is left running (the package's service is not started in a container).
 set -euo pipefail
 # Prometheus has its own script: it keeps the package's service from starting.
@@ -9,6 +10,7 @@ need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+command -v tmux >/dev/null || need+=(tmux)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
