@@ -11,7 +11,9 @@ site's live estimate when allocated and takes exactly w*s off when its free reco
 every block of the burst is freed, their sites' live estimate is a sum of exactly cancelling
 terms, whatever was sampled: only double rounding remains (below 1e-9 of the bytes allocated).
 A lost free leaves its whole w*s behind: at the default rates a single one is 200 bytes times a
-weight of 1,000 or 20, far above that bound.
+weight of 1,000 or 20, far above that bound. (The domain's live estimate also holds whatever else
+the window left live, which depends on the tests run before in the process: the sites are the
+exact check.)
 """
 import gc
 
@@ -63,7 +65,7 @@ def test_live_estimate_returns_after_a_burst_of_frees(start_tracker, settings, i
                                 **dict({"max_records_per_thread": 16384}, **settings))
         before = sampler.read_counters()
         make_cycles(CYCLES)
-        live_made, allocated, snap_made = live_of_make_cycles(tracker)
+        live_made, allocated, _ = live_of_make_cycles(tracker)
         assert live_made > 0.5 * CYCLES * 200  # the burst is in the estimate: at least the payloads
         if ignored:
             with sampler.ignored():
@@ -74,10 +76,6 @@ def test_live_estimate_returns_after_a_burst_of_frees(start_tracker, settings, i
     finally:
         gc.enable()
     assert abs(live_after) <= 1e-9 * allocated, (live_made, live_after, snap.counters.dropped - before.dropped)
-    if settings.get("small_sample_rate") == 1.0:
-        # rate 1: the domain totals follow too (weight 1: the burst's allocations are all in it
-        # and nothing else of this size happened meanwhile beyond a few interpreter blocks)
-        assert abs(float(snap.live_bytes[:3].sum() - snap_made.live_bytes[:3].sum()) + live_made) < 0.02 * live_made
-        # and the free records really did not all fit: the spill carried them
-        if not ignored or settings.get("max_records_per_thread") == 256:
-            assert snap.counters.dropped > before.dropped
+    if settings.get("small_sample_rate") == 1.0 and (not ignored or settings.get("max_records_per_thread") == 256):
+        # the free records really did not all fit in the rings: the spill carried them
+        assert snap.counters.dropped > before.dropped
