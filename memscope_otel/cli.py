@@ -204,30 +204,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(name, lo, hi):
+def _bounded(name, lo, hi, convert=int, what="an integer"):
+    """An argparse type: ``convert(text)`` within [lo, hi], or an error naming the option and range."""
     def parse(text):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer in {lo}..{hi}, not {text!r}")
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{name} must be in {lo}..{hi}, not {value}")
-        return value
-
-    return parse
-
-
-def _seconds(name, lo, hi):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number of seconds in {lo}..{hi}, not {text!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be {what} in {lo}..{hi}, not {text!r}")
         if not lo <= value <= hi:
             raise argparse.ArgumentTypeError(f"{name} must be in {lo}..{hi}, not {value:g}")
         return value
 
     return parse
+
+
+def _positive(name, lo, hi):
+    return _bounded(name, lo, hi)
+
+
+def _seconds(name, lo, hi):
+    return _bounded(name, lo, hi, float, "a number of seconds")
 
 
 def main(argv=None) -> int:
