@@ -497,7 +497,7 @@ void ms_read_counters(ms_counters_t *out)
     ms_thread_add(out, &g_orphan);
     out->ids_used = ms_sites_used();
     out->footprint_bytes = ms_buffers_footprint() + ms_live_footprint();
-    ms_live_stats(&out->live_entries, &out->live_capacity, &out->live_inclusion_log2);
+    ms_live_stats(&out->live_entries, &out->live_capacity, &out->live_threshold);
     out->relinks = ms_hooks_relinks();
 }
 

@@ -144,7 +144,7 @@ __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, u
         flags |= MS_FLAG_NOLIVE;
         if (live == MS_LIVE_SPILL)
             ms_spill_live((uint32_t)domain, site, size, e.weight);
-        else
+        else if (live == MS_LIVE_OUT)
             ms_bump(&t->live_untracked, 1);
     }
     ms_record_t rec = {

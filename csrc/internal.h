@@ -248,10 +248,12 @@ typedef struct {
 #define MS_LIVE_SPILL 1 /* in the table with a live weight of its own (e->weight, set by the
                            insert); the caller adds that live part to the spill and flags the
                            record MS_FLAG_NOLIVE */
-#define MS_LIVE_OUT 2   /* not in the table (the inclusion coin, or no room at all) */
+#define MS_LIVE_OUT 2   /* not in the table for want of room or memory: untracked */
+#define MS_LIVE_SKIP 3  /* left out by the table's own sampling past its budget (the blocks taken
+                           in carry its live part) */
 
 /* Enters e (an address of the manual domain is a key apart from heap addresses). rng: the
- * caller's RNG for the inclusion coin past the budget, or NULL to put back an entry that
+ * caller's RNG for the table's own sampling past the budget, or NULL to put back an entry that
  * ms_live_remove took out (no coin, weight unchanged). A stale entry for the same key (its free
  * was never seen) is replaced and handed back in *stale (stale->address != 0): the caller
  * emits its free. */
@@ -270,7 +272,7 @@ void ms_live_clear(void);
 void ms_live_fork_child_locks(void); /* in the pthread_atfork child handler */
 void ms_live_fork_child(void);
 uint64_t ms_live_footprint(void);
-void ms_live_stats(uint64_t *entries, uint64_t *capacity, uint64_t *inclusion_log2);
+void ms_live_stats(uint64_t *entries, uint64_t *capacity, double *threshold);
 
 /* ---- spill.c: what could not be queued, kept as weighted totals ---- */
 /* Adds a record that found no room in any ring (ms_ring_push). */

@@ -16,11 +16,17 @@
  * nobody reads the old entries after the switch and they are unmapped at once; the old locks
  * (1/256 of the entries' size) stay allocated, since a late thread may still take one.
  *
- * Past the budget the estimate stays unbiased by sampling the table itself: each new block
- * enters with probability 2^-k and a live weight 2^k times its own (its live part goes through
- * the spill, its record is flagged NOLIVE); when the table is three quarters full again, k grows
- * by one and every entry in it tosses a coin: kept with its live weight doubled, or evicted, the
- * spill taking off or adding what changes. Each block's expected contribution stays its size.
+ * Past the budget the estimate stays unbiased by sampling the table itself, by threshold: an
+ * entry's value is v = weight x size (its share of the live estimate); under a threshold tau, a
+ * new block with v >= tau enters as it is, one with v < tau enters with probability v / tau and
+ * a live weight raised so that its value is tau (its live part then goes through the spill and
+ * its record is flagged NOLIVE). When the table is three quarters full again, tau rises to the
+ * least value that leaves half the entries expected, and every entry below it tosses its coin
+ * the same way: kept and raised, or evicted, the spill adding or taking off what changes. Each
+ * block's expected contribution stays v, and blocks are kept with probability min(1, v / tau)
+ * whatever the order of events: big blocks, which carry most of the bytes, are never dropped
+ * for small ones and never weighted up (a uniform coin would count an 8 MB buffer 0 or 16
+ * times).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +56,7 @@ static _Atomic(live_table_t *) g_table;
 static ms_spin_t g_resize_lock;
 static _Atomic uint64_t g_entries;
 static _Atomic uint32_t g_max_bits = 15; /* from the budget: 2^15 buckets = 262,144 entries */
-static _Atomic int g_inclusion_log2;     /* k: a new block enters with probability 2^-k */
+static _Atomic double g_threshold;      /* tau: 0 until the budget is reached */
 static _Atomic uint64_t g_table_bytes;   /* entries and locks mapped or allocated now */
 
 static void filter_add(uint64_t address)
@@ -233,27 +239,79 @@ static void rehash(live_table_t *from, live_table_t *to)
     }
 }
 
-/* At the budget: k grows by one and every entry is kept (live weight doubled) or evicted, one
- * coin each; the spill adds or takes off the difference. Called with every lock of t held. */
-static void thin(live_table_t *t, uint64_t *rng)
+static double value_of(const ms_live_entry_t *e)
 {
-    uint64_t bits = 0;
-    int left = 0;
+    return (double)e->weight * (double)e->size;
+}
+
+/* The number of entries of t expected to stay under threshold tau. */
+static double expected_kept(live_table_t *t, double tau)
+{
+    double kept = 0.0;
+    for (uint32_t b = 0; b < (1u << t->bits); b++) {
+        for (int i = 0; i < LIVE_WAYS; i++) {
+            const ms_live_entry_t *e = &t->buckets[b][i];
+            if (e->address != 0) {
+                double v = value_of(e);
+                kept += v >= tau ? 1.0 : v / tau;
+            }
+        }
+    }
+    return kept;
+}
+
+/* One block of value v under threshold tau: 0 if it is left out, else the live weight it keeps
+ * (its own, or raised to tau / size). The probability is computed from the weight as stored (a
+ * float), v / (weight x size), so that the expectation is v exactly. */
+static float threshold_coin(double v, uint64_t size, float weight, double tau, uint64_t *rng)
+{
+    if (v >= tau || size == 0)
+        return weight;
+    float raised = (float)(tau / (double)size);
+    double raised_value = (double)raised * (double)size;
+    if (raised_value <= v)
+        return weight;
+    double u = (double)(ms_rng_next(rng) >> 11) * 0x1.0p-53; /* [0, 1) */
+    return u * raised_value < v ? raised : 0.0f;
+}
+
+/* At the budget: tau rises to about the least value under which half of the n entries are
+ * expected to stay (between the old tau, under which all n stay, and twice their mean value,
+ * under which at most n / 2 can), found by bisection over passes of the table, and every entry
+ * below it tosses its coin. Called with every lock of t held; false if t is empty. */
+static bool thin(live_table_t *t, uint64_t *rng)
+{
+    double n = 0.0, total = 0.0;
+    for (uint32_t b = 0; b < (1u << t->bits); b++) {
+        for (int i = 0; i < LIVE_WAYS; i++) {
+            if (t->buckets[b][i].address != 0) {
+                n += 1.0;
+                total += value_of(&t->buckets[b][i]);
+            }
+        }
+    }
+    if (n == 0.0 || !(total > 0.0))
+        return false;
+    double lo = atomic_load(&g_threshold), hi = 2.0 * total / n;
+    for (int pass = 0; pass < 16 && hi > lo * 1.01; pass++) {
+        double mid = 0.5 * (lo + hi);
+        if (expected_kept(t, mid) <= n / 2)
+            hi = mid;
+        else
+            lo = mid;
+    }
+    double tau = hi;
     for (uint32_t b = 0; b < (1u << t->bits); b++) {
         for (int i = 0; i < LIVE_WAYS; i++) {
             ms_live_entry_t *e = &t->buckets[b][i];
             if (e->address == 0)
                 continue;
-            if (left == 0) {
-                bits = ms_rng_next(rng);
-                left = 64;
-            }
-            bool keep = bits & 1;
-            bits >>= 1;
-            left--;
-            if (keep) {
-                ms_spill_live(e->domain, e->site, e->size, (double)e->weight);
-                e->weight *= 2.0f;
+            float kept = threshold_coin(value_of(e), e->size, e->weight, tau, rng);
+            if (kept == e->weight)
+                continue;
+            if (kept > 0.0f) {
+                ms_spill_live(e->domain, e->site, e->size, (double)kept - (double)e->weight);
+                e->weight = kept;
             } else {
                 ms_spill_live(e->domain, e->site, e->size, -(double)e->weight);
                 filter_remove(e->address);
@@ -262,12 +320,13 @@ static void thin(live_table_t *t, uint64_t *rng)
             }
         }
     }
-    atomic_fetch_add(&g_inclusion_log2, 1);
+    atomic_store(&g_threshold, tau);
+    return true;
 }
 
 /* Makes room in t, which was full enough (or had both buckets of a key full): doubles it while
  * the budget allows, else thins it. Returns false when t could be neither grown nor thinned
- * (no memory, or k at its limit). Runs in whichever thread found t full, inside a hook: a
+ * (no memory, or nothing in it). Runs in whichever thread found t full, inside a hook: a
  * pause of a few milliseconds at most once per doubling. */
 static bool make_room(live_table_t *t, uint64_t *rng)
 {
@@ -284,10 +343,8 @@ static bool make_room(live_table_t *t, uint64_t *rng)
     if (t->bits < atomic_load(&g_max_bits) && (bigger = table_make(t->bits + 1)) != NULL) {
         rehash(t, bigger);
         atomic_store_explicit(&g_table, bigger, memory_order_release);
-    } else if (rng != NULL && atomic_load(&g_inclusion_log2) < 24) {
-        thin(t, rng);
     } else {
-        done = false;
+        done = rng != NULL && thin(t, rng);
     }
     for (uint32_t b = 0; b < n; b++)
         ms_spin_unlock(&t->locks[b]);
@@ -305,11 +362,12 @@ int ms_live_insert(ms_live_entry_t *e, uint64_t *rng, ms_live_entry_t *stale)
         return MS_LIVE_OUT;
     int result = MS_LIVE_IN;
     if (rng != NULL) {
-        int k = atomic_load_explicit(&g_inclusion_log2, memory_order_relaxed);
-        if (k > 0) {
-            if ((ms_rng_next(rng) & (((uint64_t)1 << k) - 1)) != 0)
-                return MS_LIVE_OUT;
-            e->weight *= (float)((uint64_t)1 << k); /* a power of two: exact */
+        double tau = atomic_load_explicit(&g_threshold, memory_order_relaxed);
+        float kept = threshold_coin(value_of(e), e->size, e->weight, tau, rng);
+        if (kept == 0.0f)
+            return MS_LIVE_SKIP;
+        if (kept != e->weight) {
+            e->weight = kept;
             result = MS_LIVE_SPILL;
         }
     }
@@ -419,7 +477,7 @@ void ms_live_clear(void)
         }
         ms_spin_unlock(&t->locks[b]);
     }
-    atomic_store(&g_inclusion_log2, 0);
+    atomic_store(&g_threshold, 0.0);
     /* Saturated bytes are the only ones the loop above cannot bring back to zero. */
     for (uint32_t i = 0; i < FILTER_SIZE; i++) {
         uint8_t v = FILTER_SATURATED;
@@ -453,10 +511,10 @@ uint64_t ms_live_footprint(void)
     return sizeof ms_live_filter + atomic_load(&g_table_bytes);
 }
 
-void ms_live_stats(uint64_t *entries, uint64_t *capacity, uint64_t *inclusion_log2)
+void ms_live_stats(uint64_t *entries, uint64_t *capacity, double *threshold)
 {
     live_table_t *t = atomic_load(&g_table);
     *entries = atomic_load(&g_entries);
     *capacity = t ? capacity_of(t) : 0;
-    *inclusion_log2 = (uint64_t)atomic_load(&g_inclusion_log2);
+    *threshold = atomic_load(&g_threshold);
 }

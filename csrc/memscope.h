@@ -41,9 +41,10 @@
 #define MS_EVENT_FREE 1
 #define MS_EVENT_REALLOC 2
 /* Set on an allocation record whose block is not in the live table (left out by the table's
- * inclusion coin past its budget, or no room at all): the reducer leaves it out of the live
- * estimate, since its free will not be seen. Past the budget, the live part of an included
- * block is added through the spill instead (see ms_drain_reduce), so this flag is set then too. */
+ * own sampling past its budget, or no room at all): the reducer leaves it out of the live
+ * estimate, since its free will not be seen. Past the budget, the live part of a block taken in
+ * with a raised weight is added through the spill instead (see ms_drain_reduce), so this flag is
+ * set then too. */
 #define MS_FLAG_NOLIVE 64
 /* Set on an allocation sampled by the frequency guarantee (weight 1). Informational. */
 #define MS_FLAG_FREQUENCY 128
@@ -101,8 +102,8 @@ typedef struct {
     uint64_t dropped;               /* records that found no room in a ring (full, no memory, or the
                                        rings' budget spent): they reach the estimates through the
                                        spill, but not the dump file or the workload recognizer */
-    uint64_t live_untracked;        /* sampled allocations left out of the live table: by its
-                                       inclusion coin past the budget, or for want of any room */
+    uint64_t live_untracked;        /* sampled allocations the live table had no room for (no
+                                       memory): their frees are not seen, the estimate misses them */
     uint64_t slow_path_calls;       /* sampled events, each timed */
     uint64_t slow_path_ns;          /* total nanoseconds spent in the timed sampled path */
     uint64_t threads_seen;          /* threads that ever entered a hook */
@@ -111,8 +112,9 @@ typedef struct {
     uint64_t footprint_bytes;       /* memory the C side holds now (rings, tables, states) */
     uint64_t live_entries;          /* sampled blocks in the live table now */
     uint64_t live_capacity;         /* entries the live table has room for now (it grows) */
-    uint64_t live_inclusion_log2;   /* k: a sampled block enters the live table with probability
-                                       2^-k (0 until the table reaches its budget) */
+    double live_threshold;          /* tau, in weighted bytes: past its budget the live table takes
+                                       a sampled block of weight x size v < tau with probability
+                                       v / tau (0 until the table reaches its budget) */
     uint64_t relinks;               /* times a hook found unlinked by another tool while running
                                        was installed again (ms_drain_reduce) */
 } ms_counters_t;

@@ -266,8 +266,9 @@ SETTINGS: tuple[Setting, ...] = (
             "`memscope.sampler.dropped`)."),
     Setting("LIVE_TABLE_MAX_ENTRIES", Integer(8192, 2**26), 262144,
             "Most sampled live blocks the live table holds (32 bytes each; it starts at 8192 and "
-            "doubles as needed). Past it, new blocks enter with a halving probability and weights to "
-            "match, so the live estimate stays unbiased with a larger variance."),
+            "doubles as needed). Past it, the table samples itself by a threshold on weighted size "
+            "(big blocks stay, small ones are kept in proportion with weights to match), so the live "
+            "estimate stays unbiased with a larger variance."),
     Setting("ENABLE_SIMD", Flag(), True,
             "Use the SIMD reducers where the CPU has them; false forces the scalar reducers."),
     Setting("ADAPTIVE", Flag(), True,

@@ -109,9 +109,10 @@ class Producer:
         gauge("memscope.sampler.live_table.fill", "1",
               "Sampled live blocks in the live table, as a fraction of its budget (LIVE_TABLE_MAX_ENTRIES)",
               self._live_table_fill)
-        gauge("memscope.sampler.live_table.inclusion", "1",
-              "Probability with which a sampled block enters the live table (below 1 past its budget)",
-              self._live_table_inclusion)
+        gauge("memscope.sampler.live_table.threshold", "By",
+              "Past its budget the live table takes a sampled block worth fewer weighted bytes than "
+              "this only by chance, in proportion (0 until the budget is reached)",
+              self._live_table_threshold)
         # Last, so that the pressure it reports includes this collection's other callbacks.
         gauge("memscope.optimizer.pressure", "1", "Export pressure seen by the adaptive optimizer (0 to 1)",
               self._pressure)
@@ -197,8 +198,8 @@ class Producer:
         if budget:
             yield Observation(snap.counters.live_entries / budget)
 
-    def _live_table_inclusion(self, snap):
-        yield Observation(2.0 ** -snap.counters.live_inclusion_log2)
+    def _live_table_threshold(self, snap):
+        yield Observation(snap.counters.live_threshold)
 
     def _rates(self, snap):
         medium, small = snap.rates

@@ -52,7 +52,7 @@ class Counters:
     footprint_bytes: int
     live_entries: int = 0
     live_capacity: int = 0
-    live_inclusion_log2: int = 0
+    live_threshold: float = 0.0
     relinks: int = 0
 
 
@@ -135,7 +135,7 @@ def read_counters():
         footprint_bytes=c.footprint_bytes,
         live_entries=c.live_entries,
         live_capacity=c.live_capacity,
-        live_inclusion_log2=c.live_inclusion_log2,
+        live_threshold=float(c.live_threshold),
         relinks=c.relinks,
     )
 

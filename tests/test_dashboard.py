@@ -29,7 +29,7 @@ DESIGN_METRICS = [
     ("memscope.sampler.dropped", "{record}", COUNTER),
     ("memscope.sampler.memory", "By", GAUGE),
     ("memscope.sampler.live_table.fill", "1", GAUGE),
-    ("memscope.sampler.live_table.inclusion", "1", GAUGE),
+    ("memscope.sampler.live_table.threshold", "By", GAUGE),
     ("memscope.optimizer.pressure", "1", GAUGE),
 ]
 PROMETHEUS_NAMES = {metric_name(*m) for m in DESIGN_METRICS}

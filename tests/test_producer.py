@@ -14,7 +14,7 @@ EXPECTED = {
     "memscope.site.allocated", "memscope.site.allocations", "memscope.live", "memscope.site.live",
     "memscope.type.allocated", "memscope.sampler.rate", "memscope.sampler.samples",
     "memscope.sampler.dropped", "memscope.sampler.memory", "memscope.sampler.live_table.fill",
-    "memscope.sampler.live_table.inclusion",
+    "memscope.sampler.live_table.threshold",
 }
 
 

@@ -1,18 +1,26 @@
-"""A big heap: 150,000 live 9 KiB blocks beside a million small ones.
+"""A big heap: 150,000 live 9 KiB blocks beside a million small ones and one 8 MB buffer.
 
 Large blocks are always sampled, so the live table must hold every live one: it grows to its
-budget (LIVE_TABLE_MAX_ENTRIES), and past it samples itself, each block entering with probability
-2^-k and a live weight 2^k times its own. Either way the live estimate is compared with
-tracemalloc's count of the same window (started first, so memscope's hooks sit above it and its
-own bookkeeping is not counted by memscope), within 4 standard deviations of the estimator:
+budget (LIVE_TABLE_MAX_ENTRIES), and past it samples itself by a threshold tau on an entry's
+value v = weight x size: a block with v >= tau stays as it is, one below enters (or stays) with
+probability v / tau and a live weight raised to tau / size. Either way the live estimate is
+compared with tracemalloc's count of the same window (started first, so memscope's hooks sit
+above it and its own bookkeeping is not counted by memscope), within 4 standard deviations of
+the estimator:
 
-    Var = sum over small blocks of s^2 (1/(p q) - 1) + sum over large blocks of s^2 (1/q - 1)
+    Var = sum over blocks of s^2 (1/pi - 1),   pi = min(p_s, s / tau)
 
-where p is the small rate and q = 2^-k the table's inclusion probability (both exact: every
-block kept through the window is sampled independently with probability p q, k being the
-table's final exponent). Blocks the frequency guarantee samples have weight 1 and less variance:
-the formula is an upper bound. The program's other live blocks of the window (the lists holding
-the blocks, a few interpreter objects) are large or few; the slack below covers them.
+where p_s is the block's sampling rate (1 for large blocks) and tau the table's final threshold:
+thresholds only rise, and a block kept under one threshold is kept under a higher one with
+probability min(1, v / tau_new) / min(1, v / tau_old), so its inclusion is min(1, v / tau) for
+the last tau whatever the order of events, independently of the other blocks. Blocks the
+frequency guarantee samples have weight 1 and less variance: the formula is an upper bound. The
+program's other live blocks of the window (a few interpreter objects) are few; the slack covers
+them.
+
+The 8 MB buffer, allocated before the window and alive through it, is worth far more than tau:
+the table's thinning never touches it, so its site's live estimate keeps its exact size (a
+uniform coin per entry would count it 0 or 2^k times: 0 or 128 MB at k = 4).
 """
 import subprocess
 import sys
@@ -27,9 +35,12 @@ import memscope_otel
 from memscope_otel import sampler
 from memscope_otel.config import load_config
 config = load_config(adaptive=False, drain_interval_ms=60000, live_table_max_entries=budget)
-memscope_otel.start(**{k: getattr(config, k) for k in ("adaptive", "drain_interval_ms", "live_table_max_entries")})
+tracker = memscope_otel.start(**{k: getattr(config, k) for k in ("adaptive", "drain_interval_ms", "live_table_max_entries")})
 def live():
     return float(memscope_otel.snapshot().live_bytes[:3].sum())
+def big_buffer():
+    return bytearray(8_000_000)
+buffer = big_buffer()
 smalls = [None] * 1_000_000
 larges = [None] * 150_000
 est0, true0 = live(), tracemalloc.get_traced_memory()[0]
@@ -37,18 +48,27 @@ for i in range(1_000_000):
     smalls[i] = bytes(16 + i % 64)
 for i in range(150_000):
     larges[i] = bytes(9216)
-est1, true1 = live(), tracemalloc.get_traced_memory()[0]
+snap = memscope_otel.snapshot()
+est1, true1 = float(snap.live_bytes[:3].sum()), tracemalloc.get_traced_memory()[0]
+buffer_live = sum(live for site_id, _n, _c, live in snap.per_id
+                  if getattr(tracker.resolver.resolve(site_id), "function", None) == "big_buffer")
 c = sampler.read_counters()
-q = 2.0 ** -c.live_inclusion_log2
+tau = c.live_threshold
 p = config.small_sample_rate
-small_var = sum(sys.getsizeof(s) ** 2 for s in smalls) * (1 / (p * q) - 1)
-large_var = sum(sys.getsizeof(b) ** 2 for b in larges) * (1 / q - 1)
+def variance(blocks, rate):
+    total = 0.0
+    for b in blocks:
+        s = sys.getsizeof(b)
+        pi = min(rate, s / tau) if tau > 0 else rate
+        total += s * s * (1 / pi - 1)
+    return total
 print("estimated:", est1 - est0)
 print("true:", true1 - true0)
-print("sigma:", (small_var + large_var) ** 0.5)
-print("inclusion_log2:", c.live_inclusion_log2)
+print("sigma:", (variance(smalls, p) + variance(larges, 1.0)) ** 0.5)
+print("threshold:", tau)
 print("capacity:", c.live_capacity)
 print("untracked:", c.live_untracked)
+print("buffer_live:", buffer_live)
 memscope_otel.stop()
 """
 
@@ -63,7 +83,11 @@ def test_live_estimate_of_a_big_heap(budget):
     slack = 1 << 20  # the window's own bookkeeping objects, the same in both counts up to this
     assert abs(estimated - true) <= 4 * sigma + slack, found
     assert found["capacity"] <= budget, "the table grew past its budget"
+    assert found["untracked"] == 0, found
+    # its 8,000,001-byte data block exactly; its 57-byte header is a small block (sampled or not)
+    assert 8_000_001 <= found["buffer_live"] <= 8_000_001 + 57 / 0.001, found
     if budget == 262_144:
-        assert found["inclusion_log2"] == 0 and found["untracked"] == 0, found
+        assert found["threshold"] == 0, found
     else:
-        assert found["inclusion_log2"] >= 3, found  # 150,000 blocks in at most 12,288 entries
+        # 150,000 blocks of 9,249 bytes in at most 12,288 entries: each kept with 9,249 / tau
+        assert found["threshold"] > 150_000 / 12_288 * 9249, found
