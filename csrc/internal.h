@@ -239,6 +239,9 @@ void ms_live_clear(void);
 void ms_live_fork_child_locks(void); /* in the pthread_atfork child handler */
 void ms_live_fork_child(void);
 uint64_t ms_live_footprint(void);
+/* Sets mark[id] (MS_MAX_IDS bytes) for every site id that a live entry carries (sites.c reuses
+ * an id only once none does). */
+void ms_live_sites_in_use(uint8_t *mark);
 
 extern _Atomic uint8_t ms_live_filter[];
 #define MS_LIVE_FILTER_BITS 18

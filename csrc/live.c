@@ -158,3 +158,18 @@ uint64_t ms_live_footprint(void)
 {
     return sizeof g_table + sizeof g_locks + sizeof ms_live_filter;
 }
+
+void ms_live_sites_in_use(uint8_t *mark)
+{
+    /* Sets mark[site] for the site of every live entry: an id may only be reused once no live
+     * block carries it (a block's free record carries the id of its allocation). Bucket by
+     * bucket under each lock, like ms_live_clear; mark has MS_MAX_IDS bytes. */
+    for (uint32_t b = 0; b < LIVE_BUCKETS; b++) {
+        ms_spin_lock(&g_locks[b]);
+        for (int i = 0; i < LIVE_WAYS; i++) {
+            if (g_table[b][i].address != 0 && g_table[b][i].site < MS_MAX_IDS)
+                mark[g_table[b][i].site] = 1;
+        }
+        ms_spin_unlock(&g_locks[b]);
+    }
+}
