@@ -102,7 +102,7 @@ typedef struct {
     uint64_t slow_path_ns;          /* total nanoseconds spent in the timed sampled path */
     uint64_t threads_seen;          /* threads that ever entered a hook */
     uint64_t threads_live;          /* threads registered now */
-    uint64_t ids_used;              /* ids ever handed out, fixed ones included: all ids in use are below it */
+    uint64_t ids_used;              /* ids ever handed out (fixed ones too): every id in use is below */
     uint64_t footprint_bytes;       /* memory the C side holds now (rings, tables, states) */
 } ms_counters_t;
 

@@ -94,7 +94,12 @@ static bool matches(uint32_t id, uintptr_t code, uint64_t where, uint64_t key)
                 atomic_load_explicit(&e->where, memory_order_relaxed) == where &&
                 atomic_load_explicit(&e->key, memory_order_relaxed) == key;
     atomic_thread_fence(memory_order_acquire);
-    return same && atomic_load_explicit(&e->seq, memory_order_relaxed) == seq;
+    if (!same || atomic_load_explicit(&e->seq, memory_order_relaxed) != seq)
+        return false;
+    /* A reader that took the id from its slot before the key was forgotten must not hand it to
+     * a new code object at the dead one's address (with the GIL held by every caller naming a
+     * code object this cannot interleave; the check costs one load on the sampled path). */
+    return atomic_load_explicit(&g_state[id], memory_order_acquire) != ID_DEAD;
 }
 
 /* Under g_lock: the writer's side of the sequence lock. */

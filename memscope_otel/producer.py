@@ -240,7 +240,8 @@ class Producer:
                         folded[k] += sums[k]
                 else:
                     sites[key] = sums
-            total = (sum(v[0] for v in sites.values()) + folded[0], sum(v[1] for v in sites.values()) + folded[1])
+            total = (sum(v[0] for v in sites.values()) + folded[0],
+                     sum(v[1] for v in sites.values()) + folded[1])
             routed_sites = self._sites.update({k: (v[0], v[1]) for k, v in sites.items()}, total)
             routed_types = self._types.update({k: (v[0], v[1]) for k, v in types.items()})
             self._site_view = (self._generation, sites, routed_sites, routed_types, folded[2])

@@ -25,12 +25,15 @@ carry it any more:
 Then the id's cumulative sums move into the summary's per-site accumulator under the site it
 was resolved to (``Summary.retire``), its per-id sums are zeroed, and the C side may hand it out
 again. So an id is reused two complete drains after its code died at the earliest, and per-site
-sums, snapshots and exported series are the same as if it had never been reused.
+sums, snapshots and exported series are the same as if it had never been reused. (An id read
+from records long after their drain, as the workload recognizer does, may by then name a later
+site: a few records' features, not a sum.)
 """
 import collections
 import ctypes
 import dis
 import gc
+import os
 import sys
 import threading
 import weakref
@@ -231,12 +234,13 @@ class SiteResolver:
         self._take_args = (self._address(self._take_ids), self._address(self._take_sites))
         self._in_use = np.zeros(MAX_IDS, dtype=np.uint8)
         self.reclaimed = 0  # ids reclaimed so far
+        _resolvers.add(self)
 
     def _address(self, cdata):
         return int(self._ffi.cast("uintptr_t", cdata))
 
     def after_fork_child(self):
-        """A thread of the parent may have held the lock when it forked."""
+        """A thread of the parent may have held the lock when it forked (see _after_fork_in_child)."""
         self._lock = threading.RLock()
 
     def register_type(self, name):
@@ -268,17 +272,21 @@ class SiteResolver:
         info = sampler.site_info(site_id) if site_id < MAX_IDS else None
         if info is None:
             return Site("<unknown>", "<unknown>", 0, "obj"), False
-        _code, _offset, domain_index, key = info
+        held, _offset, domain_index, key = info
         domain = DOMAINS[domain_index]
         if site_id >= MS_FIRST_DYNAMIC_ID:
             if domain == "manual":
                 return TypeName(self._type_names.get(key, f"<type {key:016x}>")), True
-            # A site interned after the take above (sites are resolved from the taken references
-            # only): the next resolve() or drain takes it.
+            if held:  # interned since the hint was read: sites are resolved from taken references
+                self._take_held()
+                found = self._cache.get(site_id)
+                if found is not None:
+                    return found, False  # (cached by the take)
             return Site("<unknown>", "<unknown>", 0, domain), False
-        if site_id < MS_ID_OVERFLOW:
-            return (TypeName("<unknown>") if domain == "manual" else Site("<native>", "<native>", 0, domain)), True
-        return (TypeName("<overflow>") if domain == "manual" else Site("<overflow>", "<overflow>", 0, domain)), True
+        name = "<native>" if site_id < MS_ID_OVERFLOW else "<overflow>"
+        if domain == "manual":
+            return TypeName("<unknown>" if site_id < MS_ID_OVERFLOW else name), True
+        return Site(name, name, 0, domain), True
 
     def labels(self, ids):
         """{id: 'file:function:line' or type name} for the dump's string tables."""
@@ -366,9 +374,23 @@ class SiteResolver:
                 for i in ready:
                     self._generation[i] = self._generation.get(i, 0) + 1
             ids = np.array(ready, dtype=np.uint32)
-            self.reclaimed += self._reclaim(ids.ctypes.data, len(ready), self._in_use.ctypes.data if candidates else None)
+            in_use = self._in_use.ctypes.data if candidates else None
+            self.reclaimed += self._reclaim(ids.ctypes.data, len(ready), in_use)
             for site_id, died in candidates:
                 if self._in_use[site_id]:
                     self._dead.append((site_id, died))  # a live block still carries it
                 else:
                     self._quiet.append((site_id, drain))
+
+
+_resolvers = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for resolver in list(_resolvers):
+        resolver.after_fork_child()
+
+
+# Registered when this module is imported, so before the tracker's own handler (handlers run in
+# the order registered), which starts a drainer that takes the resolver's lock.
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -85,6 +85,8 @@ class Summary:
         moved = zip(sites, self.id_bytes[index].tolist(), self.id_count[index].tolist(),
                     self.id_live_bytes[index].tolist())
         for site, nbytes, count, live in moved:
+            if nbytes == 0.0 and count == 0.0 and live == 0.0:
+                continue  # (e.g. in a forked child, whose sums start from zero: nothing to keep)
             sums = self.retired.pop(site, None) or [0.0, 0.0, 0.0]
             sums[0] += nbytes
             sums[1] += count

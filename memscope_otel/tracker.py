@@ -122,7 +122,8 @@ class Tracker:
             # A label for each id new to the file, or reused (for another site) since its label
             # was written: the file redefines it from this chunk on.
             resolver, dumped = self.resolver, self._dumped_ids
-            stale = [i for i in np.unique(records["site"]).tolist() if dumped.get(i) != resolver.generation(i)]
+            stale = [i for i in np.unique(records["site"]).tolist()
+                     if dumped.get(i) != resolver.generation(i)]
             if stale:
                 dump.write_strings(resolver.labels(stale))
                 dumped.update((i, resolver.generation(i)) for i in stale)
@@ -222,7 +223,6 @@ class Tracker:
 
                 self.config = dataclasses.replace(self.config, dump_path=f"{self.config.dump_path}.{os.getpid()}")
         self.drainer = Drainer(self.summary, self.config.drain_interval_ms / 1000.0, self._sinks())
-        self.resolver.after_fork_child()
         self.drainer.sites = self.resolver
         if self.optimizer is not None:
             self.optimizer.after_fork_child(self.drainer)
