@@ -96,10 +96,12 @@ static bool matches(uint32_t id, uintptr_t code, uint64_t where, uint64_t key)
     atomic_thread_fence(memory_order_acquire);
     if (!same || atomic_load_explicit(&e->seq, memory_order_relaxed) != seq)
         return false;
-    /* A reader that took the id from its slot before the key was forgotten must not hand it to
-     * a new code object at the dead one's address (with the GIL held by every caller naming a
-     * code object this cannot interleave; the check costs one load on the sampled path). */
-    return atomic_load_explicit(&g_state[id], memory_order_acquire) != ID_DEAD;
+    /* A reader that took the id from its slot before the key was forgotten must not hand it
+     * (dead, or reclaimed with the old key still in its entry) to a new code object at the dead
+     * one's address. With the GIL held by every caller naming a code object this cannot
+     * interleave; the check costs one load on the sampled path. */
+    int state = atomic_load_explicit(&g_state[id], memory_order_acquire);
+    return state == ID_HELD || state == ID_WATCHED || state == ID_FIXED;
 }
 
 /* Under g_lock: the writer's side of the sequence lock. */

@@ -132,6 +132,7 @@ def test_per_site_sums_of_generated_code_are_exact_across_reused_ids(start_track
         del ns
     snap = memscope_otel.snapshot()
     assert tracker.resolver.reclaimed > n - 32768
+    assert not any(getattr(k, "function", None) == "<overflow>" for k in snap.per_site)  # ids never ran out
     mine = {k: v for k, v in snap.per_site.items() if isinstance(k, Site) and k.file.startswith("<exact-")}
     for k in range(10):
         b, c, live = mine.pop(Site(f"<exact-{k}>", "render", 5, BUFFER_DOMAIN))
@@ -352,3 +353,21 @@ def test_a_forked_child_resolves_and_reclaims_its_own_sites(start_tracker):
     assert report["reclaimed"] >= 800
     # The child's counts start from zero: only its own functions, each called once, by name.
     assert report["names"] == {f"in_child_{i}": 1 for i in range(800)}
+
+
+def test_code_that_dies_while_stopped_is_reclaimed_after_the_restart(start_tracker):
+    tracker = start_tracker(small_sample_rate=0.0, medium_sample_rate=0.0, frequency_sample_interval=0)
+    functions = [_make(f"across_restart_{i}") for i in range(20)]
+    for f in functions:
+        f()
+    memscope_otel.stop()  # the final drain resolves the sites: their code is not kept
+    reclaimed = tracker.resolver.reclaimed
+    del functions, f
+    gc.collect()  # the code dies while nothing drains
+    tracker = start_tracker(small_sample_rate=0.0, medium_sample_rate=0.0, frequency_sample_interval=0)
+    _drain(tracker, 3)
+    assert tracker.resolver.reclaimed - reclaimed >= 20
+    snap = memscope_otel.snapshot()
+    counts = {k.function: v[1] for k, v in snap.per_site.items()
+              if isinstance(k, Site) and k.function.startswith("across_restart_")}
+    assert counts == {f"across_restart_{i}": 1 for i in range(20)}
