@@ -125,7 +125,7 @@ def main(argv=None):
     b1, d1, a1, tracker = measure_threads(loops, k, {}, loops.sizes([65536]))
     tables = static_tables()
     live = sum(tables.get(s, 0) for s in ("g_table", "g_locks", "ms_live_filter"))
-    sites = sum(tables.get(s, 0) for s in ("g_ids", "g_slots"))
+    sites = sum(tables.get(s, 0) for s in ("g_ids", "g_slots", "g_state", "g_free"))
     if not tables:  # without nm: what footprint_bytes held before any thread sampled
         live = b0.footprint_bytes - b0.threads_live * state
     summary = MAX_IDS * 3 * 8
@@ -170,8 +170,8 @@ def main(argv=None):
         print("  (nm not installed: static tables not listed)")
     print(f"  live table (g_table + g_locks + filter)     {kib(live) if tables else '    (needs nm)'}   "
           "in footprint_bytes")
-    print(f"  site id table (g_ids + g_slots)             {kib(sites) if tables else '    (needs nm)'}   "
-          f"static; holds up to {MAX_IDS} code-object references")
+    print(f"  site id table (g_ids, g_slots, g_state, g_free) {kib(sites) if tables else '    (needs nm)'}   "
+          f"static; {MAX_IDS} ids, a code-object reference each only until its site is resolved")
     print(f"  Python summary arrays (MAX_IDS x 3 x 8 B)   {kib(summary)}")
     print(f"  drain buffer (records moved per drain)      {kib(drain)}")
     print(f"  footprint_bytes with {b0.threads_live} thread(s) registered, before any sampled: "

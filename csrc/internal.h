@@ -273,6 +273,9 @@ void ms_live_fork_child_locks(void); /* in the pthread_atfork child handler */
 void ms_live_fork_child(void);
 uint64_t ms_live_footprint(void);
 void ms_live_stats(uint64_t *entries, uint64_t *capacity, double *threshold);
+/* Sets mark[id] (MS_MAX_IDS bytes) for every site id that a live entry carries (sites.c reuses
+ * an id only once none does). */
+void ms_live_sites_in_use(uint8_t *mark);
 
 /* ---- spill.c: what could not be queued, kept as weighted totals ---- */
 /* Adds a record that found no room in any ring (ms_ring_push). */

@@ -518,3 +518,23 @@ void ms_live_stats(uint64_t *entries, uint64_t *capacity, double *threshold)
     *capacity = t ? capacity_of(t) : 0;
     *threshold = atomic_load(&g_threshold);
 }
+
+void ms_live_sites_in_use(uint8_t *mark)
+{
+    /* Sets mark[site] for the site of every live entry: an id may only be reused once no live
+     * block carries it (a block's free record carries the id of its allocation). Under the
+     * resize lock, so that the table is neither replaced (and unmapped) nor thinned during the
+     * scan, and bucket by bucket under each lock, like ms_live_clear; mark has MS_MAX_IDS bytes. */
+    ms_spin_lock(&g_resize_lock);
+    live_table_t *t = atomic_load(&g_table);
+    for (uint32_t b = 0; t && b < (1u << t->bits); b++) {
+        ms_spin_lock(&t->locks[b]);
+        for (int i = 0; i < LIVE_WAYS; i++) {
+            const ms_live_entry_t *e = &t->buckets[b][i];
+            if (e->address != 0 && e->site < MS_MAX_IDS)
+                mark[e->site] = 1;
+        }
+        ms_spin_unlock(&t->locks[b]);
+    }
+    ms_spin_unlock(&g_resize_lock);
+}

@@ -53,7 +53,9 @@
  * object, bytecode offset, domain) for the allocator domains, or an interned type name for the
  * manual domain. Ids are dense, so per-id sums are plain arrays of MS_MAX_IDS entries.
  * Ids below MS_FIRST_DYNAMIC_ID are fixed: MS_ID_NATIVE + domain is "<native>" (no Python frame),
- * MS_ID_OVERFLOW + domain is "<overflow>" (the id table was full). */
+ * MS_ID_OVERFLOW + domain is "<overflow>" (every id was taken). A site id whose code object has
+ * died is reused once nothing can carry it any more (see "site ids" below), so one id may name
+ * different sites over time; type ids are never reused. */
 #define MS_MAX_IDS 32768
 #define MS_ID_NATIVE 0
 #define MS_ID_OVERFLOW 4
@@ -108,7 +110,7 @@ typedef struct {
     uint64_t slow_path_ns;          /* total nanoseconds spent in the timed sampled path */
     uint64_t threads_seen;          /* threads that ever entered a hook */
     uint64_t threads_live;          /* threads registered now */
-    uint64_t ids_used;              /* site/type ids handed out, including the fixed ones */
+    uint64_t ids_used;              /* ids ever handed out (fixed ones too): every id in use is below */
     uint64_t footprint_bytes;       /* memory the C side holds now (rings, tables, states) */
     uint64_t live_entries;          /* sampled blocks in the live table now */
     uint64_t live_capacity;         /* entries the live table has room for now (it grows) */
@@ -119,9 +121,10 @@ typedef struct {
                                        was installed again (ms_drain_reduce) */
 } ms_counters_t;
 
-/* What an id stands for. code is a strong reference to a code object held by the id table
- * (NULL for fixed ids and types); offset is the bytecode offset in bytes; key is the
- * caller-given 64-bit key for types. */
+/* What an id stands for. code: the code object while the id table holds a strong reference to
+ * it (from the hook that interned the site until ms_sites_take_held hands it over), else NULL
+ * (fixed ids, types, and sites already handed over); offset is the bytecode offset in bytes;
+ * key is the caller-given 64-bit key for types. */
 typedef struct {
     void *code;
     int32_t offset;
@@ -185,7 +188,7 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info);
  * still where it was put. Call without the GIL (cffi releases it). */
 int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records);
 void ms_wake_drainer(void);
-/* Fills out with what id stands for; 0 on success, -1 if id was never handed out. */
+/* Fills out with what id stands for; 0 on success, -1 if id is not handed out now. */
 int ms_site_info(uint32_t id, ms_site_t *out);
 /* Adds a batch of records to a cumulative summary (the SIMD or scalar reducer, see below). */
 void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
@@ -197,6 +200,31 @@ void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
  * from Python gives the GIL up and takes it back, and a background thread taking it back from a
  * busy application waits up to the switch interval and forces a switch on it. */
 size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info, ms_summary_t *summary);
+
+/* --- site ids: resolution and reuse (memscope_otel/sites.py drives these, with the GIL) ---
+ * A hook that interns a new site takes a strong reference to its code object, so that the code
+ * outlives the id until Python has read its file, function and line. Python then takes that
+ * reference over (ms_sites_take_held), resolves the site, keeps a weak reference to the code
+ * object and drops the strong one. When the code object dies, the weak reference's callback
+ * (run with the GIL before the object's memory is freed) calls ms_site_forget: the key leaves
+ * the lookup table at once, so a new code object at the same address gets a new id. The id
+ * itself is reused only after ms_sites_reclaim, which Python calls once no record in a ring or
+ * in a drain buffer and no live block can carry it any more, having moved the id's sums under
+ * its resolved site and zeroed them. */
+/* Moves up to capacity ids whose code object the table still holds into ids[] / out[]; each
+ * out[k].code is a strong reference that now belongs to the caller (who must release it). The
+ * ids become watched: their code pointer is borrowed from then on. Returns the number moved. */
+uint32_t ms_sites_take_held(uint32_t *ids, ms_site_t *out, uint32_t capacity);
+/* The number of ids whose code object the table holds: a counter the caller may read at any
+ * time through this pointer, without a call (nonzero: ms_sites_take_held has work). */
+const uint32_t *ms_sites_held_count(void);
+/* The code object of a watched id is being freed: its key leaves the lookup table. 0 on
+ * success, -1 if id was not watched. */
+int ms_site_forget(uint32_t id);
+/* Makes the forgotten ids among ids[0..n) reusable (the caller vouches that nothing carries
+ * them any more); then, if in_use is not NULL, clears it (MS_MAX_IDS bytes) and sets in_use[id]
+ * for every id that a block in the live table carries. Returns the number of ids reclaimed. */
+uint32_t ms_sites_reclaim(const uint32_t *ids, uint32_t n, uint8_t *in_use);
 
 /* --- manual API (GIL held) --- */
 /* The id of a type, interned by a caller-computed 64-bit key of its name. */

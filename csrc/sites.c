@@ -1,84 +1,188 @@
 /*
- * sites.c: dense ids for allocation sites and manual-API types.
+ * sites.c: dense ids for allocation sites and manual-API types, reused once their code is gone.
  *
  * A site is (code object, bytecode offset, domain); a type is (64-bit key of its name, manual
- * domain). Ids index plain arrays downstream (the reducer's per-id sums), so they are handed out
- * densely and never reused. Lookups are lock-free (hot on the sampled path); inserts take a spin
- * lock. The table holds a strong reference to each code object it names, so an address can
- * never come back as a different code object; the number of such references is bounded by
- * MS_MAX_IDS, and they live as long as the process (code objects usually do anyway).
+ * domain). Ids index plain arrays downstream (the reducer's per-id sums), so they are dense and
+ * bounded by MS_MAX_IDS. Lookups are lock-free (hot on the sampled path); inserts, deletions and
+ * reclamation take one spin lock. Nothing here allocates: ms_site_intern runs inside the hooks.
+ *
+ * The life of a site id (g_state):
+ *   FREE     never handed out, or reclaimed (then on g_free).
+ *   HELD     interned by a hook, which took a strong reference to the code object: the code must
+ *            outlive the id until Python has read its file, function and line.
+ *   WATCHED  Python took the reference over (ms_sites_take_held), resolved the site and watches
+ *            the code object with a weak reference. The table's code pointer is now borrowed.
+ *   DEAD     the code object is being freed: its weakref callback (which CPython runs with the GIL
+ *            before the memory goes back) called ms_site_forget, so the key left the lookup table
+ *            and a new code object at the same address gets a new id. The id itself stays taken
+ *            while records or live blocks may still carry it.
+ *   FIXED    a type id (no code object): never forgotten.
+ * Python calls ms_sites_reclaim once no record in flight and no live block carries a DEAD id
+ * (see memscope_otel/sites.py for the protocol); the id then goes back to FREE.
+ *
+ * The lookup table is open addressing with linear probing over ids. Deleted keys leave a
+ * tombstone, so that probes for keys behind them go on; a lookup that misses (a tombstone-laden
+ * table, a concurrent rebuild, an entry being rewritten) is never wrong, only slower: it takes
+ * the locked path, which looks again. Entries are rewritten only when a reclaimed id is reused,
+ * under a per-entry sequence count, so that a lock-free reader that loaded the id before the
+ * rewrite cannot match a torn mix of the old and the new key.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#include <string.h>
 
 #include "internal.h"
 
 #define SLOT_BITS 16 /* twice MS_MAX_IDS: probes stay short */
 #define SLOTS (1u << SLOT_BITS)
+#define SLOT_EMPTY 0u
+#define SLOT_TOMB UINT32_MAX
+/* Above this many tombstones the table is rebuilt (by ms_site_forget, outside any hook): every
+ * miss probes up to the next empty slot, and tombstones only ever replace empty slots. */
+#define TOMB_LIMIT (SLOTS / 4)
 
-static ms_site_t g_ids[MS_MAX_IDS] = {
-    [MS_ID_NATIVE + 0] = {NULL, 0, 0, 0},   [MS_ID_NATIVE + 1] = {NULL, 0, 1, 0},
-    [MS_ID_NATIVE + 2] = {NULL, 0, 2, 0},   [MS_ID_NATIVE + 3] = {NULL, 0, 3, 0},
-    [MS_ID_OVERFLOW + 0] = {NULL, 0, 0, 0}, [MS_ID_OVERFLOW + 1] = {NULL, 0, 1, 0},
-    [MS_ID_OVERFLOW + 2] = {NULL, 0, 2, 0}, [MS_ID_OVERFLOW + 3] = {NULL, 0, 3, 0},
-};
-static _Atomic uint32_t g_slots[SLOTS]; /* 0: empty, else an id */
+enum { ID_FREE = 0, ID_HELD, ID_WATCHED, ID_DEAD, ID_FIXED };
+
+typedef struct {
+    _Atomic uint32_t seq;        /* odd while the key below is being rewritten */
+    _Atomic uintptr_t code;
+    _Atomic uint64_t where;      /* offset (low 32 bits) | domain << 32 */
+    _Atomic uint64_t key;
+} ms_site_entry_t;
+
+static ms_site_entry_t g_ids[MS_MAX_IDS];
+static _Atomic uint8_t g_state[MS_MAX_IDS];
+static _Atomic uint32_t g_slots[SLOTS]; /* SLOT_EMPTY, SLOT_TOMB, or an id */
 static _Atomic uint32_t g_next_id = MS_FIRST_DYNAMIC_ID;
+static _Atomic uint32_t g_held;          /* ids in the HELD state; Python polls it after drains */
+static uint32_t g_free[MS_MAX_IDS];      /* reclaimed ids, a stack; under g_lock */
+static uint32_t g_free_count;
+static uint32_t g_tombs;                 /* under g_lock */
 static ms_spin_t g_lock;
 
-static uint32_t slot_of(void *code, int32_t offset, int domain, uint64_t key)
+/* The drainer is woken (from inside the hook, like a half-full ring wakes it) when this many
+ * sites hold their code objects: Python resolves them after the drain, and lets the code go. A
+ * program that makes code and drops it at a high rate (exec-generated functions) would
+ * otherwise keep a drain interval's worth of dead code alive (20 MB and more), and its ids with
+ * it. Startup, which interns thousands of sites in a burst, costs a drain per this many. */
+#define HELD_WAKE 512u
+
+static inline uint64_t where_of(int32_t offset, int domain)
 {
-    uint64_t h = (uint64_t)(uintptr_t)code * 0x9E3779B97F4A7C15ull;
-    h ^= ((uint64_t)(uint32_t)offset << 2 | (uint64_t)domain) * 0xC2B2AE3D27D4EB4Full;
+    return (uint64_t)(uint32_t)offset | (uint64_t)(uint32_t)domain << 32;
+}
+
+static uint32_t slot_of(uintptr_t code, uint64_t where, uint64_t key)
+{
+    uint64_t h = (uint64_t)code * 0x9E3779B97F4A7C15ull;
+    h ^= ((where & 0xFFFFFFFFu) << 2 | where >> 32) * 0xC2B2AE3D27D4EB4Full;
     h ^= key * 0x165667B19E3779F9ull;
     h ^= h >> 29;
     return (uint32_t)(h >> (64 - SLOT_BITS));
 }
 
-static bool same(const ms_site_t *e, void *code, int32_t offset, int domain, uint64_t key)
+/* Whether id's entry holds this key, read as one consistent snapshot (a sequence lock on the
+ * reader's side: a rewrite in progress or in between reads as "no"). */
+static bool matches(uint32_t id, uintptr_t code, uint64_t where, uint64_t key)
 {
-    return e->code == code && e->offset == offset && e->domain == domain && e->key == key;
+    ms_site_entry_t *e = &g_ids[id];
+    uint32_t seq = atomic_load_explicit(&e->seq, memory_order_acquire);
+    if (seq & 1u)
+        return false;
+    bool same = atomic_load_explicit(&e->code, memory_order_relaxed) == code &&
+                atomic_load_explicit(&e->where, memory_order_relaxed) == where &&
+                atomic_load_explicit(&e->key, memory_order_relaxed) == key;
+    atomic_thread_fence(memory_order_acquire);
+    if (!same || atomic_load_explicit(&e->seq, memory_order_relaxed) != seq)
+        return false;
+    /* A reader that took the id from its slot before the key was forgotten must not hand it
+     * (dead, or reclaimed with the old key still in its entry) to a new code object at the dead
+     * one's address. With the GIL held by every caller naming a code object this cannot
+     * interleave; the check costs one load on the sampled path. */
+    int state = atomic_load_explicit(&g_state[id], memory_order_acquire);
+    return state == ID_HELD || state == ID_WATCHED || state == ID_FIXED;
 }
 
-/* The id of key, or 0 with *free_slot set to where it would go. */
-static uint32_t find(void *code, int32_t offset, int domain, uint64_t key, uint32_t *free_slot)
+/* Under g_lock: the writer's side of the sequence lock. */
+static void write_entry(uint32_t id, uintptr_t code, uint64_t where, uint64_t key)
 {
-    for (uint32_t i = slot_of(code, offset, domain, key), n = 0; n < SLOTS; i = (i + 1) & (SLOTS - 1), n++) {
+    ms_site_entry_t *e = &g_ids[id];
+    uint32_t seq = atomic_load_explicit(&e->seq, memory_order_relaxed);
+    atomic_store_explicit(&e->seq, seq + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&e->code, code, memory_order_relaxed);
+    atomic_store_explicit(&e->where, where, memory_order_relaxed);
+    atomic_store_explicit(&e->key, key, memory_order_relaxed);
+    atomic_store_explicit(&e->seq, seq + 2, memory_order_release);
+}
+
+/* The id of key, or 0 with *free_slot set to where it would go (the first tombstone or empty
+ * slot of its probe sequence; SLOTS when there is none). */
+static uint32_t find(uintptr_t code, uint64_t where, uint64_t key, uint32_t *free_slot)
+{
+    uint32_t reuse = SLOTS;
+    for (uint32_t i = slot_of(code, where, key), n = 0; n < SLOTS; i = (i + 1) & (SLOTS - 1), n++) {
         uint32_t id = atomic_load_explicit(&g_slots[i], memory_order_acquire);
-        if (id == 0) {
-            *free_slot = i;
+        if (id == SLOT_EMPTY) {
+            *free_slot = reuse != SLOTS ? reuse : i;
             return 0;
         }
-        if (same(&g_ids[id], code, offset, domain, key))
+        if (id == SLOT_TOMB || id >= MS_MAX_IDS) {
+            if (reuse == SLOTS)
+                reuse = i;
+            continue;
+        }
+        if (matches(id, code, where, key))
             return id;
     }
-    *free_slot = SLOTS;
+    *free_slot = reuse;
     return 0;
+}
+
+/* Under g_lock: an id for a new key, from the reclaimed ones first (their summary rows are
+ * zero and likely still in cache), else the next never used; 0 when all are taken. */
+static uint32_t take_id(void)
+{
+    if (g_free_count > 0)
+        return g_free[--g_free_count];
+    uint32_t next = atomic_load_explicit(&g_next_id, memory_order_relaxed);
+    if (next >= MS_MAX_IDS)
+        return 0;
+    atomic_store_explicit(&g_next_id, next + 1, memory_order_release);
+    return next;
 }
 
 /* Callers naming a code object hold the GIL (it is what makes the incref safe). */
 uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key)
 {
-    uint32_t free_slot;
-    uint32_t id = find(code, offset, domain, key, &free_slot);
+    uintptr_t c = (uintptr_t)code;
+    uint64_t where = where_of(offset, domain);
+    uint32_t free_slot, held = 0;
+    uint32_t id = find(c, where, key, &free_slot);
     if (MS_LIKELY(id != 0))
         return id;
     ms_spin_lock(&g_lock);
-    id = find(code, offset, domain, key, &free_slot); /* someone may have won the race */
+    id = find(c, where, key, &free_slot); /* someone may have won the race */
     if (id == 0) {
-        uint32_t next = atomic_load_explicit(&g_next_id, memory_order_relaxed);
-        if (next >= MS_MAX_IDS || free_slot == SLOTS) {
+        id = free_slot == SLOTS ? 0 : take_id();
+        if (id == 0) {
             id = MS_ID_OVERFLOW + (uint32_t)domain;
         } else {
-            id = next;
-            g_ids[id] = (ms_site_t){code, offset, domain, key};
-            if (code)
+            write_entry(id, c, where, key);
+            if (code) {
                 Py_INCREF((PyObject *)code);
-            atomic_store_explicit(&g_next_id, next + 1, memory_order_release);
+                held = atomic_fetch_add_explicit(&g_held, 1, memory_order_relaxed) + 1;
+            }
+            atomic_store_explicit(&g_state[id], code ? ID_HELD : ID_FIXED, memory_order_release);
+            if (atomic_load_explicit(&g_slots[free_slot], memory_order_relaxed) == SLOT_TOMB)
+                g_tombs--;
             atomic_store_explicit(&g_slots[free_slot], id, memory_order_release);
         }
     }
     ms_spin_unlock(&g_lock);
+    if (MS_UNLIKELY(held == HELD_WAKE))
+        ms_wake_drainer();
     return id;
 }
 
@@ -87,17 +191,134 @@ uint32_t ms_sites_used(void)
     return atomic_load_explicit(&g_next_id, memory_order_acquire);
 }
 
+static void info_of(uint32_t id, int state, ms_site_t *out)
+{
+    ms_site_entry_t *e = &g_ids[id];
+    uint64_t where = atomic_load_explicit(&e->where, memory_order_relaxed);
+    out->code = state == ID_HELD ? (void *)atomic_load_explicit(&e->code, memory_order_relaxed) : NULL;
+    out->offset = (int32_t)(uint32_t)(where & 0xFFFFFFFFu);
+    out->domain = (int32_t)(where >> 32);
+    out->key = atomic_load_explicit(&e->key, memory_order_relaxed);
+}
+
 int ms_site_info(uint32_t id, ms_site_t *out)
 {
+    if (id < MS_FIRST_DYNAMIC_ID) {
+        *out = (ms_site_t){NULL, 0, (int32_t)(id & 3u), 0};
+        return 0;
+    }
     if (id >= ms_sites_used())
         return -1;
-    *out = g_ids[id];
+    int state = atomic_load_explicit(&g_state[id], memory_order_acquire);
+    if (state == ID_FREE)
+        return -1;
+    info_of(id, state, out);
     return 0;
+}
+
+uint32_t ms_sites_take_held(uint32_t *ids, ms_site_t *out, uint32_t capacity)
+{
+    uint32_t n = 0;
+    if (atomic_load_explicit(&g_held, memory_order_acquire) == 0)
+        return 0;
+    ms_spin_lock(&g_lock);
+    uint32_t used = ms_sites_used();
+    for (uint32_t id = MS_FIRST_DYNAMIC_ID; id < used && n < capacity; id++) {
+        if (atomic_load_explicit(&g_state[id], memory_order_relaxed) != ID_HELD)
+            continue;
+        ids[n] = id;
+        info_of(id, ID_HELD, &out[n]); /* the reference goes with it */
+        atomic_store_explicit(&g_state[id], ID_WATCHED, memory_order_release);
+        atomic_fetch_sub_explicit(&g_held, 1, memory_order_relaxed);
+        n++;
+    }
+    ms_spin_unlock(&g_lock);
+    return n;
+}
+
+const uint32_t *ms_sites_held_count(void)
+{
+    /* Read by Python through a numpy view, without a call (and so without giving the GIL up):
+     * a hint that says whether ms_sites_take_held has anything to do. */
+    return (const uint32_t *)(const void *)&g_held;
+}
+
+/* Under g_lock: an empty lookup table, then every key still in it inserted again. Lock-free
+ * readers meanwhile may miss (and take the lock, and wait for this to end), never match wrong. */
+static void rebuild(void)
+{
+    for (uint32_t i = 0; i < SLOTS; i++)
+        atomic_store_explicit(&g_slots[i], SLOT_EMPTY, memory_order_relaxed);
+    uint32_t used = ms_sites_used();
+    for (uint32_t id = MS_FIRST_DYNAMIC_ID; id < used; id++) {
+        int state = atomic_load_explicit(&g_state[id], memory_order_relaxed);
+        if (state != ID_HELD && state != ID_WATCHED && state != ID_FIXED)
+            continue;
+        ms_site_entry_t *e = &g_ids[id];
+        uint32_t i = slot_of(atomic_load_explicit(&e->code, memory_order_relaxed),
+                             atomic_load_explicit(&e->where, memory_order_relaxed),
+                             atomic_load_explicit(&e->key, memory_order_relaxed));
+        while (atomic_load_explicit(&g_slots[i], memory_order_relaxed) != SLOT_EMPTY)
+            i = (i + 1) & (SLOTS - 1);
+        atomic_store_explicit(&g_slots[i], id, memory_order_release);
+    }
+    g_tombs = 0;
+}
+
+int ms_site_forget(uint32_t id)
+{
+    if (id < MS_FIRST_DYNAMIC_ID || id >= MS_MAX_IDS)
+        return -1;
+    int rc = -1;
+    ms_spin_lock(&g_lock);
+    if (atomic_load_explicit(&g_state[id], memory_order_relaxed) == ID_WATCHED) {
+        ms_site_entry_t *e = &g_ids[id];
+        uint32_t i = slot_of(atomic_load_explicit(&e->code, memory_order_relaxed),
+                             atomic_load_explicit(&e->where, memory_order_relaxed),
+                             atomic_load_explicit(&e->key, memory_order_relaxed));
+        for (uint32_t n = 0; n < SLOTS; i = (i + 1) & (SLOTS - 1), n++) {
+            uint32_t at = atomic_load_explicit(&g_slots[i], memory_order_relaxed);
+            if (at == id) {
+                atomic_store_explicit(&g_slots[i], SLOT_TOMB, memory_order_release);
+                g_tombs++;
+                break;
+            }
+            if (at == SLOT_EMPTY)
+                break; /* not reachable: ids in the WATCHED state are in the table */
+        }
+        atomic_store_explicit(&g_state[id], ID_DEAD, memory_order_release);
+        if (g_tombs > TOMB_LIMIT)
+            rebuild();
+        rc = 0;
+    }
+    ms_spin_unlock(&g_lock);
+    return rc;
+}
+
+uint32_t ms_sites_reclaim(const uint32_t *ids, uint32_t n, uint8_t *in_use)
+{
+    uint32_t reclaimed = 0;
+    ms_spin_lock(&g_lock);
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t id = ids[k];
+        if (id < MS_FIRST_DYNAMIC_ID || id >= MS_MAX_IDS ||
+            atomic_load_explicit(&g_state[id], memory_order_relaxed) != ID_DEAD)
+            continue;
+        atomic_store_explicit(&g_state[id], ID_FREE, memory_order_release);
+        g_free[g_free_count++] = id;
+        reclaimed++;
+    }
+    ms_spin_unlock(&g_lock);
+    if (in_use) {
+        memset(in_use, 0, MS_MAX_IDS);
+        ms_live_sites_in_use(in_use);
+    }
+    return reclaimed;
 }
 
 void ms_sites_fork_child(void)
 {
-    /* The ids stay valid in the child (same code objects, same addresses); only the lock may
-     * have been held by a thread that no longer exists. */
+    /* The ids stay valid in the child (same code objects, same addresses, the same references
+     * held); only the lock may have been held by a thread that no longer exists. */
     atomic_store(&g_lock, 0);
 }

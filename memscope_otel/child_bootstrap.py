@@ -74,7 +74,7 @@ class ReadingPublisher:
             snapshot = memscope_otel.snapshot()
             if snapshot is None:  # stopped by the program itself
                 return
-            line = self._encoder.encode(snapshot, self._tracker.resolver, final=final, reporter_cpu_s=self._cpu_s,
+            line = self._encoder.encode(snapshot, final=final, reporter_cpu_s=self._cpu_s,
                                         optimizer=self._tracker.optimizer)
             self._cpu_s += time.thread_time() - started  # (shows in the next reading)
             try:

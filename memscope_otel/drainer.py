@@ -31,6 +31,9 @@ class Drainer:
         # that is inside drain(); with a plain lock that thread would wait for itself forever.
         self.lock = threading.RLock()
         self._drain_owner = None  # the thread in drain() (it holds the lock), or None
+        # The site resolver: told before and after every complete drain (the reuse of site ids
+        # counts drains, and new sites are resolved after each one). See memscope_otel/sites.py.
+        self.sites = None
         self._stopping = threading.Event()
         self._thread = None
 
@@ -62,7 +65,14 @@ class Drainer:
                 return 0
             self._drain_owner = threading.get_ident()
             try:
+                if self.sites is not None:
+                    self.sites.before_drain()
                 moved = self._drain_locked()
+                if self.sites is not None:
+                    try:
+                        self.sites.after_drain(self.summary)
+                    except Exception:  # the records are in the summary: only ids wait longer
+                        log.exception("memscope could not resolve or reclaim site ids after a drain")
             finally:
                 self._drain_owner = None
             self.records_drained += moved

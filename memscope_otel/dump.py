@@ -14,7 +14,8 @@ whole file after its header is a sequence of 32-byte slots)::
     config JSON, zero padding
     chunks, each a 32-byte chunk header then its payload:
         0  magic           4 bytes  b"MSCK"
-        4  kind            u16      1 = records, 2 = string table
+        4  kind            u16      1 = records, 2 = string table, 3 = string table that
+                                    redefines ids
         6  reserved        u16      0
         8  base time       u64      records: microseconds since the epoch; a record's time is
                                     base time + its time_delta_us. String tables: 0
@@ -22,8 +23,17 @@ whole file after its header is a sequence of 32-byte slots)::
        20  payload length  u32      bytes; records: count * 32; string tables: padded to 32
        24  payload CRC32   u32
        28  header CRC32    u32      of bytes 0..27
-    string-table payload: entries of (id u32, byte length u32, UTF-8 text), then zero padding.
-    A later entry for an id replaces an earlier one.
+    string-table payload (kinds 2 and 3): entries of (id u32, byte length u32, UTF-8 text), then
+    zero padding.
+
+Ids and string tables: an entry says what an id stands for in the records chunks after it, up
+to the next entry for the same id. Site ids are reused (an id whose code object died is handed
+out again once nothing carries it), so one id may stand for different sites over a file: the
+writer puts an id's first entry in a table of kind 2 and every later one in a table of kind 3,
+before the first records chunk that needs it. The reader attributes each records chunk with the
+entries in force at it (``Dump.label(id, chunk_index)``); ``Dump.strings`` holds the latest.
+Readers that predate kind 3 stop at such a table with "unknown chunk kind" instead of
+attributing earlier records to the new sites. Files without one read as they always did.
 
 Crash safety: a chunk goes to the kernel in one ``writev`` call from an unbuffered descriptor, so
 once ``write_chunk`` returns, the chunk survives the process being killed (even by SIGKILL); a kill
@@ -58,6 +68,7 @@ FORMAT_VERSION = 1
 RECORD_SIZE = RECORD_DTYPE.itemsize
 KIND_RECORDS = 1
 KIND_STRINGS = 2
+KIND_REDEFINE = 3
 
 _FILE_HEADER = struct.Struct("<8sHHIQI")  # without its trailing CRC
 _CHUNK_HEADER = struct.Struct("<4sHHQII I")  # without its trailing CRC
@@ -192,6 +203,7 @@ class DumpWriter:
         self._fd = _open_dump_file(self.path, exclusive)
         self._offset = 0
         self.records_written = 0
+        self._defined = set()  # ids with an entry in the file: a later entry redefines (kind 3)
         try:
             self._append([header])
         except OSError:
@@ -250,25 +262,39 @@ class DumpWriter:
             self.records_written += len(part)
 
     def write_strings(self, entries: dict) -> None:
-        """Appends a string table: ``{id: "file:function:line" or type name}``."""
-        parts, size, count = [], 0, 0
-        for key, text in sorted((int(k), str(v)) for k, v in dict(entries).items()):
+        """Appends string tables: ``{id: "file:function:line" or type name}``, in force for the
+        records chunks written after them. Ids with an entry in the file already are redefined
+        (a table of kind 3)."""
+        entries = sorted((int(k), str(v)) for k, v in dict(entries).items())
+        for key, _ in entries:
             if not 0 <= key < 2**32:
                 raise ValueError(f"string id {key} is outside 0 .. 2**32-1")
+        with self._lock:
+            defined = self._defined
+            new = [(k, t) for k, t in entries if k not in defined]
+            again = [(k, t) for k, t in entries if k in defined]
+        self._write_table(KIND_STRINGS, new)
+        self._write_table(KIND_REDEFINE, again)
+
+    def _write_table(self, kind, entries):
+        parts, keys, size = [], [], 0
+        for key, text in entries:
             data = text.encode("utf-8", "replace")[:MAX_STRING_BYTES]
             entry = _STRING_ENTRY.pack(key, len(data)) + data
             if size + len(entry) > MAX_STRINGS_PAYLOAD and parts:
-                self._write_string_chunk(parts, size, count)
-                parts, size, count = [], 0, 0
+                self._write_string_chunk(kind, parts, keys, size)
+                parts, keys, size = [], [], 0
             parts.append(entry)
+            keys.append(key)
             size += len(entry)
-            count += 1
         if parts:
-            self._write_string_chunk(parts, size, count)
+            self._write_string_chunk(kind, parts, keys, size)
 
-    def _write_string_chunk(self, parts, size, count):
+    def _write_string_chunk(self, kind, parts, keys, size):
         payload = b"".join(parts) + bytes(_pad32(size) - size)
-        self._append([self._chunk(KIND_STRINGS, 0, count, payload), payload])
+        self._append([self._chunk(kind, 0, len(parts), payload), payload])
+        with self._lock:
+            self._defined.update(keys)
 
     def unlinked(self) -> bool:
         """True once the file has no name left (deleted while written): its space would only
@@ -321,7 +347,8 @@ class Chunk:
 class Dump:
     """An open dump file (see ``open_dump``)."""
 
-    def __init__(self, path, data: np.ndarray, header: dict, chunks: list, strings: dict, truncated):
+    def __init__(self, path, data: np.ndarray, header: dict, chunks: list, strings: dict, truncated,
+                 history: dict | None = None, redefinitions: dict | None = None):
         self.path = path
         self._data = data
         self.format_version = header["format_version"]
@@ -329,8 +356,13 @@ class Dump:
         self.config = header["config"]
         self.header_length = header["header_length"]
         self.chunks: list[Chunk] = chunks
-        self.strings: dict[int, str] = strings
+        self.strings: dict[int, str] = strings  # the latest entry of each id
         self.truncated: DumpFormatError | None = truncated
+        # id -> [(index of the first records chunk it applies to, text), ...], for the ids with
+        # more than one meaning over the file only
+        self._history: dict[int, list] = history or {}
+        # records chunk index -> {id: its text from that chunk on}: where ids change meaning
+        self.redefinitions: dict[int, dict[int, str]] = redefinitions or {}
 
     @property
     def n_records(self) -> int:
@@ -369,9 +401,19 @@ class Dump:
             return np.zeros(0, dtype=np.uint64)
         return np.concatenate([c.times_us() for c in self.chunks])
 
-    def label(self, site: int) -> str:
-        """The string table's text for an id, or ``id <n>`` when the table lacks it."""
-        return self.strings.get(int(site), f"id {int(site)}")
+    def label(self, site: int, chunk: int | None = None) -> str:
+        """The string table's text for an id in the records chunk ``chunks[chunk]`` (default:
+        its latest text), or ``id <n>`` when the table lacks it."""
+        site = int(site)
+        history = self._history.get(site)
+        if history is None or chunk is None:
+            return self.strings.get(site, f"id {site}")
+        text = history[0][1]
+        for first, later in history[1:]:
+            if first > chunk:
+                break
+            text = later
+        return text
 
     def close(self) -> None:
         """Drops this object's references to the mapping (views handed out keep it alive)."""
@@ -417,7 +459,32 @@ def _parse_header(data: np.ndarray, path):
             "header_length": header_length}
 
 
-def _parse_strings(payload: bytes, count: int, offset: int, strings: dict, path):
+class _Tables:
+    """The string tables read so far, positionally: what each id stands for from which records
+    chunk on."""
+
+    def __init__(self):
+        self.strings = {}
+        self.history = {}
+        self.redefinitions = {}
+
+    def define(self, key, text, chunk):
+        """``key`` stands for ``text`` from records chunk index ``chunk`` on."""
+        previous = self.strings.get(key)
+        self.strings[key] = text
+        if previous is None or previous == text:
+            return
+        history = self.history.setdefault(key, [(0, previous)])
+        if history[-1][0] == chunk:  # redefined before any chunk used the previous text
+            history[-1] = (chunk, text)
+            if chunk in self.redefinitions and key in self.redefinitions[chunk]:
+                self.redefinitions[chunk][key] = text
+        else:
+            history.append((chunk, text))
+            self.redefinitions.setdefault(chunk, {})[key] = text
+
+
+def _parse_strings(payload: bytes, count: int, offset: int, tables: _Tables, chunk: int, path):
     pos = 0
     for _ in range(count):
         if pos + 8 > len(payload):
@@ -427,7 +494,7 @@ def _parse_strings(payload: bytes, count: int, offset: int, strings: dict, path)
         if length > len(payload) - pos:
             raise DumpFormatError(offset + pos - 4, f"string of {length} bytes runs past its chunk", path)
         try:
-            strings[key] = payload[pos:pos + length].decode("utf-8")
+            tables.define(key, payload[pos:pos + length].decode("utf-8"), chunk)
         except UnicodeDecodeError:
             raise DumpFormatError(offset + pos, "string is not valid UTF-8", path) from None
         pos += length
@@ -450,7 +517,7 @@ def open_dump(path, verify: bool = True, strict: bool = False) -> Dump:
         raise DumpFormatError(0, "file is empty", path)
     data = np.memmap(path, dtype=np.uint8, mode="r")
     header = _parse_header(data, path)
-    chunks, strings, truncated = [], {}, None
+    chunks, tables, truncated = [], _Tables(), None
     offset = header["header_length"]
     while offset < size:
         if size - offset < 32:
@@ -477,14 +544,14 @@ def open_dump(path, verify: bool = True, strict: bool = False) -> Dump:
             if length != count * RECORD_SIZE:
                 raise DumpFormatError(offset + 16, f"records chunk says {count} records but holds {length} bytes", path)
             chunks.append(Chunk(offset, base_us, payload.view(RECORD_DTYPE)))
-        elif kind == KIND_STRINGS:
-            _parse_strings(payload.tobytes(), count, start, strings, path)
+        elif kind in (KIND_STRINGS, KIND_REDEFINE):
+            _parse_strings(payload.tobytes(), count, start, tables, len(chunks), path)
         else:
-            raise DumpFormatError(offset + 4, f"unknown chunk kind {kind} (1 records, 2 strings)", path)
+            raise DumpFormatError(offset + 4, f"unknown chunk kind {kind} (1 records, 2 and 3 strings)", path)
         offset = start + length
     if truncated is not None:
         if strict:
             raise truncated
         warnings.warn(f"{truncated}; reading the {len(chunks)} complete chunks before it", RuntimeWarning,
                       stacklevel=2)
-    return Dump(path, data, header, chunks, strings, truncated)
+    return Dump(path, data, header, chunks, tables.strings, truncated, tables.history, tables.redefinitions)

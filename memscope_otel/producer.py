@@ -14,6 +14,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import sampler
 from .records import DOMAINS, SIZE_CLASSES
+from .sites import RECLAIMED, TypeName
 
 OTHER_SITE = {
     "code.file.path": "<other>",
@@ -24,26 +25,49 @@ OTHER_SITE = {
 
 
 class RoutedCounters:
-    """Monotonic cumulative series for the top-k keys by bytes, the rest folded into one."""
+    """Monotonic cumulative series for the top-k keys by bytes, the rest folded into one.
+
+    A key's growth since the last update goes to its own series while it is in the top; the
+    ``other`` series gets the rest of the total's growth. Only the keys of the last update are
+    remembered (their values then), not every key ever seen: a key missing from an update counts
+    from zero when it comes back. That is how summaries forget sites (the sums of reclaimed sites
+    beyond the ones kept by name fold into <reclaimed>, which is never a key of its own: it is
+    in ``total`` only, and its sums were routed while they were under their sites)."""
 
     def __init__(self, k):
         self.k = k
-        self._last = {}  # key -> (bytes, count) last seen
+        self._last = {}  # key -> (bytes, count) at the last update, for that update's keys
+        self._last_total = (0.0, 0.0)
         self._series = {}  # key -> [bytes, count] exported
         self.other = [0.0, 0.0]
 
-    def update(self, current):
-        """current: {key: (bytes, count)} cumulative. Returns {key: (bytes, count)} for the top."""
-        top = set(sorted(current, key=lambda key: current[key][0], reverse=True)[: self.k])
-        for key, (b, c) in current.items():
-            lb, lc = self._last.get(key, (0.0, 0.0))
+    def update(self, current, total=None):
+        """current: {key: (bytes, count)} cumulative; total: cumulative (bytes, count) of
+        everything, current's keys and sums no longer under any key (default: current's sum).
+        Returns {key: (bytes, count)} for the top."""
+        if total is None:
+            total = (sum(v[0] for v in current.values()), sum(v[1] for v in current.values()))
+        top = sorted(current, key=lambda key: current[key][0], reverse=True)[: self.k]
+        last, routed = self._last, [0.0, 0.0]
+        for key in top:
+            b, c = current[key]
+            lb, lc = last.get(key, (0.0, 0.0))
             db, dc = max(b - lb, 0.0), max(c - lc, 0.0)
-            self._last[key] = (max(b, lb), max(c, lc))
             if db == 0.0 and dc == 0.0:
                 continue
-            target = self._series.setdefault(key, [0.0, 0.0]) if key in top else self.other
-            target[0] += db
-            target[1] += dc
+            series = self._series.setdefault(key, [0.0, 0.0])
+            series[0] += db
+            series[1] += dc
+            routed[0] += db
+            routed[1] += dc
+        lt = self._last_total
+        self.other[0] += max(total[0] - lt[0] - routed[0], 0.0)
+        self.other[1] += max(total[1] - lt[1] - routed[1], 0.0)
+        self._last_total = (max(total[0], lt[0]), max(total[1], lt[1]))
+        self._last = {}
+        for key, (b, c) in current.items():
+            lb, lc = last.get(key, (0.0, 0.0))
+            self._last[key] = (max(b, lb), max(c, lc))
         return {key: tuple(self._series[key]) for key in top if key in self._series}
 
 
@@ -220,41 +244,46 @@ class Producer:
 
     def _grouped(self, snap):
         if self._site_view is None or self._site_view[0] != self._generation:
-            sites, types = {}, {}
-            for site_id, b, c, live in snap.per_id:
-                key = self.tracker.resolver.resolve(site_id)
-                target = types if hasattr(key, "name") else sites
-                acc = target.setdefault(key, [0.0, 0.0, 0.0])
-                acc[0] += b
-                acc[1] += c
-                acc[2] += live
-            routed_sites = self._sites.update({k: (v[0], v[1]) for k, v in sites.items()})
+            # The snapshot's per-site sums: ids in use (resolved when it was taken) and reclaimed
+            # ids' sums, under the site each id stood for, so reuse changes no series.
+            sites, types, folded = {}, {}, [0.0, 0.0, 0.0]
+            for key, sums in snap.per_site.items():
+                if isinstance(key, TypeName):
+                    types[key] = sums
+                elif key.file == RECLAIMED:
+                    for k in range(3):
+                        folded[k] += sums[k]
+                else:
+                    sites[key] = sums
+            total = (sum(v[0] for v in sites.values()) + folded[0],
+                     sum(v[1] for v in sites.values()) + folded[1])
+            routed_sites = self._sites.update({k: (v[0], v[1]) for k, v in sites.items()}, total)
             routed_types = self._types.update({k: (v[0], v[1]) for k, v in types.items()})
-            self._site_view = (self._generation, sites, routed_sites, routed_types)
+            self._site_view = (self._generation, sites, routed_sites, routed_types, folded[2])
         return self._site_view
 
     def _site_allocated(self, snap):
-        _, _, routed, _ = self._grouped(snap)
+        _, _, routed, _, _ = self._grouped(snap)
         for site, (b, _) in routed.items():
             yield Observation(b, _site_attributes(site))
         yield Observation(self._sites.other[0], OTHER_SITE)
 
     def _site_allocations(self, snap):
-        _, _, routed, _ = self._grouped(snap)
+        _, _, routed, _, _ = self._grouped(snap)
         for site, (_, c) in routed.items():
             yield Observation(c, _site_attributes(site))
         yield Observation(self._sites.other[1], OTHER_SITE)
 
     def _site_live(self, snap):
-        _, sites, _, _ = self._grouped(snap)
+        _, sites, _, _, folded_live = self._grouped(snap)
         ranked = sorted(sites.items(), key=lambda kv: kv[1][2], reverse=True)
         top, rest = ranked[: self._max_sites], ranked[self._max_sites:]
         for site, (_, _, live) in top:
             yield Observation(live, _site_attributes(site))
-        yield Observation(sum(v[2] for _, v in rest), OTHER_SITE)
+        yield Observation(sum(v[2] for _, v in rest) + folded_live, OTHER_SITE)
 
     def _type_allocated(self, snap):
-        _, _, _, routed = self._grouped(snap)
+        _, _, _, routed, _ = self._grouped(snap)
         for type_name, (b, _) in routed.items():
             yield Observation(b, {"memscope.type": type_name.name})
         if self._types.other[0]:

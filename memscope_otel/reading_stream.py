@@ -27,11 +27,11 @@ class ReadingEncoder:
         self._keys = {}   # SiteKey or ("type", name) -> integer key
         self._sent = {}   # integer key -> (bytes, count, live) last sent
 
-    def encode(self, snapshot, resolver, *, final=False, reporter_cpu_s=None, optimizer=None) -> bytes:
-        """One line for ``snapshot``; ``resolver`` names its ids (``tracker.resolver``)."""
+    def encode(self, snapshot, *, final=False, reporter_cpu_s=None, optimizer=None) -> bytes:
+        """One line for ``snapshot``: its sites as resolved when it was taken (``per_site``: the
+        sites of reclaimed ids included, so that a program that generates code loses nothing)."""
         grouped, labels = {}, {}
-        for site_id, nbytes, count, live in snapshot.per_id:
-            resolved = resolver.resolve(site_id)
+        for resolved, (nbytes, count, live) in snapshot.per_site.items():
             if hasattr(resolved, "name"):  # a type of the manual API
                 identity = ("type", resolved.name)
             else:

@@ -270,7 +270,30 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
     threads = np.zeros(1 << 16, dtype=bool)
     n_allocs = n_frees = 0
     records_done = 0
-    for chunk in dump.chunks:
+    # Per-label sums of ids that changed meaning (reused site ids): an id's sums so far go under
+    # its old label before the first chunk of its new one. (label, domain) -> [id, bytes, count,
+    # live, records].
+    by_label = {}
+
+    def settle(ids, chunk_index):
+        for i in ids:
+            if id_records[i] == 0:
+                continue
+            key = (dump.label(i, chunk_index), int(id_domain[i]))
+            sums = by_label.setdefault(key, [i, 0.0, 0.0, 0.0, 0])
+            sums[0] = i
+            sums[1] += id_bytes[i]
+            sums[2] += id_count[i]
+            sums[3] += id_live[i]
+            sums[4] += int(id_records[i])
+            id_bytes[i] = id_count[i] = id_live[i] = 0.0
+            id_records[i] = 0
+
+    redefinitions = getattr(dump, "redefinitions", {})
+    for index, chunk in enumerate(dump.chunks):
+        changed = redefinitions.get(index)
+        if changed:
+            settle([i for i in changed if 0 <= i < MAX_IDS], index - 1)
         recs = chunk.records
         s = numpy_summary(recs)
         r = decode(recs)
@@ -299,23 +322,31 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
     bin_s = span_us / bins / 1e6
     edges = np.arange(bins + 1) * bin_s
 
-    def rows(ids, key):
-        order = ids[np.argsort(-key[ids], kind="stable")][:top]
-        return [SiteRow(int(i), dump.strings.get(int(i), FIXED_LABELS.get(int(i), f"id {int(i)}")),
-                        DOMAINS[id_domain[i]], float(id_bytes[i]), float(id_count[i]), float(id_live[i]),
-                        int(id_records[i])) for i in order if key[i] > 0]
+    if by_label:  # the file reuses ids: everything by label
+        settle(np.nonzero(id_records)[0].tolist(), len(dump.chunks) - 1)
+        all_rows = [SiteRow(int(i), label if label != f"id {i}" else FIXED_LABELS.get(int(i), label),
+                            DOMAINS[domain], float(b), float(c), float(lv), n)
+                    for (label, domain), (i, b, c, lv, n) in by_label.items()]
+    else:
+        seen = np.nonzero(id_records)[0]
+        all_rows = [SiteRow(int(i), dump.strings.get(int(i), FIXED_LABELS.get(int(i), f"id {int(i)}")),
+                            DOMAINS[id_domain[i]], float(id_bytes[i]), float(id_count[i]), float(id_live[i]),
+                            int(id_records[i])) for i in seen]
 
-    seen = np.nonzero(id_records)[0]
-    sites = seen[id_domain[seen] != MANUAL_DOMAIN]
-    types = seen[id_domain[seen] == MANUAL_DOMAIN]
+    def rows(candidates, field):
+        ranked = sorted((r for r in candidates if getattr(r, field) > 0), key=lambda r: -getattr(r, field))
+        return ranked[:top]
+
+    sites = [r for r in all_rows if r.domain != "manual"]
+    types = [r for r in all_rows if r.domain == "manual"]
     return Report(
         path=str(dump.path), start_time_us=dump.start_time_us, first_us=first, last_us=last,
         n_records=dump.n_records, n_allocs=n_allocs, n_frees=n_frees, n_chunks=len(dump.chunks),
         n_threads=int(threads.sum()), config=dump.config,
         truncated=None if dump.truncated is None else str(dump.truncated),
         est_count=est_count, est_bytes=est_bytes, live_bytes=live,
-        top_sites_by_bytes=rows(sites, id_bytes), top_sites_by_count=rows(sites, id_count),
-        top_types_by_bytes=rows(types, id_bytes), top_types_by_count=rows(types, id_count),
+        top_sites_by_bytes=rows(sites, "est_bytes"), top_sites_by_count=rows(sites, "est_count"),
+        top_types_by_bytes=rows(types, "est_bytes"), top_types_by_count=rows(types, "est_count"),
         size_buckets=buckets, bin_edges_s=edges, rate_bytes=rate_bytes / bin_s,
         rate_count=rate_count / bin_s, live_over_time=np.cumsum(live_delta),
     )

@@ -162,18 +162,14 @@ class DrainBuffer:
 
 
 def site_info(site_id):
-    """(code object or None, byte offset, domain index, key) of an id, or None if unknown."""
+    """(held, byte offset, domain index, key) of an id in use, or None. held: whether the id
+    table still holds the site's code object (until the site is resolved: sites.SiteResolver
+    takes it over; the code object itself is not handed out here, it may die any time after)."""
     ffi, lib = _lib()
     out = ffi.new("ms_site_t *")
     if lib.ms_site_info(site_id, out) != 0:
         return None
-    code = None
-    if out.code != ffi.NULL:
-        import ctypes
-
-        # The id table holds a strong reference, so the object is alive.
-        code = ctypes.cast(int(ffi.cast("uintptr_t", out.code)), ctypes.py_object).value
-    return code, out.offset, out.domain, out.key
+    return out.code != ffi.NULL, out.offset, out.domain, out.key
 
 
 def type_key(type_name):

@@ -1,21 +1,54 @@
-"""Site ids -> (file, qualified function, line), resolved lazily with the GIL, outside any hook.
+"""Site ids -> (file, qualified function, line), resolved with the GIL, outside any hook; and the
+reuse of the ids whose code object has died.
 
-The C side only records (code object, bytecode offset, domain); turning that into a line number
-and a qualified name runs Python, so it happens here, once per id, when metrics are produced.
+The C side only records (code object, bytecode offset, domain), holding a strong reference to
+the code object from the hook that interned the site until Python has resolved it: turning an
+offset into a line number and a qualified name runs Python, so it happens here, after each drain
+(``SiteResolver.after_drain``, on the drainer's thread) or on demand. The code object is then
+watched through a weak reference instead, and the C table holds no reference any more: code
+that a program generates and drops (``exec`` in template engines, ORMs, dataclasses) is freed.
+
+When a watched code object dies, the weak reference's callback (run with the GIL, before the
+object's memory is freed) removes its keys from the C lookup table at once, so that a new code
+object at the same address never gets the dead one's id. The id is reused only once nothing can
+carry it any more:
+
+1. records in the rings or in a drain buffer: a complete drain that started after the death
+   has reduced (and handed to the dump writer) every record made while the code was alive;
+2. blocks in the live table: a live sampled block allocated by the dead code carries the id, and
+   so will the record of its free. After that drain the live table is scanned; an id that a
+   live block still carries waits (and is scanned again after each drain);
+3. the record of a free whose thread had taken the block out of the live table but not yet
+   written the record when the table was scanned (a RAW free runs without the GIL): one more
+   complete drain after the scan.
+
+Then the id's cumulative sums move into the summary's per-site accumulator under the site it
+was resolved to (``Summary.retire``), its per-id sums are zeroed, and the C side may hand it out
+again. So an id is reused two complete drains after its code died at the earliest, and per-site
+sums, snapshots and exported series are the same as if it had never been reused. (An id read
+from records long after their drain, as the workload recognizer does, may by then name a later
+site: a few records' features, not a sum.)
 """
+import collections
+import ctypes
 import dis
 import gc
+import os
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
+
+import numpy as np
 
 from . import sampler
 from .records import DOMAINS
 
 MS_ID_NATIVE, MS_ID_OVERFLOW, MS_FIRST_DYNAMIC_ID = 0, 4, 8
+MAX_IDS = 32768  # MS_MAX_IDS in csrc/memscope.h
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Site:
     file: str
     function: str
@@ -26,9 +59,18 @@ class Site:
         return f"{self.file}:{self.function}:{self.line}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TypeName:
     name: str
+
+
+# The sums of reclaimed sites beyond the ones a summary keeps by name (summary.RETIRED_SITES),
+# one per domain.
+RECLAIMED = "<reclaimed>"
+
+
+def reclaimed_site(domain):
+    return Site(RECLAIMED, RECLAIMED, 0, domain)
 
 
 def line_of(code, offset):
@@ -54,8 +96,9 @@ class _QualnameIndex:
     OpenTelemetry SDK imported)."""
 
     def __init__(self, min_interval=10.0):
-        self._names = {}
-        self._missing = set()  # not found by a rebuild: never worth another (it costs a heap walk)
+        # Weak: the index must not keep code objects alive (the ids of dead code are reused).
+        self._names = weakref.WeakKeyDictionary()
+        self._missing = weakref.WeakSet()  # not found by a rebuild: never worth another (a heap walk)
         self._walked = weakref.WeakSet()  # code objects whose nested code is in _names already
         self._built_at = None
         self._min_interval = min_interval
@@ -136,40 +179,114 @@ def qualname_of(code):
     return qualname or code.co_name
 
 
+class _CodeRef(weakref.ref):
+    """A weak reference to a code object, with the ids of its sites and its address."""
+
+    __slots__ = ("ids", "address")
+
+
+_py_decref = ctypes.pythonapi.Py_DecRef
+_py_decref.argtypes = [ctypes.py_object]
+_py_decref.restype = None
+
+_TAKE_BATCH = 1024
+
+
+def _keeping_the_gil(ffi, lib, name, restype, *argtypes):
+    """The C function ``name`` called without giving the GIL up. cffi releases the GIL around
+    every call; a thread that releases it while another waits for it gets it back only after the
+    switch interval (5 ms), forcing a switch. These functions are short, take only the site
+    table's spin lock (and the live table's bucket locks, which no holder keeps while waiting for
+    the GIL), and are called per dying code object on the application's threads and after every
+    drain with new sites: ctypes' PYFUNCTYPE calls them with the GIL kept."""
+    address = int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    return ctypes.PYFUNCTYPE(restype, *argtypes)(address)
+
+
 class SiteResolver:
-    """Caches what each id stands for: a :class:`Site` or, for the manual domain, a
-    :class:`TypeName`."""
+    """What each id stands for now (a :class:`Site` or, for the manual domain, a
+    :class:`TypeName`), and the reuse of site ids whose code object died (see the module's
+    docstring). Process-wide, like the C table."""
 
     def __init__(self):
-        self._cache = {}
+        ffi, lib = sampler._lib()
+        self._ffi = ffi
+        # Bound now: the weakref callbacks may run at interpreter exit.
+        self._forget = _keeping_the_gil(ffi, lib, "ms_site_forget", ctypes.c_int, ctypes.c_uint32)
+        self._take = _keeping_the_gil(ffi, lib, "ms_sites_take_held", ctypes.c_uint32, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_uint32)
+        self._reclaim = _keeping_the_gil(ffi, lib, "ms_sites_reclaim", ctypes.c_uint32, ctypes.c_void_p,
+                                         ctypes.c_uint32, ctypes.c_void_p)
+        self._cache = {}  # id -> Site / TypeName, for the ids in use
         self._type_names = {}  # key -> name, filled by the manual API
+        # Serializes resolution and reclamation (re-entrant: a signal handler may take a snapshot
+        # on a thread that is inside after_drain). The weakref callbacks never take it.
+        self._lock = threading.RLock()
+        self._watched = {}  # address of a watched code object -> its _CodeRef
+        self._pinned = []  # code objects that could not be watched: kept alive, never reclaimed
+        self._generation = {}  # id -> times it was reclaimed (a dump file redefines it each time)
+        self._dead = collections.deque()  # (id, drains started before its code died)
+        self._quiet = []  # (id, drain after which no live block carried it)
+        self._drains = 0  # drains started
+        self._held = np.frombuffer(ffi.buffer(lib.ms_sites_held_count(), 4), dtype=np.uint32)
+        self._take_ids = ffi.new("uint32_t[]", _TAKE_BATCH)
+        self._take_sites = ffi.new("ms_site_t[]", _TAKE_BATCH)
+        self._take_args = (self._address(self._take_ids), self._address(self._take_sites))
+        self._in_use = np.zeros(MAX_IDS, dtype=np.uint8)
+        self.reclaimed = 0  # ids reclaimed so far
+        _resolvers.add(self)
+
+    def _address(self, cdata):
+        return int(self._ffi.cast("uintptr_t", cdata))
+
+    def after_fork_child(self):
+        """A thread of the parent may have held the lock when it forked (see _after_fork_in_child)."""
+        self._lock = threading.RLock()
 
     def register_type(self, name):
         type_id = sampler.type_id(name)
         self._type_names[sampler.type_key(name)] = name
         return type_id
 
+    def generation(self, site_id):
+        """How many times ``site_id`` was reclaimed: its meaning changes with this number."""
+        return self._generation.get(site_id, 0)
+
     def resolve(self, site_id):
         found = self._cache.get(site_id)
         if found is not None:
             return found
-        found = self._resolve(site_id)
-        self._cache[site_id] = found
-        return found
+        with self._lock:
+            found = self._cache.get(site_id)
+            if found is None and self._held[0]:
+                self._take_held()
+                found = self._cache.get(site_id)
+            if found is None:
+                found, cacheable = self._resolve_other(site_id)
+                if cacheable:
+                    self._cache[site_id] = found
+            return found
 
-    def _resolve(self, site_id):
-        info = sampler.site_info(site_id)
+    def _resolve_other(self, site_id):
+        """Fixed ids, types, and ids not in use (no site: a stale id). (what, cacheable)."""
+        info = sampler.site_info(site_id) if site_id < MAX_IDS else None
         if info is None:
-            return Site("<unknown>", "<unknown>", 0, "obj")
-        code, offset, domain_index, key = info
+            return Site("<unknown>", "<unknown>", 0, "obj"), False
+        held, _offset, domain_index, key = info
         domain = DOMAINS[domain_index]
-        if domain == "manual" and site_id >= MS_FIRST_DYNAMIC_ID:
-            return TypeName(self._type_names.get(key, f"<type {key:016x}>"))
-        if site_id < MS_ID_OVERFLOW:
-            return TypeName("<unknown>") if domain == "manual" else Site("<native>", "<native>", 0, domain)
-        if site_id < MS_FIRST_DYNAMIC_ID:
-            return TypeName("<overflow>") if domain == "manual" else Site("<overflow>", "<overflow>", 0, domain)
-        return Site(code.co_filename, qualname_of(code), line_of(code, offset), domain)
+        if site_id >= MS_FIRST_DYNAMIC_ID:
+            if domain == "manual":
+                return TypeName(self._type_names.get(key, f"<type {key:016x}>")), True
+            if held:  # interned since the hint was read: sites are resolved from taken references
+                self._take_held()
+                found = self._cache.get(site_id)
+                if found is not None:
+                    return found, False  # (cached by the take)
+            return Site("<unknown>", "<unknown>", 0, domain), False
+        name = "<native>" if site_id < MS_ID_OVERFLOW else "<overflow>"
+        if domain == "manual":
+            return TypeName("<unknown>" if site_id < MS_ID_OVERFLOW else name), True
+        return Site(name, name, 0, domain), True
 
     def labels(self, ids):
         """{id: 'file:function:line' or type name} for the dump's string tables."""
@@ -178,3 +295,102 @@ class SiteResolver:
             r = self.resolve(int(i))
             out[int(i)] = r.label() if isinstance(r, Site) else r.name
         return out
+
+    # -- resolution of new sites, under self._lock --
+
+    def _take_held(self):
+        """Resolves every site whose code object the C table holds, and takes the references over."""
+        ids, sites = self._take_ids, self._take_sites
+        while True:
+            n = self._take(*self._take_args, _TAKE_BATCH)
+            for k in range(n):
+                self._adopt(int(ids[k]), sites[k])
+            if n < _TAKE_BATCH:
+                return
+
+    def _adopt(self, site_id, info):
+        address = int(self._ffi.cast("uintptr_t", info.code))
+        code = ctypes.cast(address, ctypes.py_object).value  # a reference of our own ...
+        _py_decref(code)  # ... so the one the table handed over can go
+        try:
+            site = Site(sys.intern(code.co_filename), qualname_of(code), line_of(code, info.offset),
+                        DOMAINS[info.domain])
+        except Exception:  # a code object we cannot read: still a site of its own
+            site = Site("<unknown>", getattr(code, "co_name", "<unknown>"), 0, DOMAINS[info.domain & 3])
+        self._cache[site_id] = site
+        ref = self._watched.get(address)
+        if ref is None or ref() is not code:
+            try:
+                ref = _CodeRef(code, self._code_died)
+            except TypeError:  # (code objects support weak references; never seen)
+                self._pinned.append(code)
+                return
+            ref.ids, ref.address = [], address
+            self._watched[address] = ref
+        ref.ids.append(site_id)
+
+    def _code_died(self, ref):
+        """The weakref callback: the code object is being freed, its memory not yet. Takes no lock
+        and allocates next to nothing, on whatever thread dropped the code (the callback's own
+        allocations are therefore counted as that thread's, by design: marking the thread as the
+        tracker's own would cost two more calls into C per code object)."""
+        try:
+            if self._watched.get(ref.address) is ref:
+                del self._watched[ref.address]
+            for site_id in ref.ids:
+                if self._forget(site_id) == 0:
+                    self._dead.append((site_id, self._drains))
+        except Exception:  # at interpreter exit, say: the ids just stay taken
+            pass
+
+    # -- reclamation, around every complete drain (Drainer.sites) --
+
+    def before_drain(self):
+        self._drains += 1
+
+    def after_drain(self, summary):
+        """After a complete drain (under the drainer's lock): resolves the new sites, reclaims
+        the ids that nothing can carry any more, and scans the live table for the ids whose code
+        died before this drain began."""
+        with self._lock:
+            if self._held[0]:
+                self._take_held()
+            drain = self._drains
+            # Scanned after an earlier drain, and this one (started after that scan) is complete.
+            ready = [i for i, scanned in self._quiet if scanned < drain]
+            self._quiet = [(i, scanned) for i, scanned in self._quiet if scanned >= drain]
+            candidates = []
+            for _ in range(len(self._dead)):
+                site_id, died = self._dead.popleft()
+                if died < drain:  # died before this drain began: its records are all reduced
+                    candidates.append((site_id, died))
+                else:
+                    self._dead.append((site_id, died))
+            if not ready and not candidates:
+                return
+            if ready:
+                summary.retire(ready, [self._cache.pop(i, None) or Site("<unknown>", "<unknown>", 0, "obj")
+                                       for i in ready], keep=lambda: set(self._cache.values()))
+                for i in ready:
+                    self._generation[i] = self._generation.get(i, 0) + 1
+            ids = np.array(ready, dtype=np.uint32)
+            in_use = self._in_use.ctypes.data if candidates else None
+            self.reclaimed += self._reclaim(ids.ctypes.data, len(ready), in_use)
+            for site_id, died in candidates:
+                if self._in_use[site_id]:
+                    self._dead.append((site_id, died))  # a live block still carries it
+                else:
+                    self._quiet.append((site_id, drain))
+
+
+_resolvers = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for resolver in list(_resolvers):
+        resolver.after_fork_child()
+
+
+# Registered when this module is imported, so before the tracker's own handler (handlers run in
+# the order registered), which starts a drainer that takes the resolver's lock.
+os.register_at_fork(after_in_child=_after_fork_in_child)

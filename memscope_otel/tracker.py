@@ -6,6 +6,7 @@ back to defaults); they raise only for programming errors such as a second ``sta
 """
 import atexit
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -31,7 +32,10 @@ class Snapshot:
     rates: tuple  # (medium, small)
     domains: tuple
     live_bytes: np.ndarray
-    per_id: list  # [(id, estimated bytes, estimated count, estimated live bytes)]
+    per_id: list  # [(id, estimated bytes, estimated count, estimated live bytes)], ids in use
+    # {Site or TypeName: (estimated bytes, count, live bytes)}: the ids in use, resolved when the
+    # snapshot was taken, plus the sums of reclaimed ids (Summary.retired), <reclaimed> included.
+    per_site: dict
 
 
 class _Process:
@@ -86,6 +90,7 @@ class Tracker:
         self._final = None
         self._dump = None
         self.drainer = Drainer(self.summary, config.drain_interval_ms / 1000.0, self._sinks())
+        self.drainer.sites = self.resolver
         self.producer = None
         self._meter_provider = meter_provider
         self.listeners = []  # callables(snapshot), e.g. the optimizer, after each refresh
@@ -118,9 +123,14 @@ class Tracker:
         try:
             if dump.unlinked():
                 raise OSError("the file was deleted; its disk space comes back only once it is closed")
-            new_ids = np.unique(records["site"])
-            dump.write_strings(self.resolver.labels(i for i in new_ids if i not in self._dumped_ids))
-            self._dumped_ids.update(int(i) for i in new_ids)
+            # A label for each id new to the file, or reused (for another site) since its label
+            # was written: the file redefines it from this chunk on.
+            resolver, dumped = self.resolver, self._dumped_ids
+            stale = [i for i in np.unique(records["site"]).tolist()
+                     if dumped.get(i) != resolver.generation(i)]
+            if stale:
+                dump.write_strings(resolver.labels(stale))
+                dumped.update((i, resolver.generation(i)) for i in stale)
             dump.write_chunk(base_us, records)
         except OSError as exc:
             # Once, not at every drain: a full disk must not also fill up with our log lines.
@@ -131,7 +141,7 @@ class Tracker:
             dump.close()
 
     def start(self):
-        self._dumped_ids = set()
+        self._dumped_ids = {}  # id -> its generation (SiteResolver.generation) when its label was written
         sampler.start(self.config)
         self.summary.reset_live()
         self.drainer.start()
@@ -189,8 +199,15 @@ class Tracker:
             ids = np.nonzero(summary.id_count[:used] + np.abs(summary.id_live_bytes[:used]))[0]
             per_id = list(zip(ids.tolist(), summary.id_bytes[ids].tolist(), summary.id_count[ids].tolist(),
                               summary.id_live_bytes[ids].tolist()))
+            # Resolved under the lock: an id may be reclaimed and reused after it is released.
+            per_site = {}
+            resolve = self.resolver.resolve
+            for key, b, c, live in itertools.chain(((resolve(i), b, c, live) for i, b, c, live in per_id),
+                                                   ((k, *v) for k, v in summary.retired.items())):
+                sums = per_site.get(key)
+                per_site[key] = (b, c, live) if sums is None else (sums[0] + b, sums[1] + c, sums[2] + live)
             live = summary.live_bytes.copy()
-        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), live, per_id)
+        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), live, per_id, per_site)
         for listener in self.listeners:
             try:
                 listener(snap)
@@ -213,9 +230,10 @@ class Tracker:
         # <path>.<pid> is a name anyone can predict and prepare: only a new file will do.
         sinks = self._sinks(exclusive=True) if parent_dumps else []
         self.drainer = Drainer(self.summary, self.config.drain_interval_ms / 1000.0, sinks)
+        self.drainer.sites = self.resolver
         if self.optimizer is not None:
             self.optimizer.after_fork_child(self.drainer)
-        self._dumped_ids = set()
+        self._dumped_ids = {}
         self.drainer.start()
         if self.producer is not None:
             self.producer.reset()

@@ -29,14 +29,19 @@ class FakeResolver:
         return self.names[site_id]
 
 
-def _snapshot(per_id, allocations=5):
+def _snapshot(resolver, per_id, allocations=5):
     counters = Counters(
         allocations=np.full((4, 3), allocations, dtype=np.uint64), bytes=np.full((4, 3), 100, dtype=np.uint64),
         deallocations=np.zeros(4, dtype=np.uint64), by_size=np.zeros((4, 65), dtype=np.uint64),
         samples=7, dropped=1, live_untracked=0, slow_path_calls=3, slow_path_ns=2_000_000, threads_seen=1,
         threads_live=1, ids_used=20, footprint_bytes=4096)
     counters.by_size[0, 17] = 9
-    return Snapshot(counters, (0.05, 0.001), ("obj", "mem", "raw"), np.array([1.0, 2.0, 0.0, 0.0]), per_id)
+    per_site = {}
+    for i, b, c, live in per_id:  # as Tracker._snapshot groups them
+        sums = per_site.get(resolver.resolve(i), (0.0, 0.0, 0.0))
+        per_site[resolver.resolve(i)] = (sums[0] + b, sums[1] + c, sums[2] + live)
+    return Snapshot(counters, (0.05, 0.001), ("obj", "mem", "raw"), np.array([1.0, 2.0, 0.0, 0.0]), per_id,
+                    per_site)
 
 
 def test_stream_sends_changed_sites_only_and_rebuilds_complete_readings():
@@ -47,10 +52,10 @@ def test_stream_sends_changed_sites_only_and_rebuilds_complete_readings():
         11: TypeName("GpuBuffer"),
     })
     encoder, decoder = ReadingEncoder(started_s=0.0), ReadingDecoder()
-    first = encoder.encode(_snapshot([(8, 100.0, 1.0, 50.0), (9, 20.0, 2.0, 0.0), (10, 7.0, 1.0, 7.0),
-                                      (11, 4096.0, 1.0, 4096.0)]), resolver)
-    second = encoder.encode(_snapshot([(8, 100.0, 1.0, 50.0), (9, 20.0, 2.0, 0.0), (10, 9.0, 2.0, 0.0),
-                                       (11, 4096.0, 1.0, 4096.0)], allocations=6), resolver, final=True)
+    first = encoder.encode(_snapshot(resolver, [(8, 100.0, 1.0, 50.0), (9, 20.0, 2.0, 0.0), (10, 7.0, 1.0, 7.0),
+                                                (11, 4096.0, 1.0, 4096.0)]))
+    second = encoder.encode(_snapshot(resolver, [(8, 100.0, 1.0, 50.0), (9, 20.0, 2.0, 0.0), (10, 9.0, 2.0, 0.0),
+                                                 (11, 4096.0, 1.0, 4096.0)], allocations=6), final=True)
     body = json.loads(second)["reading"]
     assert len(body["sites"]) == 1 and body["labels"] == {}  # only b.py changed; labels went once
     decoder.decode(first)
