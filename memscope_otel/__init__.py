@@ -13,10 +13,16 @@ Public API:
 """
 import logging
 
-from . import tracker as _tracker
+from .interpreter import IN_MAIN_INTERPRETER, log_refused_start
 
-__all__ = ["start", "stop", "is_running", "snapshot", "track_allocation", "track_deallocation",
-           "UltraFastTracker", "UltraFastSamplingConfig", "PerformanceOptimizer"]
+if IN_MAIN_INTERPRETER:
+    from . import tracker as _tracker
+else:  # numpy and the cffi module cannot load here; every call below is a quiet no-op
+    _tracker = None
+
+__all__ = ["start", "stop", "is_running", "snapshot", "track_allocation", "track_deallocation", "UltraFastSamplingConfig"]
+if IN_MAIN_INTERPRETER:
+    __all__ += ["UltraFastTracker", "PerformanceOptimizer"]
 
 log = logging.getLogger("memscope_otel")
 
@@ -29,32 +35,38 @@ def start(meter_provider=None, **config):
 
     Returns the running tracker, or None when disabled (``enabled=False`` or
     ``OTEL_SDK_DISABLED=true``). Calling it while running logs a warning and returns the tracker.
+    In a subinterpreter it does nothing and returns None (the tracker is process-wide: it runs in
+    the main interpreter only).
     """
+    if _tracker is None:
+        log_refused_start()
+        return None
     return _tracker.start(meter_provider, **config)
 
 
 def stop():
     """Stops tracking; the metrics keep their last values. Safe to call when not running; an
     application that exits without calling it is stopped at exit."""
-    _tracker.stop()
+    if _tracker is not None:
+        _tracker.stop()
 
 
 def is_running():
     """True while a tracker started by :func:`start` is running."""
-    return _tracker.current() is not None
+    return _tracker is not None and _tracker.current() is not None
 
 
 def snapshot():
     """Drains pending records and returns a :class:`memscope_otel.tracker.Snapshot` (exact
     counters, rates, live estimate, per-site estimates), or None when not running."""
-    t = _tracker.current()
+    t = None if _tracker is None else _tracker.current()
     return None if t is None else t.refresh()
 
 
 def track_allocation(ptr, size, type_name):
     """Reports an allocation the Python allocators do not see: ``ptr`` (an int address, non-zero),
     ``size`` in bytes, ``type_name`` (a str). Sampled like any allocation; never raises."""
-    t = _tracker.current()
+    t = None if _tracker is None else _tracker.current()
     if t is None:
         return
     try:
@@ -72,7 +84,7 @@ def track_allocation(ptr, size, type_name):
 
 def track_deallocation(ptr):
     """Reports that the block at ``ptr`` given to :func:`track_allocation` was freed."""
-    t = _tracker.current()
+    t = None if _tracker is None else _tracker.current()
     if t is None:
         return
     try:
@@ -87,10 +99,11 @@ def track_deallocation(ptr):
         log.warning("track_deallocation ignored a bad call: %s", exc)
 
 
-UltraFastTracker = _tracker.Tracker
-"""Alias of :class:`memscope_otel.tracker.Tracker` (the memscope design's name)."""
+if IN_MAIN_INTERPRETER:
+    UltraFastTracker = _tracker.Tracker
+    """Alias of :class:`memscope_otel.tracker.Tracker` (the memscope design's name)."""
 
-from .optimizer import PerformanceOptimizer  # noqa: E402  (the memscope design's name)
+    from .optimizer import PerformanceOptimizer  # noqa: E402  (the memscope design's name)
 
 
 def UltraFastSamplingConfig(**settings):  # noqa: N802 - the memscope design's name

@@ -6,11 +6,13 @@ back to defaults); they raise only for programming errors such as a second ``sta
 """
 import atexit
 import contextlib
+import gc
 import itertools
 import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -95,6 +97,8 @@ class Tracker:
         self._meter_provider = meter_provider
         self.listeners = []  # callables(snapshot), e.g. the optimizer, after each refresh
         self.optimizer = None  # the PerformanceOptimizer while OTEL_PYTHON_MEMSCOPE_ADAPTIVE is true
+        self._child_pending = False  # a forked child's drainer etc. not started yet
+        self._child_forked_at = 0.0
 
     def _sinks(self, exclusive=False):
         if not self.config.dump_path:
@@ -169,6 +173,7 @@ class Tracker:
                 self.optimizer = None
 
     def stop(self):
+        self.start_in_child()  # a forked child's last records still reach its summary and dump
         # The hooks first: this is the step that must happen even if a signal's exception
         # (KeyboardInterrupt) cuts the rest short; the module's stop() then tries again later.
         sampler.stop()
@@ -188,6 +193,7 @@ class Tracker:
         """Drains the rings and takes a snapshot (called by the first callback of a collection)."""
         if self._final is not None:
             return self._final
+        self.start_in_child()
         self.drainer.drain()
         return self._snapshot()
 
@@ -216,8 +222,29 @@ class Tracker:
         return snap
 
     def after_fork_child(self):
-        """In a forked child: fresh counters, records, summary and drainer; the parent's stay its own."""
+        """In a forked child: the C side has already reset counters, rings and tables (its at-fork
+        handler); here only the inherited locks are made anew. The child's summary, dump file,
+        drainer and the optimizer's worker start when first needed (:meth:`start_in_child`), so a
+        child that only execs or exits gets no thread and no file of ours."""
         sampler.after_fork_child()
+        self._child_pending = True
+        self._child_forked_at = time.monotonic()
+        self.drainer.lock = threading.RLock()
+        if self.producer is not None:
+            self.producer.reset()
+        if self.optimizer is not None:
+            self.optimizer._lock = threading.Lock()
+        _child_start_check.arm()
+
+    def start_in_child(self):
+        """Starts what a forked child defers: fresh summary, drainer, its own dump, the optimizer's
+        worker. Called from safe points only (collections, snapshot(), stop(), the exit path, a
+        garbage collection a drain interval after the fork), never from an allocator hook; the
+        records taken meanwhile wait in the rings (or, a ring full, in the C side's spill, which
+        still reaches the estimates)."""
+        if not self._child_pending:
+            return
+        self._child_pending = False
         _process.summary = self.summary = Summary()
         # The parent keeps writing its file; a child writes its own next to it, and only if the
         # parent still writes one: a refused path stays refused, and after a failed write the
@@ -235,8 +262,6 @@ class Tracker:
             self.optimizer.after_fork_child(self.drainer)
         self._dumped_ids = {}
         self.drainer.start()
-        if self.producer is not None:
-            self.producer.reset()
 
 
 def _version():
@@ -347,6 +372,47 @@ class _MultiprocessingChild:
 
 
 _multiprocessing_child = _MultiprocessingChild()
+
+
+class _ChildStartCheck:
+    """A forked child that keeps running but never collects still gets its drainer: a garbage
+    collection (gc.callbacks: the collecting thread, holding the GIL, outside any allocator hook)
+    a drain interval or more after the fork starts it. A child that execs or exits sooner never
+    gets there. Until then, records wait in the rings or the spill; nothing is lost."""
+
+    def __init__(self):
+        self._armed = False
+
+    def arm(self):
+        if not self._armed:
+            self._armed = True
+            gc.callbacks.append(self)
+
+    def disarm(self):
+        if self._armed:
+            self._armed = False
+            with contextlib.suppress(ValueError):
+                gc.callbacks.remove(self)
+
+    def __call__(self, phase, info):
+        if phase != "stop":
+            return
+        tracker = _current
+        if tracker is None or not tracker._child_pending:
+            self.disarm()
+            return
+        if time.monotonic() - tracker._child_forked_at < tracker.config.drain_interval_ms / 1000.0:
+            return
+        self.disarm()
+        try:
+            with _lock:
+                if _current is tracker:
+                    tracker.start_in_child()
+        except Exception:
+            log.exception("memscope could not start its drainer in the forked child")
+
+
+_child_start_check = _ChildStartCheck()
 
 
 def _after_fork_in_child():

@@ -221,7 +221,9 @@ SCRIPT = textwrap.dedent("""
         return total
 
     def tracking(tracker, reader):
-        # Allocations are counted, drains run and a collection reports them.
+        # Allocations are counted, drains run and a collection reports them. (A forked child's
+        # drainer and dump start when first needed: this snapshot is that need.)
+        memscope_otel.snapshot()
         before = int(sampler.read_counters().allocations.sum())
         drains = tracker.drainer.drains
         deadline = time.monotonic() + 10

@@ -39,9 +39,11 @@ def child_report(th, problems):
     """Runs in the child: what it sees of its own counters and drainer, and what memscope logged."""
     first = sampler.read_counters()
     report = {"first_allocations": int(first.allocations.sum())}
+    current = tracker_module.current()
+    report["drainer_before_need"] = current.drainer._thread is not None and current.drainer._thread.is_alive()
+    memscope_otel.snapshot()  # a need: the child's drainer starts (lazily, DESIGN trap 11)
     for _ in range(50):
         th.lib.th_free(RAW, th.lib.th_alloc(RAW, 100_000))
-    current = tracker_module.current()
     # The child's background drainer (not this thread) must reduce every large record.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -103,6 +105,7 @@ def test_fork_child_fresh_parent_unaffected(start_tracker, th):
     assert child["large_raw"] >= 50
     assert child["later_allocations"] > child["first_allocations"]
     assert child["drainer_alive"] and child["drains"] > 0
+    assert not child["drainer_before_need"]
     assert child["large_reduced"] == child["large_exact"]
 
     # The parent: unaffected, still counting, its drainer still running.
@@ -194,6 +197,10 @@ memscope_otel.start(drain_interval_ms=60000, adaptive=False)  # another capacity
 keep.append(bytearray(20000))  # ...at this thread's next sample, and freed by the next drain
 pid = os.fork()
 if pid == 0:
+    # the child's drainer and its buffer start when first needed (here, to read the footprint
+    # before its first drain with them counted)
+    from memscope_otel import tracker
+    tracker.current().start_in_child()
     before = sampler.read_counters().footprint_bytes
     memscope_otel.snapshot()  # the child's first drain
     after = sampler.read_counters().footprint_bytes

@@ -6,6 +6,7 @@ main interpreter, so interning its code objects would touch their reference coun
 wrong lock, and their addresses would dangle once the interpreter is destroyed. Only the main
 interpreter's frames are read.
 """
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,66 @@ def test_subinterpreter_thread_is_native_and_leaves_no_code_object():
     # MS_ID_NATIVE + domain: 0..3 (the buffers of bytearray(50013) are OBJ requests)
     assert all(site < 4 for site in eval(lines["sites"])), result.stdout
     assert lines["subfn kept"] == "False", result.stdout
+
+
+# A subinterpreter that imports memscope_otel and calls start(), as mod_wsgi applications and
+# opentelemetry-instrument's sitecustomize (which runs again in every new interpreter) do.
+IMPORTING_CHILD = r"""
+import sys
+try:
+    import _interpreters as interpreters          # 3.13
+except ImportError:
+    import _xxsubinterpreters as interpreters     # 3.12
+import os
+import memscope_otel
+from memscope_otel import sampler
+
+# under opentelemetry-instrument the instrumentor has started it already, at these default rates
+tracker = memscope_otel._tracker.current() or memscope_otel.start(adaptive=False, small_sample_rate=0.001,
+                                                                   medium_sample_rate=0.05)
+before = sampler.read_counters().allocations.sum()
+code = '''
+import sys
+import memscope_otel
+assert memscope_otel.start(small_sample_rate=1.0, medium_sample_rate=1.0) is None
+assert memscope_otel.snapshot() is None and not memscope_otel.is_running()
+memscope_otel.stop()
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("numpy", "memscope_otel._memscope"))
+assert not loaded, loaded
+'''
+for isolated in [kind == 'isolated' for kind in os.environ['KINDS'].split(',')]:
+    interp = interpreters.create(isolated=isolated) if sys.version_info < (3, 13) else \
+        interpreters.create("isolated" if isolated else "legacy")
+    interpreters.run_string(interp, code)
+    interpreters.destroy(interp)
+keep = [bytearray(100_000) for _ in range(1000)]
+after = sampler.read_counters().allocations.sum()
+print("same tracker:", memscope_otel._tracker.current() is tracker)
+print("rates:", sampler.rates())
+print("counted:", after - before >= 1000)
+memscope_otel.stop()
+"""
+
+
+def _run_importing_child(command, extra_env=None):
+    env = dict(os.environ, OTEL_TRACES_EXPORTER="none", OTEL_LOGS_EXPORTER="none",
+               OTEL_METRICS_EXPORTER="console", OTEL_METRIC_EXPORT_INTERVAL="600000", **(extra_env or {}))
+    result = subprocess.run(command + ["-c", IMPORTING_CHILD], capture_output=True, text=True, timeout=180,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr == ""
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+    assert lines["same tracker"] == "True", result.stdout[-2000:]
+    assert eval(lines["rates"]) == (0.05, 0.001), result.stdout[-2000:]
+    assert lines["counted"] == "True", result.stdout[-2000:]
+
+
+def test_subinterpreters_import_and_start_quietly():
+    _run_importing_child([sys.executable], {"KINDS": "isolated,legacy"})
+
+
+def test_subinterpreters_under_opentelemetry_instrument_are_quiet():
+    # Legacy interpreters only (mod_wsgi's kind): in an isolated one the OpenTelemetry SDK itself
+    # cannot import (ctypes is single-phase), and its sitecustomize prints that failure.
+    instrument = os.path.join(os.path.dirname(sys.executable), "opentelemetry-instrument")
+    _run_importing_child([instrument, sys.executable], {"KINDS": "legacy"})

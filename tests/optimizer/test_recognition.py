@@ -66,3 +66,11 @@ def test_unseen_program_recognized(fifth_results, name, expected, seconds):
 def test_too_few_records_is_generic():
     kind, reasons = classify({"records": 10, "network_site_fraction": 1.0, "threads_active": 9})
     assert kind == "generic" and "only 10 sampled records" in reasons[0]
+
+
+def test_classify_names_the_conditions_that_held():
+    features = {"records": 1000, "network_site_fraction": 0.5, "threads_active": 4}
+    kind, reasons = classify(features)
+    assert kind == "web_server" and reasons == ["network_site_fraction 0.5 >= 0.25"]
+    kind, reasons = classify({"records": 1000, "alloc_rate": 10})
+    assert kind == "generic"

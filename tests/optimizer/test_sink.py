@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from memscope_otel import optimizer
+from memscope_otel.optimizer import features, recognizer as recognizer_module
 from memscope_otel.optimizer import (PendingAllocations, WorkloadRecognizer, follow_level, followed,
                                      match_lifetimes)
 from memscope_otel.records import EVENT_SHIFT, RECORD_DTYPE
@@ -167,14 +167,14 @@ def records_from(addresses, times_us, frees, base_us, rng):
     return records
 
 
-@pytest.mark.parametrize("size", [500, 3 * optimizer._MAX_FOLLOWED_PER_BATCH])
+@pytest.mark.parametrize("size", [500, 3 * features._MAX_FOLLOWED_PER_BATCH])
 def test_sink_equals_record_by_record_reference(size):
     """Small batches follow every address; large ones a fixed subset of addresses, whose lifetimes
     are then exactly the reference's lifetimes of those addresses."""
     rng = np.random.default_rng(size)
     batches = random_batches(rng, n_batches=4, size=size, pool=size // 3, span_us=5000)
     level = follow_level(size)
-    assert (level > 0) == (size > optimizer._MAX_FOLLOWED_PER_BATCH)
+    assert (level > 0) == (size > features._MAX_FOLLOWED_PER_BATCH)
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
     recognizer.reset(counters=object())
     threads, site_weight, allocs = set(), defaultdict(float), 0
@@ -209,8 +209,8 @@ def test_followed_subsets_nest_and_have_the_expected_share():
         p = 2.0 ** -level
         assert abs(now.mean() - p) <= 6 * np.sqrt(p * (1 - p) / len(addresses))
         previous = now
-    assert follow_level(optimizer._MAX_FOLLOWED_PER_BATCH) == 0
-    assert follow_level(optimizer._MAX_FOLLOWED_PER_BATCH + 1) == 1
+    assert follow_level(features._MAX_FOLLOWED_PER_BATCH) == 0
+    assert follow_level(features._MAX_FOLLOWED_PER_BATCH + 1) == 1
     assert follow_level(65536) == 3
 
 
@@ -284,7 +284,7 @@ def test_sink_queues_and_the_worker_thread_reads(gated_worker):
 
 
 def test_a_full_queue_skips_batches_and_counts_them(gated_worker, monkeypatch):
-    monkeypatch.setattr(optimizer, "_MAX_QUEUED_RECORDS", 250)
+    monkeypatch.setattr(recognizer_module, "_MAX_QUEUED_RECORDS", 250)
     recognizer, gate, readers = gated_worker
     batch = _hundred_allocations(8)
     recognizer.sink(batch, 0)

@@ -1,0 +1,378 @@
+"""The workload recognizer: features from the counters and the record stream (its own worker
+thread reads the drained batches), classified by :data:`RULES` (see :func:`classify`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from .. import sampler
+from ..records import EVENT_MASK, EVENT_SHIFT, concatenate_records
+from .features import (_IDLE_GAP_US, _MAX_LIFETIMES, _MAX_TIMES, ARRAY_MODULES, NETWORK_MODULES,
+                       PendingAllocations, _add_site_weights, _frame_clock, _module_parts, _rusage,
+                       _warm_numpy, _Window, follow_level, followed, match_lifetimes)
+
+log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
+
+# Records waiting for the recognizer's worker (4 MiB): beyond it, batches skip the recognizer
+# (counted) rather than hold up the drainer or grow without bound.
+_MAX_QUEUED_RECORDS = 131072
+# The worker reads the queue when it holds this many records, or when its oldest batch has waited
+# this long: every read costs the application a few dozen forced GIL switches whatever its size
+# (see WorkloadRecognizer), and classification needs the window at most every few seconds.
+_READ_AT_RECORDS = _MAX_QUEUED_RECORDS // 2
+_READ_EVERY_S = 10.0
+
+WORKLOADS = ("web_server", "data_processing", "game_loop", "ml_training", "generic")
+
+
+class WorkloadRecognizer:
+    """Collects workload features from the exact counters and the record stream, and classifies.
+
+    Attach :meth:`sink` to the drainer (it sees every drained batch) and call :meth:`observe` with
+    each snapshot's counters; :meth:`features` and :meth:`classify` read the current window, which
+    :meth:`reset` restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`.
+
+    While :meth:`start_worker` has a worker thread running (the optimizer starts it with itself),
+    the sink only queues a copy of each batch and the worker reads them; otherwise sink() reads the
+    batch itself. Reading a batch is a few
+    dozen numpy calls, and each may release the GIL; while the application keeps the GIL busy,
+    getting it back costs up to the interpreter's switch interval (5 ms) every time, so a batch read
+    on the drainer's thread took the drainer away from the rings for 100-200 ms, long enough for a
+    busy thread to fill its ring and drop records. The worker itself pays that price at every
+    wake-up and every numpy call, and the application pays a forced switch each time, so it reads
+    the queue only every :attr:`read_every_s` seconds (10), or as soon as the queue holds
+    :attr:`read_at_records` records (65,536), not after every drain (5 per second). :attr:`window`
+    and :meth:`features` first read whatever is queued, so they see every batch drained before
+    the call (``features(read_queue=False)``, the optimizer's classification inside a collection,
+    does not)."""
+
+    def __init__(self, resolve=None, clock=None):
+        self._resolve = resolve
+        self._clock = clock or time.monotonic
+        self._pending = PendingAllocations()
+        self._follow_level = 0  # lifetimes are read at 1 in 2**level addresses (see followed())
+        self._last_counters = None
+        self._window = _Window(self._clock(), rusage=_rusage())
+        self.batches_skipped = 0  # batches the queue had no room for
+        self.read_every_s = _READ_EVERY_S  # the worker's cadence (see _READ_AT_RECORDS)
+        self.read_at_records = _READ_AT_RECORDS
+        self._new_locks()
+        _warm_numpy()
+
+    def _new_locks(self):
+        self._lock = threading.Lock()          # the window and the pending allocations
+        self._read_lock = threading.Lock()     # one reader of the queue at a time: batches in order
+        self._queued = threading.Condition()   # the queue of drained batches
+        self._queue = []
+        self._queue_records = 0
+        self._queued_since = 0.0  # time.monotonic() when the oldest queued batch came
+        self._read_now = False  # read_soon() was called
+        self._worker = None
+
+    @property
+    def window(self):
+        """The current window, with every batch queued so far read into it."""
+        self.read_queued()
+        return self._window
+
+    @property
+    def window_started(self):
+        """When the current window started (clock seconds), without reading the queue."""
+        return self._window.started
+
+    def reset(self, counters=None):
+        """Starts a new window (from ``counters``, or the counters read now); batches still queued
+        belonged to the previous one."""
+        counters = counters if counters is not None else sampler.read_counters()
+        with self._read_lock:
+            with self._queued:
+                self._queue, self._queue_records = [], 0
+            with self._lock:
+                self._window = _Window(self._clock(), counters, rusage=_rusage())
+                self._pending.clear()
+                self._follow_level = 0
+                self._last_counters = counters
+
+    def after_fork_child(self):
+        """In a forked child: no worker thread, and the locks may have been held by a thread the
+        child does not have."""
+        self._new_locks()
+
+    def sink(self, records, base_us):
+        """Drainer sink: queues a copy of the batch for the worker thread, or reads it when none
+        runs."""
+        if len(records) == 0:
+            return
+        with self._queued:
+            if self._worker is not None:
+                if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
+                    self.batches_skipped += 1
+                    return
+                first = not self._queue
+                if first:
+                    self._queued_since = time.monotonic()
+                self._queue.append((concatenate_records([records]), base_us))
+                before, self._queue_records = self._queue_records, self._queue_records + len(records)
+                # Wake the worker only when that changes what it waits for: the first batch sets
+                # its deadline, crossing the size threshold ends the wait. (Each wake-up of a
+                # thread that needs the GIL is a forced switch of the application's thread.)
+                if first or before < self.read_at_records <= self._queue_records:
+                    self._queued.notify()
+                return
+        self.read_queued()
+        with self._read_lock:
+            self._read_batch(records, base_us)
+
+    def start_worker(self):
+        """Starts the worker thread, once: thread start-up allocates before the thread can tell the
+        sampler to ignore it, so it happens here, with the optimizer, not whenever a batch comes."""
+        with self._queued:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="memscope-recognizer", daemon=True)
+                self._worker.start()
+
+    def close(self):
+        """Ends the worker thread after it has read the queue; later batches are read by sink()."""
+        with self._queued:
+            worker, self._worker = self._worker, None
+            self._queued.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            try:
+                worker.join(10.0)
+            except RuntimeError:  # start_worker() was interrupted before the thread said it runs:
+                pass              # it finds itself closed when it looks and ends
+
+    def _work(self):
+        sampler.ignore_this_thread()
+        me = threading.current_thread()
+        while True:
+            with self._queued:
+                while self._worker is me:
+                    wait_s = self._read_due_in()
+                    if wait_s == 0.0:
+                        break
+                    self._queued.wait(wait_s)
+                if not self._queue:  # closed
+                    return
+            try:
+                self.read_queued()
+            except Exception:  # the tracked application must never see our failures
+                log.exception("memscope workload recognizer failed on a batch of records")
+
+    def read_soon(self):
+        """Makes the worker read what is queued now, on its own thread (no wait here)."""
+        with self._queued:
+            self._read_now = True
+            self._queued.notify()
+
+    def _read_due_in(self):
+        """Seconds until the queue is due for the worker's read: 0.0 now, None while it is empty.
+        Call with ``_queued`` held."""
+        if not self._queue:
+            self._read_now = False
+            return None
+        if self._queue_records >= self.read_at_records or self._read_now:
+            self._read_now = False
+            return 0.0
+        return max(0.0, self._queued_since + self.read_every_s - time.monotonic())
+
+    def read_queued(self):
+        """Reads every queued batch into the window, as one batch: in the order they were drained,
+        with their times on the earliest batch's base. Batches that queued up while the previous
+        read ran are thus read together, and a read's fixed cost (a few dozen numpy calls, each a
+        possible GIL handoff) is paid once for them, without making any batch wait longer."""
+        with self._read_lock:
+            with self._queued:
+                batches, self._queue, self._queue_records = self._queue, [], 0
+            if not batches:
+                return
+            bases = [base for _, base in batches]
+            base_us = min(bases)
+            if len(batches) == 1 or max(bases) - base_us >= 1 << 31:  # (u32 deltas: 35 minutes)
+                for records, base in batches:
+                    self._read_batch(records, base)
+                return
+            records = concatenate_records([r for r, _ in batches])
+            shift = np.repeat(np.array(bases, np.int64) - base_us, [len(r) for r, _ in batches])
+            records["time_delta_us"] = (records["time_delta_us"].astype(np.int64) + shift).astype(np.uint32)
+            self._read_batch(records, base_us)
+
+    def _read_batch(self, records, base_us):
+        """Reads one batch. Vectorized: its cost is a few numpy passes and sorts of the batch and a
+        few probe rounds of the pending allocations, a bounded number of Python operations whatever
+        the batch size."""
+        times = base_us + records["time_delta_us"].astype(np.int64)
+        frees = (records["flags"] & EVENT_MASK) == (1 << EVENT_SHIFT)  # every other event allocates
+        allocs = np.flatnonzero(~frees)  # (indices: .take() is several times faster than a mask)
+        with self._lock:
+            w = self._window
+            if w.n_times < _MAX_TIMES:
+                w.times.append(times)
+                w.n_times += len(times)
+            seen = np.bincount(records["thread"]) > 0
+            w.threads[:len(seen)] |= seen
+            w.site_ids, w.site_weights = _add_site_weights(
+                w.site_ids, w.site_weights, records["site"].take(allocs), records["weight"].take(allocs))
+            addresses = records["address"]
+            level = max(self._follow_level, follow_level(len(records)))
+            if level > self._follow_level:
+                self._follow_level = level
+                self._pending.keep_followed(level)
+            if level:
+                kept = np.flatnonzero(followed(addresses, level))
+                addresses, times, frees = addresses.take(kept), times.take(kept), frees.take(kept)
+            w.allocs_followed += len(frees) - int(np.count_nonzero(frees))
+            lifetimes, freed_at = match_lifetimes(addresses, times, frees, self._pending)
+            room = _MAX_LIFETIMES - w.n_lifetimes
+            if len(lifetimes) > room:  # keep the earliest frees, as a record-by-record pass would
+                lifetimes = lifetimes[np.argsort(freed_at, kind="stable")[:max(room, 0)]]
+            if len(lifetimes):
+                w.lifetimes.append(lifetimes)
+                w.n_lifetimes += len(lifetimes)
+
+    def observe(self, counters):
+        """Feeds one snapshot's exact counters."""
+        with self._lock:
+            if self._window.counters is None:
+                self._window.counters = counters
+            self._last_counters = counters
+            self._window.max_threads_live = max(self._window.max_threads_live, counters.threads_live)
+
+    def features(self, counters=None, read_queue=True):
+        """The window's features (a dict of floats), from ``counters`` (default: the last observed).
+        With ``read_queue`` false, from the batches read so far (the worker's are at most
+        :attr:`read_every_s` behind): no read on the caller's thread."""
+        if read_queue:
+            self.read_queued()
+        with self._lock:
+            w = self._window
+            c1 = counters if counters is not None else self._last_counters
+            c0 = w.counters
+            if c0 is None or c1 is None:
+                return None
+            elapsed = max(self._clock() - w.started, 1e-9)
+            allocations = c1.allocations.astype(np.float64) - c0.allocations
+            nbytes = c1.bytes.astype(np.float64) - c0.bytes
+            by_size = (c1.by_size.astype(np.float64) - c0.by_size).sum(axis=0)
+            frees = float((c1.deallocations.astype(np.float64) - c0.deallocations).sum())
+            times = np.sort(np.concatenate(w.times)) if w.times else np.zeros(0, np.int64)
+            lifetimes = np.concatenate(w.lifetimes).astype(np.float64) if w.lifetimes else np.zeros(0)
+            site_weight = dict(zip(w.site_ids.tolist(), w.site_weights.tolist()))
+            threads = int(np.count_nonzero(w.threads))
+            allocs_followed = w.allocs_followed
+            max_threads_live = max(w.max_threads_live, c1.threads_live)
+            rusage0 = w.rusage
+        rusage1 = _rusage()
+        total = max(allocations.sum(), 1.0)
+        total_bytes = max(nbytes.sum(), 1.0)
+        buckets = np.arange(len(by_size))
+        span_us = float(times[-1] - times[0]) if len(times) > 1 else 0.0
+        gaps = np.diff(times) if len(times) > 1 else np.zeros(0)
+        idle = float(gaps[gaps > _IDLE_GAP_US].sum()) / span_us if span_us > 0 else 0.0
+        period_ms, frame_clock = _frame_clock(times)
+        network = array = 0.0
+        weight_total = sum(site_weight.values()) or 1.0
+        if self._resolve is not None:
+            for site_id, weight in site_weight.items():
+                try:
+                    site = self._resolve(int(site_id))
+                except Exception:
+                    continue
+                parts = _module_parts(getattr(site, "file", ""))
+                if parts.intersection(NETWORK_MODULES):
+                    network += weight
+                if parts.intersection(ARRAY_MODULES):
+                    array += weight
+        return {
+            "elapsed_s": elapsed,
+            "alloc_rate": float(allocations.sum()) / elapsed,
+            "bytes_rate": float(nbytes.sum()) / elapsed,
+            "mean_size": float(nbytes.sum()) / total,
+            "tiny_fraction": float(by_size[buckets <= 6].sum()) / total,  # <= 64 B
+            "medium_fraction": float(allocations[:, 1].sum()) / total,
+            "large_fraction": float(allocations[:, 2].sum()) / total,
+            "large_byte_fraction": float(nbytes[:, 2].sum()) / total_bytes,
+            "raw_fraction": float(allocations[2].sum()) / total,
+            "free_ratio": frees / total,
+            "threads_active": float(threads),
+            "threads_live": float(max_threads_live),
+            "idle_fraction": idle,
+            "frame_period_ms": period_ms,
+            "frame_clock": frame_clock,
+            "short_lived_fraction": float((lifetimes < 1000).mean()) if len(lifetimes) else 0.0,
+            "median_lifetime_us": float(np.median(lifetimes)) if len(lifetimes) else 0.0,
+            "freed_fraction": len(lifetimes) / max(allocs_followed, 1),
+            "network_site_fraction": network / weight_total,
+            "array_site_fraction": array / weight_total,
+            "sites": float(len(site_weight)),
+            "voluntary_switch_rate": (rusage1[0] - rusage0[0]) / elapsed,
+            "involuntary_switch_rate": (rusage1[1] - rusage0[1]) / elapsed,
+            "cpu_share": (rusage1[2] - rusage0[2]) / elapsed,
+            # Allocations per second of CPU the process got: unlike alloc_rate, the same on an idle
+            # and on a saturated machine.
+            "alloc_per_cpu_s": float(allocations.sum()) / max(rusage1[2] - rusage0[2], 1e-3),
+            # Of the times the process stopped running, how often it chose to (sleep, wait for
+            # I/O) rather than being preempted: near 1 for a loop that sleeps to its next frame,
+            # near 0 for a busy loop, even on a machine so loaded that it runs only half the time.
+            "voluntary_fraction": (rusage1[0] - rusage0[0])
+            / max((rusage1[0] - rusage0[0]) + (rusage1[1] - rusage0[1]), 1),
+            "records": float(len(times)),
+        }
+
+
+# The rules, in the order they are tried; the first whose every condition holds names the workload.
+# Each condition is (feature, ">=" or "<=", threshold). Thresholds sit between the figures measured
+# on the demo workloads (docs/optimizer.md, `python benchmarks/optimizer.py features`), with room
+# for a machine several times slower or busier.
+RULES = (
+    # Request handling shows up as allocations made inside the socket/HTTP/WSGI machinery.
+    ("web_server", (("network_site_fraction", ">=", 0.25),)),
+    ("web_server", (("network_site_fraction", ">=", 0.08), ("threads_active", ">=", 3))),
+    # Array math: most bytes in large blocks, most sampled weight at few sites, arrays' own frames.
+    ("ml_training", (("large_byte_fraction", ">=", 0.5), ("mean_size", ">=", 300),
+                     ("array_site_fraction", ">=", 0.03))),
+    ("ml_training", (("large_byte_fraction", ">=", 0.5), ("mean_size", ">=", 600))),
+    # A frame loop: bursts of work locked to a frame clock (10 to 200 fps), sleeping in between.
+    # Idle time read from record gaps alone is unreliable on a busy machine (preemption makes
+    # gaps too), so the process's own CPU share and context switches confirm the sleeping.
+    # At least a few thousand allocations/s: an idle process's own periodic exports (the metric
+    # reader's thread allocates at each collection) also make regular bursts.
+    ("game_loop", (("alloc_rate", ">=", 5000), ("idle_fraction", ">=", 0.7), ("frame_clock", ">=", 0.5),
+                   ("voluntary_fraction", ">=", 0.4), ("cpu_share", "<=", 0.5))),
+    # Batch transformation: a busy thread allocating many small, short-lived objects. Busy shows as
+    # a CPU share well above a frame loop's, or, on a machine so loaded that the process runs a
+    # third of the time or less, as being stopped mostly by preemption rather than by choice.
+    ("data_processing", (("alloc_per_cpu_s", ">=", 500_000), ("mean_size", "<=", 256),
+                         ("large_byte_fraction", "<=", 0.5), ("cpu_share", ">=", 0.25))),
+    ("data_processing", (("alloc_per_cpu_s", ">=", 500_000), ("mean_size", "<=", 256),
+                         ("large_byte_fraction", "<=", 0.5), ("voluntary_fraction", "<=", 0.5))),
+)
+
+MIN_RECORDS = 100  # fewer sampled records than this: not enough evidence, "generic"
+
+
+def classify(features):
+    """(workload, reasons) for a feature dict from :meth:`WorkloadRecognizer.features`.
+
+    ``reasons`` lists the conditions that held for the chosen rule (or why none did)."""
+    if not features or features.get("records", 0) < MIN_RECORDS:
+        return "generic", [f"only {int((features or {}).get('records', 0))} sampled records "
+                           f"(need {MIN_RECORDS})"]
+    for workload, conditions in RULES:
+        reasons = []
+        for name, op, threshold in conditions:
+            value = features.get(name, 0.0)
+            if not (value >= threshold if op == ">=" else value <= threshold):
+                break
+            reasons.append(f"{name} {value:.3g} {op} {threshold:g}")
+        else:
+            return workload, reasons
+    return "generic", ["no rule matched"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Recommendations and the optimizer

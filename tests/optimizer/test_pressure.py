@@ -1,0 +1,49 @@
+"""Pressure readings from two collections, and export failures from the SDK loggers."""
+import logging
+
+import numpy as np
+import pytest
+
+from memscope_otel.optimizer import FAST_PATH_NS, ExportFailureCounter, PressureMonitor
+
+
+class FakeCounters:
+    def __init__(self, allocs=0, samples=0, dropped=0, slow_ns=0, slow_calls=0):
+        self.allocations = np.array([[allocs, 0, 0]] + [[0, 0, 0]] * 3, dtype=np.uint64)
+        self.deallocations = np.zeros(4, dtype=np.uint64)
+        self.samples, self.dropped = samples, dropped
+        self.slow_path_ns, self.slow_path_calls = slow_ns, slow_calls
+
+
+def test_pressure_components_from_two_collections():
+    now = [0.0]
+    stats = [(0, 0)]
+    monitor = PressureMonitor(export_interval_s=1.0, drain_interval_s=0.2, ring_capacity=1000,
+                              collection_stats=lambda: stats[0], clock=lambda: now[0])
+    assert monitor.observe(FakeCounters()) is None
+    now[0], stats[0] = 1.5, (20_000_000, 300)  # 1.5 s gap, 20 ms of collection, 300 points
+    p = monitor.observe(FakeCounters(allocs=1_000_000, samples=2500, dropped=0, slow_ns=5_000_000, slow_calls=2500))
+    assert p.figures["drift"] == pytest.approx(0.5)
+    assert p.components["cadence"] == pytest.approx(0.5)
+    assert p.components["collection_cost"] == pytest.approx(0.02 / 0.1)
+    assert p.figures["series"] == 300
+    hook_share = (5_000_000 + FAST_PATH_NS * 1_000_000) / 1e9 / 1.5
+    assert p.figures["hook_share"] == pytest.approx(hook_share)
+    assert p.figures["ring_fill"] == pytest.approx(2500 / 1.5 * 0.2 / 1000)
+    assert p.value == max(p.components.values()) and p.dominant == "cadence"
+    now[0] = 2.5
+    p = monitor.observe(FakeCounters(allocs=1_000_000, samples=2600, dropped=100, slow_ns=5_000_000, slow_calls=2500))
+    assert p.components["drops"] == 1.0 and p.dominant == "drops" and "dropped" in p.reason()
+
+
+def test_export_failures_are_counted_from_the_sdk_loggers():
+    counter = ExportFailureCounter()
+    counter.install()
+    try:
+        logging.getLogger("opentelemetry.sdk.metrics._internal.export").error("Exception while exporting metrics")
+        logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter").warning("Failed to export")
+        logging.getLogger("opentelemetry.sdk.metrics").info("not a failure")
+        logging.getLogger("someone.else").error("not ours")
+    finally:
+        counter.uninstall()
+    assert counter.failures == 2
