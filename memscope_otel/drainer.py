@@ -54,6 +54,11 @@ class Drainer:
                 self.drain()
             except Exception:  # the tracked application must never see our failures
                 log.exception("memscope drainer failed; records of this round are lost")
+            if self.sites is not None:
+                try:  # (3.10: qualified names, found by a walk of the heap that no collection waits for)
+                    self.sites.refine_names()
+                except Exception:
+                    log.exception("memscope could not refine site names")
 
     def drain(self):
         """Drains every ring now; returns the number of records moved. Called again from a signal

@@ -176,7 +176,7 @@ class Producer:
     def _current(self, name):
         # An instrument asking twice means a new collection began: take a new snapshot.
         if self._snapshot is None or self._served.get(name) == self._generation:
-            self._snapshot = self.tracker.refresh()
+            self._snapshot = self.tracker.refresh(collected_for=self)
             self._generation += 1
         self._served[name] = self._generation
         return self._snapshot

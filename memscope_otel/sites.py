@@ -36,8 +36,9 @@ import gc
 import os
 import sys
 import threading
+import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -90,36 +91,49 @@ class _QualnameIndex:
     (comprehension, lambda, inner function) gets its own from the constant that its parent's
     bytecode passes to MAKE_FUNCTION. Code objects are not tracked by the garbage collector, so
     the index starts from the function objects alive and from the frames running now, and walks
-    down through ``co_consts``. Rebuilt at most every ``min_interval`` seconds, on a miss, and
-    only code objects not walked before are read (a rebuild runs inside a metric collection:
-    reading the bytecode of every function again took 250 ms there, with numpy and the
-    OpenTelemetry SDK imported)."""
+    down through ``co_consts``. A lookup never walks: a miss is remembered and answered None (the
+    site shows its ``co_name`` meanwhile), and :meth:`rebuild_wanted`, called off the collection
+    path (the drainer's thread, SiteResolver.refine_names), walks at most every ``min_interval``
+    seconds, reading only code objects not walked before (a walk of the heap takes 19-39 ms with
+    numpy and the OpenTelemetry SDK imported: inside a collection the optimizer read it as
+    collection cost)."""
 
     def __init__(self, min_interval=10.0):
         # Weak: the index must not keep code objects alive (the ids of dead code are reused).
         self._names = weakref.WeakKeyDictionary()
         self._missing = weakref.WeakSet()  # not found by a rebuild: never worth another (a heap walk)
         self._walked = weakref.WeakSet()  # code objects whose nested code is in _names already
+        self._wanted = weakref.WeakSet()  # missed by a lookup since the last walk
         self._built_at = None
         self._min_interval = min_interval
 
     def lookup(self, code):
+        """The qualified name of ``code`` if known, else None (a walk is then wanted)."""
         name = self._names.get(code)
-        if name is None and code not in self._missing and self._may_rebuild():
-            self._rebuild()
-            name = self._names.get(code)
-            if name is None:
-                self._missing.add(code)
+        if name is None and code not in self._missing:
+            self._wanted.add(code)
         return name
 
-    def _may_rebuild(self):
-        import time
+    def pending(self, code):
+        """Whether ``code`` missed a lookup and waits for the next walk."""
+        return code in self._wanted
 
-        now = time.monotonic()
-        if self._built_at is not None and now - self._built_at < self._min_interval:
+    def rebuild_wanted(self, now=False):
+        """Walks the heap if a lookup missed since the last walk, at most every ``min_interval``
+        seconds unless ``now``; the code objects still unnamed after it are never looked for
+        again. Returns whether it walked."""
+        if not self._wanted or not (now or self._may_rebuild()):
             return False
-        self._built_at = now
+        self._built_at = time.monotonic()
+        self._rebuild()
+        for code in list(self._wanted):
+            if code not in self._names:
+                self._missing.add(code)
+        self._wanted = weakref.WeakSet()
         return True
+
+    def _may_rebuild(self):
+        return self._built_at is None or time.monotonic() - self._built_at >= self._min_interval
 
     def _rebuild(self):
         import types
@@ -224,7 +238,8 @@ class SiteResolver:
         self._lock = threading.RLock()
         self._watched = {}  # address of a watched code object -> its _CodeRef
         self._pinned = []  # code objects that could not be watched: kept alive, never reclaimed
-        self._generation = {}  # id -> times it was reclaimed (a dump file redefines it each time)
+        self._generation = {}  # id -> times its label changed (a dump file redefines it each time)
+        self._provisional = {}  # id -> _CodeRef of a 3.10 site named by co_name until the index knows it
         self._dead = collections.deque()  # (id, drains started before its code died)
         self._quiet = []  # (id, drain after which no live block carried it)
         self._drains = 0  # drains started
@@ -249,7 +264,8 @@ class SiteResolver:
         return type_id
 
     def generation(self, site_id):
-        """How many times ``site_id`` was reclaimed: its meaning changes with this number."""
+        """How many times the label of ``site_id`` changed (reclaimed and reused, or on 3.10 its
+        function's qualified name found after it was first named by ``co_name``)."""
         return self._generation.get(site_id, 0)
 
     def resolve(self, site_id):
@@ -328,6 +344,29 @@ class SiteResolver:
             ref.ids, ref.address = [], address
             self._watched[address] = ref
         ref.ids.append(site_id)
+        if _qualnames_310.pending(code):  # (3.10 only: qualname_of looked it up above)
+            self._provisional[site_id] = ref
+
+    def refine_names(self, now=False):
+        """On 3.10: walks the heap for the qualified names of the sites first named by their
+        ``co_name`` and renames them. Called by the drainer's thread after its periodic drains
+        (outside the drainer's lock, so no collection waits for the walk); ``now``: walk even
+        within the index's minimum interval. Returns the number of sites renamed."""
+        if not self._provisional or not _qualnames_310.rebuild_wanted(now):
+            return 0
+        renamed = 0
+        with self._lock:
+            for site_id, ref in list(self._provisional.items()):
+                del self._provisional[site_id]
+                code, site = ref(), self._cache.get(site_id)
+                if code is None or site is None or site_id not in ref.ids:
+                    continue  # died (and maybe reclaimed) meanwhile
+                name = _qualnames_310.lookup(code)
+                if name is not None and name != site.function:
+                    self._cache[site_id] = replace(site, function=name)
+                    self._generation[site_id] = self._generation.get(site_id, 0) + 1
+                    renamed += 1
+        return renamed
 
     def _code_died(self, ref):
         """The weakref callback: the code object is being freed, its memory not yet. Takes no lock

@@ -38,6 +38,9 @@ class Snapshot:
     # {Site or TypeName: (estimated bytes, count, live bytes)}: the ids in use, resolved when the
     # snapshot was taken, plus the sums of reclaimed ids (Summary.retired), <reclaimed> included.
     per_site: dict
+    # The producer (one per MeterProvider) whose metric collection took it; None for a snapshot
+    # taken by other means (memscope_otel.snapshot(), the command line's readings).
+    collected_for: object = None
 
 
 class _Process:
@@ -189,15 +192,16 @@ class Tracker:
         # vanish or drop), without draining records that belong to a later tracker.
         self._final = self._snapshot()
 
-    def refresh(self):
-        """Drains the rings and takes a snapshot (called by the first callback of a collection)."""
+    def refresh(self, collected_for=None):
+        """Drains the rings and takes a snapshot (called by the first callback of a collection,
+        which passes its producer as ``collected_for``)."""
         if self._final is not None:
             return self._final
         self.start_in_child()
         self.drainer.drain()
-        return self._snapshot()
+        return self._snapshot(collected_for)
 
-    def _snapshot(self):
+    def _snapshot(self, collected_for=None):
         counters = sampler.read_counters()
         with self.drainer.lock:
             summary = self.summary
@@ -213,7 +217,7 @@ class Tracker:
                 sums = per_site.get(key)
                 per_site[key] = (b, c, live) if sums is None else (sums[0] + b, sums[1] + c, sums[2] + live)
             live = summary.live_bytes.copy()
-        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), live, per_id, per_site)
+        snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), live, per_id, per_site, collected_for)
         for listener in self.listeners:
             try:
                 listener(snap)

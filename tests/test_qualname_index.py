@@ -8,6 +8,8 @@ import gc
 import sys
 import types
 
+import pytest
+
 from memscope_otel import sites
 
 
@@ -39,3 +41,44 @@ def test_the_wordcode_scan_finds_what_dis_finds():
         assert [name for _, name in sites._nested_code(_MANY)] == ["late"]
     for code in nested:
         assert sites._nested_code(code) == _reference(code), code
+
+
+def _outer():
+    return [bytearray(300_000) for _ in range(2)]  # site: nested
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="code objects know their qualified name from CPython 3.11")
+def test_on_310_the_heap_walk_runs_on_the_drainer_never_in_a_collection(monkeypatch):
+    """A new site of nested code is named by its co_name at first; the drainer's thread walks the
+    heap for its qualified name and the site is renamed. No snapshot (the collection path) walks."""
+    import threading
+    import time
+
+    import memscope_otel
+
+    walks = []
+    real_rebuild = sites._QualnameIndex._rebuild
+    monkeypatch.setattr(sites._QualnameIndex, "_rebuild",
+                        lambda self: walks.append(threading.current_thread().name) or real_rebuild(self))
+    monkeypatch.setattr(sites._qualnames_310, "_min_interval", 0.0)
+    monkeypatch.setattr(sites._qualnames_310, "_built_at", None)
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    memscope_otel.start(MeterProvider(), adaptive=False, drain_interval_ms=50, small_sample_rate=0.0,
+                        medium_sample_rate=0.0, frequency_sample_interval=0)
+    try:
+        _outer()
+
+        def names():
+            snap = memscope_otel.snapshot()
+            return {k.function for k in snap.per_site if getattr(k, "file", None) == __file__}
+
+        first = names()
+        assert first & {"<listcomp>", "_outer.<locals>.<listcomp>"}, first
+        deadline = time.monotonic() + 10
+        while "_outer.<locals>.<listcomp>" not in names() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "_outer.<locals>.<listcomp>" in names()
+        assert walks and set(walks) == {"memscope-drainer"}, walks
+    finally:
+        memscope_otel.stop()

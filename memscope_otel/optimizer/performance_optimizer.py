@@ -114,7 +114,12 @@ class PerformanceOptimizer:
         return latest.value if latest is not None else 0.0
 
     def on_snapshot(self, snap):
-        """Tracker listener: one metric collection happened."""
+        """Tracker listener: one snapshot was taken. Only the collections of the metric reader(s)
+        memscope serves are observed (those of the tracker's own MeterProvider): a snapshot the
+        application takes, or a collection of another provider, would shorten the gap it falls
+        into and hide cadence drift."""
+        if snap.collected_for is None or snap.collected_for is not self.tracker.producer:
+            return
         with self._lock:
             self._on_snapshot(snap)
 

@@ -118,8 +118,8 @@ class PressureMonitor:
     ``export_interval_s`` is the configured export interval (OTEL_METRIC_EXPORT_INTERVAL); the
     gap between two collections beyond it is cadence drift. ``collection_stats`` returns the
     cumulative (nanoseconds, points) memscope's instrument callbacks have spent/produced, or None.
-    A snapshot taken outside a collection (``memscope_otel.snapshot()``) shortens the gap it
-    falls into, which can only hide drift, never invent it."""
+    Its caller (PerformanceOptimizer.on_snapshot) observes only the collections of the reader(s)
+    memscope serves: any other snapshot would shorten the gap it falls into and hide drift."""
 
     def __init__(self, export_interval_s, drain_interval_s, ring_capacity, collection_stats=None, clock=None):
         self.export_interval_s = export_interval_s

@@ -38,6 +38,7 @@ def line_of(function, marker):
 
 def sites_of_this_file(tracker):
     snap = memscope_otel.snapshot()
+    tracker.resolver.refine_names(now=True)  # 3.10: qualified names come from a walk of the heap
     found = {}
     for site_id, nbytes, count, _ in snap.per_id:
         site = tracker.resolver.resolve(site_id)

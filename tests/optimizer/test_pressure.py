@@ -47,3 +47,36 @@ def test_export_failures_are_counted_from_the_sdk_loggers():
     finally:
         counter.uninstall()
     assert counter.failures == 2
+
+
+def test_only_the_collections_of_the_served_reader_are_observed(monkeypatch):
+    """memscope_otel.snapshot() taken by the application, and a collection of another
+    MeterProvider that memscope was started on earlier, are not collections of the reader memscope
+    serves: the pressure monitor must not see them (each would shorten the gap it falls into)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import memscope_otel
+
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+    old_reader, reader = InMemoryMetricReader(), InMemoryMetricReader()
+    old_provider, provider = MeterProvider(metric_readers=[old_reader]), MeterProvider(metric_readers=[reader])
+    try:
+        assert memscope_otel.start(old_provider, adaptive=False) is not None
+        memscope_otel.stop()
+        tracker = memscope_otel.start(provider, adaptive=True)
+        monitor = tracker.optimizer.monitor
+        observed = []
+        real_observe = monitor.observe
+        monkeypatch.setattr(monitor, "observe", lambda counters: observed.append(counters) or real_observe(counters))
+        reader.get_metrics_data()
+        assert len(observed) == 1
+        memscope_otel.snapshot()
+        old_reader.get_metrics_data()
+        assert len(observed) == 1, "a snapshot outside the served reader's collections was observed"
+        reader.get_metrics_data()
+        assert len(observed) == 2
+    finally:
+        memscope_otel.stop()
+        old_provider.shutdown()
+        provider.shutdown()
