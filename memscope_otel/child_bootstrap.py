@@ -74,6 +74,8 @@ class ReadingPublisher:
             snapshot = memscope_otel.snapshot()
             if snapshot is None:  # stopped by the program itself
                 return
+            if final and self._tracker.resolver.refine_names(now=True):
+                snapshot = memscope_otel.snapshot()  # 3.10: sites renamed to their qualified names
             line = self._encoder.encode(snapshot, final=final, reporter_cpu_s=self._cpu_s,
                                         optimizer=self._tracker.optimizer)
             self._cpu_s += time.thread_time() - started  # (shows in the next reading)

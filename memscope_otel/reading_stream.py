@@ -51,6 +51,11 @@ class ReadingEncoder:
             if self._sent.get(key) != figures:
                 self._sent[key] = figures
                 changed.append([key, *figures])
+        # Sites no longer in the snapshot: renamed (3.10 qualified names), or folded into
+        # <reclaimed> past the sites a summary keeps by name.
+        gone = [key for key in self._sent if key not in grouped]
+        for key in gone:
+            del self._sent[key]
         c = snapshot.counters
         medium, small = snapshot.rates
         by_size = c.by_size.sum(axis=0)
@@ -73,6 +78,7 @@ class ReadingEncoder:
             "reporter_cpu_s": reporter_cpu_s,
             "labels": {str(k): v for k, v in labels.items()},
             "sites": changed,
+            "gone": gone,
         }
         if optimizer is not None:
             body["pressure"] = float(optimizer.pressure)
@@ -111,6 +117,8 @@ class ReadingDecoder:
                 self._labels[int(key)] = SiteKey(file, function, int(line_no), domain)
         for key, nbytes, count, live in body["sites"]:
             self._figures[int(key)] = SiteFigures(nbytes, count, live)
+        for key in body.get("gone", ()):
+            self._figures.pop(int(key), None)
         sites, types = {}, {}
         for key, figures in self._figures.items():
             label = self._labels.get(key)

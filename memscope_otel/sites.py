@@ -238,7 +238,7 @@ class SiteResolver:
         self._lock = threading.RLock()
         self._watched = {}  # address of a watched code object -> its _CodeRef
         self._pinned = []  # code objects that could not be watched: kept alive, never reclaimed
-        self._generation = {}  # id -> times its label changed (a dump file redefines it each time)
+        self._generation = {}  # id -> times it was reclaimed (a dump file redefines it each time)
         self._provisional = {}  # id -> _CodeRef of a 3.10 site named by co_name until the index knows it
         self._dead = collections.deque()  # (id, drains started before its code died)
         self._quiet = []  # (id, drain after which no live block carried it)
@@ -264,8 +264,7 @@ class SiteResolver:
         return type_id
 
     def generation(self, site_id):
-        """How many times the label of ``site_id`` changed (reclaimed and reused, or on 3.10 its
-        function's qualified name found after it was first named by ``co_name``)."""
+        """How many times ``site_id`` was reclaimed: its meaning changes with this number."""
         return self._generation.get(site_id, 0)
 
     def resolve(self, site_id):
@@ -364,9 +363,13 @@ class SiteResolver:
                 name = _qualnames_310.lookup(code)
                 if name is not None and name != site.function:
                     self._cache[site_id] = replace(site, function=name)
-                    self._generation[site_id] = self._generation.get(site_id, 0) + 1
                     renamed += 1
         return renamed
+
+    def provisional(self, site_id):
+        """Whether ``site_id`` is named by its ``co_name`` until a walk finds its qualified name
+        (3.10): a dump file waits for the final label (see Tracker._write_dump)."""
+        return site_id in self._provisional
 
     def _code_died(self, ref):
         """The weakref callback: the code object is being freed, its memory not yet. Takes no lock

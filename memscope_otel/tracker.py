@@ -130,14 +130,8 @@ class Tracker:
         try:
             if dump.unlinked():
                 raise OSError("the file was deleted; its disk space comes back only once it is closed")
-            # A label for each id new to the file, or reused (for another site) since its label
-            # was written: the file redefines it from this chunk on.
-            resolver, dumped = self.resolver, self._dumped_ids
-            stale = [i for i in np.unique(records["site"]).tolist()
-                     if dumped.get(i) != resolver.generation(i)]
-            if stale:
-                dump.write_strings(resolver.labels(stale))
-                dumped.update((i, resolver.generation(i)) for i in stale)
+            ids = set(self._unlabelled).union(np.unique(records["site"]).tolist())
+            self._write_labels(dump, ids, final=False)
             dump.write_chunk(base_us, records)
         except OSError as exc:
             # Once, not at every drain: a full disk must not also fill up with our log lines.
@@ -147,8 +141,42 @@ class Tracker:
                         "the chunks written so far stay readable)", dump.path, exc)
             dump.close()
 
+    def _write_labels(self, dump, ids, final):
+        """A label for each id new to the file, or reused (for another site) since its label was
+        written: the file redefines it from the next chunk on. On 3.10 a site still named by its
+        co_name waits (in _unlabelled) until its qualified name is found or the file closes: a
+        first label applies to the records before it too. One that waited while its id was
+        reclaimed gets the label it had, so that the records before the reuse keep it."""
+        resolver, dumped = self.resolver, self._dumped_ids
+        orphans = {i: label for i, (generation, label) in self._unlabelled.items()
+                   if generation != resolver.generation(i)}
+        if orphans:
+            dump.write_strings(orphans)
+            dumped.update((i, self._unlabelled[i][0]) for i in orphans)
+        stale = [i for i in ids if dumped.get(i) != resolver.generation(i)]
+        # Only a first label can wait: a redefinition applies from the next chunk on.
+        waiting = [] if final else [i for i in stale if i not in dumped and resolver.provisional(i)]
+        ready = [i for i in stale if i not in waiting]
+        if ready:
+            dump.write_strings(resolver.labels(ready))
+            dumped.update((i, resolver.generation(i)) for i in ready)
+        self._unlabelled = {i: (resolver.generation(i), label) for i, label in resolver.labels(waiting).items()}
+
+    def _close_dump(self):
+        dump = self._dump
+        if dump is None:
+            return
+        try:
+            if self._unlabelled:
+                self._write_labels(dump, set(self._unlabelled), final=True)
+        except OSError as exc:
+            log.warning("memscope could not write the last labels of %r: %s", self.config.dump_path, exc)
+        finally:
+            dump.close()
+
     def start(self):
         self._dumped_ids = {}  # id -> its generation (SiteResolver.generation) when its label was written
+        self._unlabelled = {}  # id -> (generation, label) of a label that waits for a qualified name (3.10)
         sampler.start(self.config)
         self.summary.reset_live()
         self.drainer.start()
@@ -184,7 +212,10 @@ class Tracker:
         # signal); ExitStack runs them last pushed first and raises what failed afterwards.
         with contextlib.ExitStack() as steps:
             if self._dump is not None:
-                steps.callback(self._dump.close)
+                steps.callback(self._close_dump)
+            # After the final drain: sites still named by their co_name (3.10) get their
+            # qualified names for the last snapshot, readings and the dump's labels.
+            steps.callback(self.resolver.refine_names, True)
             steps.callback(self.drainer.stop)
             if self.optimizer is not None:
                 steps.callback(self.optimizer.stop)
@@ -264,7 +295,7 @@ class Tracker:
         self.drainer.sites = self.resolver
         if self.optimizer is not None:
             self.optimizer.after_fork_child(self.drainer)
-        self._dumped_ids = {}
+        self._dumped_ids, self._unlabelled = {}, {}
         self.drainer.start()
 
 

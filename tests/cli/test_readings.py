@@ -66,6 +66,10 @@ def test_stream_sends_changed_sites_only_and_rebuilds_complete_readings():
     assert reading.final and reading.total_allocations == 6 * 12 and reading.by_size == {17: 9.0}
     assert reading.rates == {"small": 0.001, "medium": 0.05, "large": 1.0}
     assert reading.sampled_path_s == pytest.approx(0.002) and reading.footprint == 4096
+    # A site gone from the snapshot (renamed on 3.10, or folded into <reclaimed>) leaves the reading.
+    third = encoder.encode(_snapshot(resolver, [(8, 100.0, 1.0, 50.0), (9, 20.0, 2.0, 0.0),
+                                                (11, 4096.0, 1.0, 4096.0)], allocations=6))
+    assert decoder.decode(third).sites == {a: SiteFigures(120.0, 3.0, 50.0)}
     with pytest.raises(StreamError, match="no module named 'x'"):
         decoder.decode(encode_error("no module named 'x'"))
 
