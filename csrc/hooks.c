@@ -134,6 +134,8 @@ __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, u
                    int event, unsigned flags, uint32_t site)
 {
     uint64_t t0 = ms_now_ns();
+    if (MS_UNLIKELY(atomic_load_explicit(&ms_child_start_armed, memory_order_relaxed)))
+        ms_child_start_poll(t0);
     if (site == UINT32_MAX)
         site = ms_frame_site(domain);
     ms_live_entry_t e = {address, size, site, weight, (uint32_t)domain, 0}, stale;
@@ -781,6 +783,7 @@ static void fork_child_quick(void)
     ms_sites_fork_child();
     ms_live_fork_child_locks();
     ms_spill_fork_child_lock();
+    ms_child_fork_reset();
 }
 
 void ms_after_fork_child(void)

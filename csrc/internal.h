@@ -277,6 +277,12 @@ void ms_live_stats(uint64_t *entries, uint64_t *capacity, double *threshold);
  * an id only once none does). */
 void ms_live_sites_in_use(uint8_t *mark);
 
+/* ---- child.c: the deferred start of a forked child ---- */
+extern _Atomic int ms_child_start_armed;
+/* A sampled allocation at now_ns in an armed child: schedules the starter once it is due. */
+void ms_child_start_poll(uint64_t now_ns);
+void ms_child_fork_reset(void); /* in the pthread_atfork child handler */
+
 /* ---- spill.c: what could not be queued, kept as weighted totals ---- */
 /* Adds a record that found no room in any ring (ms_ring_push). */
 void ms_spill_record(const ms_record_t *rec);

@@ -215,6 +215,19 @@ def after_fork_child():
     lib.ms_after_fork_child()
 
 
+_child_starter = None  # kept alive for good: the C side holds its address
+
+
+def arm_child_start(starter, delay_s=0.0):
+    """In a forked child: the first sampled allocation ``delay_s`` or more from now has CPython
+    call ``starter()`` in the main thread at its next safe point, once. None disarms."""
+    global _child_starter
+    _, lib = _lib()
+    if starter is not None:
+        _child_starter = starter
+    lib.ms_child_start_arm(0 if starter is None else id(starter), int(max(delay_s, 0.0) * 1e9))
+
+
 # Threads that ignore_this_thread() marked for good (the tracker's own): ignored() costs them no
 # call into C, and so no trip of the GIL (see ms_drain_reduce in csrc/memscope.h).
 _own_thread = threading.local()

@@ -6,7 +6,6 @@ back to defaults); they raise only for programming errors such as a second ``sta
 """
 import atexit
 import contextlib
-import gc
 import itertools
 import logging
 import os
@@ -269,17 +268,19 @@ class Tracker:
             self.producer.reset()
         if self.optimizer is not None:
             self.optimizer._lock = threading.Lock()
-        _child_start_check.arm()
+        sampler.arm_child_start(_start_pending_child, self.config.drain_interval_ms / 1000.0)
 
     def start_in_child(self):
         """Starts what a forked child defers: fresh summary, drainer, its own dump, the optimizer's
-        worker. Called from safe points only (collections, snapshot(), stop(), the exit path, a
-        garbage collection a drain interval after the fork), never from an allocator hook; the
-        records taken meanwhile wait in the rings (or, a ring full, in the C side's spill, which
-        still reaches the estimates)."""
+        worker. Called from safe points only (collections, snapshot(), stop(), the exit path, or
+        the main thread's next safe point after the child's first sampled allocation a drain
+        interval after the fork: csrc/child.c), never from an allocator hook; the records taken
+        meanwhile wait in the rings (or, a ring full, in the C side's spill, which still reaches
+        the estimates)."""
         if not self._child_pending:
             return
         self._child_pending = False
+        sampler.arm_child_start(None)
         _process.summary = self.summary = Summary()
         # The parent keeps writing its file; a child writes its own next to it, and only if the
         # parent still writes one: a refused path stays refused, and after a failed write the
@@ -409,45 +410,18 @@ class _MultiprocessingChild:
 _multiprocessing_child = _MultiprocessingChild()
 
 
-class _ChildStartCheck:
-    """A forked child that keeps running but never collects still gets its drainer: a garbage
-    collection (gc.callbacks: the collecting thread, holding the GIL, outside any allocator hook)
-    a drain interval or more after the fork starts it. A child that execs or exits sooner never
-    gets there. Until then, records wait in the rings or the spill; nothing is lost."""
-
-    def __init__(self):
-        self._armed = False
-
-    def arm(self):
-        if not self._armed:
-            self._armed = True
-            gc.callbacks.append(self)
-
-    def disarm(self):
-        if self._armed:
-            self._armed = False
-            with contextlib.suppress(ValueError):
-                gc.callbacks.remove(self)
-
-    def __call__(self, phase, info):
-        if phase != "stop":
-            return
-        tracker = _current
-        if tracker is None or not tracker._child_pending:
-            self.disarm()
-            return
-        if time.monotonic() - tracker._child_forked_at < tracker.config.drain_interval_ms / 1000.0:
-            return
-        self.disarm()
-        try:
-            with _lock:
-                if _current is tracker:
-                    tracker.start_in_child()
-        except Exception:
-            log.exception("memscope could not start its drainer in the forked child")
-
-
-_child_start_check = _ChildStartCheck()
+def _start_pending_child():
+    """Called by CPython in a forked child's main thread at a safe point (csrc/child.c), once
+    the child sampled an allocation a drain interval or more after the fork."""
+    tracker = _current
+    if tracker is None or not tracker._child_pending:
+        return
+    try:
+        with _lock:
+            if _current is tracker:
+                tracker.start_in_child()
+    except Exception:
+        log.exception("memscope could not start its drainer in the forked child")
 
 
 def _after_fork_in_child():

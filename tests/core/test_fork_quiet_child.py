@@ -98,11 +98,11 @@ warnings.simplefilter("ignore", DeprecationWarning)
 memscope_otel.start(drain_interval_ms=50, adaptive=False)
 pid = os.fork()
 if pid == 0:
-    # runs on without any collection: a garbage collection a drain interval after the fork starts
-    # the drainer
+    # runs on without any collection: its first sampled allocation a drain interval after the
+    # fork has the main thread start the drainer at its next safe point
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any(t.name == "memscope-drainer" for t in threading.enumerate()):
-        junk = [[i] for i in range(1000)]
+        junk = [bytearray(300_000) for i in range(3)]  # (large: always sampled)
     print("drainer:", any(t.name == "memscope-drainer" for t in threading.enumerate()), flush=True)
     os._exit(0)
 os.waitpid(pid, 0)
