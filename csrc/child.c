@@ -4,8 +4,8 @@
  * A forked child gets no thread or file of ours until it needs one: a child that only execs or
  * exits must find its own thread alone. Its records wait in the rings (or the spill) meanwhile.
  * Besides the Python side's own safe points (a collection, snapshot(), stop(), the exit path),
- * the child's first sampled allocation at least a drain interval after the fork asks CPython to
- * call the Python side's starter in the main thread at its next safe point: Py_AddPendingCall
+ * a sampled allocation of the child at least a delay after its first one asks CPython to call
+ * the Python side's starter in the main thread at its next safe point: Py_AddPendingCall
  * runs it between bytecodes, with the GIL, outside any allocator hook. The hook only schedules:
  * Py_AddPendingCall takes one of CPython's locks and allocates nothing, from any thread, with or
  * without a thread state.
@@ -16,7 +16,8 @@
 #include "internal.h"
 
 _Atomic int ms_child_start_armed;
-static _Atomic uint64_t g_due_ns;
+static _Atomic uint64_t g_delay_ns;
+static _Atomic uint64_t g_due_ns; /* 0 until the child's first sampled allocation */
 static _Atomic uintptr_t g_starter; /* a PyObject * that the Python side keeps alive for good */
 
 static int run_starter(void *arg)
@@ -43,13 +44,21 @@ void ms_child_start_arm(uintptr_t starter, uint64_t delay_ns)
 {
     atomic_store(&ms_child_start_armed, 0);
     atomic_store(&g_starter, starter);
-    atomic_store(&g_due_ns, ms_now_ns() + delay_ns);
+    atomic_store(&g_delay_ns, delay_ns);
+    atomic_store(&g_due_ns, 0);
     atomic_store(&ms_child_start_armed, starter != 0);
 }
 
 void ms_child_start_poll(uint64_t now_ns)
 {
-    if (now_ns < atomic_load_explicit(&g_due_ns, memory_order_relaxed))
+    uint64_t due = atomic_load_explicit(&g_due_ns, memory_order_relaxed);
+    if (due == 0) { /* the first one starts the clock */
+        uint64_t unset = 0;
+        due = now_ns + atomic_load_explicit(&g_delay_ns, memory_order_relaxed);
+        atomic_compare_exchange_strong(&g_due_ns, &unset, due);
+        return;
+    }
+    if (now_ns < due)
         return;
     int armed = 1;
     if (!atomic_compare_exchange_strong(&ms_child_start_armed, &armed, 0))

@@ -219,8 +219,8 @@ _child_starter = None  # kept alive for good: the C side holds its address
 
 
 def arm_child_start(starter, delay_s=0.0):
-    """In a forked child: the first sampled allocation ``delay_s`` or more from now has CPython
-    call ``starter()`` in the main thread at its next safe point, once. None disarms."""
+    """In a forked child: a sampled allocation ``delay_s`` or more after the child's first one
+    has CPython call ``starter()`` in the main thread at its next safe point, once. None disarms."""
     global _child_starter
     _, lib = _lib()
     if starter is not None:

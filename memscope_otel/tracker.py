@@ -268,13 +268,14 @@ class Tracker:
             self.producer.reset()
         if self.optimizer is not None:
             self.optimizer._lock = threading.Lock()
-        sampler.arm_child_start(_start_pending_child, self.config.drain_interval_ms / 1000.0)
+        # A child that samples and checks its threads at once (a test suite) must not find ours.
+        sampler.arm_child_start(_start_pending_child, max(self.config.drain_interval_ms / 1000.0, 1.0))
 
     def start_in_child(self):
         """Starts what a forked child defers: fresh summary, drainer, its own dump, the optimizer's
         worker. Called from safe points only (collections, snapshot(), stop(), the exit path, or
-        the main thread's next safe point after the child's first sampled allocation a drain
-        interval after the fork: csrc/child.c), never from an allocator hook; the records taken
+        the main thread's next safe point once the child samples an allocation a second or a drain
+        interval, whichever is longer, after its first: csrc/child.c), never from an allocator hook; the records taken
         meanwhile wait in the rings (or, a ring full, in the C side's spill, which still reaches
         the estimates)."""
         if not self._child_pending:
@@ -412,7 +413,7 @@ _multiprocessing_child = _MultiprocessingChild()
 
 def _start_pending_child():
     """Called by CPython in a forked child's main thread at a safe point (csrc/child.c), once
-    the child sampled an allocation a drain interval or more after the fork."""
+    the child sampled an allocation a second (or a drain interval) or more after its first."""
     tracker = _current
     if tracker is None or not tracker._child_pending:
         return

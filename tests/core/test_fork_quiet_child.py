@@ -98,8 +98,8 @@ warnings.simplefilter("ignore", DeprecationWarning)
 memscope_otel.start(drain_interval_ms=50, adaptive=False)
 pid = os.fork()
 if pid == 0:
-    # runs on without any collection: its first sampled allocation a drain interval after the
-    # fork has the main thread start the drainer at its next safe point
+    # runs on without any collection: a sampled allocation a second after its first has the
+    # main thread start the drainer at its next safe point
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any(t.name == "memscope-drainer" for t in threading.enumerate()):
         junk = [bytearray(300_000) for i in range(3)]  # (large: always sampled)
