@@ -8,6 +8,7 @@ spends its time in C with the GIL released (cffi releases it around every call).
 """
 import logging
 import threading
+import time
 
 from . import sampler
 
@@ -31,6 +32,9 @@ class Drainer:
         # that is inside drain(); with a plain lock that thread would wait for itself forever.
         self.lock = threading.RLock()
         self._drain_owner = None  # the thread in drain() (it holds the lock), or None
+        # CPU time spent in drain() on any thread: records drained and reduced, sites resolved
+        # (read by the optimizer: the one collection cost that sampling rates change).
+        self.cpu_ns = 0
         # The site resolver: told before and after every complete drain (the reuse of site ids
         # counts drains, and new sites are resolved after each one). See memscope_otel/sites.py.
         self.sites = None
@@ -69,6 +73,7 @@ class Drainer:
             if self._drain_owner is not None:  # (only this thread can be it: it holds the lock)
                 return 0
             self._drain_owner = threading.get_ident()
+            started = time.thread_time_ns()
             try:
                 if self.sites is not None:
                     self.sites.before_drain()
@@ -80,6 +85,7 @@ class Drainer:
                         log.exception("memscope could not resolve or reclaim site ids after a drain")
             finally:
                 self._drain_owner = None
+                self.cpu_ns += time.thread_time_ns() - started
             self.records_drained += moved
             self.drains += 1
         return moved

@@ -27,14 +27,14 @@ from .controller import CALM_COLLECTIONS, DOWN_FACTOR, SMOOTHING, UP_FACTOR, Rat
 from .features import (ARRAY_MODULES, NETWORK_MODULES, PendingAllocations, follow_level,
                        followed, match_lifetimes)
 from .performance_optimizer import PerformanceOptimizer
-from .pressure import (CADENCE_DRIFT_BUDGET, COLLECTION_COST_BUDGET, DROP_BUDGET, EXPORT_FAILURE_PRESSURE,
+from .pressure import (CADENCE_DRIFT_BUDGET, DRAIN_COST_BUDGET, DROP_BUDGET, EXPORT_FAILURE_PRESSURE,
                        FAST_PATH_NS, HOOK_SHARE_BUDGET, RING_FILL_BUDGET, SERIES_BUDGET, ExportFailureCounter,
                        Pressure, PressureMonitor, export_interval_from_env)
 from .recognizer import MIN_RECORDS, RULES, WORKLOADS, WorkloadRecognizer, classify
 from .recommendations import Recommendation, relative_error
 
 __all__ = [
-    "ARRAY_MODULES", "CADENCE_DRIFT_BUDGET", "CALM_COLLECTIONS", "COLLECTION_COST_BUDGET", "DOWN_FACTOR",
+    "ARRAY_MODULES", "CADENCE_DRIFT_BUDGET", "CALM_COLLECTIONS", "DRAIN_COST_BUDGET", "DOWN_FACTOR",
     "DROP_BUDGET", "EXPORT_FAILURE_PRESSURE", "FAST_PATH_NS", "HOOK_SHARE_BUDGET", "MIN_RECORDS",
     "NETWORK_MODULES", "RING_FILL_BUDGET", "RULES", "SERIES_BUDGET", "SMOOTHING", "UP_FACTOR", "WORKLOADS",
     "ExportFailureCounter", "PendingAllocations", "PerformanceOptimizer", "Pressure", "PressureMonitor",

@@ -64,9 +64,10 @@ class PerformanceOptimizer:
 
     def _collection_stats(self):
         producer = getattr(self.tracker, "producer", None)
+        drain_ns = getattr(self.tracker.drainer, "cpu_ns", 0)
         if producer is None:
-            return 0, 0
-        return getattr(producer, "collection_ns", 0), getattr(producer, "collection_points", 0)
+            return 0, 0, drain_ns
+        return getattr(producer, "collection_ns", 0), getattr(producer, "collection_points", 0), drain_ns
 
     def start(self):
         """Starts observing the tracker's snapshots and records."""
@@ -143,7 +144,7 @@ class PerformanceOptimizer:
             return
         self._classified_at = now
         # From the batches the worker has read: a read here would run inside the collection (its
-        # numpy calls each a possible GIL take-back, counted in collection_cost). The worker
+        # numpy calls each a possible GIL take-back, in the collection's time). The worker
         # then reads what is queued, for the next classification.
         features = self.recognizer.features(counters, read_queue=False)
         self.recognizer.read_soon()
@@ -210,7 +211,8 @@ class PerformanceOptimizer:
                     "no more drops: dropped records are lost weight, a downward bias of the estimates"))
         # 3. Series: fewer per-site series when the collection is large or slow.
         series = figures.get("series", 0)
-        if series > SERIES_BUDGET / 2 or pressure is not None and pressure.components.get("collection_cost", 0) > 0.5:
+        collection_share = figures.get("collection_s", 0) / max(figures.get("interval_s", 1), 1e-9)
+        if series > SERIES_BUDGET / 2 or collection_share > 0.05:
             new_sites = max(5, config.max_sites // 2)
             if new_sites < config.max_sites:
                 recs.append(Recommendation(

@@ -26,7 +26,7 @@ FAST_PATH_NS = 10.0
 # Budgets: each signal reaches pressure 1 at its budget. Chosen so that the demo workloads at the
 # default settings stay well under the low-water mark (docs/optimizer.md lists their figures).
 CADENCE_DRIFT_BUDGET = 1.0   # a collection gap of twice the export interval
-COLLECTION_COST_BUDGET = 0.10  # memscope's collection taking 10% of the export interval
+DRAIN_COST_BUDGET = 0.10     # draining and reducing records taking 10% of one core
 SERIES_BUDGET = 2000         # points per collection (the SDK's default per-metric cardinality limit)
 DROP_BUDGET = 0.01           # 1% of the records lost to full rings
 RING_FILL_BUDGET = 1.0       # records of one drain interval filling a whole ring
@@ -102,8 +102,8 @@ class Pressure:
             "cadence": f"collections {f.get('gap_s', 0):.2f} s apart for an export interval of "
                        f"{f.get('interval_s', 0):.2f} s (drift {f.get('drift', 0):.2f})",
             "export_failures": f"{f.get('export_failures', 0)} export failure(s) logged since the last collection",
-            "collection_cost": f"memscope's collection took {f.get('collection_s', 0) * 1000:.1f} ms",
-            "series": f"{f.get('series', 0)} points per collection",
+            "drain_cost": f"draining and reducing records took {f.get('drain_s', 0) * 1000:.1f} ms of CPU "
+                          f"in {f.get('gap_s', 0):.2f} s",
             "drops": f"{f.get('drop_fraction', 0):.2%} of records dropped",
             "ring_fill": f"{f.get('records_per_s', 0):.0f} records/s fill {f.get('ring_fill', 0):.0%} "
                          f"of a ring per drain interval",
@@ -117,7 +117,10 @@ class PressureMonitor:
 
     ``export_interval_s`` is the configured export interval (OTEL_METRIC_EXPORT_INTERVAL); the
     gap between two collections beyond it is cadence drift. ``collection_stats`` returns the
-    cumulative (nanoseconds, points) memscope's instrument callbacks have spent/produced, or None.
+    cumulative (collection CPU ns, points, drain CPU ns): what memscope's instrument callbacks have
+    spent and produced, and what draining and reducing records cost on any thread; or None. The
+    collection's cost past its drain and the points it returns depend on the number of sites, not
+    on the rates: they are figures, never pressure (cutting rates would buy nothing).
     Its caller (PerformanceOptimizer.on_snapshot) observes only the collections of the reader(s)
     memscope serves: any other snapshot would shorten the gap it falls into and hide drift."""
 
@@ -146,12 +149,12 @@ class PressureMonitor:
     def observe(self, counters):
         """The pressure since the previous observation (None for the first one)."""
         now = self._clock()
-        ns, points = self._collection_stats() if self._collection_stats else (0, 0)
-        current = (now, counters, ns, points, self.failures.failures)
+        ns, points, drain_ns = self._collection_stats() if self._collection_stats else (0, 0, 0)
+        current = (now, counters, ns, points, drain_ns, self.failures.failures)
         last, self._last = self._last, current
         if last is None:
             return None
-        t0, c0, ns0, points0, failures0 = last
+        t0, c0, ns0, points0, drain_ns0, failures0 = last
         gap = max(now - t0, 1e-9)
         drift = max(gap / self.export_interval_s - 1.0, 0.0)
         records = counters.samples - c0.samples
@@ -164,11 +167,13 @@ class PressureMonitor:
         hook_ns = (counters.slow_path_ns - c0.slow_path_ns) + FAST_PATH_NS * calls
         hook_share = hook_ns / 1e9 / gap
         collection_s = (ns - ns0) / 1e9
+        drain_s = max(drain_ns - drain_ns0, 0) / 1e9  # (a forked child's new drainer counts from 0)
         series = points - points0
         export_failures = self.failures.failures - failures0
         figures = {
             "gap_s": gap, "interval_s": self.export_interval_s, "drift": drift,
             "export_failures": export_failures, "collection_s": collection_s, "series": series,
+            "drain_s": drain_s, "drain_share": drain_s / gap,
             "drop_fraction": drop_fraction, "records_per_s": records_per_s, "ring_fill": ring_fill,
             "hook_share": hook_share, "hook_calls_per_s": calls / gap,
             "slow_path_ns_per_record": (counters.slow_path_ns - c0.slow_path_ns)
@@ -177,8 +182,7 @@ class PressureMonitor:
         components = {
             "cadence": min(drift / CADENCE_DRIFT_BUDGET, 1.0),
             "export_failures": EXPORT_FAILURE_PRESSURE if export_failures else 0.0,
-            "collection_cost": min(collection_s / (COLLECTION_COST_BUDGET * self.export_interval_s), 1.0),
-            "series": min(series / SERIES_BUDGET, 1.0),
+            "drain_cost": min(drain_s / gap / DRAIN_COST_BUDGET, 1.0),
             "drops": min(drop_fraction / DROP_BUDGET, 1.0),
             "ring_fill": min(ring_fill / RING_FILL_BUDGET, 1.0),
             "hooks": min(hook_share / HOOK_SHARE_BUDGET, 1.0),

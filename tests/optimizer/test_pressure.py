@@ -17,16 +17,17 @@ class FakeCounters:
 
 def test_pressure_components_from_two_collections():
     now = [0.0]
-    stats = [(0, 0)]
+    stats = [(0, 0, 0)]
     monitor = PressureMonitor(export_interval_s=1.0, drain_interval_s=0.2, ring_capacity=1000,
                               collection_stats=lambda: stats[0], clock=lambda: now[0])
     assert monitor.observe(FakeCounters()) is None
-    now[0], stats[0] = 1.5, (20_000_000, 300)  # 1.5 s gap, 20 ms of collection, 300 points
+    # 1.5 s gap, 20 ms of collection of which 6 ms draining, 300 points
+    now[0], stats[0] = 1.5, (20_000_000, 300, 6_000_000)
     p = monitor.observe(FakeCounters(allocs=1_000_000, samples=2500, dropped=0, slow_ns=5_000_000, slow_calls=2500))
     assert p.figures["drift"] == pytest.approx(0.5)
     assert p.components["cadence"] == pytest.approx(0.5)
-    assert p.components["collection_cost"] == pytest.approx(0.02 / 0.1)
-    assert p.figures["series"] == 300
+    assert p.components["drain_cost"] == pytest.approx(0.006 / 1.5 / 0.1)
+    assert p.figures["series"] == 300 and p.figures["collection_s"] == pytest.approx(0.02)
     hook_share = (5_000_000 + FAST_PATH_NS * 1_000_000) / 1e9 / 1.5
     assert p.figures["hook_share"] == pytest.approx(hook_share)
     assert p.figures["ring_fill"] == pytest.approx(2500 / 1.5 * 0.2 / 1000)
@@ -34,6 +35,18 @@ def test_pressure_components_from_two_collections():
     now[0] = 2.5
     p = monitor.observe(FakeCounters(allocs=1_000_000, samples=2600, dropped=100, slow_ns=5_000_000, slow_calls=2500))
     assert p.components["drops"] == 1.0 and p.dominant == "drops" and "dropped" in p.reason()
+
+
+def test_costs_that_rates_do_not_change_are_figures_not_pressure():
+    """Building the points of a collection and their number depend on the sites, not the rates."""
+    now, stats = [0.0], [(0, 0, 0)]
+    monitor = PressureMonitor(export_interval_s=1.0, drain_interval_s=0.2, ring_capacity=1000,
+                              collection_stats=lambda: stats[0], clock=lambda: now[0])
+    monitor.observe(FakeCounters())
+    now[0], stats[0] = 1.0, (900_000_000, 50_000, 1_000_000)  # 0.9 s of collection, 50,000 points
+    p = monitor.observe(FakeCounters())
+    assert p.figures["collection_s"] == pytest.approx(0.9) and p.figures["series"] == 50_000
+    assert p.value == pytest.approx(0.001 / 1.0 / 0.1) and p.dominant == "drain_cost"
 
 
 def test_export_failures_are_counted_from_the_sdk_loggers():
