@@ -165,9 +165,9 @@ void ms_get_rates(double *medium_rate, double *small_rate);
 int ms_set_thread_ignored(int ignored);
 /* Heavy part of the fork-child reset; the Python side calls it from os.register_at_fork. */
 void ms_after_fork_child(void);
-/* In a forked child: a sampled allocation delay_ns or more after the child's first one has CPython call
- * starter (the address of a callable taking no argument, which the caller keeps alive for good)
- * in the main thread at its next safe point, once (csrc/child.c). 0 disarms. */
+/* In a forked child: a sampled allocation delay_ns or more after the child's first one has
+ * CPython call starter (the address of a callable taking no argument, which the caller keeps
+ * alive for good) in the main thread at its next safe point, once (csrc/child.c). 0 disarms. */
 void ms_child_start_arm(uintptr_t starter, uint64_t delay_ns);
 
 /* --- reading (may be called without the GIL) --- */

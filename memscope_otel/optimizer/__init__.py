@@ -6,7 +6,7 @@ Four parts, each usable alone and each in its own module (``pressure``, ``contro
 
 - :class:`PressureMonitor` turns what memscope can see through public means into one pressure value
   in [0, 1]: cadence drift of the metric collections, export failures the OpenTelemetry SDK logs,
-  the cost and series count of memscope's own collection, ring-buffer drops, sampled records per
+  the CPU spent draining and reducing records, ring-buffer drops, sampled records per
   second and the estimated time spent in the allocator hooks. Each signal is scaled to [0, 1]
   against a budget; the pressure is the largest of them, so the reason for a change is always one
   named signal.

@@ -1,9 +1,10 @@
 """Pressure: what memscope can see through public means, scaled to one value in [0, 1].
 
 Each signal (cadence drift of the metric collections, export failures the OpenTelemetry SDK logs,
-the cost and series count of memscope's own collection, ring drops, sampled records per second,
-the time spent in the allocator hooks) is scaled against a budget; the pressure is the largest, so
-the reason for a rate change is always one named signal."""
+the CPU spent draining and reducing records, ring drops, sampled records per second, the time
+spent in the allocator hooks) is scaled against a budget; the pressure is the largest, so the
+reason for a rate change is always one named signal. The rest of a collection's cost and its
+point count are figures only: they follow the number of sites, not the rates."""
 
 from __future__ import annotations
 
