@@ -28,6 +28,7 @@
  * for small ones and never weighted up (a uniform coin would count an 8 MB buffer 0 or 16
  * times).
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -275,10 +276,12 @@ static float threshold_coin(double v, uint64_t size, float weight, double tau, u
     return u * raised_value < v ? raised : 0.0f;
 }
 
-/* At the budget: tau rises to about the least value under which half of the n entries are
- * expected to stay (between the old tau, under which all n stay, and twice their mean value,
- * under which at most n / 2 can), found by bisection over passes of the table, and every entry
- * below it tosses its coin. Called with every lock of t held; false if t is empty. */
+/* At the budget: tau rises to within 10 % of the least value under which half of the n entries
+ * are expected to stay, and every entry below it tosses its coin. That value lies between the old
+ * tau (under which all n stay) and twice their mean value (under which at most n / 2 can); the
+ * search is a bisection on the logarithm from a thousandth of the upper bound, so that it takes at
+ * most eight passes over the table whatever the spread of values (this runs inside a hook, with
+ * every lock held). Called with every lock of t held; false if t is empty. */
 static bool thin(live_table_t *t, uint64_t *rng)
 {
     double n = 0.0, total = 0.0;
@@ -292,9 +295,13 @@ static bool thin(live_table_t *t, uint64_t *rng)
     }
     if (n == 0.0 || !(total > 0.0))
         return false;
-    double lo = atomic_load(&g_threshold), hi = 2.0 * total / n;
-    for (int pass = 0; pass < 16 && hi > lo * 1.01; pass++) {
-        double mid = 0.5 * (lo + hi);
+    double old = atomic_load(&g_threshold), hi = 2.0 * total / n, lo = hi / 1024.0;
+    if (lo <= old)
+        lo = old; /* all n stay under it */
+    else if (expected_kept(t, lo) <= n / 2)
+        hi = lo; /* values spread over more than a thousandfold: lower is not worth the passes */
+    while (hi > lo * 1.1) {
+        double mid = sqrt(lo * hi);
         if (expected_kept(t, mid) <= n / 2)
             hi = mid;
         else
