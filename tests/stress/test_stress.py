@@ -1,4 +1,5 @@
-"""Multi-threaded stress: every domain, mixed sizes, frees on other threads than the allocating
+"""Multi-threaded stress: every domain (the native one through tests/core/nativeprobe.c, every
+allocating function), mixed sizes, frees on other threads than the allocating
 one, rate changes, drains and metric collections, all concurrently, with the tracker stopped and
 restarted (with other settings) in the middle. CI also runs this on the ASan/UBSan build
 (scripts/sanitize.sh), where any memory error in the C side aborts the process.
@@ -7,8 +8,10 @@ Invariants checked: no crash and no exception in any thread; exact counters neve
 stay self-consistent (every allocation lands in exactly one histogram bucket; bytes within the
 bounds of their size class); every record written is reduced; all estimates finite.
 """
+import ctypes
 import queue
 import random
+import sys
 import threading
 import time
 
@@ -19,12 +22,20 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import memscope_otel
 from memscope_otel import sampler, tracker as tracker_module
+from memscope_otel.records import DOMAINS
+
+from conftest import CORE
+
+sys.path.insert(0, str(CORE))
+from nativeprobe import ALL_FUNCTIONS, FUNCTIONS, Probe, build_probe  # noqa: E402
 
 pytestmark = pytest.mark.stress
 
 PHASE_SECONDS = 1.2
 OBJ, MEM, RAW = 0, 1, 2
+NATIVE = DOMAINS.index("native")
 SIZES = (0, 1, 16, 500, 513, 1000, 1024, 3000, 8191, 8192, 20000, 300000)
+NATIVE_SIZES = (1, 16, 500, 1024, 3000, 8192, 20000, 300000)
 
 
 def assert_counters_monotonic(before, after, where):
@@ -35,7 +46,7 @@ def assert_counters_monotonic(before, after, where):
 
 
 def assert_counters_consistent(c, critical=8192):
-    for d in range(4):
+    for d in range(len(DOMAINS)):
         assert c.by_size[d].sum() == c.allocations[d].sum(), f"domain {d}: histogram total != allocations"
         small, medium, large = (int(x) for x in c.allocations[d])
         small_b, medium_b, large_b = (int(x) for x in c.bytes[d])
@@ -53,8 +64,12 @@ def assert_summary_finite(summary):
         assert np.isfinite(values).all()
 
 
-def test_stress(testhook):
+def test_stress(testhook, tmp_path):
     th = testhook.load()
+    probe = Probe(build_probe(tmp_path / "libstressprobe.so"))
+
+    def free_native(p):
+        probe.free((ctypes.c_void_p * 1)(p))
     provider_reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[provider_reader])
     done = threading.Event()
@@ -90,6 +105,17 @@ def test_stress(testhook):
                         th.lib.th_free(domain, p)
             junk = [str(j) * (j % 9) for j in range(200)] + [bytearray(rng.choice(SIZES)) for _ in range(5)]
             del junk
+            # The native domain: every function, one block of each batch handed to a freer (freed
+            # on another thread), the others freed here; sometimes from a pthread of the probe's.
+            blocks = probe.alloc(rng.choice(FUNCTIONS), rng.choice(NATIVE_SIZES), 8)
+            try:
+                handoff.put((NATIVE, blocks[0]), timeout=0.05)
+                blocks[0] = None
+            except queue.Full:
+                pass
+            probe.free(blocks)
+            if i % 10 == k % 10:
+                assert probe.lib.probe_in_pthread(ALL_FUNCTIONS.index(rng.choice(FUNCTIONS)), rng.choice(NATIVE_SIZES), 20) == 20
             if i % 25 == k % 25:
                 assert th.lib.th_native_threads(2, 20, rng.choice(SIZES)) == 0
             i += 1
@@ -102,7 +128,10 @@ def test_stress(testhook):
                 domain, p = handoff.get(timeout=0.01)
             except queue.Empty:
                 continue
-            th.lib.th_free(domain, p)
+            if domain == NATIVE:
+                free_native(p)
+            else:
+                th.lib.th_free(domain, p)
             if rng.random() < 0.05:
                 junk = {j: bytes(j % 3000) for j in range(100)}
                 del junk
@@ -167,8 +196,9 @@ def test_stress(testhook):
     assert_counters_monotonic(start_counters, end_counters, "over the test")
     assert_counters_consistent(end_counters)
     grown = end_counters.allocations - start_counters.allocations
-    for d in (OBJ, MEM, RAW):
+    for d in (OBJ, MEM, RAW, NATIVE):
         assert grown[d].sum() > 10_000, f"domain {d} was barely exercised"
+    assert end_counters.deallocations[NATIVE] - start_counters.deallocations[NATIVE] > 10_000
     assert end_counters.deallocations[RAW] > start_counters.deallocations[RAW]
     assert end_counters.dropped > start_counters.dropped, "the tiny rings never overflowed"
     # Every record ever written into a ring (counters and the summary are both process-wide) was
