@@ -58,12 +58,26 @@ def test_every_panel_uses_the_datasource_variable(dashboard):
             assert target["datasource"]["uid"] == "${datasource}", panel["title"]
 
 
-def test_service_and_instance_variables(dashboard):
+def test_service_instance_and_domain_variables(dashboard):
     variables = variable_queries(dashboard)
-    assert set(variables) == {"service", "instance"}
+    assert set(variables) == {"service", "instance", "domain"}
     assert variables["service"] == "label_values(memscope_allocated_bytes_total, job)"
     assert '{job=~"$service"}' in variables["instance"]
     assert variables["instance"].endswith(", instance)")
+    assert '{job=~"$service",instance=~"$instance"}' in variables["domain"]
+    assert variables["domain"].endswith(", memscope_domain)")
+
+
+def test_every_per_domain_query_follows_the_domain_variable(dashboard):
+    """Five domains (obj, mem, raw, native, manual) times three size classes are fifteen lines:
+    the domain variable lets a reader pick the ones that matter; site tables name the domain, as
+    ``<native>`` is a site of more than one."""
+    for title, expr in panel_queries(dashboard):
+        if re.search(r"memscope_(allocations|allocated_bytes|deallocations|allocations_by_size|live_bytes|site_[a-z_]+)"
+                     r"(_total)?\{", expr):
+            assert 'memscope_domain=~"$domain"' in expr, title
+        if "code_file_path" in expr:
+            assert "memscope_domain)" in expr, title
 
 
 def test_every_query_filters_by_service_and_instance(dashboard):

@@ -20,7 +20,7 @@ QUERIES = panel_queries(DASHBOARD)
 @pytest.mark.parametrize("title,expr", QUERIES, ids=[f"{i}:{t}" for i, (t, _) in enumerate(QUERIES)])
 def test_query_parses(prometheus, title, expr):
     """Prometheus accepts the query (a syntax error would raise PrometheusError)."""
-    prometheus.query(substitute(expr, {"service": ".*", "instance": ".*",
+    prometheus.query(substitute(expr, {"service": ".*", "instance": ".*", "domain": ".*",
                                        "__rate_interval": RATE_INTERVAL}))
 
 
@@ -35,13 +35,17 @@ def test_variables_list_the_services_and_instances(prometheus, memscope_runs):
         selector, label = split_label_values(variables["instance"])
         rows = prometheus.query(f"count by ({label}) ({substitute(selector, {'service': service})})")
         assert {row["metric"][label] for row in rows} == set(instances)
+        selector, label = split_label_values(variables["domain"])
+        rows = prometheus.query(f"count by ({label}) "
+                                f"({substitute(selector, {'service': service, 'instance': '|'.join(instances)})})")
+        assert {"obj", "mem", "raw", "native"} <= {row["metric"][label] for row in rows}
 
 
 @pytest.mark.parametrize("title,expr", QUERIES, ids=[f"{i}:{t}" for i, (t, _) in enumerate(QUERIES)])
 @pytest.mark.parametrize("protocol", list(MEMSCOPE_RUNS))
 def test_query_returns_data_after_the_app_ran(prometheus, memscope_runs, protocol, title, expr):
     service, instances = MEMSCOPE_RUNS[protocol]
-    query = substitute(expr, {"service": service, "instance": "|".join(instances),
+    query = substitute(expr, {"service": service, "instance": "|".join(instances), "domain": ".*",
                               "__rate_interval": RATE_INTERVAL})
     result = prometheus.wait_for(query, bool, timeout=15)
     assert result, f"{title}: no data for {query}"

@@ -35,7 +35,7 @@ def test_demo_page_feeds_prometheus_and_the_dashboard(prometheus):
             f"count_over_time({selector}[1m])",
             lambda r: bool(r) and min(float(row["value"][1]) for row in r) >= 3, timeout=45)
         assert ready, f"Prometheus never scraped the demo page: {prometheus.targets_health()}"
-        variables = {"service": FILE_SD_JOB, "instance": f"127.0.0.1:{port}",
+        variables = {"service": FILE_SD_JOB, "instance": f"127.0.0.1:{port}", "domain": ".*",
                      "__rate_interval": "30s"}
         for title, expr in panel_queries(load_dashboard()):
             if not prometheus.query(substitute(expr, variables)):
