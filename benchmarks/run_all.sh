@@ -25,6 +25,7 @@ run() {
 }
 run threads benchmarks/threads.py --threads $threads $quick
 run micro benchmarks/micro.py $quick
+run native benchmarks/native.py $quick
 run workloads benchmarks/workloads.py $quick
 run background benchmarks/background.py $([ -n "$quick" ] && echo --seconds 2)
 run reduce benchmarks/reduce_throughput.py

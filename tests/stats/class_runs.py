@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memscope_otel.records import (CLASS_MASK, CLASS_SHIFT, DOMAIN_MASK, EVENT_MASK, EVENT_SHIFT, EVENTS,
-                                   FLAG_FREQUENCY)
+from memscope_otel.records import (CLASS_MASK, CLASS_SHIFT, DOMAINS, EVENT_MASK, EVENT_SHIFT, EVENTS,
+                                   FLAG_FREQUENCY, domain_of)
 
 from . import bounds, window
 from .bounds import Check, Stratum
@@ -46,14 +46,16 @@ class Case:
 # Default rates (0.001 / 0.05) and others. A check detects a 10% bias when its tolerance is under
 # 10% / 2.1 of the exact value (see bounds.Check.detects_bias); with the relative tolerance about
 # 5.4 * sqrt((1 - p) / (p n)) that takes ~2e7 small requests at the default rate 0.001, paid once
-# (obj); mem and raw at the default small rate are checked with 10x fewer requests, unpowered.
+# (obj); mem, raw and native at the default small rate are checked with 10x fewer requests, unpowered.
 CASES = [
     Case("obj", 0.001, 0.05, seed=11, n_small=20_000_000, n_medium=400_000, powered=("small", "medium")),
     Case("mem", 0.001, 0.05, seed=12, n_small=2_000_000, n_medium=400_000, powered=("medium",)),
     Case("raw", 0.001, 0.05, seed=13, n_small=2_000_000, n_medium=400_000, powered=("medium",)),
+    Case("native", 0.001, 0.05, seed=14, n_small=2_000_000, n_medium=400_000, powered=("medium",)),
     Case("obj", 0.01, 0.2, seed=21, n_small=2_000_000, n_medium=100_000, powered=("small", "medium")),
     Case("mem", 0.01, 0.2, seed=22, n_small=2_000_000, n_medium=100_000, powered=("small", "medium")),
     Case("raw", 0.01, 0.2, seed=23, n_small=2_000_000, n_medium=100_000, powered=("small", "medium")),
+    Case("native", 0.01, 0.2, seed=24, n_small=2_000_000, n_medium=100_000, powered=("small", "medium")),
     Case("obj", 0.2, 0.01, seed=31, n_small=400_000, n_medium=400_000, powered=("small",)),
     Case("raw", 1.0, 1.0, seed=41, n_small=20_000, n_medium=20_000, powered=("small", "medium")),
     # The frequency guarantee off, and so frequent that it takes a third of all allocations (the
@@ -68,17 +70,17 @@ class RecordTotals:
     other (wrong) estimators can be computed from the very records the summary reduced."""
 
     def __init__(self):
-        self.weighted_bytes = np.zeros((4, 3))
-        self.weighted_count = np.zeros((4, 3))
-        self.bytes = np.zeros((4, 3))
-        self.count = np.zeros((4, 3))
-        self.frequency_bytes = np.zeros((4, 3))
-        self.frequency_count = np.zeros((4, 3))
+        self.weighted_bytes = np.zeros((len(DOMAINS), 3))
+        self.weighted_count = np.zeros((len(DOMAINS), 3))
+        self.bytes = np.zeros((len(DOMAINS), 3))
+        self.count = np.zeros((len(DOMAINS), 3))
+        self.frequency_bytes = np.zeros((len(DOMAINS), 3))
+        self.frequency_count = np.zeros((len(DOMAINS), 3))
 
     def __call__(self, records, base_us):
         flags = records["flags"].astype(np.int64)
         alloc = (flags & EVENT_MASK) >> EVENT_SHIFT != FREE
-        dom = (flags & DOMAIN_MASK)[alloc]
+        dom = domain_of(flags)[alloc]
         cls = ((flags & CLASS_MASK) >> CLASS_SHIFT)[alloc]
         size = records["size"][alloc].astype(np.float64)
         weight = records["weight"][alloc].astype(np.float64)

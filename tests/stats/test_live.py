@@ -112,7 +112,7 @@ class Site:
         return self.sizes[self.freed]
 
 
-@pytest.mark.parametrize("domain,seed", [("raw", 5), ("obj", 6), ("mem", 7)])
+@pytest.mark.parametrize("domain,seed", [("raw", 5), ("obj", 6), ("mem", 7), ("native", 8)])
 def test_live_estimate_after_freeing_known_subsets(workload, domain, seed):
     rng = np.random.default_rng(seed)
     d = DOMAINS.index(domain)
@@ -217,11 +217,11 @@ def run_round(workload, tracker, reader, rng, domain):
     # Other requests in the window (the interpreter's own, a few kB), of the same domain or not,
     # could only add live bytes at a site (their frees cannot remove anything allocated at it);
     # at most all of their bytes, of unknown sizes bounded by their class.
-    extra_bytes = float(delta.bytes[:3].sum()) - float(workload_sizes.sum())
+    extra_bytes = float(delta.bytes.sum()) - float(workload_sizes.sum())
     assert extra_bytes >= 0
     extra_strata = [bounds.unknown_sizes_stratum(
         RATES[c], float(delta.bytes[dd][c]) - (workload_bytes(c) if dd == d else 0.0), LARGEST[c])
-        for dd in range(3) for c in (SMALL, MEDIUM)]
+        for dd in range(len(DOMAINS)) for c in (SMALL, MEDIUM)]
     # The domain's estimate also moves when a block sampled before the window is freed in it (the
     # interpreter frees old blocks at any time): those free records, told apart by address, are
     # added back; other requests of the domain in the window could only add live bytes.

@@ -8,13 +8,15 @@ classic mistake of weighting frequency-guaranteed samples 1/p as if they had bee
 """
 import pytest
 
+from memscope_otel.records import DOMAINS
+
 from .window import MEDIUM, SMALL
 
 CLASSES = {"small": SMALL, "medium": MEDIUM}
 
 
 def _powered_checks(run):
-    d = ["obj", "mem", "raw"].index(run.case.domain)
+    d = DOMAINS.index(run.case.domain)
     for name in run.case.powered:
         cls = CLASSES[name]
         for what in ("count", "bytes"):

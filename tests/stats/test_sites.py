@@ -85,7 +85,7 @@ def test_site_estimates_within_tolerance(workload, seed):
             k[3] = max(k[3], s)
     # Everything else in the window: the exact counters minus the workload.
     extra_count, extra_bytes, extra_strata_n, extra_strata_b = 0, 0, [], []
-    for d in range(3):
+    for d in range(len(DOMAINS)):
         for c in (SMALL, MEDIUM, LARGE):
             n_w, b_w = known.get((d, c), [0, 0.0])[:2]
             en, eb = int(delta.allocations[d][c]) - n_w, int(delta.bytes[d][c]) - b_w

@@ -2,6 +2,8 @@
 the variance-derived tolerance of the exact counts of the same run (several rates and seeds)."""
 import numpy as np
 
+from memscope_otel.records import DOMAINS
+
 from . import bounds
 from .window import LARGE, MEDIUM, SMALL
 
@@ -24,6 +26,6 @@ def test_large_requests_are_counted_exactly(class_run):
 
 def test_summary_is_the_weighted_sum_of_the_records(class_run):
     # The reducer's sums equal the same sums taken in numpy over the drained records.
-    d = ["obj", "mem", "raw"].index(class_run.case.domain)
+    d = DOMAINS.index(class_run.case.domain)
     np.testing.assert_allclose(class_run.delta.est_bytes[d], class_run.records.weighted_bytes[d], rtol=1e-12)
     np.testing.assert_allclose(class_run.delta.est_count[d], class_run.records.weighted_count[d], rtol=1e-12)

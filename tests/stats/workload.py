@@ -12,7 +12,7 @@ import sysconfig
 
 import numpy as np
 
-DOMAINS = {"obj": 0, "mem": 1, "raw": 2}
+DOMAINS = {"obj": 0, "mem": 1, "raw": 2, "native": 4}  # MS_DOMAIN_*; native: the C library called from here
 
 CDEF = """
 size_t churn(int domain, const uint64_t *sizes, size_t n, size_t repeat);
@@ -27,12 +27,14 @@ size_t regrow_where(int domain, uintptr_t *blocks, const uint64_t *sizes, const 
 SOURCE = r"""
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 static void *allocate(int domain, size_t size)
 {
     switch (domain) {
     case 0: return PyObject_Malloc(size);
     case 1: return PyMem_Malloc(size);
+    case 4: return malloc(size);
     default: return PyMem_RawMalloc(size);
     }
 }
@@ -42,6 +44,7 @@ static void *allocate_zeroed(int domain, size_t size)
     switch (domain) {
     case 0: return PyObject_Calloc(1, size);
     case 1: return PyMem_Calloc(1, size);
+    case 4: return calloc(1, size);
     default: return PyMem_RawCalloc(1, size);
     }
 }
@@ -51,6 +54,7 @@ static void *reallocate(int domain, void *p, size_t size)
     switch (domain) {
     case 0: return PyObject_Realloc(p, size);
     case 1: return PyMem_Realloc(p, size);
+    case 4: return realloc(p, size);
     default: return PyMem_RawRealloc(p, size);
     }
 }
@@ -60,6 +64,7 @@ static void deallocate(int domain, void *p)
     switch (domain) {
     case 0: PyObject_Free(p); break;
     case 1: PyMem_Free(p); break;
+    case 4: free(p); break;
     default: PyMem_RawFree(p); break;
     }
 }
