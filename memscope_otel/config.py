@@ -181,6 +181,31 @@ class NameSet:
         return ",".join(value)
 
 
+class Choice:
+    """One of fixed names (case ignored)."""
+
+    def __init__(self, choices: tuple[str, ...]):
+        self.choices = choices
+        self.accepted = f"one of {{{', '.join(choices)}}}"
+
+    def from_text(self, text: str) -> str:
+        """Parse an environment-variable value."""
+        name = text.strip().lower()
+        if name not in self.choices:
+            raise ValueError(f"unknown name {_clip(name)!r}")
+        return name
+
+    def from_value(self, value: Any) -> str:
+        """Check a keyword-argument value: one of the names."""
+        if isinstance(value, str):
+            return self.from_text(value)
+        raise ValueError("not a name")
+
+    def to_text(self, value: str) -> str:
+        """The value as it would be written in the environment."""
+        return value
+
+
 class FilePath:
     """A file path; None (unset) means the feature is off."""
 
@@ -213,7 +238,7 @@ class Setting:
     """One row of the settings table: its name, its kind (type and accepted values), default, meaning."""
 
     name: str
-    kind: Flag | Integer | Real | NameSet | FilePath
+    kind: Flag | Integer | Real | NameSet | Choice | FilePath
     default: Any
     meaning: str
 
@@ -289,6 +314,12 @@ SETTINGS: tuple[Setting, ...] = (
             "at once)."),
     Setting("DUMP_PATH", FilePath(), None,
             "Also write every sampled record to this binary dump file; unset writes no dump."),
+    Setting("PROFILES_EXPORTER", Choice(("none", "otlp")), "none",
+            "`otlp` pushes the allocation profile of each interval and the current heap profile as OTLP "
+            "profiles (`profiles/v1development`) to the endpoint of the standard `OTEL_EXPORTER_OTLP_*` "
+            "variables (`OTEL_EXPORTER_OTLP_PROFILES_*` first)."),
+    Setting("PROFILES_INTERVAL", Integer(1, 86400), 60,
+            "Seconds between two profile pushes."),
     Setting("SEED", Integer(0, 2**64 - 1), 0,
             "Seed of the sampling countdowns; 0 seeds from the clock, a fixed seed makes sampling reproducible."),
 )

@@ -99,6 +99,7 @@ class Tracker:
         self._meter_provider = meter_provider
         self.listeners = []  # callables(snapshot), e.g. the optimizer, after each refresh
         self.optimizer = None  # the PerformanceOptimizer while OTEL_PYTHON_MEMSCOPE_ADAPTIVE is true
+        self.profiles = None  # the ProfilePusher while OTEL_PYTHON_MEMSCOPE_PROFILES_EXPORTER=otlp
         self._child_pending = False  # a forked child's drainer etc. not started yet
         self._child_forked_at = 0.0
 
@@ -192,6 +193,8 @@ class Tracker:
             meter = provider.get_meter("memscope_otel", _version())
             self.producer = Producer(meter, self, self.config.max_sites)
             _process.remember(provider, self.producer)
+        if self.config.profiles_exporter == "otlp":
+            self._start_profiles(provider)
         if self.config.adaptive:
             from .optimizer import PerformanceOptimizer
 
@@ -201,6 +204,24 @@ class Tracker:
             except Exception:  # the tracker keeps running with fixed rates
                 log.exception("memscope optimizer failed to start; sampling rates stay fixed")
                 self.optimizer = None
+
+    def _start_profiles(self, provider):
+        from . import profiles_otlp
+        from .profiles import IntervalProfiles
+        from .profiles_push import ProfilePusher
+
+        def per_site():
+            self.drainer.drain()
+            return self._estimates(sampler.read_counters())[1]
+
+        try:
+            self.profiles = ProfilePusher(IntervalProfiles(per_site).build,
+                                          profiles_otlp.ProfilesExporter(profiles_otlp.from_env()),
+                                          _resource_attributes(provider), self.config.profiles_interval, _version())
+            self.profiles.start()
+        except Exception:  # the metrics go on without profiles
+            log.exception("memscope profiles exporter failed to start; no profiles are pushed")
+            self.profiles = None
 
     def stop(self):
         self.start_in_child()  # a forked child's last records still reach its summary and dump
@@ -218,6 +239,8 @@ class Tracker:
             steps.callback(self.drainer.stop)
             if self.optimizer is not None:
                 steps.callback(self.optimizer.stop)
+            if self.profiles is not None:  # first: its last push drains
+                steps.callback(self.profiles.stop)
         # Collections after stop() keep reporting the final values (cumulative series must not
         # vanish or drop), without draining records that belong to a later tracker.
         self._final = self._snapshot()
@@ -231,8 +254,8 @@ class Tracker:
         self.drainer.drain()
         return self._snapshot(collected_for)
 
-    def _snapshot(self, collected_for=None):
-        counters = sampler.read_counters()
+    def _estimates(self, counters):
+        """(per_id, per_site, live bytes per domain) of the summary now (see Snapshot)."""
         with self.drainer.lock:
             summary = self.summary
             used = min(counters.ids_used, len(summary.id_bytes))
@@ -246,7 +269,11 @@ class Tracker:
                                                    ((k, *v) for k, v in summary.retired.items())):
                 sums = per_site.get(key)
                 per_site[key] = (b, c, live) if sums is None else (sums[0] + b, sums[1] + c, sums[2] + live)
-            live = summary.live_bytes.copy()
+            return per_id, per_site, summary.live_bytes.copy()
+
+    def _snapshot(self, collected_for=None):
+        counters = sampler.read_counters()
+        per_id, per_site, live = self._estimates(counters)
         snap = Snapshot(counters, sampler.rates(), tuple(self.config.domains), live, per_id, per_site, collected_for)
         for listener in self.listeners:
             try:
@@ -297,8 +324,21 @@ class Tracker:
         self.drainer.sites = self.resolver
         if self.optimizer is not None:
             self.optimizer.after_fork_child(self.drainer)
+        if self.profiles is not None:
+            self.profiles.after_fork_child()
         self._dumped_ids, self._unlabelled = {}, {}
         self.drainer.start()
+
+
+def _resource_attributes(provider):
+    """The resource the metrics carry: the SDK MeterProvider's, else one made from the
+    environment as the SDK would (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES)."""
+    resource = getattr(getattr(provider, "_sdk_config", None), "resource", None)
+    if resource is None:
+        from opentelemetry.sdk.resources import Resource
+
+        resource = Resource.create()
+    return dict(resource.attributes)
 
 
 def _version():

@@ -61,3 +61,26 @@ def test_commented_remote_write_alternative_is_valid_when_uncommented():
     exporter = yaml.safe_load("\n".join(block))["prometheusremotewrite"]
     assert exporter["endpoint"].endswith("/api/v1/write")
     assert exporter["resource_to_telemetry_conversion"] == {"enabled": True}
+
+
+def test_commented_profiles_pipeline_is_valid_when_uncommented():
+    """Uncommenting the profiles exporter and pipeline (as the file says) gives a pipeline whose
+    components are all defined, with the feature gate the Collector needs named next to it."""
+    text = CONFIG_PATH.read_text()
+    assert "--feature-gates=service.profilesSupport" in text
+    lines = text.splitlines()
+    out = []
+    uncommenting = False
+    for line in lines:
+        if line.strip() in ("# otlp/profiles:", "# profiles:"):
+            uncommenting = True
+        elif not line.strip().startswith("#"):
+            uncommenting = False
+        out.append(line.replace("# ", "", 1) if uncommenting else line)
+    config = yaml.safe_load("\n".join(out))
+    assert config["exporters"]["otlp/profiles"]["endpoint"]
+    profiles = config["service"]["pipelines"]["profiles"]
+    assert profiles["receivers"] == ["otlp"] and profiles["exporters"] == ["otlp/profiles"]
+    for section in ("receivers", "processors", "exporters"):
+        for name in profiles[section]:
+            assert name in config[section], f"{section}: {name} used but not defined"

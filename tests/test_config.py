@@ -33,6 +33,8 @@ EXPECTED_RANGE = {
     "MAX_SITES": "[1, 1000]",
     "DRAIN_INTERVAL_MS": "[10, 60000]",
     "DUMP_PATH": "file path",
+    "PROFILES_EXPORTER": "{none, otlp}",
+    "PROFILES_INTERVAL": "[1, 86400]",
     "SEED": "[0, 2**64-1]",
 }
 
@@ -54,6 +56,8 @@ EXPECTED_DEFAULTS = Config(
     max_sites=50,
     drain_interval_ms=200,
     dump_path=None,
+    profiles_exporter="none",
+    profiles_interval=60,
     seed=0,
 )
 
@@ -77,6 +81,8 @@ GOOD_TEXT = {
     "MAX_SITES": [("1", 1), ("1000", 1000), ("7", 7)],
     "DRAIN_INTERVAL_MS": [("10", 10), ("60000", 60000)],
     "DUMP_PATH": [("/tmp/memscope.dump", "/tmp/memscope.dump"), ("rel dir/x.msd", "rel dir/x.msd")],
+    "PROFILES_EXPORTER": [("otlp", "otlp"), (" OTLP ", "otlp"), ("none", "none")],
+    "PROFILES_INTERVAL": [("1", 1), ("86400", 86400), ("15", 15)],
     "SEED": [("0", 0), ("42", 42), (str(2**64 - 1), 2**64 - 1)],
 }
 
@@ -92,6 +98,8 @@ def bad_texts(setting):
         return ["abc", "nan", "inf", "-inf", repr(kind.low - 0.5), repr(kind.high + 0.5)]
     if isinstance(kind, config.NameSet):
         return ["heap", ",", " , ", "obj,heap", "obj;mem"]
+    if isinstance(kind, config.Choice):
+        return ["grpc", "otlp,none", "o tlp"]
     if isinstance(kind, config.FilePath):
         return ["a\0b"]
     raise AssertionError(f"no bad values written for {type(kind).__name__}")
@@ -108,6 +116,8 @@ def bad_values(setting):
         return ["abc", True, float("nan"), float("inf"), kind.low - 0.5, kind.high + 0.5]
     if isinstance(kind, config.NameSet):
         return ["heap", "", [], ["obj", "heap"], 5, [1], b"obj"]
+    if isinstance(kind, config.Choice):
+        return ["grpc", "", 1, ["otlp"], b"otlp"]
     if isinstance(kind, config.FilePath):
         return [5, b"/tmp/x", "a\0b"]
     raise AssertionError(f"no bad values written for {type(kind).__name__}")
@@ -229,7 +239,7 @@ def test_keyword_arguments_beat_the_environment(caplog):
         "max_ring_memory": 2**30, "live_table_max_entries": 2**20,
         "enable_simd": True, "adaptive": True, "max_sites": 3, "drain_interval_ms": 50,
         "optimizer_high_water": 0.9, "optimizer_low_water": 0.2, "optimizer_rate_floor": 0.5,
-        "dump_path": pathlib.Path("/tmp/other.dump"), "seed": 99,
+        "dump_path": pathlib.Path("/tmp/other.dump"), "seed": 99, "profiles_exporter": "none", "profiles_interval": 30,
     }
     assert set(overrides) == set(SETTINGS_BY_KEYWORD)
     loaded = load_config(environ, **overrides)

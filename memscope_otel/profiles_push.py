@@ -1,0 +1,119 @@
+"""The periodic push of profiles (``OTEL_PYTHON_MEMSCOPE_PROFILES_EXPORTER=otlp``): every
+``PROFILES_INTERVAL`` seconds the interval's allocation profile and the current heap profile go
+to the Collector as one OTLP profiles request (``profiles_otlp``).
+
+Two threads of the tracker's own (their allocations are not counted): one builds and encodes a
+request each interval and puts it in a queue of ``QUEUE_REQUESTS``; the other sends. A Collector
+that is down or slow only fills that queue: a request that finds it full is dropped and counted
+(``stats``), so the application pays for at most that many encoded requests in memory and for the
+building, never for a wait on the network.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from . import sampler
+from .profiles_otlp import ExportError, encode_request
+
+logger = logging.getLogger(__name__)
+
+QUEUE_REQUESTS = 2
+
+
+class ProfilePusher:
+    """``build()`` returns the profiles of one push (a list of ``profiles_otlp.Profile``); the
+    pusher encodes them under ``resource_attributes`` and sends them with ``exporter``."""
+
+    def __init__(self, build, exporter, resource_attributes, interval_s, scope_version=""):
+        self.build = build
+        self.exporter = exporter
+        self.resource_attributes = dict(resource_attributes)
+        self.interval_s = interval_s
+        self.scope_version = scope_version
+        self.stats = {"built": 0, "sent": 0, "dropped": 0, "failed": 0, "last_export_s": 0.0,
+                      "last_request_bytes": 0, "build_s": 0.0}
+        self._failing = False
+        self._reset()
+
+    def _reset(self):
+        self._queue = queue.Queue(QUEUE_REQUESTS)
+        self._stop = threading.Event()
+        self._threads = []
+
+    def start(self):
+        self._threads = [threading.Thread(target=self._build_loop, name="memscope-profiles", daemon=True),
+                         threading.Thread(target=self._send_loop, name="memscope-profiles-send", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout=5.0):
+        """Pushes the last interval (if the queue has room) and ends both threads; a request still
+        waiting after ``timeout`` seconds is given up."""
+        if not self._threads:
+            return
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
+        self.exporter.close()
+
+    def after_fork_child(self):
+        """A forked child has none of the parent's threads: it starts its own."""
+        self.exporter.forget_connection()
+        self._reset()
+        self.start()
+
+    def push_now(self):
+        """Builds and queues one request now (the build thread's step); False when dropped."""
+        t0 = time.monotonic()
+        try:
+            profiles = self.build()
+            request = encode_request(profiles, self.resource_attributes, scope_version=self.scope_version)
+        except Exception:  # noqa: BLE001 - a failed build is the tracker's problem, not the application's
+            logger.exception("memscope could not build its profiles; this interval is skipped")
+            return False
+        self.stats["build_s"] = time.monotonic() - t0
+        self.stats["built"] += 1
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            self.stats["dropped"] += 1
+            return False
+        return True
+
+    def _build_loop(self):
+        sampler.ignore_this_thread()
+        while not self._stop.wait(self.interval_s):
+            self.push_now()
+        self.push_now()  # the last interval, at stop()
+        self._queue.put(None)  # (blocks only while the sender works through the queue)
+
+    def _send_loop(self):
+        sampler.ignore_this_thread()
+        while True:
+            request = self._queue.get()
+            if request is None:
+                return
+            t0 = time.monotonic()
+            try:
+                self.exporter.export(request)
+            except ExportError as exc:
+                self.stats["failed"] += 1
+                # One line when exports start failing and one when they work again, not one per
+                # interval: a Collector that is down must not also fill the application's log.
+                if not self._failing:
+                    logger.warning("memscope profiles export failed: %s (retrying every interval; counted "
+                                   "as failed, the application is not affected)", exc)
+                    self._failing = True
+                continue
+            finally:
+                self.stats["last_export_s"] = time.monotonic() - t0
+            self.stats["sent"] += 1
+            self.stats["last_request_bytes"] = request.ByteSize()
+            if self._failing:
+                logger.warning("memscope profiles export works again")
+                self._failing = False

@@ -1,0 +1,86 @@
+"""An OTLP profiles receiver on the official ``opentelemetry-proto`` stubs: the
+``ProfilesService`` on a ``grpc.server`` and ``POST /v1development/profiles`` over HTTP (binary
+protobuf, optionally gzip-encoded), as a Collector with the profiles feature gate serves them.
+It keeps every request with the headers it came with, and can be told to answer slowly."""
+from __future__ import annotations
+
+import gzip
+import http.server
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2, profiles_service_pb2_grpc
+
+
+class ProfilesReceiver:
+    def __init__(self, delay_s=0.0):
+        self.delay_s = delay_s
+        self.requests = []  # (protocol, headers dict, ExportProfilesServiceRequest)
+        self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
+        self.grpc_port = self.http_port = None
+        self._grpc = self._http = None
+
+    def _keep(self, protocol, headers, request):
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        with self.arrived:
+            self.requests.append((protocol, headers, request))
+            self.arrived.notify_all()
+
+    def wait(self, n, timeout):
+        """The first ``n`` requests, waiting up to ``timeout`` seconds for them (fewer if they do
+        not come)."""
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while len(self.requests) < n and time.monotonic() < deadline:
+                self.arrived.wait(max(0.01, deadline - time.monotonic()))
+            return list(self.requests[:n])
+
+    def start(self):
+        receiver = self
+
+        class Service(profiles_service_pb2_grpc.ProfilesServiceServicer):
+            def Export(self, request, context):  # noqa: N802 - the stub's name
+                receiver._keep("grpc", dict(context.invocation_metadata()), request)
+                return profiles_service_pb2.ExportProfilesServiceResponse()
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        profiles_service_pb2_grpc.add_ProfilesServiceServicer_to_server(Service(), self._grpc)
+        self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
+        self._grpc.start()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != "/v1development/profiles":
+                    self.send_error(404)
+                    return
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                request = profiles_service_pb2.ExportProfilesServiceRequest()
+                request.ParseFromString(body)
+                receiver._keep("http", {k.lower(): v for k, v in self.headers.items()}, request)
+                reply = profiles_service_pb2.ExportProfilesServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http_port = self._http.server_address[1]
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self._grpc is not None:
+            self._grpc.stop(0)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()

@@ -1,0 +1,169 @@
+"""OTLP profiles pushed to a receiver built on the official ``opentelemetry-proto`` profiles
+service: over gRPC and over HTTP, with the standard ``OTEL_EXPORTER_OTLP_*`` variables, the
+metrics' resource, and the expected samples; a Collector that refuses connections or answers
+slowly costs the application nothing but a bounded queue, and what is dropped is counted."""
+import logging
+import os
+import time
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+
+import memscope_otel
+from memscope_otel import profiles_otlp, profiles_push, tracker as tracker_module
+from memscope_otel.profiles_otlp import Frame, Profile, decode_samples, encode_request
+
+from .profiles_receiver import ProfilesReceiver
+
+N_BLOCKS, BLOCK = 30, 200_000
+OTLP_VARIABLES = [k for k in os.environ if k.startswith("OTEL_EXPORTER_OTLP_")]
+
+
+@pytest.fixture
+def receiver():
+    r = ProfilesReceiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for key in OTLP_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+def allocate_known_blocks():
+    return [bytearray(BLOCK - 1) for _ in range(N_BLOCKS)]  # BLOCK bytes each (the NUL), large: weight 1
+
+
+KNOWN_LINE = allocate_known_blocks.__code__.co_firstlineno + 1
+
+
+def run_tracked(seconds=2.5, **settings):
+    """Starts memscope with profiles on, makes the known blocks, keeps them ``seconds`` (a push
+    happens meanwhile), stops; returns the tracker's per-site estimates at the end and the
+    pusher's stats."""
+    provider = MeterProvider(resource=Resource.create({"service.name": "profiled-app",
+                                                       "service.instance.id": "instance-7"}))
+    tracker = memscope_otel.start(meter_provider=provider, profiles_exporter="otlp", profiles_interval=1,
+                                  adaptive=False, **settings)
+    assert tracker is not None and tracker.profiles is not None
+    try:
+        kept = allocate_known_blocks()
+        time.sleep(seconds)
+        del kept
+    finally:
+        memscope_otel.stop()
+    per_site = tracker._final.per_site
+    return per_site, tracker.profiles.stats
+
+
+def known_site_estimate(per_site):
+    return sum(b for site, (b, _, _) in per_site.items()
+               if getattr(site, "file", None) == __file__ and site.line == KNOWN_LINE)
+
+
+def at_known_line(samples):
+    return sum(v for stack, v in samples.items() if stack[0].file == __file__ and stack[0].line == KNOWN_LINE)
+
+
+def check_requests(requests, per_site):
+    assert requests, "no profiles arrived"
+    space = inuse_max = 0
+    for _, _, request in requests:
+        resource = {kv.key: kv.value.string_value for kv in request.resource_profiles[0].resource.attributes}
+        assert resource["service.name"] == "profiled-app" and resource["service.instance.id"] == "instance-7"
+        decoded = decode_samples(request)
+        assert set(decoded) == {("alloc_objects", "count"), ("alloc_space", "bytes"), ("inuse_space", "bytes")}
+        space += at_known_line(decoded["alloc_space", "bytes"])
+        inuse_max = max(inuse_max, at_known_line(decoded["inuse_space", "bytes"]))
+    # The pushes add up to the cumulative estimate (rounded), which holds every known block
+    # exactly (large: weight 1) plus the list's own small, sampled allocations at that line.
+    assert space == round(known_site_estimate(per_site))
+    assert space >= N_BLOCKS * BLOCK
+    assert inuse_max >= N_BLOCKS * BLOCK  # a push while the blocks were live
+
+
+def test_grpc_push_with_headers_and_resource(receiver, clean_env):
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", f"http://127.0.0.1:{receiver.grpc_port}")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # the profiles one wins
+    clean_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team%20a,authorization=Bearer%20t")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    per_site, stats = run_tracked()
+    requests = receiver.wait(stats["sent"], timeout=10)
+    assert stats["sent"] >= 2 and stats["failed"] == 0 and stats["dropped"] == 0, stats
+    assert all(protocol == "grpc" for protocol, _, _ in requests)
+    assert requests[0][1]["x-tenant"] == "team a" and requests[0][1]["authorization"] == "Bearer t"
+    check_requests(requests, per_site)
+
+
+def test_http_push_gzip(receiver, clean_env):
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.http_port}")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROFILES_COMPRESSION", "gzip")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROFILES_HEADERS", "x-tenant=b")
+    per_site, stats = run_tracked()
+    requests = receiver.wait(stats["sent"], timeout=10)
+    assert stats["sent"] >= 2 and stats["failed"] == 0, stats
+    assert all(protocol == "http" for protocol, _, _ in requests)
+    assert requests[0][1]["content-encoding"] == "gzip" and requests[0][1]["x-tenant"] == "b"
+    check_requests(requests, per_site)
+
+
+def test_collector_refusing_connections_costs_one_log_line(clean_env, caplog):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    caplog.set_level(logging.WARNING, logger="memscope_otel")
+    _, stats = run_tracked(seconds=3.5)
+    assert stats["sent"] == 0 and stats["failed"] >= 3, stats
+    failures = [r for r in caplog.records if "profiles export failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in failures]
+
+
+def test_slow_collector_fills_only_a_bounded_queue(clean_env):
+    slow = ProfilesReceiver(delay_s=2.5).start()
+    try:
+        clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{slow.grpc_port}")
+        clean_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "20000")
+        t0 = time.monotonic()
+        _, stats = run_tracked(seconds=6.0)
+        elapsed = time.monotonic() - t0
+    finally:
+        slow.stop()
+    # Six or seven intervals built while the receiver takes 2.5 s a request: one in flight, two
+    # queued, the rest dropped and counted; stop() gave up on what was still waiting (5 s).
+    assert stats["built"] >= 5 and stats["dropped"] >= 1, stats
+    assert stats["sent"] + stats["dropped"] + profiles_push.QUEUE_REQUESTS + 1 >= stats["built"], stats
+    assert elapsed < 6.0 + 5.0 + 3.0  # the application waited for stop()'s bounded flush at most
+
+
+def test_bad_settings_warn_and_keep_defaults(clean_env, caplog):
+    caplog.set_level(logging.WARNING, logger="memscope_otel")
+    settings = profiles_otlp.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "udp", "OTEL_EXPORTER_OTLP_TIMEOUT": "-5",
+                                       "OTEL_EXPORTER_OTLP_PROFILES_COMPRESSION": "zstd"})
+    assert (settings.protocol, settings.timeout_s, settings.compression) == ("grpc", 10.0, "none")
+    text = " ".join(r.getMessage() for r in caplog.records)
+    for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_PROFILES_COMPRESSION"):
+        assert name in text
+    http = profiles_otlp.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                                   "OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4318/"})
+    assert http.endpoint == "https://collector:4318/v1development/profiles"
+
+
+def test_encoding_round_trips_and_shares_one_dictionary():
+    a, b = Frame("f", "/app/x.py", 3), Frame("g", "/app/y.py", 9)
+    profiles = [Profile("alloc_space", "bytes", {(a, b): 10, (b,): 5, (a,): 0}, 1_000, 2_000),
+                Profile("inuse_space", "bytes", {(a, b): 7}, 3_000)]
+    request = encode_request(profiles, {"service.name": "s"})
+    assert decode_samples(request) == {("alloc_space", "bytes"): {(a, b): 10, (b,): 5},
+                                       ("inuse_space", "bytes"): {(a, b): 7}}
+    table = request.dictionary
+    assert table.string_table[0] == "" and len(table.stack_table) == 3  # the zero stack, (a, b), (b,)
+    assert len(table.location_table) == 3 and len(table.function_table) == 3
+    assert tracker_module.current() is None
