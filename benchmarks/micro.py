@@ -37,6 +37,17 @@ def python_object_loop(n):
     return (time.perf_counter_ns() - t0) / n, (time.thread_time_ns() - c0) / n
 
 
+def python_bytearray_loop(n, sizes=tuple(range(1024, 8193, 509))):
+    """A Python-level loop making and dropping one bytearray of 1-8 KiB per iteration: a small
+    object and a medium buffer (which pymalloc hands on to the RAW allocator), as a caller sees
+    it, loop overhead included."""
+    k = len(sizes)
+    t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+    for i in range(n):
+        bytearray(sizes[i % k])
+    return (time.perf_counter_ns() - t0) / n, (time.thread_time_ns() - c0) / n
+
+
 def cases(loops, quick):
     """(label, callable returning (wall ns, cpu ns) per pair)."""
     scale = 0.25 if quick else 1.0
@@ -49,6 +60,7 @@ def cases(loops, quick):
         ("medium 2-8 KiB, MEM, pair", lambda: loops.pairs("mem", medium, n_medium)),
         ("large 64 KiB-1 MiB, RAW, pair", lambda: loops.pairs("raw", large, n_large)),
         ("python: object() per iteration", lambda: python_object_loop(n_py)),
+        ("python: bytearray(1-8 KiB) per iter", lambda: python_bytearray_loop(n_py // 2)),
     ]
 
 

@@ -141,7 +141,7 @@ void ms_thread_reset_sampling(ms_thread_t *t)
     t->epoch = ms_rate_epoch();
     ms_draw_countdown(t, MS_CLASS_SMALL);
     ms_draw_countdown(t, MS_CLASS_MEDIUM);
-    ms_arm_small(t);
+    ms_arm_fast(t);
 }
 
 static ms_thread_t *attach(void)

@@ -26,6 +26,9 @@ static _Atomic int g_active;
  * fast path when size - 1 < this, which in one compare says "counted, small class, not zero"
  * (size 0 wraps around). Written only through set_active, together with g_active. */
 static _Atomic uint64_t g_small_span[MS_DOMAINS];
+/* Per hooked domain: critical size - MS_MEDIUM_MIN while the domain is counted, else 0: the
+ * medium fast path's one compare, size - MS_MEDIUM_MIN < this (smaller sizes wrap around). */
+static _Atomic uint64_t g_medium_span[MS_DOMAINS];
 /* Per hooked domain: non-zero while the domain is counted and its next allocator is one of
  * CPython's own (see g_plain), so that a fast-path free may jump straight to it (below). */
 static _Atomic uint64_t g_fast_free[MS_DOMAINS];
@@ -77,6 +80,7 @@ static void set_active(int mask)
         int d = g_hooked[i];
         if (!(mask >> d & 1)) {
             atomic_store(&g_small_span[d], 0);
+            atomic_store(&g_medium_span[d], 0);
             atomic_store(&g_fast_free[d], 0);
         }
     }
@@ -85,6 +89,7 @@ static void set_active(int mask)
         int d = g_hooked[i];
         if (mask >> d & 1) {
             atomic_store(&g_small_span[d], MS_MEDIUM_MIN - 1);
+            atomic_store(&g_medium_span[d], atomic_load(&g_critical) - MS_MEDIUM_MIN);
             atomic_store(&g_fast_free[d], g_plain[d]);
         }
     }
@@ -204,7 +209,7 @@ __attribute__((always_inline)) static inline void on_alloc(ms_thread_t *t, int d
         ms_bump(&t->by_size[domain][ms_bucket_of(size)], 1);
     }
 
-    ms_sync_small(t);
+    ms_sync_fast(t, cls);
     bool frequency_slot = --t->freq_left <= 0;
     if (MS_UNLIKELY(frequency_slot))
         start_frequency_interval(t);
@@ -217,7 +222,7 @@ __attribute__((always_inline)) static inline void on_alloc(ms_thread_t *t, int d
     } else if (MS_UNLIKELY(--t->countdown[cls] <= 0)) {
         countdown_expired(t, domain, address, size, cls, event, site);
     }
-    ms_arm_small(t);
+    ms_arm_fast(t);
 }
 
 /* Emits the free record of a sampled block that has left the live table, with the block's live
@@ -458,10 +463,42 @@ __attribute__((noinline, cold)) static void *small_due(int domain, int v, size_t
     return general_malloc(domain, v, size);
 }
 
-/* The fast path of every small allocation that is not due for a sample: counted before the call,
- * so that nothing has to live across it (no register to save), and undone in the rare case the
- * allocator fails. Everything else (other classes, an event due, a thread not set
- * up yet, a nested or ignored call, a domain switched off) takes the general path. */
+/* The medium fast path's counterparts of the two above. */
+__attribute__((noinline, cold)) static void *uncount_medium(int domain)
+{
+    ms_thread_t *t = ms_tls_thread();
+    uint64_t size = ms_tls.request;
+    ms_bump(&t->bytes[domain][MS_CLASS_MEDIUM], -size);
+    ms_bump(&t->allocations[domain][MS_CLASS_MEDIUM], (uint64_t)-1);
+    ms_bump(&t->by_size[domain][ms_bucket_of_nonzero(size)], (uint64_t)-1);
+    t->medium_left++;
+    return NULL;
+}
+
+__attribute__((noinline)) static void *medium_due(int domain, int v, size_t size)
+{
+    ms_tls_thread()->medium_left++;
+    return general_malloc(domain, v, size);
+}
+
+/* Counted before the call to the next allocator, with the guard set around it, as below. */
+__attribute__((always_inline)) static inline void *counted_call(int domain, int v, size_t size, uintptr_t w)
+{
+    ms_tls.word = w + MS_GUARD_HOOK; /* w's guard bits are 0 */
+    ms_tls.request = size;
+    void *p = next_malloc(domain, v, size);
+    ms_tls.word -= MS_GUARD_HOOK;
+    return p;
+}
+
+/* The fast paths of every small and medium allocation that is not due for a sample: counted
+ * before the call, so that nothing has to live across it (no register to save), and undone in
+ * the rare case the allocator fails. The guard comes off by subtraction (nested calls leave the
+ * word alone: they see the guard and pass through) and the size for the undo waits in a
+ * thread-local slot (only these fast paths write it, and nested calls never take them). A
+ * nested call (pymalloc handing a medium block on to the RAW allocator) passes straight through
+ * without a call of its own. Everything else (large requests, an event due, a thread not set
+ * up yet, an ignored thread, a domain switched off) takes the general path. */
 __attribute__((always_inline)) static inline void *hook_malloc(int domain, int v, size_t size)
 {
     if (domain == MS_DOMAIN_RAW)
@@ -473,18 +510,27 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, int v
         if (MS_LIKELY(--t->small_left >= 0)) {
             ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
             ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
-            /* The guard comes off by subtraction (nested calls leave the word alone: they see
-             * the guard and pass through) and the size for the undo waits in a thread-local slot
-             * (only this fast path writes it, and nested calls never take it). */
-            ms_tls.word = w + MS_GUARD_HOOK; /* w's guard bits are 0 */
-            ms_tls.request = size;
-            void *p = next_malloc(domain, v, size);
-            ms_tls.word -= MS_GUARD_HOOK;
+            void *p = counted_call(domain, v, size, w);
             if (MS_UNLIKELY(p == NULL))
                 return uncount_small(domain);
             return p;
         }
         return small_due(domain, v, size);
+    }
+    if (w & MS_GUARD_HOOK)
+        return next_malloc(domain, v, size);
+    if (size - MS_MEDIUM_MIN < atomic_load_explicit(&g_medium_span[domain], memory_order_relaxed) &&
+        !(w & MS_TLS_FLAGS)) {
+        if (MS_LIKELY(--t->medium_left >= 0)) {
+            ms_bump(&t->bytes[domain][MS_CLASS_MEDIUM], size);
+            ms_bump(&t->allocations[domain][MS_CLASS_MEDIUM], 1);
+            ms_bump(&t->by_size[domain][ms_bucket_of_nonzero(size)], 1);
+            void *p = counted_call(domain, v, size, w);
+            if (MS_UNLIKELY(p == NULL))
+                return uncount_medium(domain);
+            return p;
+        }
+        return medium_due(domain, v, size);
     }
     return general_malloc(domain, v, size);
 }

@@ -105,12 +105,17 @@ typedef struct ms_thread {
     ms_counter_t allocations[MS_DOMAINS][MS_CLASSES];
     ms_counter_t by_size[MS_DOMAINS][MS_BUCKETS];
     ms_counter_t samples, dropped, live_untracked, slow_calls, slow_ns;
-    /* Sampling state, owning thread only. The fast path (small class, nothing due) decrements
-     * small_left alone: the small allocations it may still take before the next one due, which
-     * must go to the general path (min(freq_left, countdown[small]) - 1 when armed). The two
-     * countdowns it stands for are brought up to date (ms_sync_small) only on the general path. */
+    /* Sampling state, owning thread only. The fast paths (small or medium class, nothing due)
+     * decrement small_left or medium_left alone: the allocations of that class they may still
+     * take before one that must go to the general path. The countdowns they stand for are
+     * brought up to date (ms_sync_fast) only on the general path. The frequency slot is shared:
+     * the two fast paths together stop short of it (ms_arm_fast splits what is left of the
+     * interval between them by the thread's recent mix of the two classes). */
     int64_t small_left;
     int64_t small_armed;           /* small_left when last armed */
+    int64_t medium_left;
+    int64_t medium_armed;          /* medium_left when last armed */
+    uint32_t medium_share;         /* recent medium fraction of small+medium allocations, 2^-16 */
     int64_t freq_left;             /* allocations until the next frequency-guaranteed sample */
     int64_t countdown[2];          /* [small, medium]: allocations until the next Bernoulli hit */
     float weight[2];               /* 1/p of the rate each countdown was drawn with; 0 = none */
@@ -195,22 +200,47 @@ static inline void ms_thread_release(bool locked)
     if (MS_UNLIKELY(locked))
         ms_orphan_unlock();
 }
-/* Brings freq_left and countdown[small] up to date with the small allocations the fast path
- * counted since ms_arm_small. */
-static inline void ms_sync_small(ms_thread_t *t)
+/* Brings freq_left and the two countdowns up to date with the allocations the fast paths
+ * counted since ms_arm_fast, and folds their mix (with the general-path allocation of class
+ * cls that called this) into medium_share: a quarter of the new window, three quarters of the
+ * old estimate. */
+static inline void ms_sync_fast(ms_thread_t *t, int cls)
 {
-    int64_t used = t->small_armed - t->small_left;
-    t->freq_left -= used;
-    t->countdown[MS_CLASS_SMALL] -= used;
+    int64_t small = t->small_armed - t->small_left, medium = t->medium_armed - t->medium_left;
+    t->freq_left -= small + medium;
+    t->countdown[MS_CLASS_SMALL] -= small;
+    t->countdown[MS_CLASS_MEDIUM] -= medium;
     t->small_armed = t->small_left;
+    t->medium_armed = t->medium_left;
+    small += cls == MS_CLASS_SMALL;
+    medium += cls == MS_CLASS_MEDIUM;
+    if (small + medium > 0) {
+        uint64_t window = (uint64_t)medium * 65536u / (uint64_t)(small + medium);
+        t->medium_share = (uint32_t)((3u * (uint64_t)t->medium_share + window) / 4u);
+    }
 }
 
-/* After any change of freq_left or countdown[small]: the fast path may take small allocations
- * up to, not including, the first one due. */
-static inline void ms_arm_small(ms_thread_t *t)
+static inline int64_t ms_min64(int64_t a, int64_t b)
 {
-    int64_t f = t->freq_left, c = t->countdown[MS_CLASS_SMALL];
-    t->small_left = t->small_armed = (f < c ? f : c) - 1;
+    return a < b ? a : b;
+}
+
+/* After any change of freq_left or a countdown: each fast path may take allocations of its class
+ * up to, not including, its countdown's next hit, and both together fewer than freq_left (the
+ * slot goes to the general path). The medium path gets the share of the interval its recent
+ * part of the allocations asks for (at least one, if anything is left), the small path the rest;
+ * a path that runs out of its share early takes the general path once, which re-splits. */
+static inline void ms_arm_fast(ms_thread_t *t)
+{
+    int64_t room = t->freq_left - 1; /* >= 0: freq_left is at least 1 here */
+    /* room * share / 2^16 without overflow (room is near 2^63 with the frequency slot off) */
+    uint64_t r = (uint64_t)room, share = t->medium_share;
+    int64_t quota = (int64_t)((r >> 16) * share + (((r & 0xffffu) * share) >> 16));
+    if (quota == 0 && room > 0 && t->medium_share != 0)
+        quota = 1;
+    int64_t medium = ms_min64(t->countdown[MS_CLASS_MEDIUM] - 1, quota);
+    t->medium_left = t->medium_armed = medium;
+    t->small_left = t->small_armed = ms_min64(t->countdown[MS_CLASS_SMALL] - 1, room - medium);
 }
 
 /* Adds t's counters to out (the per-class small counts from small_by_size). */

@@ -2,9 +2,10 @@
 
 With both sampling rates at 0 and nothing large, the frequency slots are the only samples, so
 M allocations of one thread give M / N of them (up to the phase of the thread's countdown at the
-start). The small-allocation fast path moves one countdown that stands for both the frequency
-slot and the small class's countdown, and the general path (medium here) moves the two real
-ones: this checks that allocations of both kinds, interleaved, each count toward the slot.
+start). The small and medium fast paths each move one countdown that stands for their class's
+coin and their share of the frequency interval, and the general path moves the real ones: this
+checks that allocations of both kinds, interleaved, each count toward the slot, whichever path
+they take and however the interval was split between the two.
 """
 import numpy as np
 import pytest
