@@ -36,9 +36,6 @@ class ProfilePusher:
         self.stats = {"built": 0, "sent": 0, "dropped": 0, "failed": 0, "last_export_s": 0.0,
                       "last_request_bytes": 0, "build_s": 0.0}
         self._failing = False
-        self._reset()
-
-    def _reset(self):
         self._queue = queue.Queue(QUEUE_REQUESTS)
         self._stop = threading.Event()
         self._threads = []
@@ -60,12 +57,6 @@ class ProfilePusher:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
         self.exporter.close()
-
-    def after_fork_child(self):
-        """A forked child has none of the parent's threads: it starts its own."""
-        self.exporter.forget_connection()
-        self._reset()
-        self.start()
 
     def push_now(self):
         """Builds and queues one request now (the build thread's step); False when dropped."""

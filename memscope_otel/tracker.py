@@ -194,7 +194,7 @@ class Tracker:
             self.producer = Producer(meter, self, self.config.max_sites)
             _process.remember(provider, self.producer)
         if self.config.profiles_exporter == "otlp":
-            self._start_profiles(provider)
+            self._start_profiles(_resource_attributes(provider))
         if self.config.adaptive:
             from .optimizer import PerformanceOptimizer
 
@@ -205,7 +205,7 @@ class Tracker:
                 log.exception("memscope optimizer failed to start; sampling rates stay fixed")
                 self.optimizer = None
 
-    def _start_profiles(self, provider):
+    def _start_profiles(self, resource_attributes):
         from . import profiles_otlp
         from .profiles import IntervalProfiles
         from .profiles_push import ProfilePusher
@@ -217,7 +217,7 @@ class Tracker:
         try:
             self.profiles = ProfilePusher(IntervalProfiles(per_site).build,
                                           profiles_otlp.ProfilesExporter(profiles_otlp.from_env()),
-                                          _resource_attributes(provider), self.config.profiles_interval, _version())
+                                          resource_attributes, self.config.profiles_interval, _version())
             self.profiles.start()
         except Exception:  # the metrics go on without profiles
             log.exception("memscope profiles exporter failed to start; no profiles are pushed")
@@ -325,7 +325,10 @@ class Tracker:
         if self.optimizer is not None:
             self.optimizer.after_fork_child(self.drainer)
         if self.profiles is not None:
-            self.profiles.after_fork_child()
+            # The child's estimates start from zero, and the parent's threads and connection
+            # are not the child's: a pusher of its own, under the same resource.
+            self.profiles.exporter.forget_connection()
+            self._start_profiles(self.profiles.resource_attributes)
         self._dumped_ids, self._unlabelled = {}, {}
         self.drainer.start()
 

@@ -112,6 +112,46 @@ def test_http_push_gzip(receiver, clean_env):
     check_requests(requests, per_site)
 
 
+def allocate_in_child():
+    return [bytearray(BLOCK - 1) for _ in range(7)]
+
+
+CHILD_LINE = allocate_in_child.__code__.co_firstlineno + 1
+
+
+def test_forked_child_pushes_its_own_profiles(receiver, clean_env):
+    """A forked child has a pusher of its own (the parent's threads and connection stay the
+    parent's), and its allocation profile starts from its own zero."""
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.grpc_port}")
+    provider = MeterProvider(resource=Resource.create({"service.name": "forking-app"}))
+    memscope_otel.start(meter_provider=provider, profiles_exporter="otlp", profiles_interval=1, adaptive=False)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through the receiver and its status
+            code = 1
+            try:
+                memscope_otel.snapshot()  # a safe point: the child's tracker starts here
+                kept = allocate_in_child()
+                memscope_otel.stop()  # pushes the last interval
+                del kept
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        memscope_otel.stop()
+    deadline = time.monotonic() + 10
+    child_space = 0
+    while time.monotonic() < deadline and child_space == 0:
+        for _, _, request in receiver.wait(len(receiver.requests), timeout=0.5):
+            samples = decode_samples(request)[("alloc_space", "bytes")]
+            child_space += sum(v for stack, v in samples.items()
+                               if stack[0].file == __file__ and stack[0].line == CHILD_LINE)
+    # The seven blocks (large: weight 1), plus at most the list's own sampled small allocations.
+    assert 7 * BLOCK <= child_space < 7 * BLOCK + 100_000
+
+
 def test_collector_refusing_connections_costs_one_log_line(clean_env, caplog):
     import socket
 
