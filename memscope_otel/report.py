@@ -334,6 +334,19 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
                             DOMAINS[id_domain[i]], float(id_bytes[i]), float(id_count[i]), float(id_live[i]),
                             int(id_records[i])) for i in seen]
 
+    # A site is one id per (code object, bytecode offset): the calls on one line are one row.
+    merged = {}
+    for row in all_rows:
+        same = merged.get((row.label, row.domain))
+        if same is None:
+            merged[row.label, row.domain] = row
+        else:
+            same.est_bytes += row.est_bytes
+            same.est_count += row.est_count
+            same.live_bytes += row.live_bytes
+            same.records += row.records
+    all_rows = list(merged.values())
+
     def rows(candidates, field):
         ranked = sorted((r for r in candidates if getattr(r, field) > 0), key=lambda r: -getattr(r, field))
         return ranked[:top]

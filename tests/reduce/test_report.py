@@ -99,6 +99,24 @@ def test_html_escapes_labels(tmp_path):
     assert "<i>" not in page and "&lt;i&gt;evil" in page
 
 
+def test_calls_on_one_line_are_one_row(tmp_path):
+    """Two ids for one file:function:line (two bytecode offsets of the same line) are one row
+    with their sums; another line stays its own."""
+    path = tmp_path / "lines.msdump"
+    recs = np.zeros(3, dtype=RECORD_DTYPE)
+    recs["site"] = [20, 21, 22]
+    recs["weight"] = [2.0, 3.0, 1.0]
+    recs["size"] = [100, 1000, 50]
+    with DumpWriter(path, {}) as w:
+        w.write_strings({20: "/app/a.py:f:7", 21: "/app/a.py:f:7", 22: "/app/a.py:f:8"})
+        w.write_chunk(BASE_US, recs)
+    rows = {r.label: r for r in analyze(open_dump(path)).top_sites_by_bytes}
+    assert set(rows) == {"/app/a.py:f:7", "/app/a.py:f:8"}
+    assert (rows["/app/a.py:f:7"].est_bytes, rows["/app/a.py:f:7"].est_count, rows["/app/a.py:f:7"].records) \
+        == (3200.0, 5.0, 2)
+    assert rows["/app/a.py:f:8"].est_bytes == 50.0
+
+
 def test_empty_dump(tmp_path):
     path = tmp_path / "empty.msdump"
     DumpWriter(path, {}).close()
