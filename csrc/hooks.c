@@ -856,22 +856,6 @@ int ms_stop(void)
     return 0;
 }
 
-int ms_with_gil(void (*fn)(void), bool python_thread_only)
-{
-    /* Not during finalization: a thread that takes the GIL then never returns. */
-#if PY_VERSION_HEX >= 0x030D0000
-    bool running = Py_IsInitialized() && !Py_IsFinalizing();
-#else
-    bool running = Py_IsInitialized() && !_Py_IsFinalizing();
-#endif
-    if (!running || (python_thread_only && PyGILState_GetThisThreadState() == NULL))
-        return 0;
-    PyGILState_STATE gil = PyGILState_Ensure();
-    fn();
-    PyGILState_Release(gil);
-    return 1;
-}
-
 /* ---- the chain, checked while running ---- */
 
 bool ms_hooks_moved(void)

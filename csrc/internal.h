@@ -347,19 +347,17 @@ void ms_reduce_record(const ms_record_t *r, ms_summary_t *s);
 extern _Atomic(void *) ms_native_next[MS_NATIVE_FNS][MS_NATIVE_VARIANTS];
 extern void *const ms_native_wrapper[MS_NATIVE_FNS][MS_NATIVE_VARIANTS];
 /* Points the allocator entries of every loaded object (but the interpreter, the C library and
- * memscope) at the wrappers, and every object's dlopen at memscope's; call with the GIL. */
+ * memscope) at the wrappers, and every object's dlopen at memscope's. Any thread, no GIL needed
+ * (start() calls it with the GIL; it never waits for it). */
 void ms_native_install(void);
-/* Points every entry back at what it pointed to. Safe at any time, with the GIL. */
+/* Points every entry back at what it pointed to. Safe at any time, on any thread. */
 void ms_native_uninstall(void);
 /* The drainer's check for objects loaded since the last pass by a dlopen that memscope's did
- * not see (a bare library name, a call from the C library itself): patches them, with the GIL. */
+ * not see (a bare library name, a call from the C library itself) and for objects a pass left
+ * for later (being loaded, entries not bound yet): patches them. No GIL. */
 void ms_native_poll(void);
 void ms_native_stats(uint64_t *objects, uint64_t *entries, uint64_t *skipped);
 void ms_native_fork_child(void); /* in the pthread_atfork child handler */
-/* hooks.c: runs fn holding the GIL and returns 1; or returns 0 without running it while the
- * interpreter is not running, or when python_thread_only and the calling thread has no Python
- * thread state (taking the GIL inside a foreign library's call could deadlock it). */
-int ms_with_gil(void (*fn)(void), bool python_thread_only);
 
 /* ---- hooks.c: the allocator chain ---- */
 /* Whether some installed domain's allocator chain changed on top of our hook since it was last

@@ -4,7 +4,7 @@
  * function, filled in by the dynamic loader); pointing those entries at memscope's wrappers
  * (hooks.c) makes numpy's array data, C++ containers and every extension's own heap visible.
  * The only file that reads ELF structures or changes page protections. It knows nothing of
- * Python (ms_with_gil is its one contact), so that tests/native/elf_check.c can run it alone,
+ * Python, so that tests/core/elf_check.c can run it alone,
  * natively and under qemu-user for AArch64.
  *
  * Which objects: every loaded one but the interpreter (the executable and libpython, whose
@@ -16,23 +16,33 @@
  *
  * Objects loaded later: dlopen entries of every object (the interpreter's too: imports of
  * extension modules) point at memscope's, which patches new objects before returning. The
- * loader searches a bare library name along the caller's RPATH/RUNPATH chain, and it takes the
- * caller from the return address: a wrapper that called dlopen itself would search memscope's
- * paths instead. So a bare name is handed to the real dlopen by a jump, the caller's return
- * address untouched (the entry trampoline below), and the objects it loads are patched by the
- * drainer's next poll; names with a slash (every Python import, ctypes with a path) do not
- * depend on the caller and are patched before dlopen returns.
+ * loader searches a bare library name along the caller's RPATH/RUNPATH chain, and expands
+ * $ORIGIN in a name from the caller's directory; it takes the caller from the return address:
+ * a wrapper that called dlopen itself would search memscope's paths instead. So such names are
+ * handed to the real dlopen by a jump, the caller's return address untouched (the entry
+ * trampoline below), and the objects they load are patched by the drainer's next poll; other
+ * names (every Python import, ctypes with a path) do not depend on the caller and are patched
+ * before dlopen returns.
  *
- * Safety: a pass runs with the GIL (Python's imports call dlopen holding it, so no import is
- * half-loaded meanwhile) and under g_lock, inside dl_iterate_phdr, which holds the loader's
- * list lock: an object listed there is not unmapped before the callback returns (dlclose takes
- * it off the list under that lock before unmapping), so no pointer into an object is kept
- * between passes, and dlclose needs no wrapper. An object that another thread is loading at
- * that moment (listed before its relocation ends) is recognised by an entry not yet relocated
- * and left to a later pass. Entries inside the RELRO range are written between two mprotect
- * calls; every write is one aligned pointer store. The wrappers are never unloaded, so a
- * thread holding an old entry value still reaches a valid function after stop().
+ * Safety. A pass runs under g_lock inside dl_iterate_phdr, which holds the loader's list lock:
+ * an object listed there is not unmapped before the callback returns (dlclose takes it off the
+ * list under that lock before unmapping), so no pointer into an object is kept between passes,
+ * and dlclose needs no wrapper. The loader lists an object before it relocates it, and another
+ * thread may be relocating one during a pass (no lock of ours or Python's is held around every
+ * dlopen in a process): an object with RELRO pages is touched only once /proc/self/maps shows
+ * them read-only (the loader protects them when it is done with the object, and never writes
+ * them again), an object without them only in its entries already relocated. An entry that
+ * lazy binding has not bound yet (it still points at the object's own PLT) is left alone: its
+ * target is for the loader to decide (RTLD_DEEPBIND, an allocator among the object's own
+ * dependencies), and a later pass patches it once bound (passes retry such objects with a
+ * growing delay). No pass takes the GIL or waits for anything but g_lock and the loader's list
+ * lock, so a dlopen from any thread, even inside another object's constructor, cannot deadlock
+ * on one. Every write is one aligned pointer store; RELRO pages are made writable for it and
+ * read-only again. The wrappers are never unloaded, so a thread holding an old entry value
+ * still reaches a valid function after stop().
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 
 #include "internal.h"
@@ -72,11 +82,6 @@ static const char *const g_names[MS_NATIVE_FNS + 1] = {
     [MS_FN_DLOPEN] = "dlopen",
 };
 
-/* What each name resolves to in the global scope: the target of an entry that lazy binding has
- * not resolved yet (it still points at the object's own PLT). Looked up before a pass, since
- * dlsym must not run inside dl_iterate_phdr's callback (it takes the loader's other lock). */
-static void *g_global[MS_NATIVE_FNS + 1];
-
 /* The real dlopen, for the wrapper and the trampoline (hidden: the trampoline reads it
  * PC-relative). */
 __attribute__((visibility("hidden"))) void *(*ms_native_real_dlopen)(const char *, int);
@@ -98,6 +103,20 @@ static memo_t g_memo[MS_MEMO_MAX];
 static size_t g_memo_n;
 static _Atomic unsigned long long g_seen_adds, g_seen_subs; /* read by the poll without g_lock */
 static _Atomic uint64_t g_objects, g_entries, g_skipped; /* figures, for ms_read_counters */
+/* Objects a pass had to leave for later (being loaded, or entries not bound yet), and when the
+ * poll tries them again: after 0.2 s, then twice as long each time, up to 10 s. */
+static _Atomic uint64_t g_pending, g_retry_at_ns;
+static uint64_t g_retry_delay_ns;
+#define MS_RETRY_FIRST_NS 200000000ull
+#define MS_RETRY_MAX_NS 10000000000ull
+
+/* The read-only mappings of the process when a pass began (/proc/self/maps, adjacent ones
+ * merged), sorted by address: where the loader has protected an object's RELRO pages. */
+#define MS_RO_MAX 8192
+static struct {
+    uintptr_t lo, hi;
+} g_ro[MS_RO_MAX];
+static size_t g_ro_n;
 
 /* ---- the dlopen wrapper and its trampoline ---- */
 
@@ -105,10 +124,12 @@ void *ms_native_dlopen_path(const char *file, int mode);
 int ms_native_dlopen_bare(const char *file);
 static void patch_new_objects(void);
 
-/* Names with a slash (and NULL, the program itself) are found the same from any caller. */
+/* Names with a slash and no $ (and NULL, the program itself) are found the same from any caller:
+ * a name without a slash is searched along the caller's RPATH/RUNPATH, and $ORIGIN, $LIB and
+ * $PLATFORM are expanded from the caller's object. */
 __attribute__((visibility("hidden"))) int ms_native_dlopen_bare(const char *file)
 {
-    return file != NULL && strchr(file, '/') == NULL;
+    return file != NULL && (strchr(file, '/') == NULL || strchr(file, '$') != NULL);
 }
 
 __attribute__((visibility("hidden"))) void *ms_native_dlopen_path(const char *file, int mode)
@@ -151,6 +172,7 @@ __asm__(".text\n"
         ".hidden ms_native_dlopen_entry\n"
         ".type ms_native_dlopen_entry, %function\n"
         "ms_native_dlopen_entry:\n"
+        "  hint #34\n" /* bti c: reached by an indirect branch (a no-op without BTI) */
         "  stp x29, x30, [sp, #-32]!\n"
         "  mov x29, sp\n"
         "  stp x0, x1, [sp, #16]\n"
@@ -276,15 +298,100 @@ static bool unrelocated(const object_t *o, uintptr_t value)
     return value == 0 || (o->base != 0 && value < o->hi - o->base);
 }
 
-/* Whether the loader is done with the object: its last PLT entry is relocated (relocation
- * processing does those last). Objects without PLT entries are taken as done. */
-static bool relocated(const object_t *o)
+/* ---- the read-only mappings ---- */
+
+/* Parses "lo-hi perms ..." at the start of a maps line; false if it is not one. */
+static bool parse_maps_line(const char *line, size_t n, uintptr_t *lo, uintptr_t *hi, bool *readonly)
 {
-    if (o->jmprel_n == 0)
-        return true;
-    void **slot = slot_of(o, &o->jmprel[o->jmprel_n - 1]);
-    return slot != NULL && !unrelocated(o, (uintptr_t)__atomic_load_n(slot, __ATOMIC_RELAXED));
+    uintptr_t v[2] = {0, 0};
+    size_t i = 0;
+    for (int k = 0; k < 2; k++) {
+        size_t digits = 0;
+        for (; i < n; i++, digits++) {
+            char c = line[i];
+            unsigned d = c >= '0' && c <= '9' ? (unsigned)(c - '0') : c >= 'a' && c <= 'f' ? (unsigned)(c - 'a' + 10) : 16;
+            if (d == 16)
+                break;
+            if (v[k] >> (sizeof(uintptr_t) * 8 - 4))
+                return false; /* more digits than an address has */
+            v[k] = v[k] << 4 | d;
+        }
+        if (digits == 0 || i >= n || line[i] != (k == 0 ? '-' : ' '))
+            return false;
+        i++;
+    }
+    if (i + 2 > n)
+        return false;
+    *lo = v[0];
+    *hi = v[1];
+    *readonly = line[i] == 'r' && line[i + 1] == '-';
+    return true;
 }
+
+static void add_readonly(uintptr_t lo, uintptr_t hi)
+{
+    if (g_ro_n > 0 && g_ro[g_ro_n - 1].hi == lo) {
+        g_ro[g_ro_n - 1].hi = hi;
+    } else if (g_ro_n < MS_RO_MAX) {
+        g_ro[g_ro_n].lo = lo;
+        g_ro[g_ro_n].hi = hi;
+        g_ro_n++;
+    }
+    /* (past MS_RO_MAX ranges, the objects above the last one kept are left for a later pass) */
+}
+
+/* Reads /proc/self/maps into g_ro, with a buffer on the stack: no allocation, so that it may
+ * run on any thread at any time. Empty if the file cannot be read (then only objects without
+ * RELRO pages are patched). */
+static void read_readonly_ranges(void)
+{
+    g_ro_n = 0;
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char buf[4096];
+    size_t have = 0;
+    for (;;) {
+        ssize_t got = read(fd, buf + have, sizeof buf - have);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        have += (size_t)got;
+        size_t start = 0;
+        for (size_t i = 0; i < have; i++) {
+            if (buf[i] != '\n')
+                continue;
+            uintptr_t lo, hi;
+            bool ro;
+            if (parse_maps_line(buf + start, i - start, &lo, &hi, &ro) && ro)
+                add_readonly(lo, hi);
+            start = i + 1;
+        }
+        if (start == 0 && have == sizeof buf)
+            start = have; /* a line longer than the buffer (a long path): only its start matters,
+                             and it was not a complete line; drop it */
+        memmove(buf, buf + start, have - start);
+        have -= start;
+    }
+    close(fd);
+}
+
+/* Whether [lo, hi) lies inside one read-only mapping (adjacent ones merged). */
+static bool readonly(uintptr_t lo, uintptr_t hi)
+{
+    size_t a = 0, b = g_ro_n;
+    while (a < b) {
+        size_t m = a + (b - a) / 2;
+        if (g_ro[m].hi <= lo)
+            a = m + 1;
+        else
+            b = m;
+    }
+    return a < g_ro_n && g_ro[a].lo <= lo && hi <= g_ro[a].hi;
+}
+
+/* ---- entries ---- */
 
 /* Which patched name a relocation names (-1: none): an imported symbol, by name. */
 static int name_of(const object_t *o, const ElfW(Rela) *r, enum role role)
@@ -303,12 +410,18 @@ static int name_of(const object_t *o, const ElfW(Rela) *r, enum role role)
     return -1;
 }
 
-/* Writes one GOT slot, making its page writable for the moment if the loader protected it. */
-static bool write_slot(const object_t *o, void **slot, void *value)
+static bool in_relro(const object_t *o, void **slot)
 {
     uintptr_t at = (uintptr_t)slot;
-    bool protected = at >= o->relro_lo && at < o->relro_hi;
-    void *page = (void *)(at & ~(uintptr_t)(g_page - 1));
+    return at >= o->relro_lo && at < o->relro_hi;
+}
+
+/* Writes one GOT slot. A slot on a RELRO page (which the caller has seen read-only) is written
+ * between making the page writable and read-only again; others are writable as they are. */
+static bool write_slot(const object_t *o, void **slot, void *value)
+{
+    bool protected = in_relro(o, slot);
+    void *page = (void *)((uintptr_t)slot & ~(uintptr_t)(g_page - 1));
     if (protected && mprotect(page, g_page, PROT_READ | PROT_WRITE) != 0)
         return false;
     __atomic_store_n(slot, value, __ATOMIC_RELEASE);
@@ -344,20 +457,8 @@ static int variant_for(int fn, void *target)
     return -1;
 }
 
-/* ---- passes ---- */
-
-typedef struct {
-    bool restore;
-    bool first;
-} pass_t;
-
-static void *replacement(int fn, void *current, const object_t *o)
+static void *replacement(int fn, void *target)
 {
-    void *target = current;
-    if ((uintptr_t)current >= o->lo && (uintptr_t)current < o->hi)
-        target = g_global[fn]; /* lazy binding: still the object's own PLT stub */
-    if (target == NULL)
-        return NULL;
     if (fn == MS_FN_DLOPEN)
         return target == (void *)ms_native_real_dlopen ? (void *)ms_native_dlopen_entry : NULL;
     int v = variant_for(fn, target);
@@ -369,6 +470,17 @@ static void *original(int fn, int v)
     return fn == MS_FN_DLOPEN ? (void *)ms_native_real_dlopen : atomic_load(&ms_native_next[fn][v]);
 }
 
+/* ---- passes ---- */
+
+typedef struct {
+    bool restore;
+    bool first;
+    bool stale;                      /* objects came or went since the pass began */
+    unsigned long long adds, subs;   /* the loader's counts when it began */
+    uint64_t pending;                /* objects left for a later pass */
+    uint64_t written;                /* entries pointed at the wrappers by this pass */
+} pass_t;
+
 static bool memoized(uintptr_t base)
 {
     for (size_t i = 0; i < g_memo_n; i++)
@@ -377,8 +489,12 @@ static bool memoized(uintptr_t base)
     return false;
 }
 
+typedef struct {
+    uint32_t entries, skipped, unbound;
+} tally_t;
+
 static void patch_relocations(const object_t *o, const ElfW(Rela) *rels, size_t n, enum role role, bool restore,
-                              uint32_t *entries, uint32_t *skipped)
+                              bool relro_ready, tally_t *tally, uint64_t *written)
 {
     for (size_t i = 0; i < n; i++) {
         int fn = name_of(o, &rels[i], role);
@@ -387,6 +503,10 @@ static void patch_relocations(const object_t *o, const ElfW(Rela) *rels, size_t 
         void **slot = slot_of(o, &rels[i]);
         if (slot == NULL)
             continue;
+        if (in_relro(o, slot) && !relro_ready) {
+            tally->skipped += !restore && fn != MS_FN_DLOPEN;
+            continue;
+        }
         void *current = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
         int v = wrapper_variant(fn, current);
         if (restore) {
@@ -395,34 +515,56 @@ static void patch_relocations(const object_t *o, const ElfW(Rela) *rels, size_t 
             continue;
         }
         if (v >= 0) {
-            *entries += 1;
+            tally->entries += 1;
             continue;
         }
-        void *ours = replacement(fn, current, o);
-        if (ours != NULL && write_slot(o, slot, ours))
-            *entries += 1;
-        else if (fn != MS_FN_DLOPEN)
-            *skipped += 1;
+        /* Not bound yet (lazy binding: the object's own PLT stub), or not relocated yet (being
+         * loaded): the loader decides its target; a later pass looks again. */
+        if (unrelocated(o, (uintptr_t)current) || ((uintptr_t)current >= o->lo && (uintptr_t)current < o->hi)) {
+            tally->unbound += 1;
+            continue;
+        }
+        void *ours = replacement(fn, current);
+        if (ours != NULL && write_slot(o, slot, ours)) {
+            tally->entries += 1;
+            *written += 1;
+        } else if (fn != MS_FN_DLOPEN)
+            tally->skipped += 1;
     }
 }
 
 static int visit(struct dl_phdr_info *info, size_t size, void *data)
 {
-    (void)size;
     pass_t *pass = data;
     bool first = pass->first;
     pass->first = false;
+    if (!pass->restore && size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs &&
+        (info->dlpi_adds != pass->adds || info->dlpi_subs != pass->subs)) {
+        pass->stale = true; /* the read-only map may describe another object at this address */
+        return 1;
+    }
     enum role role = role_of(info, first);
     if (role == ROLE_SKIP || (!pass->restore && memoized(info->dlpi_addr)))
         return 0;
     object_t o;
-    if (!read_object(info, &o) || (!pass->restore && !relocated(&o)))
+    if (!read_object(info, &o))
         return 0;
-    uint32_t entries = 0, skipped = 0;
-    patch_relocations(&o, o.rela, o.rela_n, role, pass->restore, &entries, &skipped);
-    patch_relocations(&o, o.jmprel, o.jmprel_n, role, pass->restore, &entries, &skipped);
-    if (!pass->restore && g_memo_n < MS_MEMO_MAX)
-        g_memo[g_memo_n++] = (memo_t){info->dlpi_addr, entries, skipped};
+    /* RELRO pages not read-only yet: the loader is still relocating the object (or someone
+     * else changed them); leave them alone. Restoring writes only to pages seen read-only. */
+    bool relro_ready = o.relro_lo < o.relro_hi && readonly(o.relro_lo, o.relro_hi);
+    if (!pass->restore && o.relro_lo < o.relro_hi && !relro_ready) {
+        pass->pending++;
+        return 0;
+    }
+    tally_t tally = {0, 0, 0};
+    patch_relocations(&o, o.rela, o.rela_n, role, pass->restore, relro_ready, &tally, &pass->written);
+    patch_relocations(&o, o.jmprel, o.jmprel_n, role, pass->restore, relro_ready, &tally, &pass->written);
+    if (pass->restore)
+        return 0;
+    if (tally.unbound > 0)
+        pass->pending++; /* looked at again by later passes until every entry is bound */
+    else if (g_memo_n < MS_MEMO_MAX)
+        g_memo[g_memo_n++] = (memo_t){info->dlpi_addr, tally.entries, tally.skipped};
     return 0;
 }
 
@@ -450,26 +592,32 @@ static void recount(void)
     atomic_store(&g_skipped, skipped);
 }
 
-/* One patching pass over the objects not seen yet; call under g_lock. */
+/* One patching pass over the objects not done yet; call under g_lock. */
 static void pass_locked(void)
 {
     unsigned long long counts[2] = {0, 0};
     dl_iterate_phdr(read_counts, counts);
     if (counts[1] != atomic_load(&g_seen_subs))
         g_memo_n = 0; /* something was unloaded: its address may now be another object's */
-    atomic_store(&g_seen_adds, counts[0]);
-    atomic_store(&g_seen_subs, counts[1]);
-    pass_t pass = {.restore = false, .first = true};
+    bool arrivals = counts[0] != atomic_load(&g_seen_adds);
+    read_readonly_ranges();
+    pass_t pass = {.restore = false, .first = true, .adds = counts[0], .subs = counts[1]};
     dl_iterate_phdr(visit, &pass);
+    /* A stale pass leaves the counts unseen, so the next poll passes again. */
+    atomic_store(&g_seen_adds, pass.stale ? 0 : counts[0]);
+    atomic_store(&g_seen_subs, pass.stale ? ~0ull : counts[1]);
+    uint64_t pending = pass.pending + pass.stale;
+    /* Entries wait for their first call to be bound, which may never come (a library's valloc
+     * entry): the delay grows while retries find nothing new, and starts over when objects
+     * arrive or a retry patches something. */
+    if (pending == 0 || arrivals || pass.written > 0)
+        g_retry_delay_ns = MS_RETRY_FIRST_NS;
+    if (pending > 0) {
+        atomic_store(&g_retry_at_ns, ms_now_ns() + g_retry_delay_ns);
+        g_retry_delay_ns = g_retry_delay_ns * 2 > MS_RETRY_MAX_NS ? MS_RETRY_MAX_NS : g_retry_delay_ns * 2;
+    }
+    atomic_store(&g_pending, pending);
     recount();
-}
-
-static void resolve_globals(void)
-{
-    for (int fn = 0; fn <= MS_FN_DLOPEN; fn++)
-        g_global[fn] = dlsym(RTLD_DEFAULT, g_names[fn]);
-    if (ms_native_real_dlopen == NULL)
-        ms_native_real_dlopen = (void *(*)(const char *, int))g_global[MS_FN_DLOPEN];
 }
 
 static void pass_if_installed(void)
@@ -483,13 +631,10 @@ static void pass_if_installed(void)
     ms_tls_set_guard(guard);
 }
 
-/* After a dlopen that found a new object. A Python thread (one that took the GIL, or released
- * it around dlopen) patches at once, holding the GIL; any other thread leaves it to the
- * drainer's poll rather than take the GIL inside a foreign library's call. */
+/* After a dlopen that found a new object: patched at once, on the calling thread. */
 static void patch_new_objects(void)
 {
-    if (!ms_with_gil(pass_if_installed, true))
-        ms_wake_drainer();
+    pass_if_installed();
 }
 
 int ms_native_supported(void)
@@ -507,8 +652,10 @@ void ms_native_install(void)
         if (dladdr((void *)ms_native_install, &self) != 0)
             g_self_base = (uintptr_t)self.dli_fbase;
     }
-    resolve_globals();
+    if (ms_native_real_dlopen == NULL)
+        ms_native_real_dlopen = (void *(*)(const char *, int))dlsym(RTLD_DEFAULT, "dlopen");
     g_memo_n = 0;
+    g_retry_delay_ns = MS_RETRY_FIRST_NS;
     atomic_store(&g_installed, 1);
     pass_locked();
     pthread_mutex_unlock(&g_lock);
@@ -518,9 +665,11 @@ void ms_native_uninstall(void)
 {
     pthread_mutex_lock(&g_lock);
     if (atomic_exchange(&g_installed, 0)) {
+        read_readonly_ranges();
         pass_t pass = {.restore = true, .first = true};
         dl_iterate_phdr(visit, &pass);
         g_memo_n = 0;
+        atomic_store(&g_pending, 0);
         recount();
     }
     pthread_mutex_unlock(&g_lock);
@@ -532,9 +681,10 @@ void ms_native_poll(void)
         return;
     unsigned long long counts[2] = {0, 0};
     dl_iterate_phdr(read_counts, counts);
-    if (counts[0] == atomic_load(&g_seen_adds) && counts[1] == atomic_load(&g_seen_subs))
-        return; /* (a pass racing these reads only costs one more pass) */
-    ms_with_gil(pass_if_installed, false);
+    bool changed = counts[0] != atomic_load(&g_seen_adds) || counts[1] != atomic_load(&g_seen_subs);
+    bool retry = atomic_load(&g_pending) > 0 && ms_now_ns() >= atomic_load(&g_retry_at_ns);
+    if (changed || retry) /* (a pass racing these reads only costs one more pass) */
+        pass_if_installed();
 }
 
 void ms_native_stats(uint64_t *objects, uint64_t *entries, uint64_t *skipped)

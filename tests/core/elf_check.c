@@ -8,15 +8,24 @@
  *   argv[4] lazily bound, loaded after install with RTLD_LAZY | RTLD_DEEPBIND.
  * (native.c is linked into this executable, so the executable counts as memscope itself here:
  * every dlopen of interest goes through argv[1].)
- * Prints one line per check and exits 1 on the first failure.
+ * Two more modes, for what a real process may do around a pass:
+ *   elf_check race LIB: a thread loads and unloads LIB (no PLT entries, full RELRO, thousands of
+ *     relocations: a long relocation window) while this one polls; no pass may touch the
+ *     object before the loader is done with it.
+ *   elf_check own-allocator LIB: LIB depends on an allocator of its own (it defines malloc and
+ *     free, tagging its blocks), loaded lazily with RTLD_DEEPBIND; its malloc entry is bound at
+ *     install, its free entry not yet: a block it allocated must reach that allocator's free.
+ * Prints one line per check; exits 1 if one failed.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -32,13 +41,6 @@ static int g_woken;
 void ms_wake_drainer(void)
 {
     g_woken = 1;
-}
-
-int ms_with_gil(void (*fn)(void), bool python_thread_only)
-{
-    (void)python_thread_only;
-    fn();
-    return 1;
 }
 
 _Atomic(void *) ms_native_next[MS_NATIVE_FNS][MS_NATIVE_VARIANTS];
@@ -172,8 +174,86 @@ static int read_only(const void *address)
     return result;
 }
 
+static const char *g_race_path;
+static _Atomic int g_race_done, g_race_failed;
+
+static void *race_loader(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 400; i++) {
+        void *h = dlopen(g_race_path, RTLD_NOW | RTLD_LOCAL);
+        if (h == NULL) {
+            fprintf(stderr, "dlopen %s: %s\n", g_race_path, dlerror());
+            atomic_store(&g_race_failed, 1);
+            break;
+        }
+        dlclose(h);
+    }
+    atomic_store(&g_race_done, 1);
+    return NULL;
+}
+
+static int race(const char *path)
+{
+    g_race_path = path;
+    ms_native_install();
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, race_loader, NULL) != 0)
+        return 2;
+    long polls = 0;
+    while (!atomic_load(&g_race_done)) {
+        ms_native_poll();
+        polls++;
+    }
+    pthread_join(thread, NULL);
+    ms_native_uninstall();
+    char text[96];
+    snprintf(text, sizeof text, "400 loads of an object racing %ld polls", polls);
+    /* (a pass that wrote into the object mid-relocation crashes the loader) */
+    check(!atomic_load(&g_race_failed), text);
+    return g_failed;
+}
+
+typedef void *(*user_malloc_fn)(size_t);
+typedef void (*user_free_fn)(void *);
+
+static int own_allocator(const char *path)
+{
+    void *lib = dlopen(path, RTLD_LAZY | RTLD_LOCAL | RTLD_DEEPBIND);
+    check(lib != NULL, "an object with an allocator of its own loads (RTLD_LAZY | RTLD_DEEPBIND)");
+    if (!lib)
+        return 1;
+    user_malloc_fn user_malloc = (user_malloc_fn)dlsym(lib, "user_malloc");
+    user_free_fn user_free = (user_free_fn)dlsym(lib, "user_free");
+    void *block = user_malloc(10); /* binds its malloc entry (to its own allocator), not free's */
+    check(memcmp((char *)block - 16, "MYALLOC!", 8) == 0, "its malloc is its own allocator's (a tagged block)");
+    ms_native_install();
+    user_free(block); /* its own allocator's free (it traps on a block of another) */
+    check(1, "a block of its own allocator reaches its own free after install");
+    long before = calls(MS_FN_MALLOC);
+    block = user_malloc(10);
+    user_free(block);
+    check(calls(MS_FN_MALLOC) - before == 1, "its bound malloc entry reaches the wrappers");
+    struct timespec wait = {0, 300000000}; /* past the first retry delay */
+    nanosleep(&wait, NULL);
+    ms_native_poll();
+    before = calls(MS_FN_FREE);
+    block = user_malloc(10);
+    user_free(block);
+    check(calls(MS_FN_FREE) - before == 1, "its free entry, bound since, reaches them after a retry");
+    ms_native_uninstall();
+    block = user_malloc(10);
+    user_free(block);
+    check(1, "after uninstall its entries still reach its own allocator");
+    return g_failed;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "race") == 0)
+        return race(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "own-allocator") == 0)
+        return own_allocator(argv[2]);
     if (argc != 5) {
         fprintf(stderr, "usage: elf_check RELRO_LIB LATER_LIB BARE_NAME LAZY_LIB\n");
         return 2;
@@ -205,12 +285,38 @@ int main(int argc, char **argv)
     ms_native_poll();
     if (bare)
         exercise(bare, 1, "that object, after the drainer's poll");
+    /* $ORIGIN is the caller's directory: argv[1]'s, where hidden/ lies. */
+    void *origin = probe_dlopen("$ORIGIN/hidden/libbare.so", RTLD_NOW | RTLD_LOCAL);
+    check(origin != NULL && origin == bare, "a $ORIGIN name expands from the caller's directory");
 #endif
 
     void *lazy = probe_dlopen(argv[4], LAZY_FLAGS);
     check(lazy != NULL, "a lazily bound object loaded with RTLD_DEEPBIND");
-    if (lazy)
-        exercise(lazy, 1, "that object");
+    if (lazy) {
+        /* Its PLT entries are bound at their first calls, by the loader; until then they are
+         * left alone (the loader decides where they lead), and the next retry patches them. */
+        alloc_fn probe_alloc = (alloc_fn)dlsym(lazy, "probe_alloc");
+        free_fn probe_free = (free_fn)dlsym(lazy, "probe_free");
+        realloc_fn probe_realloc = (realloc_fn)dlsym(lazy, "probe_realloc");
+        thread_fn probe_in_pthread = (thread_fn)dlsym(lazy, "probe_in_pthread");
+        void *blocks[1];
+        long before = calls(MS_FN_MALLOC);
+        probe_alloc(0, 100, blocks, 1);
+        check(calls(MS_FN_MALLOC) == before, "that object's malloc entry, not bound yet, is left to the loader");
+        probe_free(blocks, 1);
+        for (int k = 1; k < 8; k++) { /* binds the other entries */
+            probe_alloc(k, 100, blocks, 1);
+            probe_free(blocks, 1);
+        }
+        probe_alloc(0, 16, blocks, 1);
+        probe_realloc(blocks, 1, 64);
+        probe_free(blocks, 1);
+        probe_in_pthread(0, 64, 1);
+        struct timespec wait = {0, 300000000}; /* past the first retry delay */
+        nanosleep(&wait, NULL);
+        ms_native_poll();
+        exercise(lazy, 1, "that object, once its entries are bound");
+    }
 
     check(dlclose(later) == 0, "dlclose of a patched object");
     ms_native_poll();

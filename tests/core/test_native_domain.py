@@ -4,6 +4,8 @@ import concurrent.futures
 import ctypes
 import gc
 import os
+import subprocess
+import sys
 import threading
 import tracemalloc
 
@@ -308,3 +310,49 @@ def test_bare_library_name_still_found_through_its_callers_runpath(tracker, tmp_
     bare = Probe(hidden / "libbare.so")  # the same object, by path
     a, b, _ = window(lambda: bare.free(bare.alloc("malloc", 20000, 3)))
     assert (a, b) == (3, 60000)
+
+
+DEADLOCK_PROGRAM = r"""
+import ctypes, os, sys, threading, time
+import memscope_otel
+from opentelemetry.sdk.metrics import MeterProvider
+here = sys.argv[1]
+os.environ["INNER_LIB"] = os.path.join(here, "libinner.so")
+loader = ctypes.CDLL(os.path.join(here, "libloader.so"), mode=ctypes.RTLD_GLOBAL)
+loader.load.restype = ctypes.c_void_p
+loader.load.argtypes = [ctypes.c_char_p]
+memscope_otel.start(meter_provider=MeterProvider(), drain_interval_ms=60000, adaptive=False)
+# A Python thread loads a library with the GIL released (ctypes releases it around the call);
+# its constructor, slowly, loads a plugin by path through an object memscope patched, while the
+# main thread, holding the GIL, loads another library, as an import does.
+loaded = []
+thread = threading.Thread(target=lambda: loaded.append(loader.load(os.path.join(here, "libctor.so").encode())))
+thread.start()
+time.sleep(0.1)  # into the constructor
+ctypes.CDLL(os.path.join(here, "libother.so"))
+thread.join()
+memscope_otel.stop()
+print("done", bool(loaded[0]))
+"""
+
+
+def test_dlopen_inside_a_constructor_racing_an_import_does_not_deadlock(tmp_path):
+    """The loader's lock is held through a constructor; a pass must never wait for the GIL there
+    (the GIL's holder may be waiting for the loader's lock to import)."""
+    cc = os.environ.get("CC") or "cc"
+
+    def shared(name, source, *flags):
+        c = tmp_path / f"{name}.c"
+        c.write_text(source)
+        subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / f"lib{name}.so"), str(c), *flags],
+                       check=True, capture_output=True, text=True)
+
+    shared("loader", "#include <dlfcn.h>\nvoid *load(const char *p) { void *volatile h = dlopen(p, RTLD_NOW | RTLD_LOCAL); return h; }\n")
+    shared("inner", "int inner(void) { return 1; }\n")
+    shared("other", "int other(void) { return 2; }\n")
+    shared("ctor", "#include <stdlib.h>\n#include <unistd.h>\nextern void *load(const char *);\n"
+                   "__attribute__((constructor)) static void init(void) { usleep(300000); load(getenv(\"INNER_LIB\")); }\n",
+           f"-L{tmp_path}", "-lloader", f"-Wl,-rpath,{tmp_path}")
+    proc = subprocess.run([sys.executable, "-c", DEADLOCK_PROGRAM, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done True", proc.stdout + proc.stderr
