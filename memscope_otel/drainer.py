@@ -8,9 +8,8 @@ spends its time in C with the GIL released (cffi releases it around every call).
 """
 import logging
 import threading
-import time
-
 from . import sampler
+from .cpu_meter import CpuMeter
 
 log = logging.getLogger("memscope_otel")
 
@@ -32,14 +31,20 @@ class Drainer:
         # that is inside drain(); with a plain lock that thread would wait for itself forever.
         self.lock = threading.RLock()
         self._drain_owner = None  # the thread in drain() (it holds the lock), or None
-        # CPU time spent in drain() on any thread: records drained and reduced, sites resolved
-        # (read by the optimizer: the one collection cost that sampling rates change).
-        self.cpu_ns = 0
+        # CPU time spent in drain() on any thread: records drained and reduced, sites resolved,
+        # sinks fed (read by the optimizer: a cost that sampling rates change; and reported as
+        # memscope.tracker.cpu{memscope.component="drainer"}).
+        self.cpu = CpuMeter()
         # The site resolver: told before and after every complete drain (the reuse of site ids
         # counts drains, and new sites are resolved after each one). See memscope_otel/sites.py.
         self.sites = None
         self._stopping = threading.Event()
         self._thread = None
+
+    @property
+    def cpu_ns(self):
+        """CPU time spent draining on any thread, cumulative, in ns."""
+        return self.cpu.ns
 
     def start(self):
         self._stopping.clear()
@@ -73,19 +78,18 @@ class Drainer:
             if self._drain_owner is not None:  # (only this thread can be it: it holds the lock)
                 return 0
             self._drain_owner = threading.get_ident()
-            started = time.thread_time_ns()
             try:
-                if self.sites is not None:
-                    self.sites.before_drain()
-                moved = self._drain_locked()
-                if self.sites is not None:
-                    try:
-                        self.sites.after_drain(self.summary)
-                    except Exception:  # the records are in the summary: only ids wait longer
-                        log.exception("memscope could not resolve or reclaim site ids after a drain")
+                with self.cpu.measure():
+                    if self.sites is not None:
+                        self.sites.before_drain()
+                    moved = self._drain_locked()
+                    if self.sites is not None:
+                        try:
+                            self.sites.after_drain(self.summary)
+                        except Exception:  # the records are in the summary: only ids wait longer
+                            log.exception("memscope could not resolve or reclaim site ids after a drain")
             finally:
                 self._drain_owner = None
-                self.cpu_ns += time.thread_time_ns() - started
             self.records_drained += moved
             self.drains += 1
         return moved

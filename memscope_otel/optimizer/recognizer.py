@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from .. import sampler
+from ..cpu_meter import CpuMeter
 from ..records import EVENT_MASK, EVENT_SHIFT, concatenate_records
 from .features import (_IDLE_GAP_US, _MAX_LIFETIMES, _MAX_TIMES, ARRAY_MODULES, NETWORK_MODULES,
                        PendingAllocations, _add_site_weights, _frame_clock, _module_parts, _rusage,
@@ -60,6 +61,9 @@ class WorkloadRecognizer:
         self.batches_skipped = 0  # batches the queue had no room for
         self.read_every_s = _READ_EVERY_S  # the worker's cadence (see _READ_AT_RECORDS)
         self.read_at_records = _READ_AT_RECORDS
+        # CPU time reading batches and computing features, on any thread (a pressure signal:
+        # it grows with the records, so with the rates; and memscope.tracker.cpu's "recognizer").
+        self.cpu = CpuMeter()
         self._new_locks()
         _warm_numpy()
 
@@ -185,6 +189,10 @@ class WorkloadRecognizer:
         with their times on the earliest batch's base. Batches that queued up while the previous
         read ran are thus read together, and a read's fixed cost (a few dozen numpy calls, each a
         possible GIL handoff) is paid once for them, without making any batch wait longer."""
+        with self.cpu.measure():
+            self._read_queued()
+
+    def _read_queued(self):
         with self._read_lock:
             with self._queued:
                 batches, self._queue, self._queue_records = self._queue, [], 0
@@ -246,6 +254,10 @@ class WorkloadRecognizer:
         """The window's features (a dict of floats), from ``counters`` (default: the last observed).
         With ``read_queue`` false, from the batches read so far (the worker's are at most
         :attr:`read_every_s` behind): no read on the caller's thread."""
+        with self.cpu.measure():
+            return self._features(counters, read_queue)
+
+    def _features(self, counters, read_queue):
         if read_queue:
             self.read_queued()
         with self._lock:
