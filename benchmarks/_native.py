@@ -14,7 +14,7 @@ import sysconfig
 
 HERE = pathlib.Path(__file__).resolve().parent
 BUILD = HERE / ".build" / f"py{sys.version_info[0]}{sys.version_info[1]}"
-MODULE = "_memscope_bench_native_v5"  # bump when SOURCE changes: builds are cached
+MODULE = "_memscope_bench_native_v6"  # bump when SOURCE changes: builds are cached
 
 CDEF = """
 typedef struct { uint64_t wall_ns; uint64_t cpu_ns; } bench_time_t;
@@ -53,13 +53,16 @@ static inline uint64_t now(clockid_t clock)
 typedef void *(*alloc_fn)(size_t);
 typedef void (*free_fn)(void *);
 
-/* 0 obj, 1 mem, 2 raw: the same numbering as memscope's MS_DOMAIN_*. */
+/* 0 obj, 1 mem, 2 raw, 4 native: the same numbering as memscope's MS_DOMAIN_*. Native is the C
+ * library's malloc/free called from this module (what memscope's native domain sees through the
+ * module's GOT); like RAW it needs no GIL. */
 static int pick(int domain, alloc_fn *a, free_fn *f)
 {
     switch (domain) {
     case 0: *a = PyObject_Malloc; *f = PyObject_Free; return 0;
     case 1: *a = PyMem_Malloc; *f = PyMem_Free; return 0;
     case 2: *a = PyMem_RawMalloc; *f = PyMem_RawFree; return 0;
+    case 4: *a = malloc; *f = free; return 0;
     default: return -1;
     }
 }
@@ -83,7 +86,7 @@ int bench_pairs(int domain, const size_t *sizes, size_t nsizes, size_t n, bench_
     if (pick(domain, &a, &f) != 0 || nsizes == 0)
         return -1;
     PyGILState_STATE gil = PyGILState_UNLOCKED;
-    if (domain != 2)
+    if (domain != 2 && domain != 4)
         gil = PyGILState_Ensure();
     int rc = 0;
     uint64_t w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_THREAD_CPUTIME_ID);
@@ -101,7 +104,7 @@ int bench_pairs(int domain, const size_t *sizes, size_t nsizes, size_t n, bench_
     }
     out->cpu_ns = now(CLOCK_THREAD_CPUTIME_ID) - c0;
     out->wall_ns = now(CLOCK_MONOTONIC) - w0;
-    if (domain != 2)
+    if (domain != 2 && domain != 4)
         PyGILState_Release(gil);
     return rc;
 }
@@ -119,7 +122,7 @@ int bench_bursts(int domain, const size_t *sizes, size_t nsizes, size_t bursts, 
         return -1;
     void *blocks[MAX_BURST];
     PyGILState_STATE gil = PyGILState_UNLOCKED;
-    if (domain != 2)
+    if (domain != 2 && domain != 4)
         gil = PyGILState_Ensure();
     int rc = 0;
     uint64_t w0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_THREAD_CPUTIME_ID);
@@ -144,7 +147,7 @@ int bench_bursts(int domain, const size_t *sizes, size_t nsizes, size_t bursts, 
     }
     out->cpu_ns = now(CLOCK_THREAD_CPUTIME_ID) - c0;
     out->wall_ns = now(CLOCK_MONOTONIC) - w0;
-    if (domain != 2)
+    if (domain != 2 && domain != 4)
         PyGILState_Release(gil);
     return rc;
 }
@@ -159,7 +162,7 @@ int bench_latency(int domain, const size_t *sizes, size_t nsizes, size_t n,
     if (pick(domain, &a, &f) != 0 || nsizes == 0)
         return -1;
     PyGILState_STATE gil = PyGILState_UNLOCKED;
-    if (domain != 2)
+    if (domain != 2 && domain != 4)
         gil = PyGILState_Ensure();
     int rc = 0;
     for (size_t i = 0, k = 0; i < n; i++) {
@@ -180,7 +183,7 @@ int bench_latency(int domain, const size_t *sizes, size_t nsizes, size_t n,
         alloc_ns[i] = t1 - t0 > UINT32_MAX ? UINT32_MAX : (uint32_t)(t1 - t0);
         free_ns[i] = t3 - t2 > UINT32_MAX ? UINT32_MAX : (uint32_t)(t3 - t2);
     }
-    if (domain != 2)
+    if (domain != 2 && domain != 4)
         PyGILState_Release(gil);
     return rc;
 }
@@ -211,7 +214,7 @@ uint64_t bench_clock_cost(size_t n)
 }
 """
 
-DOMAINS = {"obj": 0, "mem": 1, "raw": 2}
+DOMAINS = {"obj": 0, "mem": 1, "raw": 2, "native": 4}
 
 
 def load():

@@ -438,6 +438,7 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
 size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info, ms_summary_t *summary)
 {
     info->relinked = ms_hooks_moved() ? (uint32_t)ms_hooks_relink() : 0;
+    ms_native_poll();
     size_t n = ms_drain(out, capacity, info);
     if (n > 0)
         ms_reduce(out, n, summary);
@@ -499,6 +500,7 @@ void ms_read_counters(ms_counters_t *out)
     out->footprint_bytes = ms_buffers_footprint() + ms_live_footprint();
     ms_live_stats(&out->live_entries, &out->live_capacity, &out->live_threshold);
     out->relinks = ms_hooks_relinks();
+    ms_native_stats(&out->native_objects, &out->native_entries, &out->native_skipped);
 }
 
 uint64_t ms_buffers_footprint(void)

@@ -25,10 +25,10 @@ static _Atomic int g_active;
 /* Per hooked domain: MS_MEDIUM_MIN - 1 while the domain is counted, else 0. A request takes the
  * fast path when size - 1 < this, which in one compare says "counted, small class, not zero"
  * (size 0 wraps around). Written only through set_active, together with g_active. */
-static _Atomic uint64_t g_small_span[3];
+static _Atomic uint64_t g_small_span[MS_DOMAINS];
 /* Per hooked domain: non-zero while the domain is counted and its next allocator is one of
  * CPython's own (see g_plain), so that a fast-path free may jump straight to it (below). */
-static _Atomic uint64_t g_fast_free[3];
+static _Atomic uint64_t g_fast_free[MS_DOMAINS];
 static _Atomic uint64_t g_critical = 8192;
 static _Atomic int64_t g_frequency = 1000;
 static _Atomic double g_rate[2] = {0.001, 0.05}; /* [small, medium] */
@@ -53,7 +53,11 @@ static _Atomic uint64_t g_relinks;
  * a free can make is pymalloc handing a block it does not own to PyMem_RawFree, which the
  * forwarded-free marker recognises, so the fast-path free needs neither the re-entry guard nor
  * a call frame of its own. */
-static bool g_plain[3];
+static bool g_plain[MS_DOMAINS] = {[MS_DOMAIN_NATIVE] = true}; /* the C library's free calls nothing hooked */
+
+/* The domains with allocator hooks: CPython's three and the native wrappers. */
+static const int g_hooked[] = {MS_DOMAIN_OBJ, MS_DOMAIN_MEM, MS_DOMAIN_RAW, MS_DOMAIN_NATIVE};
+#define MS_HOOKED (sizeof g_hooked / sizeof g_hooked[0])
 
 int64_t ms_frequency_interval(void)
 {
@@ -69,14 +73,16 @@ static void set_active(int mask)
 {
     /* Spans first when switching off, last when switching on: a request that sees a span then
      * also sees its domain active (a thread racing the switch may count one request either way). */
-    for (int d = 0; d < 3; d++) {
+    for (unsigned i = 0; i < MS_HOOKED; i++) {
+        int d = g_hooked[i];
         if (!(mask >> d & 1)) {
             atomic_store(&g_small_span[d], 0);
             atomic_store(&g_fast_free[d], 0);
         }
     }
     atomic_store(&g_active, mask);
-    for (int d = 0; d < 3; d++) {
+    for (unsigned i = 0; i < MS_HOOKED; i++) {
+        int d = g_hooked[i];
         if (mask >> d & 1) {
             atomic_store(&g_small_span[d], MS_MEDIUM_MIN - 1);
             atomic_store(&g_fast_free[d], g_plain[d]);
@@ -317,28 +323,63 @@ static inline void untracked_free(int domain, uint64_t address)
         ignored_free(domain, address);
 }
 
-__attribute__((noinline)) static void *general_malloc(int domain, size_t size)
+/* The allocator a hook passes a call on to: the saved PyMem allocator of a CPython domain, or
+ * for the native domain the C library function that the patched GOT entry pointed to (variant v
+ * of the wrapper: see ms_native_next). Inlined with a constant domain, the test disappears. */
+static inline void *native_next(int fn, int v)
 {
-    PyMemAllocatorEx *next = &g_next[domain];
+    return atomic_load_explicit(&ms_native_next[fn][v], memory_order_acquire);
+}
+
+static inline void *next_malloc(int domain, int v, size_t size)
+{
+    if (domain == MS_DOMAIN_NATIVE)
+        return ((void *(*)(size_t))native_next(MS_FN_MALLOC, v))(size);
+    return g_next[domain].malloc(g_next[domain].ctx, size);
+}
+
+static inline void *next_calloc(int domain, int v, size_t nelem, size_t elsize)
+{
+    if (domain == MS_DOMAIN_NATIVE)
+        return ((void *(*)(size_t, size_t))native_next(MS_FN_CALLOC, v))(nelem, elsize);
+    return g_next[domain].calloc(g_next[domain].ctx, nelem, elsize);
+}
+
+static inline void *next_realloc(int domain, int v, void *ptr, size_t size)
+{
+    if (domain == MS_DOMAIN_NATIVE)
+        return ((void *(*)(void *, size_t))native_next(MS_FN_REALLOC, v))(ptr, size);
+    return g_next[domain].realloc(g_next[domain].ctx, ptr, size);
+}
+
+static inline void next_free(int domain, int v, void *ptr)
+{
+    if (domain == MS_DOMAIN_NATIVE)
+        ((void (*)(void *))native_next(MS_FN_FREE, v))(ptr);
+    else
+        g_next[domain].free(g_next[domain].ctx, ptr);
+}
+
+__attribute__((noinline)) static void *general_malloc(int domain, int v, size_t size)
+{
     if (!tracking(domain))
-        return next->malloc(next->ctx, size);
+        return next_malloc(domain, v, size);
     ms_tls_set_guard(MS_GUARD_HOOK);
-    void *p = next->malloc(next->ctx, size);
+    void *p = next_malloc(domain, v, size);
     if (MS_LIKELY(p != NULL))
         count_alloc(domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
     ms_tls_set_guard(0);
     return p;
 }
 
-__attribute__((always_inline)) static inline void *hook_calloc(int domain, size_t nelem, size_t elsize)
+__attribute__((always_inline)) static inline void *hook_calloc(int domain, int v, size_t nelem, size_t elsize)
 {
-    PyMemAllocatorEx *next = &g_next[domain];
     if (domain == MS_DOMAIN_RAW)
         ms_tls.forwarded = 0; /* see hook_free */
     if (!tracking(domain))
-        return next->calloc(next->ctx, nelem, elsize);
+        return next_calloc(domain, v, nelem, elsize);
     ms_tls_set_guard(MS_GUARD_HOOK);
-    void *p = next->calloc(next->ctx, nelem, elsize);
+    void *p = next_calloc(domain, v, nelem, elsize);
     if (p) {
         size_t size;
         if (__builtin_mul_overflow(nelem, elsize, &size))
@@ -349,51 +390,50 @@ __attribute__((always_inline)) static inline void *hook_calloc(int domain, size_
     return p;
 }
 
-__attribute__((always_inline)) static inline void *hook_realloc(int domain, void *ptr, size_t size)
+__attribute__((always_inline)) static inline void *hook_realloc(int domain, int v, void *ptr, size_t size)
 {
-    PyMemAllocatorEx *next = &g_next[domain];
     if (domain == MS_DOMAIN_RAW)
         ms_tls.forwarded = 0; /* see hook_free */
     if (!tracking(domain)) {
         if (ptr)
             untracked_free(domain, (uint64_t)(uintptr_t)ptr);
-        return next->realloc(next->ctx, ptr, size);
+        return next_realloc(domain, v, ptr, size);
     }
     ms_tls_set_guard(MS_GUARD_HOOK);
     uint64_t old = (uint64_t)(uintptr_t)ptr;
     /* Claimed, not taken out, before the call: once realloc has moved the block another thread
      * may receive the old address and enter it, and a failed realloc must find its slot again. */
     bool old_sampled = ptr && ms_live_maybe(old) && ms_live_claim(old);
-    void *p = next->realloc(next->ctx, ptr, size);
+    void *p = next_realloc(domain, v, ptr, size);
     bool locked;
     ms_thread_t *t = ms_thread_acquire(&locked);
     ms_live_entry_t old_entry;
     /* A NULL result is a failure, realloc(p, 0) included (CPython's allocators make that a
-     * request of 1 byte, so NULL is out of memory): the old block is still valid and sampled. */
-    if (old_sampled && ms_live_settle(old, p != NULL, &old_entry) && p != NULL)
+     * request of 1 byte, so NULL is out of memory): the old block is still valid and sampled.
+     * The C library's realloc(p, 0) frees p and returns NULL: a deallocation only. */
+    bool freed = p != NULL || (domain == MS_DOMAIN_NATIVE && size == 0 && ptr != NULL);
+    if (old_sampled && ms_live_settle(old, freed, &old_entry) && freed)
         emit_free(t, &old_entry);
-    if (p) {
-        if (ptr)
-            ms_bump(&t->deallocations[domain], 1);
+    if (ptr && freed)
+        ms_bump(&t->deallocations[domain], 1);
+    if (p)
         on_alloc(t, domain, (uint64_t)(uintptr_t)p, size, MS_EVENT_REALLOC, UINT32_MAX);
-    }
     ms_thread_release(locked);
     ms_tls_set_guard(0);
     return p;
 }
 
-__attribute__((noinline)) static void general_free(int domain, void *ptr)
+__attribute__((noinline)) static void general_free(int domain, int v, void *ptr)
 {
-    PyMemAllocatorEx *next = &g_next[domain];
     if (!ptr || !tracking(domain)) {
         if (ptr)
             untracked_free(domain, (uint64_t)(uintptr_t)ptr);
-        next->free(next->ctx, ptr);
+        next_free(domain, v, ptr);
         return;
     }
     ms_tls_set_guard(MS_GUARD_HOOK);
     count_free(domain, (uint64_t)(uintptr_t)ptr);
-    next->free(next->ctx, ptr);
+    next_free(domain, v, ptr);
     ms_tls_set_guard(0);
 }
 
@@ -412,19 +452,18 @@ __attribute__((noinline, cold)) static void *uncount_small(int domain)
 /* A small allocation the fast path found due for a sample: its decrement is undone here, out of
  * line, so that the fast path needs the decremented count only for its sign (one instruction
  * that decrements memory and sets the flags). The general path counts it. */
-__attribute__((noinline, cold)) static void *small_due(int domain, size_t size)
+__attribute__((noinline, cold)) static void *small_due(int domain, int v, size_t size)
 {
     ms_tls_thread()->small_left++;
-    return general_malloc(domain, size);
+    return general_malloc(domain, v, size);
 }
 
 /* The fast path of every small allocation that is not due for a sample: counted before the call,
  * so that nothing has to live across it (no register to save), and undone in the rare case the
  * allocator fails. Everything else (other classes, an event due, a thread not set
  * up yet, a nested or ignored call, a domain switched off) takes the general path. */
-__attribute__((always_inline)) static inline void *hook_malloc(int domain, size_t size)
+__attribute__((always_inline)) static inline void *hook_malloc(int domain, int v, size_t size)
 {
-    PyMemAllocatorEx *next = &g_next[domain];
     if (domain == MS_DOMAIN_RAW)
         ms_tls.forwarded = 0; /* see hook_free */
     uintptr_t w = ms_tls.word;
@@ -439,15 +478,15 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
              * (only this fast path writes it, and nested calls never take it). */
             ms_tls.word = w + MS_GUARD_HOOK; /* w's guard bits are 0 */
             ms_tls.request = size;
-            void *p = next->malloc(next->ctx, size);
+            void *p = next_malloc(domain, v, size);
             ms_tls.word -= MS_GUARD_HOOK;
             if (MS_UNLIKELY(p == NULL))
                 return uncount_small(domain);
             return p;
         }
-        return small_due(domain, size);
+        return small_due(domain, v, size);
     }
-    return general_malloc(domain, size);
+    return general_malloc(domain, v, size);
 }
 
 /* The fast path of a free: a counted thread, a pointer the live filter rules out (never NULL), the
@@ -457,26 +496,25 @@ __attribute__((always_inline)) static inline void *hook_malloc(int domain, size_
  * done. The marker can only be mistaken for a RAW free of the very same address that reaches this
  * thread before its next OBJ/MEM free or RAW allocation: the address of a block pymalloc just
  * freed, handed back to the system and out again by malloc, all in that gap. */
-__attribute__((always_inline)) static inline void hook_free(int domain, void *ptr)
+__attribute__((always_inline)) static inline void hook_free(int domain, int v, void *ptr)
 {
-    PyMemAllocatorEx *next = &g_next[domain];
     uintptr_t w = ms_tls.word;
     ms_thread_t *t = (ms_thread_t *)w;
     if (domain == MS_DOMAIN_RAW && MS_UNLIKELY((uintptr_t)ptr == ms_tls.forwarded)) {
         ms_tls.forwarded = 0; /* counted at the OBJ/MEM free that handed it on */
-        next->free(next->ctx, ptr);
+        next_free(domain, v, ptr);
         return;
     }
     /* No NULL test: ms_live_clear keeps NULL's filter slot at "maybe". */
     if (MS_LIKELY(atomic_load_explicit(&g_fast_free[domain], memory_order_relaxed) != 0 && !(w & MS_TLS_FLAGS) &&
                   !ms_live_maybe((uint64_t)(uintptr_t)ptr))) {
         ms_bump(&t->deallocations[domain], 1);
-        if (domain != MS_DOMAIN_RAW)
+        if (domain == MS_DOMAIN_OBJ || domain == MS_DOMAIN_MEM)
             ms_tls.forwarded = (uintptr_t)ptr;
-        next->free(next->ctx, ptr);
+        next_free(domain, v, ptr);
         return;
     }
-    general_free(domain, ptr);
+    general_free(domain, v, ptr);
 }
 
 /* One set of entry points per domain: ctx is not trusted (see g_next). */
@@ -484,27 +522,127 @@ __attribute__((always_inline)) static inline void hook_free(int domain, void *pt
     static void *name##_malloc(void *ctx, size_t size)                                          \
     {                                                                                           \
         (void)ctx;                                                                              \
-        return hook_malloc(domain, size);                                                       \
+        return hook_malloc(domain, 0, size);                                                    \
     }                                                                                           \
     static void *name##_calloc(void *ctx, size_t nelem, size_t elsize)                          \
     {                                                                                           \
         (void)ctx;                                                                              \
-        return hook_calloc(domain, nelem, elsize);                                              \
+        return hook_calloc(domain, 0, nelem, elsize);                                           \
     }                                                                                           \
     static void *name##_realloc(void *ctx, void *ptr, size_t size)                              \
     {                                                                                           \
         (void)ctx;                                                                              \
-        return hook_realloc(domain, ptr, size);                                                 \
+        return hook_realloc(domain, 0, ptr, size);                                              \
     }                                                                                           \
     static void name##_free(void *ctx, void *ptr)                                               \
     {                                                                                           \
         (void)ctx;                                                                              \
-        hook_free(domain, ptr);                                                                 \
+        hook_free(domain, 0, ptr);                                                              \
     }
 
 MS_DOMAIN_HOOKS(raw, MS_DOMAIN_RAW)
 MS_DOMAIN_HOOKS(mem, MS_DOMAIN_MEM)
 MS_DOMAIN_HOOKS(obj, MS_DOMAIN_OBJ)
+
+/* ---- the native domain: wrappers of the C library's allocator (csrc/native.c points other
+ * shared objects' GOT entries at them) ---- */
+
+_Atomic(void *) ms_native_next[MS_NATIVE_FNS][MS_NATIVE_VARIANTS];
+
+static void *call_aligned(int fn, int v, size_t alignment, size_t size)
+{
+    void *f = native_next(fn, v);
+    if (fn == MS_FN_VALLOC || fn == MS_FN_PVALLOC)
+        return ((void *(*)(size_t))f)(size);
+    return ((void *(*)(size_t, size_t))f)(alignment, size);
+}
+
+/* memalign, aligned_alloc, valloc, pvalloc: rare, so the general path only. The requested size
+ * is counted (pvalloc's rounding to a page is the allocator's business, as malloc's is). */
+__attribute__((noinline)) static void *native_aligned(int fn, int v, size_t alignment, size_t size)
+{
+    if (!tracking(MS_DOMAIN_NATIVE))
+        return call_aligned(fn, v, alignment, size);
+    ms_tls_set_guard(MS_GUARD_HOOK);
+    void *p = call_aligned(fn, v, alignment, size);
+    if (p)
+        count_alloc(MS_DOMAIN_NATIVE, (uint64_t)(uintptr_t)p, size, MS_EVENT_ALLOC, UINT32_MAX);
+    ms_tls_set_guard(0);
+    return p;
+}
+
+/* Succeeds by its return value; the block comes back through *out. */
+__attribute__((noinline)) static int native_posix_memalign(int v, void **out, size_t alignment, size_t size)
+{
+    int (*f)(void **, size_t, size_t) = (int (*)(void **, size_t, size_t))native_next(MS_FN_POSIX_MEMALIGN, v);
+    if (!tracking(MS_DOMAIN_NATIVE))
+        return f(out, alignment, size);
+    ms_tls_set_guard(MS_GUARD_HOOK);
+    int rc = f(out, alignment, size);
+    if (rc == 0 && *out != NULL)
+        count_alloc(MS_DOMAIN_NATIVE, (uint64_t)(uintptr_t)*out, size, MS_EVENT_ALLOC, UINT32_MAX);
+    ms_tls_set_guard(0);
+    return rc;
+}
+
+/* One set of wrappers per variant: variant v passes calls on to the functions in
+ * ms_native_next[*][v], so objects bound to different allocators (an RTLD_DEEPBIND object on the
+ * C library's malloc beside a preloaded one) each keep theirs. */
+#define MS_NATIVE_WRAPPERS(v)                                                                   \
+    static void *native_malloc_##v(size_t size)                                                 \
+    {                                                                                           \
+        return hook_malloc(MS_DOMAIN_NATIVE, v, size);                                          \
+    }                                                                                           \
+    static void *native_calloc_##v(size_t nelem, size_t elsize)                                 \
+    {                                                                                           \
+        return hook_calloc(MS_DOMAIN_NATIVE, v, nelem, elsize);                                 \
+    }                                                                                           \
+    static void *native_realloc_##v(void *ptr, size_t size)                                     \
+    {                                                                                           \
+        return hook_realloc(MS_DOMAIN_NATIVE, v, ptr, size);                                    \
+    }                                                                                           \
+    static void native_free_##v(void *ptr)                                                      \
+    {                                                                                           \
+        hook_free(MS_DOMAIN_NATIVE, v, ptr);                                                    \
+    }                                                                                           \
+    static int native_posix_memalign_##v(void **out, size_t alignment, size_t size)             \
+    {                                                                                           \
+        return native_posix_memalign(v, out, alignment, size);                                  \
+    }                                                                                           \
+    static void *native_aligned_alloc_##v(size_t alignment, size_t size)                        \
+    {                                                                                           \
+        return native_aligned(MS_FN_ALIGNED_ALLOC, v, alignment, size);                         \
+    }                                                                                           \
+    static void *native_memalign_##v(size_t alignment, size_t size)                             \
+    {                                                                                           \
+        return native_aligned(MS_FN_MEMALIGN, v, alignment, size);                              \
+    }                                                                                           \
+    static void *native_valloc_##v(size_t size)                                                 \
+    {                                                                                           \
+        return native_aligned(MS_FN_VALLOC, v, 0, size);                                        \
+    }                                                                                           \
+    static void *native_pvalloc_##v(size_t size)                                                \
+    {                                                                                           \
+        return native_aligned(MS_FN_PVALLOC, v, 0, size);                                       \
+    }
+
+MS_NATIVE_WRAPPERS(0)
+MS_NATIVE_WRAPPERS(1)
+MS_NATIVE_WRAPPERS(2)
+MS_NATIVE_WRAPPERS(3)
+
+#define MS_NATIVE_ROW(fn) {(void *)fn##_0, (void *)fn##_1, (void *)fn##_2, (void *)fn##_3}
+void *const ms_native_wrapper[MS_NATIVE_FNS][MS_NATIVE_VARIANTS] = {
+    [MS_FN_MALLOC] = MS_NATIVE_ROW(native_malloc),
+    [MS_FN_CALLOC] = MS_NATIVE_ROW(native_calloc),
+    [MS_FN_REALLOC] = MS_NATIVE_ROW(native_realloc),
+    [MS_FN_FREE] = MS_NATIVE_ROW(native_free),
+    [MS_FN_POSIX_MEMALIGN] = MS_NATIVE_ROW(native_posix_memalign),
+    [MS_FN_ALIGNED_ALLOC] = MS_NATIVE_ROW(native_aligned_alloc),
+    [MS_FN_MEMALIGN] = MS_NATIVE_ROW(native_memalign),
+    [MS_FN_VALLOC] = MS_NATIVE_ROW(native_valloc),
+    [MS_FN_PVALLOC] = MS_NATIVE_ROW(native_pvalloc),
+};
 
 /* ctx is set to the saved allocator's at each install (see g_next); our hooks never read it. */
 static PyMemAllocatorEx g_ours[3] = {
@@ -607,7 +745,7 @@ static int start_locked(const ms_config_t *cfg)
 {
     if (atomic_load(&g_active))
         return -1;
-    if (!cfg || (cfg->domains_mask & ~7) || cfg->critical_size < MS_MEDIUM_MIN || !rate_ok(cfg->medium_rate) ||
+    if (!cfg || (cfg->domains_mask & ~(7 | 1 << MS_DOMAIN_NATIVE)) || cfg->critical_size < MS_MEDIUM_MIN || !rate_ok(cfg->medium_rate) ||
         !rate_ok(cfg->small_rate) || cfg->frequency_interval > ((uint64_t)1 << 31) || cfg->ring_capacity < 16 ||
         cfg->ring_capacity > (1u << 24) || cfg->live_max_entries < 8192 || cfg->rings_max_bytes == 0)
         return -2;
@@ -639,7 +777,14 @@ static int start_locked(const ms_config_t *cfg)
         PyMem_GetAllocator(g_py_domain[d], &current);
         link_over(d, &current);
     }
-    set_active(cfg->domains_mask | (1 << MS_DOMAIN_MANUAL));
+    int mask = cfg->domains_mask | (1 << MS_DOMAIN_MANUAL);
+    if (mask & (1 << MS_DOMAIN_NATIVE)) {
+        if (ms_native_supported())
+            ms_native_install(); /* the wrappers pass calls through until set_active */
+        else
+            mask &= ~(1 << MS_DOMAIN_NATIVE);
+    }
+    set_active(mask);
     return reinstalled;
 }
 
@@ -647,6 +792,7 @@ int ms_stop(void)
 {
     PyGILState_STATE gil = PyGILState_Ensure();
     set_active(0);
+    ms_native_uninstall();
     for (int d = MS_DOMAIN_OBJ; d <= MS_DOMAIN_RAW; d++) {
         if (!g_installed[d])
             continue;
@@ -662,6 +808,22 @@ int ms_stop(void)
     /* g_next stays valid forever: threads may still be inside a hook. */
     PyGILState_Release(gil);
     return 0;
+}
+
+int ms_with_gil(void (*fn)(void), bool python_thread_only)
+{
+    /* Not during finalization: a thread that takes the GIL then never returns. */
+#if PY_VERSION_HEX >= 0x030D0000
+    bool running = Py_IsInitialized() && !Py_IsFinalizing();
+#else
+    bool running = Py_IsInitialized() && !_Py_IsFinalizing();
+#endif
+    if (!running || (python_thread_only && PyGILState_GetThisThreadState() == NULL))
+        return 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    fn();
+    PyGILState_Release(gil);
+    return 1;
 }
 
 /* ---- the chain, checked while running ---- */
@@ -784,6 +946,7 @@ static void fork_child_quick(void)
     ms_live_fork_child_locks();
     ms_spill_fork_child_lock();
     ms_child_fork_reset();
+    ms_native_fork_child();
 }
 
 void ms_after_fork_child(void)

@@ -295,6 +295,42 @@ void ms_spill_fork_child_lock(void); /* in the pthread_atfork child handler */
 /* reduce.c: one record added into a summary in double arithmetic (its out-of-bounds route). */
 void ms_reduce_record(const ms_record_t *r, ms_summary_t *s);
 
+/* ---- hooks.c and native.c: the native domain ---- */
+/* The C library functions the native domain wraps, by index. */
+#define MS_FN_MALLOC 0
+#define MS_FN_CALLOC 1
+#define MS_FN_REALLOC 2
+#define MS_FN_FREE 3
+#define MS_FN_POSIX_MEMALIGN 4
+#define MS_FN_ALIGNED_ALLOC 5
+#define MS_FN_MEMALIGN 6
+#define MS_FN_VALLOC 7
+#define MS_FN_PVALLOC 8
+#define MS_NATIVE_FNS 9
+/* Distinct implementations of one function that objects may be bound to at once (the C
+ * library's, a preloaded allocator's, an object's own choice under RTLD_DEEPBIND). */
+#define MS_NATIVE_VARIANTS 4
+/* ms_native_wrapper[fn][v] (hooks.c) counts a call and passes it on to ms_native_next[fn][v],
+ * the function the GOT entry pointed to before native.c pointed it at the wrapper. A slot is
+ * written once, before any entry points at its wrapper, and never changes afterwards, so a
+ * thread holding a stale entry still reaches a valid function. */
+extern _Atomic(void *) ms_native_next[MS_NATIVE_FNS][MS_NATIVE_VARIANTS];
+extern void *const ms_native_wrapper[MS_NATIVE_FNS][MS_NATIVE_VARIANTS];
+/* Points the allocator entries of every loaded object (but the interpreter, the C library and
+ * memscope) at the wrappers, and every object's dlopen at memscope's; call with the GIL. */
+void ms_native_install(void);
+/* Points every entry back at what it pointed to. Safe at any time, with the GIL. */
+void ms_native_uninstall(void);
+/* The drainer's check for objects loaded since the last pass by a dlopen that memscope's did
+ * not see (a bare library name, a call from the C library itself): patches them, with the GIL. */
+void ms_native_poll(void);
+void ms_native_stats(uint64_t *objects, uint64_t *entries, uint64_t *skipped);
+void ms_native_fork_child(void); /* in the pthread_atfork child handler */
+/* hooks.c: runs fn holding the GIL and returns 1; or returns 0 without running it while the
+ * interpreter is not running, or when python_thread_only and the calling thread has no Python
+ * thread state (taking the GIL inside a foreign library's call could deadlock it). */
+int ms_with_gil(void (*fn)(void), bool python_thread_only);
+
 /* ---- hooks.c: the allocator chain ---- */
 /* Whether some installed domain's allocator chain changed on top of our hook since it was last
  * checked (no GIL needed; see ms_drain_reduce). */

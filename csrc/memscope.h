@@ -13,12 +13,14 @@
 
 /* MEMSCOPE_CDEF_BEGIN */
 
-/* Domains: the three CPython allocator domains, plus the manual API (track_allocation). */
+/* Domains: the three CPython allocator domains, the manual API (track_allocation), and the C
+ * library's allocator as other shared objects call it (native, csrc/native.c). */
 #define MS_DOMAIN_OBJ 0
 #define MS_DOMAIN_MEM 1
 #define MS_DOMAIN_RAW 2
 #define MS_DOMAIN_MANUAL 3
-#define MS_DOMAINS 4
+#define MS_DOMAIN_NATIVE 4
+#define MS_DOMAINS 5
 
 /* Size classes, decided on the requested size: small < 1024 <= medium < critical <= large. */
 #define MS_CLASS_SMALL 0
@@ -31,12 +33,13 @@
  * (sizes 0 and 1 fall in bucket 0), so bucket k's upper bound is 2^k bytes. */
 #define MS_BUCKETS 65
 
-/* Record flags (u16): bits 0-1 domain, bits 2-3 event, bits 4-5 size class, then single bits. */
-#define MS_FLAG_DOMAIN_MASK 3
-#define MS_FLAG_EVENT_SHIFT 2
-#define MS_FLAG_EVENT_MASK 12
-#define MS_FLAG_CLASS_SHIFT 4
-#define MS_FLAG_CLASS_MASK 48
+/* Record flags (u16): bits 0-2 domain, bits 3-4 event, bits 5-6 size class, then single bits.
+ * (Dump format 2; format 1 had two domain bits.) */
+#define MS_FLAG_DOMAIN_MASK 7
+#define MS_FLAG_EVENT_SHIFT 3
+#define MS_FLAG_EVENT_MASK 24
+#define MS_FLAG_CLASS_SHIFT 5
+#define MS_FLAG_CLASS_MASK 96
 #define MS_EVENT_ALLOC 0
 #define MS_EVENT_FREE 1
 #define MS_EVENT_REALLOC 2
@@ -45,9 +48,10 @@
  * estimate, since its free will not be seen. Past the budget, the live part of a block taken in
  * with a raised weight is added through the spill instead (see ms_drain_reduce), so this flag is
  * set then too. */
-#define MS_FLAG_NOLIVE 64
+#define MS_FLAG_NOLIVE_SHIFT 7
+#define MS_FLAG_NOLIVE 128
 /* Set on an allocation sampled by the frequency guarantee (weight 1). Informational. */
-#define MS_FLAG_FREQUENCY 128
+#define MS_FLAG_FREQUENCY 256
 
 /* Site / type ids. A sampled allocation carries the id of its site: (innermost Python code
  * object, bytecode offset, domain) for the allocator domains, or an interned type name for the
@@ -58,8 +62,8 @@
  * different sites over time; type ids are never reused. */
 #define MS_MAX_IDS 32768
 #define MS_ID_NATIVE 0
-#define MS_ID_OVERFLOW 4
-#define MS_FIRST_DYNAMIC_ID 8
+#define MS_ID_OVERFLOW 8
+#define MS_FIRST_DYNAMIC_ID 16
 
 /* The drainer's periodic drain is skipped, up to MS_DRAIN_SKIPS periods in a row, while fewer
  * than MS_DRAIN_MIN_RECORDS records wait in the rings (ms_wait_for_work), unless a dump wants
@@ -82,7 +86,7 @@ typedef struct {
 
 /* Settings the hooks read. Rates are probabilities in [0, 1]. */
 typedef struct {
-    int domains_mask;               /* bit d set: hook domain d (obj, mem, raw) */
+    int domains_mask;               /* bit d set: hook domain d (obj, mem, raw, native) */
     uint64_t critical_size;         /* sizes >= this are large: always sampled */
     double medium_rate;
     double small_rate;
@@ -96,10 +100,10 @@ typedef struct {
 /* Exact counters, summed over live threads, exited threads and the thread-less path.
  * Semantics: see DESIGN.md ("Counting semantics"). */
 typedef struct {
-    uint64_t allocations[4][3];     /* [domain][size class] */
-    uint64_t bytes[4][3];           /* requested bytes */
-    uint64_t deallocations[4];      /* [domain] */
-    uint64_t by_size[4][65];        /* [domain][bucket] allocation counts */
+    uint64_t allocations[5][3];     /* [domain][size class] */
+    uint64_t bytes[5][3];           /* requested bytes */
+    uint64_t deallocations[5];      /* [domain] */
+    uint64_t by_size[5][65];        /* [domain][bucket] allocation counts */
     uint64_t samples;               /* records written into rings (allocation and free events) */
     uint64_t dropped;               /* records that found no room in a ring (full, no memory, or the
                                        rings' budget spent): they reach the estimates through the
@@ -119,6 +123,11 @@ typedef struct {
                                        v / tau (0 until the table reaches its budget) */
     uint64_t relinks;               /* times a hook found unlinked by another tool while running
                                        was installed again (ms_drain_reduce) */
+    uint64_t native_objects;        /* shared objects whose calls into the C library's allocator
+                                       reach memscope now (native domain) */
+    uint64_t native_entries;        /* their GOT entries pointing at memscope's wrappers now */
+    uint64_t native_skipped;        /* allocator entries left alone: bound to a fifth distinct
+                                       allocator, or on a page that could not be made writable */
 } ms_counters_t;
 
 /* What an id stands for. code: the code object while the id table holds a strong reference to
@@ -135,11 +144,11 @@ typedef struct {
 /* Cumulative estimates from records (Horvitz-Thompson: each record counts weight times).
  * The per-id arrays (MS_MAX_IDS doubles each) belong to the caller. */
 typedef struct {
-    double count[4][3];             /* [domain][class] estimated allocations */
-    double bytes[4][3];             /* estimated requested bytes */
-    double bucket_count[4][65];     /* [domain][bucket] estimated allocations */
-    double live_bytes[4];           /* estimated bytes allocated and not yet freed */
-    double live_count[4];
+    double count[5][3];             /* [domain][class] estimated allocations */
+    double bytes[5][3];             /* estimated requested bytes */
+    double bucket_count[5][65];     /* [domain][bucket] estimated allocations */
+    double live_bytes[5];           /* estimated bytes allocated and not yet freed */
+    double live_count[5];
     uint64_t records;               /* records reduced */
     uint64_t free_records;
     double *id_count;
@@ -154,9 +163,13 @@ typedef struct {
  * Counters are cumulative across stop/start. */
 int ms_start(const ms_config_t *cfg);
 /* Stops counting and removes every hook still on top of its domain (a hook that another
- * allocator was installed over stays in the chain, passing calls through). Returns 0. */
+ * allocator was installed over stays in the chain, passing calls through), and points every
+ * GOT entry that the native domain changed back at what it pointed to. Returns 0. */
 int ms_stop(void);
 int ms_is_active(void);
+/* 1 where the native domain can be hooked (Linux with glibc, on x86-64 or AArch64), else 0:
+ * ms_start then leaves the native bit of domains_mask uncounted. */
+int ms_native_supported(void);
 /* Atomic rate change, seen by every thread within one frequency interval of its own. */
 void ms_set_rates(double medium_rate, double small_rate);
 void ms_get_rates(double *medium_rate, double *small_rate);
@@ -251,5 +264,14 @@ void ms_reduce_use_simd(int enabled);
 int ms_reduce_simd_active(void);
 
 /* MEMSCOPE_CDEF_END */
+
+/* The domain that record flags name. Three bits hold up to eight values: one past the last
+ * domain (only a corrupt or synthetic record has it) reads as the last, so that every reducer
+ * path indexes within its tables and all agree. */
+static inline unsigned ms_flags_domain(unsigned flags)
+{
+    unsigned d = flags & MS_FLAG_DOMAIN_MASK;
+    return d < MS_DOMAINS ? d : MS_DOMAINS - 1;
+}
 
 #endif

@@ -152,7 +152,7 @@ static void flush_dense(const dense_sums_t *p, ms_summary_t *s)
 
 static inline uint32_t clamped_site(const ms_record_t *r)
 {
-    return r->site < MS_MAX_IDS ? r->site : (uint32_t)(MS_ID_OVERFLOW + (r->flags & MS_FLAG_DOMAIN_MASK));
+    return r->site < MS_MAX_IDS ? r->site : (uint32_t)(MS_ID_OVERFLOW + ms_flags_domain(r->flags));
 }
 
 /* Adds one row of per-id sums into the summary and zeroes it. */
@@ -250,7 +250,7 @@ static unsigned class_of(unsigned flags)
  * contributions go straight into the summary. A free adds the negated values. */
 static void add_in_double(const ms_record_t *r, unsigned kind, ms_summary_t *s)
 {
-    unsigned flags = r->flags, d = flags & MS_FLAG_DOMAIN_MASK;
+    unsigned flags = r->flags, d = ms_flags_domain(flags);
     uint32_t site = clamped_site(r);
     double w = (double)r->weight;
     double wb = w * (double)r->size;
@@ -309,7 +309,7 @@ static void reduce_block_scalar(const ms_record_t *records, size_t n, ms_summary
             continue;
         }
         int64_t count = to_fixed(w * COUNT_SCALE), bytes = to_fixed(wb * BYTES_SCALE);
-        unsigned d = flags & MS_FLAG_DOMAIN_MASK;
+        unsigned d = ms_flags_domain(flags);
         id_sums_t *row = NULL;
         if (ids) {
             uint32_t site = clamped_site(r);
@@ -510,7 +510,8 @@ __attribute__((target("avx2"), always_inline)) static inline void quad_avx2(
 
     /* flags and event masks: event bits 00 alloc, 01 free, 10 realloc, 11 ignored */
     __m256i flags = _mm256_srli_epi64(q3, 32); /* flags | thread << 16 */
-    __m256i domain = _mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_DOMAIN_MASK));
+    __m256i domain = _mm256_min_epu32(_mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_DOMAIN_MASK)),
+                                      _mm256_set1_epi64x(MS_DOMAINS - 1)); /* ms_flags_domain */
     __m256i event = _mm256_and_si256(flags, _mm256_set1_epi64x(MS_FLAG_EVENT_MASK));
     __m256i is_free = _mm256_cmpeq_epi64(event, _mm256_set1_epi64x(MS_EVENT_FREE << MS_FLAG_EVENT_SHIFT));
     __m256i ignored = _mm256_cmpeq_epi64(event, _mm256_set1_epi64x(MS_FLAG_EVENT_MASK));
@@ -687,12 +688,12 @@ static void pair_neon(const ms_record_t *r, int64_t (*fine)[2], id_sums_t *ids, 
     bucket = vbic_u32(bucket, tiny);
 
     uint32x2_t flags = vand_u32(vshrn_n_u64(q.val[3], 32), vdup_n_u32(0xFFFF));
-    uint32x2_t domain = vand_u32(flags, vdup_n_u32(MS_FLAG_DOMAIN_MASK));
+    uint32x2_t domain = vmin_u32(vand_u32(flags, vdup_n_u32(MS_FLAG_DOMAIN_MASK)), vdup_n_u32(MS_DOMAINS - 1));
     uint32x2_t event = vshr_n_u32(vand_u32(flags, vdup_n_u32(MS_FLAG_EVENT_MASK)), MS_FLAG_EVENT_SHIFT);
     uint32x2_t size_class = vmin_u32(
         vshr_n_u32(vand_u32(flags, vdup_n_u32(MS_FLAG_CLASS_MASK)), MS_FLAG_CLASS_SHIFT),
         vdup_n_u32(MS_CLASSES - 1));
-    uint32x2_t nolive = vand_u32(vshr_n_u32(flags, 6), vdup_n_u32(1));
+    uint32x2_t nolive = vand_u32(vshr_n_u32(flags, MS_FLAG_NOLIVE_SHIFT), vdup_n_u32(1));
     uint32x2_t cell2 = vmla_u32(nolive, vmla_u32(size_class, domain, vdup_n_u32(MS_CLASSES)),
                                 vdup_n_u32(2));
     uint32x2_t is_free = vceq_u32(event, vdup_n_u32(MS_EVENT_FREE));

@@ -201,10 +201,15 @@ static void info_of(uint32_t id, int state, ms_site_t *out)
     out->key = atomic_load_explicit(&e->key, memory_order_relaxed);
 }
 
+_Static_assert(MS_ID_NATIVE + MS_DOMAINS <= MS_ID_OVERFLOW && MS_ID_OVERFLOW + MS_DOMAINS <= MS_FIRST_DYNAMIC_ID,
+               "a fixed id per domain for <native> and <overflow>");
+
 int ms_site_info(uint32_t id, ms_site_t *out)
 {
     if (id < MS_FIRST_DYNAMIC_ID) {
-        *out = (ms_site_t){NULL, 0, (int32_t)(id & 3u), 0};
+        /* MS_ID_NATIVE + domain, or MS_ID_OVERFLOW + domain (ids in between name no domain) */
+        uint32_t domain = id >= MS_ID_OVERFLOW ? id - MS_ID_OVERFLOW : id - MS_ID_NATIVE;
+        *out = (ms_site_t){NULL, 0, (int32_t)(domain < MS_DOMAINS ? domain : MS_DOMAINS - 1), 0};
         return 0;
     }
     if (id >= ms_sites_used())

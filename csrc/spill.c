@@ -27,7 +27,7 @@ static ms_spin_t g_lock;
 static void add_locked(const ms_record_t *rec)
 {
     ms_reduce_record(rec, &g_spill);
-    uint32_t site = rec->site < MS_MAX_IDS ? rec->site : (uint32_t)(MS_ID_OVERFLOW + (rec->flags & MS_FLAG_DOMAIN_MASK));
+    uint32_t site = rec->site < MS_MAX_IDS ? rec->site : (uint32_t)(MS_ID_OVERFLOW + ms_flags_domain(rec->flags));
     g_lowest = site < g_lowest ? site : g_lowest;
     g_highest = site > g_highest ? site : g_highest;
     atomic_store_explicit(&g_dirty, true, memory_order_relaxed);

@@ -242,13 +242,15 @@ class Setting:
         return "unset" if self.default is None else self.kind.to_text(self.default)
 
 
-ALL_DOMAINS = ("obj", "mem", "raw")
+ALL_DOMAINS = ("obj", "mem", "raw", "native")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("ENABLED", Flag(), True,
             "Turn the tracker on or off; false hooks nothing and reports nothing."),
     Setting("DOMAINS", NameSet(ALL_DOMAINS), ALL_DOMAINS,
-            "CPython allocator domains to hook (PYMEM_DOMAIN_OBJ, _MEM, _RAW)."),
+            "Allocator domains to hook: CPython's (PYMEM_DOMAIN_OBJ, _MEM, _RAW) and `native`, the C "
+            "library's malloc family as extension modules and other shared objects call it (numpy's "
+            "array data; Linux with glibc on x86-64 and AArch64)."),
     Setting("CRITICAL_SIZE_THRESHOLD", Integer(1024, 2**40), 8192,
             "Allocations of at least this many bytes are large and always sampled (weight 1)."),
     Setting("MEDIUM_SAMPLE_RATE", Real(0.0, 1.0), 0.05,

@@ -65,7 +65,7 @@ from .records import RECORD_DTYPE
 
 MAGIC = b"\x89MEMSCP\n"
 CHUNK_MAGIC = b"MSCK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: three domain bits in the record flags (the native domain)
 RECORD_SIZE = RECORD_DTYPE.itemsize
 KIND_RECORDS = 1
 KIND_STRINGS = 2

@@ -225,7 +225,7 @@ class Producer:
     # -- exact counters --
 
     def _domains(self, snap):
-        return [d for d in range(4) if DOMAINS[d] in snap.domains or snap.counters.allocations[d].any()]
+        return [d for d in range(len(DOMAINS)) if DOMAINS[d] in snap.domains or snap.counters.allocations[d].any()]
 
     def _allocations(self, snap):
         for d in self._domains(snap):

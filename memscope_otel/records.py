@@ -30,19 +30,22 @@ def concatenate_records(batches):
     return np.frombuffer(joined, dtype=RECORD_DTYPE)
 
 
-DOMAINS = ("obj", "mem", "raw", "manual")
+DOMAINS = ("obj", "mem", "raw", "manual", "native")
 SIZE_CLASSES = ("small", "medium", "large")
 EVENTS = ("alloc", "free", "realloc")
 
-DOMAIN_MASK = 0x3
-EVENT_SHIFT, EVENT_MASK = 2, 0xC
-CLASS_SHIFT, CLASS_MASK = 4, 0x30
-FLAG_NOLIVE = 0x40
-FLAG_FREQUENCY = 0x80
+# The flag layout of csrc/memscope.h (dump format 2).
+DOMAIN_MASK = 0x7
+EVENT_SHIFT, EVENT_MASK = 3, 0x18
+CLASS_SHIFT, CLASS_MASK = 5, 0x60
+FLAG_NOLIVE = 0x80
+FLAG_FREQUENCY = 0x100
 
 
 def domain_of(flags):
-    return flags & DOMAIN_MASK
+    """The domain index that record flags name (an int or a numpy array); a value past the last
+    domain (a corrupt record) reads as the last, as in the C reducers."""
+    return np.minimum(flags & DOMAIN_MASK, len(DOMAINS) - 1)
 
 
 def event_of(flags):

@@ -16,11 +16,11 @@ import dataclasses
 
 import numpy as np
 
-from .records import (CLASS_MASK, CLASS_SHIFT, DOMAIN_MASK, DOMAINS, EVENT_MASK, EVENT_SHIFT,
-                      FLAG_NOLIVE, RECORD_DTYPE)
+from .records import (CLASS_MASK, CLASS_SHIFT, DOMAINS, EVENT_MASK, EVENT_SHIFT, FLAG_NOLIVE, RECORD_DTYPE,
+                      domain_of)
 
 MAX_IDS = 32768
-ID_OVERFLOW = 4
+ID_OVERFLOW = 8  # MS_ID_OVERFLOW
 BUCKETS = 65
 MANUAL_DOMAIN = DOMAINS.index("manual")
 
@@ -60,7 +60,7 @@ class DecodedRecords:
 def decode(records: np.ndarray) -> DecodedRecords:
     """Decodes flags, clamps site ids and size classes, and weighs sizes, like reduce.c does."""
     flags = records["flags"].astype(np.int64)
-    domain = flags & DOMAIN_MASK
+    domain = domain_of(flags)
     event = (flags & EVENT_MASK) >> EVENT_SHIFT
     size_class = np.minimum((flags & CLASS_MASK) >> CLASS_SHIFT, 2)
     site = records["site"].astype(np.int64)
@@ -165,12 +165,13 @@ def numpy_summary(records: np.ndarray) -> dict:
 
     cell = r.domain * 3 + r.size_class
     bucket = r.domain * BUCKETS + r.bucket
-    cells, buckets = _KeySpace(n, cell, 12), _KeySpace(n, bucket, 4 * BUCKETS)
-    domains, sites = _KeySpace(n, r.domain, 4), _KeySpace(n, r.site, MAX_IDS)
+    nd = len(DOMAINS)
+    cells, buckets = _KeySpace(n, cell, nd * 3), _KeySpace(n, bucket, nd * BUCKETS)
+    domains, sites = _KeySpace(n, r.domain, nd), _KeySpace(n, r.site, MAX_IDS)
     return {
-        "count": _accumulate(cells, cell, a, count, cu, outside, r.weight).reshape(4, 3),
-        "bytes": _accumulate(cells, cell, a, nbytes, bu, outside, r.weighted_bytes).reshape(4, 3),
-        "bucket_count": _accumulate(buckets, bucket, a, count, cu, outside, r.weight).reshape(4, BUCKETS),
+        "count": _accumulate(cells, cell, a, count, cu, outside, r.weight).reshape(nd, 3),
+        "bytes": _accumulate(cells, cell, a, nbytes, bu, outside, r.weighted_bytes).reshape(nd, 3),
+        "bucket_count": _accumulate(buckets, bucket, a, count, cu, outside, r.weight).reshape(nd, BUCKETS),
         "live_bytes": _accumulate(domains, r.domain, live, sign * nbytes, bu, outside, signed_wbytes),
         "live_count": _accumulate(domains, r.domain, live, sign * count, cu, outside, signed_weight),
         "records": int(n),
@@ -259,9 +260,9 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
         first = last = dump.start_time_us
     span_us = max(1, last - first + 1)
     bins = int(min(bins, span_us))
-    est_count = np.zeros(4)
-    est_bytes = np.zeros(4)
-    live = np.zeros(4)
+    est_count = np.zeros(len(DOMAINS))
+    est_bytes = np.zeros(len(DOMAINS))
+    live = np.zeros(len(DOMAINS))
     id_count, id_bytes, id_live = np.zeros(MAX_IDS), np.zeros(MAX_IDS), np.zeros(MAX_IDS)
     id_records = np.zeros(MAX_IDS, dtype=np.int64)
     id_domain = np.zeros(MAX_IDS, dtype=np.int64)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .records import RECORD_DTYPE
+from .records import DOMAINS, RECORD_DTYPE
 
 log = logging.getLogger("memscope_otel")
 
-_DOMAIN_BITS = {"obj": 1, "mem": 2, "raw": 4}
+_DOMAIN_BITS = {"obj": 1, "mem": 2, "raw": 4, "native": 16}
 
 
 _LOADED = None
@@ -37,10 +37,10 @@ def _lib():
 class Counters:
     """One snapshot of the exact counters (numpy arrays indexed [domain][size class] etc.)."""
 
-    allocations: np.ndarray  # (4, 3) uint64
-    bytes: np.ndarray  # (4, 3) uint64
-    deallocations: np.ndarray  # (4,) uint64
-    by_size: np.ndarray  # (4, 65) uint64
+    allocations: np.ndarray  # (domains, 3) uint64, domains in records.DOMAINS order
+    bytes: np.ndarray  # (domains, 3) uint64
+    deallocations: np.ndarray  # (domains,) uint64
+    by_size: np.ndarray  # (domains, 65) uint64
     samples: int
     dropped: int
     live_untracked: int
@@ -54,6 +54,9 @@ class Counters:
     live_capacity: int = 0
     live_threshold: float = 0.0
     relinks: int = 0
+    native_objects: int = 0
+    native_entries: int = 0
+    native_skipped: int = 0
 
 
 def start(config):
@@ -78,6 +81,9 @@ def start(config):
         raise RuntimeError("memscope sampler is already active")
     if rc < 0:
         raise RuntimeError(f"memscope sampler rejected its configuration ({config!r})")
+    if "native" in config.domains and not lib.ms_native_supported():
+        log.warning("OTEL_PYTHON_MEMSCOPE_DOMAINS names native, which needs Linux with glibc on x86-64 or "
+                    "AArch64: the native domain stays empty here")
     if rc > 0:
         names = [d for d, bit in _DOMAIN_BITS.items() if rc & bit]
         log.warning("memscope's allocator hook of the %s domain(s) had been unlinked by another tool after "
@@ -111,19 +117,29 @@ def rates():
     return m[0], s[0]
 
 
+_per_thread = threading.local()
+
+
 def read_counters():
+    """The exact counters now (:class:`Counters`).
+
+    Reading them takes nothing from the C library's allocator (a struct kept per thread, arrays
+    copied into CPython's memory rather than numpy's), so the native domain's counts around a
+    read are the program's own."""
     ffi, lib = _lib()
-    c = ffi.new("ms_counters_t *")
+    c = getattr(_per_thread, "counters", None)
+    if c is None:
+        c = _per_thread.counters = ffi.new("ms_counters_t *")
     lib.ms_read_counters(c)
 
     def arr(field, shape):
-        return np.frombuffer(ffi.buffer(field), dtype=np.uint64).reshape(shape).copy()
+        return np.frombuffer(bytearray(ffi.buffer(field)), dtype=np.uint64).reshape(shape)
 
     return Counters(
-        allocations=arr(c.allocations, (4, 3)),
-        bytes=arr(c.bytes, (4, 3)),
-        deallocations=arr(c.deallocations, (4,)),
-        by_size=arr(c.by_size, (4, 65)),
+        allocations=arr(c.allocations, (len(DOMAINS), 3)),
+        bytes=arr(c.bytes, (len(DOMAINS), 3)),
+        deallocations=arr(c.deallocations, (len(DOMAINS),)),
+        by_size=arr(c.by_size, (len(DOMAINS), 65)),
         samples=c.samples,
         dropped=c.dropped,
         live_untracked=c.live_untracked,
@@ -137,6 +153,9 @@ def read_counters():
         live_capacity=c.live_capacity,
         live_threshold=float(c.live_threshold),
         relinks=c.relinks,
+        native_objects=c.native_objects,
+        native_entries=c.native_entries,
+        native_skipped=c.native_skipped,
     )
 
 

@@ -45,7 +45,7 @@ import numpy as np
 from . import sampler
 from .records import DOMAINS
 
-MS_ID_NATIVE, MS_ID_OVERFLOW, MS_FIRST_DYNAMIC_ID = 0, 4, 8
+MS_ID_NATIVE, MS_ID_OVERFLOW, MS_FIRST_DYNAMIC_ID = 0, 8, 16  # csrc/memscope.h
 MAX_IDS = 32768  # MS_MAX_IDS in csrc/memscope.h
 
 
@@ -331,7 +331,7 @@ class SiteResolver:
             site = Site(sys.intern(code.co_filename), qualname_of(code), line_of(code, info.offset),
                         DOMAINS[info.domain])
         except Exception:  # a code object we cannot read: still a site of its own
-            site = Site("<unknown>", getattr(code, "co_name", "<unknown>"), 0, DOMAINS[info.domain & 3])
+            site = Site("<unknown>", getattr(code, "co_name", "<unknown>"), 0, DOMAINS[min(info.domain, len(DOMAINS) - 1)])
         self._cache[site_id] = site
         ref = self._watched.get(address)
         if ref is None or ref() is not code:

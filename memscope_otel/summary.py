@@ -7,6 +7,7 @@ is reused: per-site sums never change because of reuse.
 """
 import numpy as np
 
+from .records import DOMAINS
 from .sites import RECLAIMED, reclaimed_site
 
 MAX_IDS = 32768  # MS_MAX_IDS in csrc/memscope.h
@@ -41,24 +42,24 @@ class Summary:
     @property
     def count(self):
         """Estimated allocations, [domain][size class]."""
-        return self._view(self._c.count, (4, 3))
+        return self._view(self._c.count, (len(DOMAINS), 3))
 
     @property
     def bytes(self):
         """Estimated requested bytes, [domain][size class]."""
-        return self._view(self._c.bytes, (4, 3))
+        return self._view(self._c.bytes, (len(DOMAINS), 3))
 
     @property
     def bucket_count(self):
-        return self._view(self._c.bucket_count, (4, 65))
+        return self._view(self._c.bucket_count, (len(DOMAINS), 65))
 
     @property
     def live_bytes(self):
-        return self._view(self._c.live_bytes, (4,))
+        return self._view(self._c.live_bytes, (len(DOMAINS),))
 
     @property
     def live_count(self):
-        return self._view(self._c.live_count, (4,))
+        return self._view(self._c.live_count, (len(DOMAINS),))
 
     @property
     def c_summary(self):

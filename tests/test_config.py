@@ -17,7 +17,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Written out by hand (not derived from the code) so that a wrong range in the table is caught.
 EXPECTED_RANGE = {
     "ENABLED": "true/false",
-    "DOMAINS": "{obj, mem, raw}",
+    "DOMAINS": "{obj, mem, raw, native}",
     "CRITICAL_SIZE_THRESHOLD": "[1024, 2**40]",
     "MEDIUM_SAMPLE_RATE": "[0, 1]",
     "SMALL_SAMPLE_RATE": "[0, 1]",
@@ -38,7 +38,7 @@ EXPECTED_RANGE = {
 
 EXPECTED_DEFAULTS = Config(
     enabled=True,
-    domains=("obj", "mem", "raw"),
+    domains=("obj", "mem", "raw", "native"),
     critical_size_threshold=8192,
     medium_sample_rate=0.05,
     small_sample_rate=0.001,
@@ -61,7 +61,7 @@ EXPECTED_DEFAULTS = Config(
 GOOD_TEXT = {
     "ENABLED": [("false", False), ("TRUE", True), (" off ", False)],
     "DOMAINS": [("raw", ("raw",)), (" Raw , OBJ ", ("obj", "raw")), ("mem,mem,", ("mem",)),
-                ("raw,mem,obj", ("obj", "mem", "raw"))],
+                ("raw,mem,obj", ("obj", "mem", "raw")), ("native, obj", ("obj", "native"))],
     "CRITICAL_SIZE_THRESHOLD": [("1024", 1024), (str(2**40), 2**40), (" 65536 ", 65536)],
     "MEDIUM_SAMPLE_RATE": [("0", 0.0), ("1", 1.0), ("0.25", 0.25), ("1e-2", 0.01)],
     "SMALL_SAMPLE_RATE": [("0", 0.0), ("1", 1.0), ("0.0001", 0.0001)],

@@ -56,7 +56,7 @@ def test_every_metric_is_published_with_units(tracked):
     del keep, blocks
 
 
-DOMAIN_NAMES = ("obj", "mem", "raw", "manual")
+DOMAIN_NAMES = ("obj", "mem", "raw", "manual", "native")  # MS_DOMAIN_* order
 CLASS_NAMES = ("small", "medium", "large")
 # One size per size class (default thresholds: medium from 1024 B, large from 8192 B) and the
 # log2 bucket each falls in (memscope.size.le = the power of two at or above the size).
@@ -139,9 +139,9 @@ def test_exported_exact_counters_equal_the_c_counters_point_by_point():
     calls = _allocator_calls()
     # Every domain hooked and the default size-class thresholds, whatever the environment says.
     tracker = memscope_otel.start(meter_provider=provider, seed=11, drain_interval_ms=60000, adaptive=False,
-                                  domains="obj,mem,raw", critical_size_threshold=8192)
+                                  domains="obj,mem,raw,native", critical_size_threshold=8192)
     try:
-        assert set(tracker.config.domains) == {"obj", "mem", "raw"}
+        assert set(tracker.config.domains) == {"obj", "mem", "raw", "native"}
         seen = []
         tracker.listeners.append(seen.append)  # the snapshot each collection's points come from
         start = _exact_points(reader)

@@ -111,10 +111,13 @@ def counts_from_memscope(c):
     domain's allocations (which the workloads never make) for a separate check."""
     from memscope_otel._memscope import ffi
 
-    allocations = _arr(ffi, c.allocations, (4, 3))
-    by_size = _arr(ffi, c.by_size, (4, 65))
-    return Counts(allocations[:3], _arr(ffi, c.bytes, (4, 3))[:3], _arr(ffi, c.deallocations, (4,))[:3],
-                  by_size[:3]), int(allocations[3].sum())
+    from memscope_otel.records import DOMAINS
+
+    nd = len(DOMAINS)
+    allocations = _arr(ffi, c.allocations, (nd, 3))
+    by_size = _arr(ffi, c.by_size, (nd, 65))
+    return Counts(allocations[:3], _arr(ffi, c.bytes, (nd, 3))[:3], _arr(ffi, c.deallocations, (nd,))[:3],
+                  by_size[:3]), int(allocations[DOMAINS.index("manual")].sum())
 
 
 def counts_from_hook(c):

@@ -12,7 +12,9 @@ import tempfile
 
 import numpy as np
 
-from memscope_otel.records import RECORD_DTYPE
+from memscope_otel.records import DOMAINS, RECORD_DTYPE
+
+ND = len(DOMAINS)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MAX_IDS = 32768
@@ -79,11 +81,11 @@ class Summary:
         """Every field as numpy arrays (copies), for comparisons."""
         buf = lambda field, shape: np.frombuffer(self.ffi.buffer(field), dtype=np.float64).reshape(shape).copy()
         return {
-            "count": buf(self.c.count, (4, 3)),
-            "bytes": buf(self.c.bytes, (4, 3)),
-            "bucket_count": buf(self.c.bucket_count, (4, 65)),
-            "live_bytes": buf(self.c.live_bytes, (4,)),
-            "live_count": buf(self.c.live_count, (4,)),
+            "count": buf(self.c.count, (ND, 3)),
+            "bytes": buf(self.c.bytes, (ND, 3)),
+            "bucket_count": buf(self.c.bucket_count, (ND, 65)),
+            "live_bytes": buf(self.c.live_bytes, (ND,)),
+            "live_count": buf(self.c.live_count, (ND,)),
             "records": int(self.c.records),
             "free_records": int(self.c.free_records),
             "id_count": self.id_count.copy(),

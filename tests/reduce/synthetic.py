@@ -2,7 +2,8 @@
 import numpy as np
 
 from memscope_otel.dump import DumpWriter
-from memscope_otel.records import RECORD_DTYPE
+from memscope_otel.records import CLASS_SHIFT, EVENT_SHIFT, RECORD_DTYPE
+from memscope_otel.sites import MS_FIRST_DYNAMIC_ID as FIRST_DYNAMIC_ID
 
 BASE_US = 1_700_000_000_000_000
 
@@ -29,12 +30,12 @@ def workload_records(n, seed=0, t0_us=0, span_us=10_000_000, sites=40):
     lo, hi = np.array([1, 1024, 8192])[cls], np.array([1024, 8192, 1 << 22])[cls]
     r["size"] = rng.integers(lo, hi)
     r["weight"] = np.array([1000.0, 20.0, 1.0], dtype=np.float32)[cls]
-    r["site"] = 8 + rng.zipf(1.5, n).clip(1, sites)
+    r["site"] = FIRST_DYNAMIC_ID + rng.zipf(1.5, n).clip(1, sites)
     event = rng.choice([0, 1, 2], n, p=[0.6, 0.3, 0.1])
     # a site belongs to one domain, as in the sampler: the upper half of the ids are manual-API
     # types, the rest obj/mem/raw sites
-    domain = np.where(r["site"] - 8 > sites // 2, 3, (r["site"] - 8) % 3)
-    r["flags"] = domain | (event << 2) | (cls << 4)
+    domain = np.where(r["site"] - FIRST_DYNAMIC_ID > sites // 2, 3, (r["site"] - FIRST_DYNAMIC_ID) % 3)
+    r["flags"] = domain | (event << EVENT_SHIFT) | (cls << CLASS_SHIFT)
     r["address"] = rng.integers(1, 2**47, n)
     r["time_delta_us"] = t0_us + np.sort(rng.integers(0, span_us, n))
     r["thread"] = rng.integers(0, 4, n)
@@ -46,8 +47,8 @@ def write_workload_dump(path, n_chunks=20, per_chunk=500, sites=40):
     written = []
     with DumpWriter(path, {"small_sample_rate": 0.001, "medium_sample_rate": 0.05},
                     start_time_us=BASE_US) as w:
-        w.write_strings({8 + i: f"/srv/app/module{i % 5}.py:function_{i}:{10 * i + 3}" for i in range(1, sites // 2 + 1)})
-        w.write_strings({8 + i: f"numpy.ndarray[{i}]" for i in range(sites // 2 + 1, sites + 1)})
+        w.write_strings({FIRST_DYNAMIC_ID + i: f"/srv/app/module{i % 5}.py:function_{i}:{10 * i + 3}" for i in range(1, sites // 2 + 1)})
+        w.write_strings({FIRST_DYNAMIC_ID + i: f"numpy.ndarray[{i}]" for i in range(sites // 2 + 1, sites + 1)})
         for k in range(n_chunks):
             recs = workload_records(per_chunk, seed=k, span_us=500_000, sites=sites)
             w.write_chunk(BASE_US + k * 500_000, recs)

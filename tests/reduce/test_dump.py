@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from memscope_otel.dump import DumpFormatError, DumpWriter, open_dump
+from memscope_otel.dump import FORMAT_VERSION, DumpFormatError, DumpWriter, open_dump
 from memscope_otel.records import RECORD_DTYPE
 
 from synthetic import BASE_US, chunk_records
@@ -33,7 +33,7 @@ def test_round_trip_bit_identical(tmp_path):
     written = write_file(path, sizes, strings)
     d = open_dump(path)
     assert d.truncated is None
-    assert d.format_version == 1 and d.start_time_us == BASE_US
+    assert d.format_version == FORMAT_VERSION == 2 and d.start_time_us == BASE_US
     assert d.config == {"rate": 0.5, "domains": ["obj", "mem"], "path": None}
     assert d.strings == strings
     non_empty = [(i, r) for i, r in enumerate(written) if len(r)]
@@ -130,7 +130,7 @@ def test_torn_tail_warns(tmp_path):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda b: b"GIF89a" + b[6:], "not a memscope dump"),
-    (lambda b: b[:8] + (2).to_bytes(2, "little") + b[10:], "format version 2"),
+    (lambda b: b[:8] + (3).to_bytes(2, "little") + b[10:], "format version 3"),
     (lambda b: b[:10] + (64).to_bytes(2, "little") + b[12:], "record size 64"),
     (lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:], "header checksum"),
     (lambda b: b"", "empty"),

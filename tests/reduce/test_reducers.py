@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from memscope_otel.records import RECORD_DTYPE
+from memscope_otel.records import FLAG_NOLIVE, RECORD_DTYPE
 from memscope_otel.report import numpy_summary
 
 import c_reducer
@@ -22,8 +22,10 @@ def random_records(rng, n, extreme=False):
     sizes = rng.integers(0, 1 << 20, n, dtype=np.uint64)
     weights = rng.choice(np.array([1.0, 20.0, 1000.0, 1 / 0.0007, 3.3], dtype=np.float32), n)
     sites = rng.integers(0, 300, n, dtype=np.uint32)
-    flags = (rng.integers(0, 4, n) | (rng.choice([0, 0, 0, 1, 2, 3], n) << 2)
-             | (rng.integers(0, 4, n) << 4) | (rng.integers(0, 2, n) << 6) | (rng.integers(0, 2, n) << 7))
+    # domain bits 0-2 (5..7 name no domain: clamped to the last), event 3-4, class 5-6, NOLIVE 7,
+    # FREQUENCY 8
+    flags = (rng.integers(0, 8, n) | (rng.choice([0, 0, 0, 1, 2, 3], n) << 3)
+             | (rng.integers(0, 4, n) << 5) | (rng.integers(0, 2, n) << 7) | (rng.integers(0, 2, n) << 8))
     if extreme:
         special_sizes = np.array([0, 1, 2, 3, 2**32 - 1, 2**32, 2**32 + 1, 2**53 + 1, 2**63,
                                   2**64 - 1, 2**64 - 2, (1 << 63) + 12345, 2**31, 1023, 1024, 1025],
@@ -37,7 +39,7 @@ def random_records(rng, n, extreme=False):
         pick = rng.random(n) < 0.2
         sites[pick] = rng.choice(np.array([32767, 32768, 2**32 - 1, 40000, 0, 7], dtype=np.uint32),
                                  pick.sum())
-        flags = flags | (rng.integers(0, 2, n) << 8) | (rng.integers(0, 256, n) << 8)
+        flags = flags | (rng.integers(0, 2, n) << 9) | (rng.integers(0, 128, n) << 9)
     r["size"] = sizes
     r["weight"] = weights
     r["site"] = sites
@@ -176,16 +178,16 @@ def test_batch_split_at_block_boundaries_gives_the_same_summary():
 
 def test_semantics_by_hand():
     recs = np.zeros(5, dtype=RECORD_DTYPE)
-    # alloc obj small 100 B weight 10 at site 9
-    recs[0] = (1, 100, 0, 9, 10.0, 0 | (0 << 2) | (0 << 4), 0)
-    # realloc mem medium 2000 B weight 2 at site 10, NOLIVE
-    recs[1] = (2, 2000, 0, 10, 2.0, 1 | (2 << 2) | (1 << 4) | 64, 0)
+    # alloc obj small 100 B weight 10 at site 17
+    recs[0] = (1, 100, 0, 17, 10.0, 0 | (0 << 3) | (0 << 5), 0)
+    # realloc mem medium 2000 B weight 2 at site 18, NOLIVE
+    recs[1] = (2, 2000, 0, 18, 2.0, 1 | (2 << 3) | (1 << 5) | FLAG_NOLIVE, 0)
     # free of record 0
-    recs[2] = (1, 100, 0, 9, 10.0, 0 | (1 << 2), 0)
-    # alloc raw large with a site out of range: folded into <overflow> of raw (id 4 + 2)
-    recs[3] = (3, 1 << 20, 0, 99999, 1.0, 2 | (2 << 4), 0)
+    recs[2] = (1, 100, 0, 17, 10.0, 0 | (1 << 3), 0)
+    # alloc raw large with a site out of range: folded into <overflow> of raw (id 8 + 2)
+    recs[3] = (3, 1 << 20, 0, 99999, 1.0, 2 | (2 << 5), 0)
     # event kind 3: only counted in records
-    recs[4] = (4, 5, 0, 11, 1.0, 3 << 2, 0)
+    recs[4] = (4, 5, 0, 19, 1.0, 3 << 3, 0)
     s = reduce_with(LIB.ms_reduce, recs)
     assert s["count"][0, 0] == 10 and s["bytes"][0, 0] == 1000
     assert s["count"][1, 1] == 2 and s["bytes"][1, 1] == 4000
@@ -193,10 +195,10 @@ def test_semantics_by_hand():
     assert s["bucket_count"][0, 7] == 10  # 64 < 100 <= 128
     assert s["bucket_count"][1, 11] == 2  # 1024 < 2000 <= 2048
     assert s["bucket_count"][2, 20] == 1  # exactly 2^20
-    assert s["live_bytes"].tolist() == [0.0, 0.0, float(1 << 20), 0.0]  # NOLIVE realloc not live
-    assert s["live_count"].tolist() == [0.0, 0.0, 1.0, 0.0]
-    assert s["id_count"][9] == 10 and s["id_bytes"][10] == 4000 and s["id_live_bytes"][9] == 0
-    assert s["id_count"][6] == 1 and s["id_count"][11] == 0
+    assert s["live_bytes"].tolist() == [0.0, 0.0, float(1 << 20), 0.0, 0.0]  # NOLIVE realloc not live
+    assert s["live_count"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert s["id_count"][17] == 10 and s["id_bytes"][18] == 4000 and s["id_live_bytes"][17] == 0
+    assert s["id_count"][10] == 1 and s["id_count"][19] == 0
     assert s["records"] == 5 and s["free_records"] == 1
 
 

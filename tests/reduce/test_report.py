@@ -10,7 +10,7 @@ import pytest
 
 from memscope_otel import cli
 from memscope_otel.dump import DumpWriter, open_dump
-from memscope_otel.records import RECORD_DTYPE
+from memscope_otel.records import RECORD_DTYPE, domain_of, event_of
 from memscope_otel.report import analyze, bucket_label, fmt_bytes, fmt_count, render_html, render_text, size_buckets
 
 from synthetic import BASE_US, write_workload_dump
@@ -27,7 +27,7 @@ def test_figures_match_direct_sums(workload):
     path, recs = workload
     rep = analyze(open_dump(path), top=5, bins=20)
     flags = recs["flags"].astype(int)
-    event = (flags >> 2) & 3
+    event = event_of(flags)
     alloc = (event == 0) | (event == 2)
     free = event == 1
     wb = recs["weight"].astype(float) * recs["size"].astype(float)
@@ -41,7 +41,7 @@ def test_figures_match_direct_sums(workload):
     assert (rep.rate_bytes * bin_s).sum() == pytest.approx(wb[alloc].sum(), rel=1e-9)
     assert rep.live_over_time[-1] == pytest.approx(rep.live_bytes.sum(), rel=1e-9)
     # top site by bytes is the site with the largest weighted bytes among non-manual records
-    domain = flags & 3
+    domain = domain_of(flags)
     mask = alloc & (domain != 3)
     per_site = np.bincount(recs["site"][mask], wb[mask])
     best = rep.top_sites_by_bytes[0]
