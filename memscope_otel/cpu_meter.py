@@ -8,6 +8,10 @@ estimate (the hooks cannot time their own fast path)."""
 import threading
 import time
 
+import numpy as np
+
+from .records import DOMAINS
+
 
 class CpuMeter:
     """Sums ``time.thread_time_ns`` over :meth:`measure` blocks: CPU time only, so waiting for
@@ -56,13 +60,26 @@ class _Measured:
         return False
 
 
-# Cost of one unsampled hook call (counter bumps + countdown), in ns. The C side times only the
-# sampled path (slow_path_ns); the fast path is too short to time per call, so it is this constant,
-# measured once with `python benchmarks/optimizer.py fastpath` (hooks on with every rate at 0 and
-# no frequency guarantee, minus hooks off, per hook call): 7 to 15 ns in the least disturbed runs
-# on a shared 2-core machine. See docs/optimizer.md. It costs the same at any sampling rate, so it
-# is a figure and a recommendation, never a reason to lower the rates.
-FAST_PATH_NS = 10.0
+# Added CPU of one unsampled alloc+free pair, in ns, per domain (rows in records.DOMAINS order)
+# and size class (small, medium): the hooks' fast path, which costs the same at any sampling rate
+# and is too short to time per call. Large blocks are always sampled: their cost is the sampled
+# path, which the C side times (slow_path_ns). Measured in C loops, as the memscope-unsampled
+# column's median of interleaved rounds, on the shared 2-core development machine (AMD EPYC,
+# CPython 3.11, load average 1.2 to 1.8): `python benchmarks/micro.py --quick` gave small OBJ
+# +2.1, small RAW +2.4, medium MEM +9.4; `python benchmarks/native.py --quick` gave native 64 B
+# +2.5, native 4 KiB +6.3. Small MEM calls take OBJ's inline path, so they get its figure; medium
+# OBJ and RAW calls take MEM's general path, so they get its. `manual` is a Python call, the
+# caller's own cost. (A first estimate of 10 ns per call, timed from a Python loop under load
+# average 6 to 8, made a domain-off recommendation predict 17.9% of overhead where the demo
+# measured 3.6%; see docs/optimizer.md.) Figures only, never a reason to lower the rates.
+_PAIR_NS = {"obj": (2.1, 9.4), "mem": (2.1, 9.4), "raw": (2.4, 9.4), "manual": (0.0, 0.0), "native": (2.5, 6.3)}
+FAST_PATH_PAIR_NS = np.array([_PAIR_NS[d] for d in DOMAINS], dtype=np.float64)
+
+
+def fast_path_ns(allocations):
+    """The fast path's CPU, in ns, per domain, for ``allocations`` (a counters.allocations array
+    or a difference of two): each small and medium allocation with its free."""
+    return (np.asarray(allocations, dtype=np.float64)[:, :2] * FAST_PATH_PAIR_NS).sum(axis=1)
 
 
 def hook_calls(counters):
@@ -71,6 +88,6 @@ def hook_calls(counters):
 
 
 def hooks_estimate_ns(counters):
-    """The hooks' CPU time, cumulative: the sampled path as the C side timed it, plus
-    FAST_PATH_NS per hook call (the unsampled fast path, estimated)."""
-    return float(counters.slow_path_ns) + FAST_PATH_NS * float(hook_calls(counters).sum())
+    """The hooks' CPU time, cumulative: the sampled path as the C side timed it, plus the
+    unsampled fast path, estimated from the allocations (see FAST_PATH_PAIR_NS)."""
+    return float(counters.slow_path_ns) + float(fast_path_ns(counters.allocations).sum())

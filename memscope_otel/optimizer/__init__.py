@@ -30,14 +30,14 @@ from .features import (ARRAY_MODULES, NETWORK_MODULES, PendingAllocations, follo
                        followed, match_lifetimes)
 from .performance_optimizer import PerformanceOptimizer
 from .pressure import (CADENCE_DRIFT_BUDGET, DRAIN_COST_BUDGET, DROP_BUDGET, DUMP_BACKLOG_BUDGET, DUMP_BUSY_BUDGET,
-                       FAST_PATH_NOTE, FAST_PATH_NS, RECOGNIZER_BUDGET, RING_FILL_BUDGET, SAMPLED_PATH_BUDGET,
+                       FAST_PATH_NOTE, RECOGNIZER_BUDGET, RING_FILL_BUDGET, SAMPLED_PATH_BUDGET,
                        SERIES_BUDGET, ExportFailureCounter, Pressure, PressureMonitor, export_interval_from_env)
 from .recognizer import MIN_RECORDS, RULES, WORKLOADS, WorkloadRecognizer, classify
 from .recommendations import Recommendation, relative_error
 
 __all__ = [
     "ARRAY_MODULES", "CADENCE_DRIFT_BUDGET", "CALM_COLLECTIONS", "DRAIN_COST_BUDGET", "DOWN_FACTOR",
-    "DROP_BUDGET", "DUMP_BACKLOG_BUDGET", "DUMP_BUSY_BUDGET", "FAST_PATH_NOTE", "FAST_PATH_NS", "FUTILE_CUTS",
+    "DROP_BUDGET", "DUMP_BACKLOG_BUDGET", "DUMP_BUSY_BUDGET", "FAST_PATH_NOTE", "FUTILE_CUTS",
     "MIN_RECORDS", "NETWORK_MODULES", "RECOGNIZER_BUDGET", "RELIEF", "RING_FILL_BUDGET", "RULES",
     "SAMPLED_PATH_BUDGET", "SERIES_BUDGET", "SMOOTHING", "UP_FACTOR", "WORKLOADS",
     "ExportFailureCounter", "PendingAllocations", "PerformanceOptimizer", "Pressure", "PressureMonitor",

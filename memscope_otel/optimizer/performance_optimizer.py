@@ -15,7 +15,7 @@ import numpy as np
 from .. import sampler
 from ..records import DOMAINS
 from .controller import RateController
-from .pressure import (CADENCE_DRIFT_BUDGET, FAST_PATH_NOTE, FAST_PATH_NS, SERIES_BUDGET, PressureMonitor,
+from .pressure import (CADENCE_DRIFT_BUDGET, FAST_PATH_NOTE, SERIES_BUDGET, PressureMonitor,
                        export_interval_from_env)
 from .recognizer import MIN_RECORDS, WorkloadRecognizer, classify
 from .recommendations import Recommendation, _fmt, relative_error
@@ -278,28 +278,28 @@ class PerformanceOptimizer:
         recs = []
         gap = figures.get("gap_s", 0.0)
         # The unsampled fast path: the hooks' cost per call, whatever the rates. Fewer calls
-        # (a domain off) is what reduces it.
+        # (a domain off) is what reduces it; the domain to turn off is the one whose hooks cost
+        # most, its fast path and its share of the sampled path together.
         fast = figures.get("fast_path_share", 0.0)
-        by_domain = figures.get("hook_calls_per_s_by_domain") or []
-        hooked = [d for d in config.domains]
-        if fast > FAST_PATH_NOTE and len(hooked) > 1 and by_domain:
-            calls = {d: by_domain[i] for i, d in enumerate(DOMAINS) if d in hooked and i < len(by_domain)}
-            busiest = max(calls, key=calls.get)
-            keep = [d for d in hooked if d != busiest]
-            saved = calls[busiest] * FAST_PATH_NS / 1e9
-            shares = ", ".join(f"{d} {c:,.0f}/s" for d, c in sorted(calls.items(), key=lambda kv: -kv[1]))
+        hooked = list(config.domains)
+        costs = self._domain_costs(figures, hooked)
+        if fast > FAST_PATH_NOTE and len(hooked) > 1 and costs:
+            costliest = max(costs, key=lambda d: costs[d][0] + costs[d][1])
+            fast_d, sampled_d, records_d = costs[costliest]
+            keep = [d for d in hooked if d != costliest]
+            shares = ", ".join(f"{d} {f + s:.2%} ({f:.2%} fast path)"
+                               for d, (f, s, _) in sorted(costs.items(), key=lambda kv: -sum(kv[1][:2])))
             recs.append(Recommendation(
                 "domains", ",".join(hooked), ",".join(keep),
-                f"hook fewer allocator domains (the {busiest} domain off)",
-                f"the hooks' fast path (every call, sampled or not: {FAST_PATH_NS:.0f} ns each) takes about "
-                f"{fast:.1%} of a core at {figures.get('hook_calls_per_s', 0):,.0f} calls/s ({shares}); "
-                f"sampling rates do not change it",
-                f"about {-saved:+.2%} of a core in the hooks' fast path, plus the {busiest} domain's sampled path",
-                f"the {busiest} domain's allocations are no longer counted or sampled; the other domains' "
+                f"hook fewer allocator domains (the {costliest} domain off)",
+                f"the hooks' fast path (every small and medium allocation, sampled or not) takes about "
+                f"{fast:.2%} of a core at {figures.get('hook_calls_per_s', 0):,.0f} calls/s; sampling rates do not "
+                f"change it; the hooks' cost by domain, of a core: {shares}",
+                f"about {-(fast_d + sampled_d):+.2%} of a core: the {costliest} domain's fast path and sampled "
+                f"path, {-records_d:+.0f} records/s",
+                f"the {costliest} domain's allocations are no longer counted or sampled; the other domains' "
                 f"estimates are unchanged",
-                # Its records are not predicted: a share of the hook calls proved a poor proxy
-                # (large numpy blocks, always sampled, sit in few calls; see docs/optimizer.md).
-                live=False, predicted_cpu=-saved))
+                live=False, predicted_cpu=-(fast_d + sampled_d), predicted_records_per_s=-records_d))
         # Series: bounded by MAX_SITES whatever the rates.
         series_max = figures.get("metric_points_max", 0)
         collection_share = figures.get("collection_s", 0.0) / max(gap, 1e-9)
@@ -386,6 +386,28 @@ class PerformanceOptimizer:
                                           f"{frame_ms:.1f} ms frame")
                 recs.append(dataclasses.replace(rec, what="sample small allocations less"))
         return recs
+
+    def _domain_costs(self, figures, hooked):
+        """{domain: (fast-path share, sampled-path share, records/s)} of the hooked domains, in
+        cores, from the last collection: the fast path from FAST_PATH_PAIR_NS, the sampled path
+        as the records each domain's allocations yield at the rates in force (large blocks always,
+        frequency slots and the small and medium rates otherwise) times the measured CPU per
+        record (sampled path, draining, recognizing)."""
+        fast = figures.get("fast_path_share_by_domain") or []
+        per_s = figures.get("allocations_per_s_by_domain") or []
+        if not fast or not per_s:
+            return {}
+        medium, small = sampler.rates()
+        freq = self.tracker.config.frequency_sample_interval
+        slot = 1.0 / freq if freq else 0.0
+        cost_ns, per_sample = self._ns_per_record(figures), self._records_per_sample(figures)
+        costs = {}
+        for i, d in enumerate(DOMAINS):
+            if d in hooked and i < len(per_s):
+                n_small, n_medium, n_large = per_s[i]
+                records = (n_small * min(small + slot, 1.0) + n_medium * min(medium + slot, 1.0) + n_large) * per_sample
+                costs[d] = (fast[i], records * cost_ns / 1e9, records)
+        return costs
 
     def _tenth_site_count(self):
         counts = np.sort(self.tracker.summary.id_count)[::-1]

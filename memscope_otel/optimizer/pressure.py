@@ -18,7 +18,9 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..cpu_meter import FAST_PATH_NS, hook_calls
+import numpy as np
+
+from ..cpu_meter import fast_path_ns, hook_calls
 
 log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
 
@@ -37,7 +39,7 @@ DUMP_BACKLOG_BUDGET = 1.0    # one write lasting a whole drain interval (the rin
 # Thresholds of the rate-independent figures, for the recommendations and the export log line.
 SERIES_BUDGET = 2000         # points of one metric per collection (the SDK's default cardinality limit)
 CADENCE_DRIFT_BUDGET = 1.0   # a collection gap of twice the export interval
-FAST_PATH_NOTE = 0.02        # the unsampled fast path over 2% of one core: recommend fewer hooks
+FAST_PATH_NOTE = 0.005       # the unsampled fast path over 0.5% of one core: recommend fewer hooks
 
 def export_interval_from_env(environ=None):
     """OTEL_METRIC_EXPORT_INTERVAL in seconds (default 60), as the SDK's periodic reader reads it."""
@@ -220,7 +222,9 @@ class PressureMonitor:
         calls = hook_calls(counters) - hook_calls(c0)
         slow_ns = counters.slow_path_ns - c0.slow_path_ns
         sampled_share = slow_ns / 1e9 / gap
-        fast_share = FAST_PATH_NS * float(calls.sum()) / 1e9 / gap
+        allocations = counters.allocations.astype(np.float64) - c0.allocations
+        fast_ns = fast_path_ns(allocations)
+        fast_share = float(fast_ns.sum()) / 1e9 / gap
         drain_s, recognizer_s, collection_s = delta("drain_ns"), delta("recognizer_ns"), delta("collection_ns")
         export_failures = self.failures.failures - failures0
         drift = max(gap / self.export_interval_s - 1.0, 0.0)
@@ -237,7 +241,8 @@ class PressureMonitor:
             "export_failures": export_failures, "export_failure_message": self.failures.last_message,
             "fast_path_share": fast_share, "hook_share": sampled_share + fast_share,
             "hook_calls_per_s": float(calls.sum()) / gap,
-            "hook_calls_per_s_by_domain": (calls / gap).tolist(),
+            "fast_path_share_by_domain": (fast_ns / 1e9 / gap).tolist(),
+            "allocations_per_s_by_domain": (allocations / gap).tolist(),  # [domain][class]
             "collection_s": collection_s, "series": max(stats.get("points", 0) - stats0.get("points", 0), 0),
             "metric_points_max": stats.get("metric_points_max", 0),
         }

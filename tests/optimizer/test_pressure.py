@@ -6,15 +6,18 @@ import time
 import numpy as np
 import pytest
 
+from memscope_otel.cpu_meter import FAST_PATH_PAIR_NS
 from memscope_otel.optimizer import (DRAIN_COST_BUDGET, DROP_BUDGET, DUMP_BACKLOG_BUDGET, DUMP_BUSY_BUDGET,
-                                     FAST_PATH_NS, RECOGNIZER_BUDGET, SAMPLED_PATH_BUDGET, ExportFailureCounter,
+                                     RECOGNIZER_BUDGET, SAMPLED_PATH_BUDGET, ExportFailureCounter,
                                      PressureMonitor)
+from memscope_otel.records import DOMAINS
 
 
 class FakeCounters:
     def __init__(self, allocs=0, samples=0, dropped=0, slow_ns=0, slow_calls=0):
-        self.allocations = np.array([[allocs, 0, 0]] + [[0, 0, 0]] * 3, dtype=np.uint64)
-        self.deallocations = np.zeros(4, dtype=np.uint64)
+        self.allocations = np.zeros((len(DOMAINS), 3), dtype=np.uint64)
+        self.allocations[DOMAINS.index("obj"), 0] = allocs
+        self.deallocations = np.zeros(len(DOMAINS), dtype=np.uint64)
         self.samples, self.dropped = samples, dropped
         self.slow_path_ns, self.slow_path_calls = slow_ns, slow_calls
 
@@ -38,7 +41,9 @@ def test_pressure_components_from_two_collections():
     assert p.components["sampled_path"] == pytest.approx(0.005 / 1.5 / SAMPLED_PATH_BUDGET)
     assert p.figures["ring_fill"] == pytest.approx(2500 / 1.5 * 0.2 / 1000)  # no drains seen: per interval
     assert p.components["ring_fill"] == 0  # a third of a ring: under the wake-up, no pressure
-    assert p.figures["fast_path_share"] == pytest.approx(FAST_PATH_NS * 1_000_000 / 1e9 / 1.5)
+    small_obj_pair_ns = FAST_PATH_PAIR_NS[DOMAINS.index("obj"), 0]
+    assert p.figures["fast_path_share"] == pytest.approx(small_obj_pair_ns * 1_000_000 / 1e9 / 1.5)
+    assert p.figures["fast_path_share_by_domain"][DOMAINS.index("obj")] == pytest.approx(p.figures["fast_path_share"])
     assert p.figures["drift"] == pytest.approx(0.5)
     assert p.figures["series"] == 300 and p.figures["metric_points_max"] == 120
     assert p.figures["collection_s"] == pytest.approx(0.02)
@@ -58,12 +63,12 @@ def test_costs_that_rates_do_not_change_are_figures_not_pressure():
                               collection_stats=lambda: stats[0], clock=lambda: now[0])
     monitor.observe(FakeCounters())
     monitor.failures.failures += 3  # as if the SDK had logged three failed exports
-    # 5 s apart for a 1 s interval, 0.9 s of collection CPU, 50,000 points, 100 M hook calls (1 s of fast path)
+    # 5 s apart for a 1 s interval, 0.9 s of collection CPU, 50,000 points, 100 M small allocations
     now[0], stats[0] = 5.0, stats_of(900_000_000, 50_000, 1_000_000, 0, 5000)
     p = monitor.observe(FakeCounters(allocs=100_000_000))
     assert p.figures["collection_s"] == pytest.approx(0.9) and p.figures["series"] == 50_000
     assert p.figures["drift"] == pytest.approx(4.0) and p.figures["export_failures"] == 3
-    assert p.figures["fast_path_share"] == pytest.approx(0.2)
+    assert p.figures["fast_path_share"] == pytest.approx(FAST_PATH_PAIR_NS[DOMAINS.index("obj"), 0] * 1e8 / 1e9 / 5.0)
     assert p.value == pytest.approx(0.001 / 5.0 / DRAIN_COST_BUDGET) and p.dominant == "drain_cost"
 
 
