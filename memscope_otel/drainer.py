@@ -8,6 +8,9 @@ spends its time in C with the GIL released (cffi releases it around every call).
 """
 import logging
 import threading
+
+import numpy as np
+
 from . import sampler
 from .cpu_meter import CpuMeter
 
@@ -24,6 +27,9 @@ class Drainer:
         self.skip_below = 0 if self.sinks else sampler.drain_min_records()
         self.records_drained = 0
         self.drains = 0
+        # Sum over drains of the most records one thread's ring gave that drain: how full the
+        # fullest ring got (records_drained / drains would be every ring's together).
+        self.fullest_ring_records = 0
         self.relinks_seen = 0
         self._buffer = sampler.DrainBuffer()
         # Held while records are reduced into the summary; readers take it for a consistent copy.
@@ -96,6 +102,7 @@ class Drainer:
 
     def _drain_locked(self):
         moved = 0
+        per_thread = np.zeros(0, np.int64)
         while True:
             buffer = self._buffer
             records, base_us = buffer.drain(self.summary)  # drained and reduced
@@ -108,8 +115,16 @@ class Drainer:
                     except Exception:
                         log.exception("memscope record sink %r failed", sink)
             moved += len(records)
+            if len(records):
+                counts = np.bincount(records["thread"])
+                if len(counts) > len(per_thread):
+                    counts[:len(per_thread)] += per_thread
+                    per_thread = counts
+                else:
+                    per_thread[:len(counts)] += counts
             if not buffer.more:
                 break
+        self.fullest_ring_records += int(per_thread.max()) if len(per_thread) else 0
         return moved
 
     def _relinked(self, mask):

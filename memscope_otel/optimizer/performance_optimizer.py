@@ -81,6 +81,7 @@ class PerformanceOptimizer:
                 "drain_ns": getattr(self.tracker.drainer, "cpu_ns", 0),
                 "drains": getattr(self.tracker.drainer, "drains", 0),
                 "records_drained": getattr(self.tracker.drainer, "records_drained", 0),
+                "fullest_ring_records": getattr(self.tracker.drainer, "fullest_ring_records", 0),
                 "recognizer_ns": self.recognizer.cpu.ns}
 
     def start(self):

@@ -132,7 +132,7 @@ class PressureMonitor:
     ``collection_stats`` returns a dict of cumulative figures: ``collection_ns`` (memscope's
     callbacks' own CPU, past draining and recognizing), ``points``, ``drain_ns`` (draining on any
     thread), ``recognizer_ns``, ``metric_points_max`` (the most points one metric had in the
-    last collection), ``drains`` and ``records_drained`` (the drainer's); or None. ``dump_writer`` returns the running DumpWriter or None.
+    last collection), ``drains``, ``records_drained`` and ``fullest_ring_records`` (the drainer's); or None. ``dump_writer`` returns the running DumpWriter or None.
     ``export_interval_s`` is the configured export interval (OTEL_METRIC_EXPORT_INTERVAL): the gap
     between collections beyond it is drift, a figure. Its caller (PerformanceOptimizer.on_snapshot)
     observes only the collections of the reader(s) memscope serves: any other snapshot would shorten
@@ -214,9 +214,9 @@ class PressureMonitor:
         drop_fraction = dropped / max(records + dropped, 1)
         records_per_s = (records + dropped) / gap
         drains = stats.get("drains", 0) - stats0.get("drains", 0)
-        drained = stats.get("records_drained", 0) - stats0.get("records_drained", 0)
-        if drains > 0 and drained >= 0:  # measured: the records a drain found
-            ring_fill = drained / drains / self.ring_capacity
+        fullest = stats.get("fullest_ring_records", 0) - stats0.get("fullest_ring_records", 0)
+        if drains > 0 and fullest >= 0:  # measured: the records a drain found in the fullest ring
+            ring_fill = fullest / drains / self.ring_capacity
         else:  # no drain seen (a monitor without the drainer's figures): as if at every interval
             ring_fill = records_per_s * self.drain_interval_s / self.ring_capacity
         calls = hook_calls(counters) - hook_calls(c0)
@@ -261,7 +261,7 @@ class PressureMonitor:
                           f"({figures['drain_ns_per_record']:.0f} ns per record)",
             "recognizer": f"the workload recognizer took {recognizer_s * 1000:.1f} ms of CPU in {gap:.2f} s",
             "drops": f"{drop_fraction:.2%} of records dropped",
-            "ring_fill": f"a drain found {ring_fill:.0%} of a ring's capacity ({records_per_s:.0f} records/s)",
+            "ring_fill": f"a drain found {ring_fill:.0%} of a ring's capacity in the fullest ring ({records_per_s:.0f} records/s)",
         }
         if "dump_busy" in figures:
             loads["dump_writer"] = figures["dump_busy"] / DUMP_BUSY_BUDGET

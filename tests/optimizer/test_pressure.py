@@ -87,11 +87,13 @@ def test_ring_fill_is_what_the_drains_found():
     now, stats = [0.0], [stats_of()]
     monitor = PressureMonitor(1.0, 0.2, 1000, collection_stats=lambda: stats[0], clock=lambda: now[0])
     monitor.observe(FakeCounters())
-    now[0], stats[0] = 1.0, dict(stats_of(), drains=10, records_drained=4000)  # 400 a drain: under the wake-up
-    p = monitor.observe(FakeCounters(samples=4000))
+    # 400 a drain in the fullest ring: under the wake-up (8 threads' rings together held 3,200)
+    now[0], stats[0] = 1.0, dict(stats_of(), drains=10, records_drained=32000, fullest_ring_records=4000)
+    p = monitor.observe(FakeCounters(samples=32000))
     assert p.figures["ring_fill"] == pytest.approx(0.4) and p.components["ring_fill"] == 0
-    now[0], stats[0] = 2.0, dict(stats_of(), drains=12, records_drained=5800)  # 900 a drain: falling behind
-    p = monitor.observe(FakeCounters(samples=5800))
+    # 900 a drain: falling behind
+    now[0], stats[0] = 2.0, dict(stats_of(), drains=12, records_drained=33800, fullest_ring_records=5800)
+    p = monitor.observe(FakeCounters(samples=33800))
     assert p.figures["ring_fill"] == pytest.approx(0.9) and p.components["ring_fill"] == pytest.approx(0.8)
 
 
@@ -171,3 +173,41 @@ def test_only_the_collections_of_the_served_reader_are_observed(monkeypatch):
         memscope_otel.stop()
         old_provider.shutdown()
         provider.shutdown()
+
+
+def test_fullest_ring_is_one_threads_share_of_a_drain():
+    """Two threads writing records before one drain: the fullest ring holds at most what one of
+    them wrote, not both together."""
+    import threading
+
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    import memscope_otel
+
+    provider = MeterProvider()
+    tracker = memscope_otel.start(provider, small_sample_rate=1.0, medium_sample_rate=1.0, adaptive=False,
+                                  drain_interval_ms=60000)
+    try:
+        drainer = tracker.drainer
+        drainer.drain()
+        drained0, fullest0 = drainer.records_drained, drainer.fullest_ring_records
+        barrier = threading.Barrier(2)
+
+        def work():
+            barrier.wait()
+            kept = [str(i) for i in range(2000)]  # 2,000 sampled small allocations, at least
+            del kept
+
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        drainer.drain()
+        drained = drainer.records_drained - drained0
+        fullest = drainer.fullest_ring_records - fullest0
+    finally:
+        memscope_otel.stop()
+        provider.shutdown()
+    assert fullest >= 2000, (fullest, drained)
+    assert fullest <= drained - 2000, (fullest, drained)
