@@ -185,17 +185,20 @@ def test_fullest_ring_is_one_threads_share_of_a_drain():
     import memscope_otel
 
     provider = MeterProvider()
+    # Rings far larger than what the threads write: no half-full ring wakes the drainer, so one
+    # drain sees both threads' records (drains that each saw one thread would sum to all of them).
     tracker = memscope_otel.start(provider, small_sample_rate=1.0, medium_sample_rate=1.0, adaptive=False,
-                                  drain_interval_ms=60000)
+                                  drain_interval_ms=60000, max_records_per_thread=262144)
     try:
         drainer = tracker.drainer
         drainer.drain()
         drained0, fullest0 = drainer.records_drained, drainer.fullest_ring_records
-        barrier = threading.Barrier(2)
+        started, written = threading.Barrier(2), threading.Barrier(2)
 
         def work():
-            barrier.wait()
+            started.wait()
             kept = [str(i) for i in range(2000)]  # 2,000 sampled small allocations, at least
+            written.wait()  # both threads' records are in their rings at once
             del kept
 
         threads = [threading.Thread(target=work) for _ in range(2)]
