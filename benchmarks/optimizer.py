@@ -259,7 +259,8 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=0.6)
     p.add_argument("--extra", nargs="*", default=[], help="test-only programs (tests/optimizer/programs)")
     p.set_defaults(fn=cmd_features)
-    p = sub.add_parser("fastpath", help="cost of one unsampled hook call (FAST_PATH_NS)")
+    p = sub.add_parser("fastpath", help="cost of one unsampled hook call from a Python loop (a rough check; "
+                       "FAST_PATH_PAIR_NS comes from the C loops of micro.py and native.py)")
     p.add_argument("--n", type=int, default=500_000)
     p.add_argument("--repeat", type=int, default=7)
     p.set_defaults(fn=cmd_fastpath)

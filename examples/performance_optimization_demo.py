@@ -1,6 +1,6 @@
 """The adaptive optimizer on four real workloads: recognition, recommendations, before and after.
 
-    python examples/performance_optimization_demo.py [--seconds 2] [--only web_server ...]
+    python examples/performance_optimization_demo.py [--seconds 2] [--rounds 3] [--only web_server ...]
 
 For each workload (a WSGI app under load from client threads, a data pipeline, a game frame loop,
 a numpy training loop; see examples/workloads) it:
@@ -9,10 +9,15 @@ a numpy training loop; see examples/workloads) it:
 2. runs it tracked (metrics exported every 500 ms), then shows the recognized workload with the
    features behind it, the tracker's CPU overhead, and the error of the estimated allocation
    count against the exact counters;
-3. asks the optimizer for recommendations, applies them, runs again and shows the same figures.
+3. asks the optimizer for recommendations, applies them (the live ones to the running tracker,
+   the restart-only ones as settings of the next start; advice is only shown), runs again and
+   shows the same figures, with the change each recommendation predicted next to the change
+   measured.
 
 Overheads are in process CPU time (all threads), which a busy machine disturbs less than wall
-time; each figure is from one short run, so expect noise of several percent.
+time. The untracked, before and after runs are repeated ``--rounds`` times, interleaved, and
+each CPU cost per unit of work is the lowest of its rounds (the least disturbed run); records/s
+is the median; the count error is the first round's.
 """
 import argparse
 import math
@@ -123,15 +128,32 @@ def _rates_at(history, counters):
     return (before[-1].medium, before[-1].small) if before else None
 
 
+def restart_settings(recs):
+    """The restart-only recommendations as settings of the next start (keywords of start(), and
+    the export interval in ms), leaving out advice."""
+    settings, interval_ms = {}, 500
+    for rec in recs or ():
+        if rec.live or rec.advice:
+            continue
+        if rec.setting == "export_interval":
+            interval_ms = int(rec.proposed)
+        elif rec.setting == "domains":
+            settings["domains"] = rec.proposed
+        else:
+            settings[rec.setting] = type(rec.current)(rec.proposed) if rec.current is not None else rec.proposed
+    return settings, interval_ms
+
+
 def tracked_run(name, module, unit, seconds, apply_from=None):
     exporter = CountingExporter()
-    provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=500),
+    settings, interval_ms = restart_settings(apply_from)
+    provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms),
                                              InMemoryMetricReader()])
-    os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "500"
-    tracker = memscope_otel.start(provider)
+    os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = str(interval_ms)
+    tracker = memscope_otel.start(provider, **settings)
     try:
         if apply_from:
-            tracker.optimizer.apply_optimizations(apply_from)
+            tracker.optimizer.apply_optimizations([r for r in apply_from if r.live])
         base = tracker.refresh()
         base_estimate = tracker.summary.count.copy()
         units, cpu = run_with_progress(f"{name} ({'after' if apply_from else 'before'})", module, unit, seconds,
@@ -146,43 +168,80 @@ def tracked_run(name, module, unit, seconds, apply_from=None):
         memscope_otel.stop()
         provider.shutdown()
     return {"units": units, "cpu": cpu, "error": error, "predicted": predicted, "workload": workload,
+            "domains": tuple(tracker.config.domains),
             "features": features, "reasons": reasons, "recs": recs, "rates": snap_rates, "records": records,
             "points": exporter.points / max(exporter.exports, 1)}
+
+
+def predicted(recs, field):
+    """The sum of the recommendations' predictions of one kind (None when none predicts it)."""
+    values = [getattr(r, field) for r in recs or () if not r.advice and getattr(r, field) is not None]
+    return sum(values) if values else None
+
+
+def _pct(x, signed=True):
+    return "-" if x is None else (f"{x:+.1%}" if signed else f"{x:.2%}")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions of each run")
     parser.add_argument("--only", nargs="*", choices=list(WORKLOADS), help="run only these workloads")
     args = parser.parse_args(argv)
     rows = []
     for name in args.only or WORKLOADS:
         module, unit = WORKLOADS[name]
         print(f"\n== {name} ({module.__name__})")
-        units, cpu = run_with_progress(f"{name} (untracked)", module, unit, args.seconds)
-        base_cost = cpu / max(units, 1)
-        before = tracked_run(name, module, unit, args.seconds)
-        print(f"  recognized: {before['workload']}  ({'; '.join(before['reasons'])})")
-        print(f"  recommendations ({len(before['recs'])}):")
-        for rec in before["recs"]:
-            print("    " + str(rec).replace("\n", "\n    "))
-        after = tracked_run(name, module, unit, args.seconds, apply_from=before["recs"]) if before["recs"] else None
-        if after is None:
-            print("  nothing to change: no 'after' run")
-        else:
-            print(f"  recognized after: {after['workload']}  ({'; '.join(after['reasons'])})")
-        for label, run in (("before", before), ("after", after)):
-            if run is None:
-                continue
-            overhead = run["cpu"] / max(run["units"], 1) / base_cost - 1
-            rows.append((name, label, run["workload"], overhead, run["records"] / args.seconds, run["error"],
-                         run["predicted"], run["rates"], run["points"]))
+        untracked, befores, afters, recs = [], [], [], None
+        for round_ in range(max(args.rounds, 1)):
+            units, cpu = run_with_progress(f"{name} (untracked)", module, unit, args.seconds)
+            untracked.append(cpu / max(units, 1))
+            before = tracked_run(name, module, unit, args.seconds)
+            befores.append(before)
+            if round_ == 0:
+                recs = before["recs"]
+                print(f"  recognized: {before['workload']}  ({'; '.join(before['reasons'])})")
+                print(f"  recommendations ({len(recs)}):")
+                for rec in recs:
+                    print("    " + str(rec).replace("\n", "\n    "))
+                if not any(not r.advice for r in recs):
+                    print("  nothing to change: the after runs repeat the before runs' settings")
+            after = tracked_run(name, module, unit, args.seconds, apply_from=recs)
+            afters.append(after)
+            if round_ == 0:
+                print(f"  recognized after: {after['workload']}  ({'; '.join(after['reasons'])})")
+        base_cost = min(untracked)
+        summary = {}
+        for label, runs in (("before", befores), ("after", afters)):
+            cost = min(r["cpu"] / max(r["units"], 1) for r in runs)
+            records = sorted(r["records"] / args.seconds for r in runs)[len(runs) // 2]
+            summary[label] = (cost / base_cost - 1, records, runs[0])
+        work_cpu_per_s = base_cost * befores[0]["units"] / args.seconds  # the workload's own CPU, cores
+        pred_cpu, pred_records = predicted(recs, "predicted_cpu"), predicted(recs, "predicted_records_per_s")
+        # Predicted CPU change in the table's unit: overhead per unit of work, as a share of the
+        # untracked cost (cores changed / the workload's own cores).
+        pred_overhead = pred_cpu / work_cpu_per_s if pred_cpu is not None and work_cpu_per_s > 0 else None
+        measured_overhead = summary["after"][0] - summary["before"][0]
+        measured_records = summary["after"][1] - summary["before"][1]
+        for label in ("before", "after"):
+            overhead, records, run = summary[label]
+            change = ((pred_overhead, measured_overhead), (pred_records, measured_records)) if label == "after" else None
+            rows.append((name, label, run["workload"], overhead, records, run["error"], run["predicted"],
+                         run["rates"], run["points"], change, ",".join(run["domains"])))
     print("\n| workload | run | recognized | CPU overhead per unit of work | records/s | count error "
-          "| predicted std. error | small rate | medium rate | points/export |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, label, workload, overhead, rec, err, pred, (medium, small), points in rows:
+          "| predicted std. error | small rate | medium rate | domains | points/export "
+          "| predicted change: overhead, records/s | measured change: overhead, records/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, label, workload, overhead, rec, err, pred, (medium, small), points, change, domains in rows:
+        if change is None:
+            predicted_text = measured_text = ""
+        else:
+            (p_o, m_o), (p_r, m_r) = change
+            predicted_text = f"{_pct(p_o)}, {'-' if p_r is None else f'{p_r:+.0f}'}"
+            measured_text = f"{m_o:+.1%}, {m_r:+.0f}"
         print(f"| {name} | {label} | {workload} | {overhead:+.0%} | {rec:.0f} | {err:.2%} | {pred:.2%} "
-              f"| {small:.3g} | {medium:.3g} | {points:.0f} |")
+              f"| {small:.3g} | {medium:.3g} | {domains} | {points:.0f} | {predicted_text} | {measured_text} |")
 
 
 if __name__ == "__main__":

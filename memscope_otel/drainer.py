@@ -8,9 +8,11 @@ spends its time in C with the GIL released (cffi releases it around every call).
 """
 import logging
 import threading
-import time
+
+import numpy as np
 
 from . import sampler
+from .cpu_meter import CpuMeter
 
 log = logging.getLogger("memscope_otel")
 
@@ -25,6 +27,9 @@ class Drainer:
         self.skip_below = 0 if self.sinks else sampler.drain_min_records()
         self.records_drained = 0
         self.drains = 0
+        # Sum over drains of the most records one thread's ring gave that drain: how full the
+        # fullest ring got (records_drained / drains would be every ring's together).
+        self.fullest_ring_records = 0
         self.relinks_seen = 0
         self._buffer = sampler.DrainBuffer()
         # Held while records are reduced into the summary; readers take it for a consistent copy.
@@ -32,14 +37,20 @@ class Drainer:
         # that is inside drain(); with a plain lock that thread would wait for itself forever.
         self.lock = threading.RLock()
         self._drain_owner = None  # the thread in drain() (it holds the lock), or None
-        # CPU time spent in drain() on any thread: records drained and reduced, sites resolved
-        # (read by the optimizer: the one collection cost that sampling rates change).
-        self.cpu_ns = 0
+        # CPU time spent in drain() on any thread: records drained and reduced, sites resolved,
+        # sinks fed (read by the optimizer: a cost that sampling rates change; and reported as
+        # memscope.tracker.cpu{memscope.component="drainer"}).
+        self.cpu = CpuMeter()
         # The site resolver: told before and after every complete drain (the reuse of site ids
         # counts drains, and new sites are resolved after each one). See memscope_otel/sites.py.
         self.sites = None
         self._stopping = threading.Event()
         self._thread = None
+
+    @property
+    def cpu_ns(self):
+        """CPU time spent draining on any thread, cumulative, in ns."""
+        return self.cpu.ns
 
     def start(self):
         self._stopping.clear()
@@ -73,25 +84,25 @@ class Drainer:
             if self._drain_owner is not None:  # (only this thread can be it: it holds the lock)
                 return 0
             self._drain_owner = threading.get_ident()
-            started = time.thread_time_ns()
             try:
-                if self.sites is not None:
-                    self.sites.before_drain()
-                moved = self._drain_locked()
-                if self.sites is not None:
-                    try:
-                        self.sites.after_drain(self.summary)
-                    except Exception:  # the records are in the summary: only ids wait longer
-                        log.exception("memscope could not resolve or reclaim site ids after a drain")
+                with self.cpu.measure():
+                    if self.sites is not None:
+                        self.sites.before_drain()
+                    moved = self._drain_locked()
+                    if self.sites is not None:
+                        try:
+                            self.sites.after_drain(self.summary)
+                        except Exception:  # the records are in the summary: only ids wait longer
+                            log.exception("memscope could not resolve or reclaim site ids after a drain")
             finally:
                 self._drain_owner = None
-                self.cpu_ns += time.thread_time_ns() - started
             self.records_drained += moved
             self.drains += 1
         return moved
 
     def _drain_locked(self):
         moved = 0
+        per_thread = np.zeros(0, np.int64)
         while True:
             buffer = self._buffer
             records, base_us = buffer.drain(self.summary)  # drained and reduced
@@ -104,8 +115,16 @@ class Drainer:
                     except Exception:
                         log.exception("memscope record sink %r failed", sink)
             moved += len(records)
+            if len(records):
+                counts = np.bincount(records["thread"])
+                if len(counts) > len(per_thread):
+                    counts[:len(per_thread)] += per_thread
+                    per_thread = counts
+                else:
+                    per_thread[:len(counts)] += counts
             if not buffer.more:
                 break
+        self.fullest_ring_records += int(per_thread.max()) if len(per_thread) else 0
         return moved
 
     def _relinked(self, mask):

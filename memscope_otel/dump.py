@@ -47,6 +47,7 @@ not bounded by the file's own length.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import json
@@ -203,6 +204,11 @@ class DumpWriter:
         self._fd = _open_dump_file(self.path, exclusive)
         self._offset = 0
         self.records_written = 0
+        # The writer's measured speed, read by the optimizer (a slow disk makes the drainer, which
+        # writes, fall behind the rings): wall time inside writev, cumulative, and the last
+        # writes as (monotonic end in ns, wall ns, bytes), for the longest write of an interval.
+        self.write_ns = 0
+        self.recent_writes = collections.deque(maxlen=256)
         self._defined = set()  # ids with an entry in the file: a later entry redefines (kind 3)
         try:
             self._append([header])
@@ -223,6 +229,7 @@ class DumpWriter:
             start = self._offset
             views = [memoryview(b).cast("B") for b in buffers]
             total = sum(len(v) for v in views)
+            began = time.monotonic_ns()
             try:
                 while views:
                     done = os.writev(self._fd, views)
@@ -238,6 +245,10 @@ class DumpWriter:
                 except OSError:
                     pass
                 raise
+            finally:
+                ended = time.monotonic_ns()
+                self.write_ns += ended - began
+                self.recent_writes.append((ended, ended - began, total))
             self._offset = start + total
 
     @staticmethod

@@ -13,6 +13,7 @@ import time
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from . import sampler
+from .cpu_meter import hooks_estimate_ns
 from .records import DOMAINS, SIZE_CLASSES
 from .sites import RECLAIMED, TypeName
 
@@ -71,6 +72,24 @@ class RoutedCounters:
         return {key: tuple(self._series[key]) for key in top if key in self._series}
 
 
+class _Cumulative:
+    """Monotonic totals from sources that may start again from zero: a restarted tracker has a
+    new drainer and recognizer, whose CPU meters count from 0, but the exported counter goes on."""
+
+    def __init__(self):
+        self._last = {}  # key -> (source, raw value at the last update)
+        self._total = {}
+
+    def update(self, key, source, raw):
+        """Adds the growth of ``raw`` since the last update of ``key`` (all of it when the
+        source is new or went backwards) and returns the total."""
+        last = self._last.get(key)
+        grown = raw if last is None or last[0] is not source or raw < last[1] else raw - last[1]
+        self._last[key] = (source, raw)
+        self._total[key] = self._total.get(key, 0) + grown
+        return self._total[key]
+
+
 def _site_attributes(site):
     return {
         "code.file.path": site.file,
@@ -94,9 +113,13 @@ class Producer:
         self._max_sites = max_sites
         self._site_view = None  # (generation, {site: (bytes, count, live)}, {type: (bytes, count)})
         self.instruments = []
-        # What memscope's own collections cost, cumulative (read by the optimizer as a pressure signal).
+        # What memscope's own collections cost, cumulative: CPU past the drains and the workload
+        # recognition they run (those count as their own components), and points. Figures for
+        # the optimizer (they follow the sites, not the rates) and memscope.tracker.cpu.
         self.collection_ns = 0
         self.collection_points = 0
+        self.metric_points = {}  # instrument name -> points in its latest callback
+        self._cpu = _Cumulative()
 
         def counter(name, unit, description, fn):
             self.instruments.append(
@@ -137,6 +160,9 @@ class Producer:
               "Past its budget the live table takes a sampled block worth fewer weighted bytes than "
               "this only by chance, in proportion (0 until the budget is reached)",
               self._live_table_threshold)
+        counter("memscope.tracker.cpu", "s",
+                "CPU time of the tracker's own work by component: hooks (estimated: the sampled path as "
+                "timed plus a fixed cost per unsampled call), drainer, collection, recognizer", self._tracker_cpu)
         # Last, so that the pressure it reports includes this collection's other callbacks.
         gauge("memscope.optimizer.pressure", "1", "Export pressure seen by the adaptive optimizer (0 to 1)",
               self._pressure)
@@ -152,6 +178,7 @@ class Producer:
             self._snapshot = None
             self._site_view = None
             self._served = {}
+            self._cpu = _Cumulative()
 
     def set_max_sites(self, max_sites):
         """Changes how many sites get their own series from the next collection on (the others
@@ -164,14 +191,28 @@ class Producer:
     def _callback(self, name, fn):
         def callback(options: CallbackOptions):
             started = time.thread_time_ns()  # CPU time: waiting for the GIL is not our cost
+            others = self._others_on_this_thread()
             with sampler.ignored(), self._lock:
                 snap = self._current(name)
                 points = list(fn(snap))
-                self.collection_ns += time.thread_time_ns() - started
+                # Draining and recognizing on this thread are their components' CPU, not ours.
+                spent = time.thread_time_ns() - started - (self._others_on_this_thread() - others)
+                self.collection_ns += max(spent, 0)
                 self.collection_points += len(points)
+                self.metric_points[name] = len(points)
                 return points
 
         return callback
+
+    def _meters(self):
+        tracker = self.tracker
+        drainer = getattr(tracker, "drainer", None)
+        optimizer = getattr(tracker, "optimizer", None)
+        recognizer = getattr(optimizer, "recognizer", None)
+        return getattr(drainer, "cpu", None), getattr(recognizer, "cpu", None)
+
+    def _others_on_this_thread(self):
+        return sum(m.on_this_thread() for m in self._meters() if m is not None)
 
     def _current(self, name):
         # An instrument asking twice means a new collection began: take a new snapshot.
@@ -230,6 +271,15 @@ class Producer:
         yield Observation(small, {"memscope.size_class": "small"})
         yield Observation(medium, {"memscope.size_class": "medium"})
         yield Observation(1.0, {"memscope.size_class": "large"})
+
+    def _tracker_cpu(self, snap):
+        drain, recognizer = self._meters()
+        raw = {"hooks": (None, hooks_estimate_ns(snap.counters)),
+               "drainer": (drain, drain.ns if drain is not None else 0),
+               "collection": (None, self.collection_ns),
+               "recognizer": (recognizer, recognizer.ns if recognizer is not None else 0)}
+        for component, (source, ns) in raw.items():
+            yield Observation(self._cpu.update(component, source, ns) / 1e9, {"memscope.component": component})
 
     def _pressure(self, snap):
         optimizer = getattr(self.tracker, "optimizer", None)

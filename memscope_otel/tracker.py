@@ -123,6 +123,12 @@ class Tracker:
             return []
         return [self._write_dump]
 
+    @property
+    def dump_writer(self):
+        """The DumpWriter of OTEL_PYTHON_MEMSCOPE_DUMP_PATH while it writes, else None (the
+        optimizer reads its measured write times)."""
+        return self._dump
+
     def _write_dump(self, records, base_us):
         dump = self._dump
         if dump is None:

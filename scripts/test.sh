@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-VENV=${MEMSCOPE_VENV:-.venv-test}
+VENV=$(realpath -m "${MEMSCOPE_VENV:-.venv-test}")  # absolute: pytest runs from tests/
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -15,4 +15,4 @@ rm -rf build
 "$VENV/bin/python" -m pip install -q ".[test]"
 # Tests import the installed package, not the source tree (so the compiled module is found).
 cd tests
-exec "../$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider "$@"
+exec "$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider "$@"

@@ -31,6 +31,7 @@ DESIGN_METRICS = [
     ("memscope.sampler.live_table.fill", "1", GAUGE),
     ("memscope.sampler.live_table.threshold", "By", GAUGE),
     ("memscope.optimizer.pressure", "1", GAUGE),
+    ("memscope.tracker.cpu", "s", COUNTER),
 ]
 PROMETHEUS_NAMES = {metric_name(*m) for m in DESIGN_METRICS}
 
@@ -124,6 +125,7 @@ def test_required_panels_present(dashboard):
         "memscope_sampler_rate(_ratio)?": "sampler rate",
         "memscope_sampler_dropped_total": "dropped records",
         "memscope_optimizer_pressure(_ratio)?": "optimizer pressure",
+        "memscope_tracker_cpu_seconds_total": "tracker CPU by component",
     }
     for metric, what in wanted.items():
         assert any(metric in e for e in exprs.values()), f"no panel for {what} ({metric})"
@@ -133,3 +135,4 @@ def test_required_panels_present(dashboard):
     by_domain_class = [e for e in exprs.values()
                        if "by (memscope_domain, memscope_size_class)" in e]
     assert len(by_domain_class) == 2  # allocations/s and bytes/s
+    assert any("by (memscope_component)" in e and "memscope_tracker_cpu_seconds_total" in e for e in exprs.values())

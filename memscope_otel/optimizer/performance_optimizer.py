@@ -4,6 +4,7 @@ into recommendations."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -12,12 +13,18 @@ import time
 import numpy as np
 
 from .. import sampler
+from ..records import DOMAINS
 from .controller import RateController
-from .pressure import SERIES_BUDGET, PressureMonitor, export_interval_from_env
+from .pressure import (CADENCE_DRIFT_BUDGET, FAST_PATH_NOTE, SERIES_BUDGET, PressureMonitor,
+                       export_interval_from_env)
 from .recognizer import MIN_RECORDS, WorkloadRecognizer, classify
 from .recommendations import Recommendation, _fmt, relative_error
 
 log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
+
+# A metric export that keeps failing is logged once per episode (an episode ends at the first
+# collection interval without a failure), and at most this often: the SDK logs each failure itself.
+EXPORT_WARNING_EVERY_S = 600.0
 
 class PerformanceOptimizer:
     """Runs the pressure monitor, the rate controller and the workload recognizer on a tracker.
@@ -38,7 +45,8 @@ class PerformanceOptimizer:
         self.adaptive = config.adaptive if adaptive is None else adaptive
         self.monitor = PressureMonitor(
             export_interval_s if export_interval_s is not None else export_interval_from_env(),
-            config.drain_interval_ms / 1000.0, config.max_records_per_thread, self._collection_stats)
+            config.drain_interval_ms / 1000.0, config.max_records_per_thread, self._collection_stats,
+            dump_writer=lambda: getattr(self.tracker, "dump_writer", None))
         high, low = config.optimizer_high_water, config.optimizer_low_water
         if not low < high:
             log.warning("OTEL_PYTHON_MEMSCOPE_OPTIMIZER_LOW_WATER=%s must be below "
@@ -56,6 +64,8 @@ class PerformanceOptimizer:
         self._classified_at = -math.inf
         self._running = False
         self._lock = threading.Lock()  # a snapshot() call can race a collection
+        self._export_trouble = False  # in an episode of failing exports
+        self._export_warned_at = -math.inf
 
     # -- wiring --
 
@@ -64,10 +74,15 @@ class PerformanceOptimizer:
 
     def _collection_stats(self):
         producer = getattr(self.tracker, "producer", None)
-        drain_ns = getattr(self.tracker.drainer, "cpu_ns", 0)
-        if producer is None:
-            return 0, 0, drain_ns
-        return getattr(producer, "collection_ns", 0), getattr(producer, "collection_points", 0), drain_ns
+        points = getattr(producer, "metric_points", None) or {}
+        return {"collection_ns": getattr(producer, "collection_ns", 0),
+                "points": getattr(producer, "collection_points", 0),
+                "metric_points_max": max(points.values(), default=0),
+                "drain_ns": getattr(self.tracker.drainer, "cpu_ns", 0),
+                "drains": getattr(self.tracker.drainer, "drains", 0),
+                "records_drained": getattr(self.tracker.drainer, "records_drained", 0),
+                "fullest_ring_records": getattr(self.tracker.drainer, "fullest_ring_records", 0),
+                "recognizer_ns": self.recognizer.cpu.ns}
 
     def start(self):
         """Starts observing the tracker's snapshots and records."""
@@ -133,8 +148,31 @@ class PerformanceOptimizer:
         self._last = (now, snap.counters)
         pressure = self.monitor.observe(snap.counters)
         self.controller.step(pressure, snap.counters)
+        if pressure is not None:
+            self._report_export_trouble(pressure.figures)
         self.recognizer.observe(snap.counters)
         self._update_workload(snap.counters)
+
+    def _report_export_trouble(self, figures):
+        """One clear line when metric exports start failing, not one per collection: the rates
+        stay as they are (a collector that is down fails whatever they are), and the counters are
+        cumulative, so the next export that succeeds carries everything."""
+        failures = figures.get("export_failures", 0)
+        if not failures:
+            if self._export_trouble:
+                log.debug("memscope: metric exports succeed again")
+            self._export_trouble = False
+            return
+        if self._export_trouble:
+            return
+        self._export_trouble = True
+        now = time.monotonic()
+        level = logging.WARNING if now - self._export_warned_at >= EXPORT_WARNING_EVERY_S else logging.DEBUG
+        self._export_warned_at = now if level == logging.WARNING else self._export_warned_at
+        log.log(level, "memscope: metric exports are failing (%d since the last collection; last: %s). "
+                "Check the collector and OTEL_EXPORTER_OTLP_ENDPOINT; memscope keeps its sampling rates "
+                "(sampling less would not help) and its counters are cumulative, so nothing is lost once "
+                "exports succeed again", failures, figures.get("export_failure_message") or "no message")
 
     def _update_workload(self, counters):
         now = time.monotonic()
@@ -167,36 +205,32 @@ class PerformanceOptimizer:
     # -- recommendations --
 
     def get_optimization_recommendations(self):
-        """What to change, why, and the expected effect, from the figures observed so far."""
+        """What to change, why, and the expected effect, from the figures observed so far.
+
+        Rate changes answer only the costs that rates cause (the pressure); the costs that do not
+        move with the rates (the hooks' fast path, metric series, a collection's own CPU, failing
+        or slow exports) get the recommendations that can help them: fewer hooked domains, a lower
+        MAX_SITES, a longer export interval, a look at the collector."""
         config = self.tracker.config
         medium, small = sampler.rates()
         t_medium, t_small = self.controller.target
         pressure = self.monitor.latest
         figures = pressure.figures if pressure is not None else {}
         per_s = self._rates_per_s if self._rates_per_s is not None else np.zeros(3)
-        slow_ns = figures.get("slow_path_ns_per_record", 0.0) or 0.0
         freq = config.frequency_sample_interval
         n10 = self._tenth_site_count()
+        cost_ns = self._ns_per_record(figures)
+        ctx = _Context(config, small, t_small, per_s, figures, freq, n10, cost_ns, self._records_per_sample(figures))
         recs = []
 
-        def small_rate_change(new, why):
-            delta_records = per_s[0] * (1 - (1 / freq if freq else 0)) * (new - small)
-            share = delta_records * slow_ns / 1e9
-            before, after = relative_error(n10, small, freq), relative_error(n10, new, freq)
-            recs.append(Recommendation(
-                "small_sample_rate", _fmt(t_small), _fmt(new),
-                f"{'lower' if new < small else 'raise'} the small-allocation sampling rate",
-                why,
-                f"{delta_records:+.0f} records/s, {share:+.2%} of a core in the sampled path "
-                f"({slow_ns:.0f} ns per record)",
-                f"relative error of the 10th-largest site (about {n10:.0f} allocations): "
-                f"{before:.1%} -> {after:.1%}"))
-
-        # 1. Pressure: lower what dominates the records.
-        if pressure is not None and self.controller.smoothed > self.controller.low_water:
+        # 1. Rate-dependent pressure: lower what dominates the records (not for a signal set aside:
+        #    cuts did not relieve it).
+        signal = pressure.dominant if pressure is not None else None
+        if (pressure is not None and self.controller.smoothed > self.controller.low_water
+                and signal not in self.controller.set_aside):
             new = max(small / 4, t_small * self.controller.floor)
             if new < small:
-                small_rate_change(new, f"pressure {self.controller.smoothed:.2f} ({pressure.reason()})")
+                recs.append(ctx.small_rate(new, f"pressure {self.controller.smoothed:.2f} ({pressure.reason()})"))
         # 2. Drops: drain before a ring fills.
         if figures.get("drop_fraction", 0) > 0:
             per_drain = figures["records_per_s"] * config.drain_interval_ms / 1000.0
@@ -209,51 +243,128 @@ class PerformanceOptimizer:
                     f"records/s against rings of {config.max_records_per_thread} records",
                     f"{1000 / new_ms - 1000 / config.drain_interval_ms:+.1f} drains/s (each a C call per thread)",
                     "no more drops: dropped records are lost weight, a downward bias of the estimates"))
-        # 3. Series: fewer per-site series when the collection is large or slow.
-        series = figures.get("series", 0)
-        collection_share = figures.get("collection_s", 0) / max(figures.get("interval_s", 1), 1e-9)
-        if series > SERIES_BUDGET / 2 or collection_share > 0.05:
+        recs.extend(self._rate_independent_recommendations(config, figures))
+        # 4. Headroom: buy accuracy when it is cheap.
+        if (pressure is not None and self.controller.smoothed < self.controller.low_water
+                and small >= t_small and small < 1.0 and relative_error(n10, small, freq) > 0.10
+                and ctx.delta_records(small * 2) * cost_ns / 1e9 < 0.01):
+            recs.append(ctx.small_rate(min(small * 2, 1.0), f"pressure {self.controller.smoothed:.2f} is low and "
+                                       f"the 10th-largest site's estimate has a relative error of "
+                                       f"{relative_error(n10, small, freq):.0%}"))
+        # 5. The workload's own shape (one recommendation per setting: the general one wins).
+        seen = {r.setting for r in recs}
+        recs.extend(r for r in self._workload_recommendations(ctx) if r.setting not in seen)
+        return recs
+
+    def _ns_per_record(self, figures):
+        """Measured CPU per sampled record: the sampled path plus draining and recognizing it."""
+        records = figures.get("records_per_s", 0.0) * figures.get("gap_s", 0.0)
+        per_record = (figures.get("drain_s", 0.0) + figures.get("recognizer_s", 0.0)) * 1e9 / max(records, 1.0)
+        return (figures.get("slow_path_ns_per_record", 0.0) or 0.0) + (per_record if records >= 100 else 0.0)
+
+    def _records_per_sample(self, figures):
+        """Records per sampled allocation: a sampled block whose free is seen writes a second
+        record. Measured as records/s over the sampled allocations/s the rates predict."""
+        per_s = self._rates_per_s
+        if per_s is None:
+            return 1.0
+        medium, small = sampler.rates()
+        freq = self.tracker.config.frequency_sample_interval
+        slot = 1.0 / freq if freq else 0.0
+        expected = per_s[0] * (small + slot) + per_s[1] * (medium + slot) + per_s[2]
+        return float(min(max(figures.get("records_per_s", 0.0) / max(expected, 1e-9), 1.0), 2.0))
+
+    def _rate_independent_recommendations(self, config, figures):
+        """Recommendations for the costs that do not follow the rates."""
+        recs = []
+        gap = figures.get("gap_s", 0.0)
+        # The unsampled fast path: the hooks' cost per call, whatever the rates. Fewer calls
+        # (a domain off) is what reduces it; the domain to turn off is the one whose hooks cost
+        # most, its fast path and its share of the sampled path together.
+        fast = figures.get("fast_path_share", 0.0)
+        hooked = list(config.domains)
+        costs = self._domain_costs(figures, hooked)
+        if fast > FAST_PATH_NOTE and len(hooked) > 1 and costs:
+            costliest = max(costs, key=lambda d: costs[d][0] + costs[d][1])
+            fast_d, sampled_d, records_d = costs[costliest]
+            keep = [d for d in hooked if d != costliest]
+            shares = ", ".join(f"{d} {f + s:.2%} ({f:.2%} fast path)"
+                               for d, (f, s, _) in sorted(costs.items(), key=lambda kv: -sum(kv[1][:2])))
+            recs.append(Recommendation(
+                "domains", ",".join(hooked), ",".join(keep),
+                f"hook fewer allocator domains (the {costliest} domain off)",
+                f"the hooks' fast path (every small and medium allocation, sampled or not) takes about "
+                f"{fast:.2%} of a core at {figures.get('hook_calls_per_s', 0):,.0f} calls/s; sampling rates do not "
+                f"change it; the hooks' cost by domain, of a core: {shares}",
+                f"about {-(fast_d + sampled_d):+.2%} of a core: the {costliest} domain's fast path and sampled "
+                f"path, {-records_d:+.0f} records/s",
+                f"the {costliest} domain's allocations are no longer counted or sampled; the other domains' "
+                f"estimates are unchanged",
+                live=False, predicted_cpu=-(fast_d + sampled_d), predicted_records_per_s=-records_d))
+        # Series: bounded by MAX_SITES whatever the rates.
+        series_max = figures.get("metric_points_max", 0)
+        collection_share = figures.get("collection_s", 0.0) / max(gap, 1e-9)
+        if series_max > SERIES_BUDGET / 2 or collection_share > 0.02:
             new_sites = max(5, config.max_sites // 2)
             if new_sites < config.max_sites:
                 recs.append(Recommendation(
                     "max_sites", config.max_sites, new_sites, "export fewer per-site series",
-                    f"{series} points per collection; collection took {figures.get('collection_s', 0) * 1000:.1f} ms",
+                    f"up to {series_max} points per metric per collection (the SDK keeps {SERIES_BUDGET}); "
+                    f"memscope's collections took {collection_share:.1%} of a core "
+                    f"({figures.get('collection_s', 0) * 1000:.1f} ms in {gap:.2f} s)",
                     f"about {4 * (config.max_sites - new_sites)} fewer points per export",
                     "site totals are unchanged; the sites past the top fold into the 'other' series"))
-        # 4. Headroom: buy accuracy when it is cheap.
-        if (pressure is not None and self.controller.smoothed < self.controller.low_water
-                and figures.get("hooks", 0) < 0.25 and small >= t_small and small < 1.0
-                and relative_error(n10, small, freq) > 0.10 and per_s[0] * small * 2 * slow_ns / 1e9 < 0.01):
-            small_rate_change(min(small * 2, 1.0), f"pressure {self.controller.smoothed:.2f} is low and the "
-                              f"10th-largest site's estimate has a relative error of "
-                              f"{relative_error(n10, small, freq):.0%}")
-        # 5. The workload's own shape (one recommendation per setting: the general one wins).
-        seen = {r.setting for r in recs}
-        recs.extend(r for r in self._workload_recommendations(config, small, t_small, per_s, figures, slow_ns, freq,
-                                                              n10) if r.setting not in seen)
+        # The collection's own CPU, once per export: a longer interval divides it.
+        interval = figures.get("interval_s", 0.0)
+        if collection_share > 0.02 and interval > 0:
+            recs.append(Recommendation(
+                "export_interval", int(interval * 1000), int(interval * 2000),
+                "export metrics half as often",
+                f"memscope's collections took {collection_share:.1%} of a core; their cost follows the "
+                f"sites and the number of exports, not the sampling rates",
+                f"about {-collection_share / 2:+.2%} of a core",
+                "none: the counters are cumulative; the series get half as many points",
+                live=False, predicted_cpu=-collection_share / 2, env="OTEL_METRIC_EXPORT_INTERVAL"))
+        # Exports failing, or slow enough to stretch the collections: outside memscope.
+        failures, drift = figures.get("export_failures", 0), figures.get("drift", 0.0)
+        if failures or drift >= CADENCE_DRIFT_BUDGET:
+            trouble = (f"{failures} export failure(s) since the last collection"
+                       f" (last: {figures.get('export_failure_message') or 'no message'})" if failures else
+                       f"collections {gap:.2f} s apart for an export interval of {interval:.2f} s: "
+                       f"exports are slow")
+            recs.append(Recommendation(
+                "metric_exporter", "failing" if failures else "slow", "check the collector",
+                "check the metric collector (OTEL_EXPORTER_OTLP_ENDPOINT) or lengthen the export interval",
+                trouble + "; sampling rates are left as they are: exports fail or stall whatever they are",
+                "none", "none: the counters are cumulative, so the next export that succeeds carries everything",
+                live=False, advice=True, predicted_cpu=0.0, predicted_records_per_s=0.0))
         return recs
 
-    def _workload_recommendations(self, config, small, t_small, per_s, figures, slow_ns, freq, n10):
+    def _workload_recommendations(self, ctx):
         f = self.features or {}
+        config, small, t_small, per_s, figures, freq, n10 = (ctx.config, ctx.small, ctx.t_small, ctx.per_s,
+                                                             ctx.figures, ctx.freq, ctx.n10)
         recs = []
         if self.workload == "ml_training" and f.get("large_byte_fraction", 0) >= 0.5 and small > t_small / 4 * 1.001:
             new = small / 4
-            recs.append(Recommendation(
-                "small_sample_rate", _fmt(t_small), _fmt(new), "sample small allocations less",
-                f"ml_training: {f['large_byte_fraction']:.0%} of the bytes are in large blocks, which are always "
-                f"sampled; small allocations are {1 - f.get('large_fraction', 0) - f.get('medium_fraction', 0):.0%} "
-                f"of the requests but little of the memory",
-                f"{per_s[0] * (new - small):+.0f} records/s, {per_s[0] * (new - small) * slow_ns / 1e9:+.2%} of a core",
-                f"byte estimates barely move (large blocks are exact); small-site counts: "
-                f"{relative_error(n10, small, freq):.1%} -> {relative_error(n10, new, freq):.1%}"))
+            rec = ctx.small_rate(
+                new, f"ml_training: {f['large_byte_fraction']:.0%} of the bytes are in large blocks, which are "
+                f"always sampled; small allocations are "
+                f"{1 - f.get('large_fraction', 0) - f.get('medium_fraction', 0):.0%} of the requests but little "
+                f"of the memory")
+            recs.append(dataclasses.replace(
+                rec, what="sample small allocations less",
+                expected_error=f"byte estimates barely move (large blocks are exact); small-site counts: "
+                               f"{relative_error(n10, small, freq):.1%} -> {relative_error(n10, new, freq):.1%}"))
         if self.workload == "data_processing" and freq and 0 < freq < 10000 and per_s[0] / freq > per_s[0] * small:
+            saved = per_s[0] / freq * 0.9 * ctx.records_per_sample
             recs.append(Recommendation(
                 "frequency_sample_interval", freq, freq * 10, "take fewer frequency-guarantee samples",
                 f"data_processing at {f.get('alloc_rate', 0):.0f} allocations/s: one in {freq} is sampled for "
                 f"certain, more records than the small rate {small:g} takes",
-                f"{-per_s[0] / freq * 0.9:+.0f} records/s, {-per_s[0] / freq * 0.9 * slow_ns / 1e9:+.2%} of a core",
+                f"{-saved:+.0f} records/s, {-saved * ctx.cost_ns / 1e9:+.2%} of a core",
                 "unbiased either way; rare sizes are seen a little less often",
-                live=False))
+                live=False, predicted_cpu=-saved * ctx.cost_ns / 1e9, predicted_records_per_s=-saved))
         if self.workload == "web_server" and f.get("threads_live", 0) >= 4:
             per_thread = figures.get("records_per_s", 0) * config.drain_interval_ms / 1000.0 / max(f["threads_live"], 1)
             new_cap = max(1024, 1 << int(math.ceil(math.log2(max(per_thread * 8, 1)))))
@@ -265,19 +376,39 @@ class PerformanceOptimizer:
                     f"per drain interval into a ring of {config.max_records_per_thread}",
                     f"{(config.max_records_per_thread - new_cap) * 32 * f['threads_live'] / 1e6:.1f} MB less memory",
                     "unchanged while no records are dropped (watch memscope.sampler.dropped)",
-                    live=False))
+                    live=False, predicted_cpu=0.0, predicted_records_per_s=0.0))
         if self.workload == "game_loop" and f.get("frame_period_ms", 0) > 0:
             frame_ms = f["frame_period_ms"]
-            hook_ms = figures.get("hook_share", 0) * frame_ms
-            if hook_ms > 0.01 * frame_ms and small > t_small * self.controller.floor * 1.001:
+            # The sampled path only: the fast path's share of a frame does not move with the rates.
+            sampled_ms = figures.get("sampled_path_share", 0) * frame_ms
+            if sampled_ms > 0.01 * frame_ms and small > t_small * self.controller.floor * 1.001:
                 new = max(small / 2, t_small * self.controller.floor)
-                recs.append(Recommendation(
-                    "small_sample_rate", _fmt(t_small), _fmt(new), "sample small allocations less",
-                    f"game_loop: the hooks take about {hook_ms:.3f} ms of each {frame_ms:.1f} ms frame",
-                    f"{per_s[0] * (new - small) * slow_ns / 1e6 * frame_ms / 1000:+.3f} ms per frame",
-                    f"{relative_error(n10, small, freq):.1%} -> {relative_error(n10, new, freq):.1%} for the "
-                    f"10th-largest site"))
+                rec = ctx.small_rate(new, f"game_loop: the sampled path takes about {sampled_ms:.3f} ms of each "
+                                          f"{frame_ms:.1f} ms frame")
+                recs.append(dataclasses.replace(rec, what="sample small allocations less"))
         return recs
+
+    def _domain_costs(self, figures, hooked):
+        """{domain: (fast-path share, sampled-path share, records/s)} of the hooked domains, in
+        cores, from the last collection: the fast path from FAST_PATH_PAIR_NS, the sampled path
+        as the records each domain's allocations yield at the rates in force (large blocks always,
+        frequency slots and the small and medium rates otherwise) times the measured CPU per
+        record (sampled path, draining, recognizing)."""
+        fast = figures.get("fast_path_share_by_domain") or []
+        per_s = figures.get("allocations_per_s_by_domain") or []
+        if not fast or not per_s:
+            return {}
+        medium, small = sampler.rates()
+        freq = self.tracker.config.frequency_sample_interval
+        slot = 1.0 / freq if freq else 0.0
+        cost_ns, per_sample = self._ns_per_record(figures), self._records_per_sample(figures)
+        costs = {}
+        for i, d in enumerate(DOMAINS):
+            if d in hooked and i < len(per_s):
+                n_small, n_medium, n_large = per_s[i]
+                records = (n_small * min(small + slot, 1.0) + n_medium * min(medium + slot, 1.0) + n_large) * per_sample
+                costs[d] = (fast[i], records * cost_ns / 1e9, records)
+        return costs
 
     def _tenth_site_count(self):
         counts = np.sort(self.tracker.summary.id_count)[::-1]
@@ -286,9 +417,13 @@ class PerformanceOptimizer:
 
     def apply_optimizations(self, recommendations):
         """Applies the live recommendations to the running tracker; returns those applied. The
-        others are logged with the environment variable and value that a restart would need."""
+        others are logged with the environment variable and value that a restart would need
+        (advice, such as checking the collector, with what it says)."""
         applied = []
         for rec in recommendations:
+            if rec.advice:
+                log.info("memscope: %s: %s (%s)", rec.setting, rec.what, rec.why)
+                continue
             if not rec.live:
                 log.info("memscope: %s needs a restart: set %s=%s", rec.setting, rec.env_var, rec.proposed)
                 continue
@@ -308,3 +443,30 @@ class PerformanceOptimizer:
             log.info("memscope: applied %s %s -> %s (%s)", rec.setting, rec.current, rec.proposed, rec.why)
             applied.append(rec)
         return applied
+
+
+class _Context:
+    """The figures every rate recommendation predicts from, and the prediction itself."""
+
+    def __init__(self, config, small, t_small, per_s, figures, freq, n10, cost_ns, records_per_sample):
+        self.config, self.small, self.t_small, self.per_s, self.figures = config, small, t_small, per_s, figures
+        self.freq, self.n10, self.cost_ns, self.records_per_sample = freq, n10, cost_ns, records_per_sample
+
+    def delta_records(self, new):
+        """Records/s gained (or lost) at small rate ``new``: the small allocations outside the
+        frequency slots, times the records each sample writes (its free too, when seen)."""
+        random_part = 1 - (1 / self.freq if self.freq else 0)
+        return self.per_s[0] * random_part * (new - self.small) * self.records_per_sample
+
+    def small_rate(self, new, why):
+        """A small-rate recommendation with its predicted records/s, CPU and error."""
+        delta = self.delta_records(new)
+        cpu = delta * self.cost_ns / 1e9
+        before, after = relative_error(self.n10, self.small, self.freq), relative_error(self.n10, new, self.freq)
+        return Recommendation(
+            "small_sample_rate", _fmt(self.t_small), _fmt(new),
+            f"{'lower' if new < self.small else 'raise'} the small-allocation sampling rate", why,
+            f"{delta:+.0f} records/s, {cpu:+.2%} of a core ({self.cost_ns:.0f} ns per record: sampled path, "
+            f"draining, recognizing)",
+            f"relative error of the 10th-largest site (about {self.n10:.0f} allocations): {before:.1%} -> {after:.1%}",
+            predicted_cpu=cpu, predicted_records_per_s=delta)

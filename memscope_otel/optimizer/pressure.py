@@ -1,10 +1,14 @@
-"""Pressure: what memscope can see through public means, scaled to one value in [0, 1].
+"""Pressure: the costs that sampling rates cause, measured, scaled to one value in [0, 1].
 
-Each signal (cadence drift of the metric collections, export failures the OpenTelemetry SDK logs,
-the CPU spent draining and reducing records, ring drops, sampled records per second, the time
-spent in the allocator hooks) is scaled against a budget; the pressure is the largest, so the
-reason for a rate change is always one named signal. The rest of a collection's cost and its
-point count are figures only: they follow the number of sites, not the rates."""
+Only costs that move with the rates are pressure: time in the sampled path, the CPU of draining,
+reducing and recognizing records, ring fill and drops, the dump writer's busy time and backlog
+(and any source added with :meth:`PressureMonitor.add_source`, e.g. a profile exporter's queue).
+Each is scaled against a budget; the pressure is the largest, so the reason for a rate change is
+always one named signal. Costs that do not move with the rates are figures only, never pressure:
+the unsampled fast path of the hooks, the points per collection (bounded by MAX_SITES), the rest
+of a collection's CPU, and the health of the metric export (cadence drift, export failures).
+Lowering rates for them would throw accuracy away and buy nothing; they become recommendations
+instead (performance_optimizer)."""
 
 from __future__ import annotations
 
@@ -12,28 +16,30 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..cpu_meter import fast_path_ns, hook_calls
 
 log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
 
-# Cost of one unsampled hook call (counter bumps + countdown), in ns. The C side times only the
-# sampled path (slow_path_ns); the fast path is too short to time per call, so it is this constant,
-# measured once with `python benchmarks/optimizer.py fastpath` (hooks on with every rate at 0 and
-# no frequency guarantee, minus hooks off, per hook call): 7 to 15 ns in the least disturbed runs
-# on a shared 2-core machine. Over-estimating it only errs on the safe side. See docs/optimizer.md.
-FAST_PATH_NS = 10.0
-
-# Budgets: each signal reaches pressure 1 at its budget. Chosen so that the demo workloads at the
-# default settings stay well under the low-water mark (docs/optimizer.md lists their figures).
-CADENCE_DRIFT_BUDGET = 1.0   # a collection gap of twice the export interval
+# Budgets of the rate-dependent signals: each reaches pressure 1 at its budget (docs/optimizer.md).
+SAMPLED_PATH_BUDGET = 0.05   # the sampled path (C-timed) taking 5% of one core
 DRAIN_COST_BUDGET = 0.10     # draining and reducing records taking 10% of one core
-SERIES_BUDGET = 2000         # points per collection (the SDK's default per-metric cardinality limit)
+RECOGNIZER_BUDGET = 0.05     # the workload recognizer reading records taking 5% of one core
 DROP_BUDGET = 0.01           # 1% of the records lost to full rings
-RING_FILL_BUDGET = 1.0       # records of one drain interval filling a whole ring
-HOOK_SHARE_BUDGET = 0.10     # 10% of one core spent in the hooks
-EXPORT_FAILURE_PRESSURE = 1.0  # any export failure logged since the previous collection
+# Rings at a drain: 0 up to half full (where the C side wakes the drainer: normal operation),
+# 1 when a drain finds a whole ring's worth of records (the drainer falling behind).
+RING_FILL_WAKE = 0.5
+RING_FILL_BUDGET = 1.0
+DUMP_BUSY_BUDGET = 0.5       # the dump writer busy half of the wall time (the drainer writes it)
+DUMP_BACKLOG_BUDGET = 1.0    # one write lasting a whole drain interval (the rings wait meanwhile)
 
+# Thresholds of the rate-independent figures, for the recommendations and the export log line.
+SERIES_BUDGET = 2000         # points of one metric per collection (the SDK's default cardinality limit)
+CADENCE_DRIFT_BUDGET = 1.0   # a collection gap of twice the export interval
+FAST_PATH_NOTE = 0.005       # the unsampled fast path over 0.5% of one core: recommend fewer hooks
 
 def export_interval_from_env(environ=None):
     """OTEL_METRIC_EXPORT_INTERVAL in seconds (default 60), as the SDK's periodic reader reads it."""
@@ -62,18 +68,27 @@ class ExportFailureCounter(logging.Handler):
     The SDK's periodic reader logs "Exception while exporting metrics" at ERROR when an exporter
     raises, and the OTLP exporters log failed and retried exports at WARNING or above; a logging
     handler is the public way to see them. An exporter that returns FAILURE silently is invisible
-    here, but its retries still show up as cadence drift."""
+    here, but its retries still show up as cadence drift. Both are figures, never pressure: a
+    collector that is down fails whatever the sampling rates."""
 
     PREFIXES = ("opentelemetry.sdk.metrics", "opentelemetry.exporter")
 
     def __init__(self):
         super().__init__(level=logging.WARNING)
         self.failures = 0
+        self.last_message = ""  # the latest one, cut short, for memscope's own log line
 
     def emit(self, record):
         """Counts a WARNING-or-worse record of the SDK's or an exporter's loggers."""
         if record.name.startswith(self.PREFIXES):
             self.failures += 1
+            try:
+                text = record.getMessage()
+                if record.exc_info and record.exc_info[1] is not None:
+                    text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+                self.last_message = text[:300]
+            except Exception:  # a record whose message cannot be formatted still counts
+                pass
 
     def install(self):
         """Attaches to the SDK's and the exporters' loggers (propagation is left as it was)."""
@@ -88,52 +103,61 @@ class ExportFailureCounter(logging.Handler):
 
 @dataclass(frozen=True)
 class Pressure:
-    """One pressure reading: ``value`` in [0, 1] (the largest component), the components, the
-    raw figures they came from, and which one dominated."""
+    """One pressure reading: ``value`` in [0, 1] (the largest component), the components (each
+    rate-dependent signal over its budget, capped at 1), the uncapped ``loads`` (so that the
+    controller can see a signal at 5x its budget fall to 2.5x), the raw figures (rate-dependent
+    and rate-independent), which component dominated, and a text per component."""
 
     value: float
     components: dict
     figures: dict
     dominant: str
+    loads: dict = field(default=None)
+    texts: dict = field(default=None)
 
-    def reason(self):
-        """The dominant signal with its figure, for logs and recommendations."""
-        f = self.figures
-        texts = {
-            "cadence": f"collections {f.get('gap_s', 0):.2f} s apart for an export interval of "
-                       f"{f.get('interval_s', 0):.2f} s (drift {f.get('drift', 0):.2f})",
-            "export_failures": f"{f.get('export_failures', 0)} export failure(s) logged since the last collection",
-            "drain_cost": f"draining and reducing records took {f.get('drain_s', 0) * 1000:.1f} ms of CPU "
-                          f"in {f.get('gap_s', 0):.2f} s",
-            "drops": f"{f.get('drop_fraction', 0):.2%} of records dropped",
-            "ring_fill": f"{f.get('records_per_s', 0):.0f} records/s fill {f.get('ring_fill', 0):.0%} "
-                         f"of a ring per drain interval",
-            "hooks": f"{f.get('hook_share', 0):.1%} of a core spent in the hooks",
-        }
-        return f"{self.dominant}: {texts.get(self.dominant, '')}"
+    def load(self, name):
+        """The uncapped load of one component (its figure over its budget)."""
+        loads = self.loads if self.loads is not None else self.components
+        return loads.get(name, 0.0)
+
+    def reason(self, name=None):
+        """A component (default: the dominant one) with its figure, for logs and recommendations."""
+        name = name or self.dominant
+        return f"{name}: {(self.texts or {}).get(name, '')}"
 
 
 class PressureMonitor:
     """Reads the pressure at each metric collection from two consecutive tracker snapshots.
 
-    ``export_interval_s`` is the configured export interval (OTEL_METRIC_EXPORT_INTERVAL); the
-    gap between two collections beyond it is cadence drift. ``collection_stats`` returns the
-    cumulative (collection CPU ns, points, drain CPU ns): what memscope's instrument callbacks have
-    spent and produced, and what draining and reducing records cost on any thread; or None. The
-    collection's cost past its drain and the points it returns depend on the number of sites, not
-    on the rates: they are figures, never pressure (cutting rates would buy nothing).
-    Its caller (PerformanceOptimizer.on_snapshot) observes only the collections of the reader(s)
-    memscope serves: any other snapshot would shorten the gap it falls into and hide drift."""
+    ``collection_stats`` returns a dict of cumulative figures: ``collection_ns`` (memscope's
+    callbacks' own CPU, past draining and recognizing), ``points``, ``drain_ns`` (draining on any
+    thread), ``recognizer_ns``, ``metric_points_max`` (the most points one metric had in the
+    last collection), ``drains``, ``records_drained`` and ``fullest_ring_records`` (the drainer's); or None. ``dump_writer`` returns the running DumpWriter or None.
+    ``export_interval_s`` is the configured export interval (OTEL_METRIC_EXPORT_INTERVAL): the gap
+    between collections beyond it is drift, a figure. Its caller (PerformanceOptimizer.on_snapshot)
+    observes only the collections of the reader(s) memscope serves: any other snapshot would shorten
+    the gap it falls into and hide drift."""
 
-    def __init__(self, export_interval_s, drain_interval_s, ring_capacity, collection_stats=None, clock=None):
+    def __init__(self, export_interval_s, drain_interval_s, ring_capacity, collection_stats=None, clock=None,
+                 dump_writer=None):
         self.export_interval_s = export_interval_s
         self.drain_interval_s = drain_interval_s
         self.ring_capacity = ring_capacity
         self._collection_stats = collection_stats
+        self._dump_writer = dump_writer
         self._clock = clock or time.monotonic
+        self._sources = []
         self.failures = ExportFailureCounter()
-        self._last = None  # (time, counters, collection ns, points, failures)
+        self._last = None
+        self._last_dump = None  # (writer, write_ns, bytes, monotonic ns)
         self.latest = None
+
+    def add_source(self, source):
+        """Adds a rate-dependent pressure source: ``source(gap_s)`` returns
+        ``{name: (load, text)}`` (load: the figure over its budget, uncapped) for the interval that
+        just ended. For costs that grow with the samples taken, e.g. a profile exporter's queue,
+        export time and payload per interval; nothing else belongs here."""
+        self._sources.append(source)
 
     def start(self):
         """Starts counting export failures."""
@@ -142,57 +166,118 @@ class PressureMonitor:
     def reset(self):
         """Forgets the previous collection (after a fork the counters restart from zero)."""
         self._last = None
+        self._last_dump = None
 
     def stop(self):
         """Stops counting export failures."""
         self.failures.uninstall()
 
+    def _stats(self):
+        stats = self._collection_stats() if self._collection_stats else None
+        return dict(stats or {})
+
+    def _dump_figures(self, gap):
+        """The dump writer's busy share, throughput and longest write since the last reading."""
+        writer = self._dump_writer() if self._dump_writer else None
+        now_ns = time.monotonic_ns()
+        if writer is None:
+            self._last_dump = None
+            return {}
+        current = (writer, writer.write_ns, writer.bytes_written, now_ns)
+        last, self._last_dump = self._last_dump, current
+        if last is None or last[0] is not writer:
+            return {}
+        write_s = (writer.write_ns - last[1]) / 1e9
+        written = writer.bytes_written - last[2]
+        longest = max((d for end, d, _ in list(writer.recent_writes) if end > last[3]), default=0) / 1e9
+        return {"dump_busy": write_s / gap, "dump_bytes_per_s": written / gap,
+                "dump_mb_per_s_writing": written / 1e6 / write_s if write_s > 0 else 0.0,
+                "dump_longest_write_s": longest}
+
     def observe(self, counters):
         """The pressure since the previous observation (None for the first one)."""
         now = self._clock()
-        ns, points, drain_ns = self._collection_stats() if self._collection_stats else (0, 0, 0)
-        current = (now, counters, ns, points, drain_ns, self.failures.failures)
+        stats = self._stats()
+        current = (now, counters, stats, self.failures.failures)
         last, self._last = self._last, current
         if last is None:
+            self._dump_figures(1.0)
             return None
-        t0, c0, ns0, points0, drain_ns0, failures0 = last
+        t0, c0, stats0, failures0 = last
         gap = max(now - t0, 1e-9)
-        drift = max(gap / self.export_interval_s - 1.0, 0.0)
+
+        def delta(key):  # (a forked child's new drainer counts from 0)
+            return max(stats.get(key, 0) - stats0.get(key, 0), 0) / 1e9
+
         records = counters.samples - c0.samples
         dropped = counters.dropped - c0.dropped
         drop_fraction = dropped / max(records + dropped, 1)
         records_per_s = (records + dropped) / gap
-        ring_fill = records_per_s * self.drain_interval_s / self.ring_capacity
-        calls = int((counters.allocations.sum() + counters.deallocations.sum())
-                    - (c0.allocations.sum() + c0.deallocations.sum()))
-        hook_ns = (counters.slow_path_ns - c0.slow_path_ns) + FAST_PATH_NS * calls
-        hook_share = hook_ns / 1e9 / gap
-        collection_s = (ns - ns0) / 1e9
-        drain_s = max(drain_ns - drain_ns0, 0) / 1e9  # (a forked child's new drainer counts from 0)
-        series = points - points0
+        drains = stats.get("drains", 0) - stats0.get("drains", 0)
+        fullest = stats.get("fullest_ring_records", 0) - stats0.get("fullest_ring_records", 0)
+        if drains > 0 and fullest >= 0:  # measured: the records a drain found in the fullest ring
+            ring_fill = fullest / drains / self.ring_capacity
+        else:  # no drain seen (a monitor without the drainer's figures): as if at every interval
+            ring_fill = records_per_s * self.drain_interval_s / self.ring_capacity
+        calls = hook_calls(counters) - hook_calls(c0)
+        slow_ns = counters.slow_path_ns - c0.slow_path_ns
+        sampled_share = slow_ns / 1e9 / gap
+        allocations = counters.allocations.astype(np.float64) - c0.allocations
+        fast_ns = fast_path_ns(allocations)
+        fast_share = float(fast_ns.sum()) / 1e9 / gap
+        drain_s, recognizer_s, collection_s = delta("drain_ns"), delta("recognizer_ns"), delta("collection_ns")
         export_failures = self.failures.failures - failures0
+        drift = max(gap / self.export_interval_s - 1.0, 0.0)
         figures = {
-            "gap_s": gap, "interval_s": self.export_interval_s, "drift": drift,
-            "export_failures": export_failures, "collection_s": collection_s, "series": series,
+            # rate-dependent
+            "records_per_s": records_per_s, "drop_fraction": drop_fraction, "ring_fill": ring_fill,
+            "sampled_path_share": sampled_share,
+            "slow_path_ns_per_record": slow_ns / max(counters.slow_path_calls - c0.slow_path_calls, 1),
             "drain_s": drain_s, "drain_share": drain_s / gap,
-            "drop_fraction": drop_fraction, "records_per_s": records_per_s, "ring_fill": ring_fill,
-            "hook_share": hook_share, "hook_calls_per_s": calls / gap,
-            "slow_path_ns_per_record": (counters.slow_path_ns - c0.slow_path_ns)
-            / max(counters.slow_path_calls - c0.slow_path_calls, 1),
+            "drain_ns_per_record": drain_s * 1e9 / max(records, 1),
+            "recognizer_s": recognizer_s, "recognizer_share": recognizer_s / gap,
+            # rate-independent: figures only
+            "gap_s": gap, "interval_s": self.export_interval_s, "drift": drift,
+            "export_failures": export_failures, "export_failure_message": self.failures.last_message,
+            "fast_path_share": fast_share, "hook_share": sampled_share + fast_share,
+            "hook_calls_per_s": float(calls.sum()) / gap,
+            "fast_path_share_by_domain": (fast_ns / 1e9 / gap).tolist(),
+            "allocations_per_s_by_domain": (allocations / gap).tolist(),  # [domain][class]
+            "collection_s": collection_s, "series": max(stats.get("points", 0) - stats0.get("points", 0), 0),
+            "metric_points_max": stats.get("metric_points_max", 0),
         }
-        components = {
-            "cadence": min(drift / CADENCE_DRIFT_BUDGET, 1.0),
-            "export_failures": EXPORT_FAILURE_PRESSURE if export_failures else 0.0,
-            "drain_cost": min(drain_s / gap / DRAIN_COST_BUDGET, 1.0),
-            "drops": min(drop_fraction / DROP_BUDGET, 1.0),
-            "ring_fill": min(ring_fill / RING_FILL_BUDGET, 1.0),
-            "hooks": min(hook_share / HOOK_SHARE_BUDGET, 1.0),
+        figures.update(self._dump_figures(gap))
+        loads = {
+            "sampled_path": sampled_share / SAMPLED_PATH_BUDGET,
+            "drain_cost": drain_s / gap / DRAIN_COST_BUDGET,
+            "recognizer": recognizer_s / gap / RECOGNIZER_BUDGET,
+            "drops": drop_fraction / DROP_BUDGET,
+            "ring_fill": max(ring_fill - RING_FILL_WAKE, 0.0) / (RING_FILL_BUDGET - RING_FILL_WAKE),
         }
+        texts = {
+            "sampled_path": f"{sampled_share:.2%} of a core in the sampled path "
+                            f"({figures['slow_path_ns_per_record']:.0f} ns per sampled event)",
+            "drain_cost": f"draining and reducing records took {drain_s * 1000:.1f} ms of CPU in {gap:.2f} s "
+                          f"({figures['drain_ns_per_record']:.0f} ns per record)",
+            "recognizer": f"the workload recognizer took {recognizer_s * 1000:.1f} ms of CPU in {gap:.2f} s",
+            "drops": f"{drop_fraction:.2%} of records dropped",
+            "ring_fill": f"a drain found {ring_fill:.0%} of a ring's capacity in the fullest ring ({records_per_s:.0f} records/s)",
+        }
+        if "dump_busy" in figures:
+            loads["dump_writer"] = figures["dump_busy"] / DUMP_BUSY_BUDGET
+            loads["dump_backlog"] = figures["dump_longest_write_s"] / self.drain_interval_s / DUMP_BACKLOG_BUDGET
+            texts["dump_writer"] = (f"the dump writer was busy {figures['dump_busy']:.0%} of the time, "
+                                    f"{figures['dump_bytes_per_s'] / 1e3:.0f} kB/s at "
+                                    f"{figures['dump_mb_per_s_writing']:.2f} MB/s while writing")
+            texts["dump_backlog"] = (f"one dump write took {figures['dump_longest_write_s'] * 1000:.0f} ms "
+                                     f"for a drain interval of {self.drain_interval_s * 1000:.0f} ms")
+        for source in self._sources:
+            try:
+                for name, (load, text) in source(gap).items():
+                    loads[name], texts[name] = float(load), text
+            except Exception:  # a broken source must not stop the optimizer
+                log.exception("memscope pressure source %r failed", source)
+        components = {name: min(max(load, 0.0), 1.0) for name, load in loads.items()}
         dominant = max(components, key=components.get)
-        self.latest = Pressure(components[dominant], components, figures, dominant)
+        self.latest = Pressure(components[dominant], components, figures, dominant, loads, texts)
         return self.latest
-
-
-# ---------------------------------------------------------------------------------------------
-# Controller
-# ---------------------------------------------------------------------------------------------

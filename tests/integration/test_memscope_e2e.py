@@ -31,6 +31,7 @@ EXPECTED_FAMILIES = [
     "memscope_sampler_dropped_total",
     "memscope_sampler_memory_bytes",
     "memscope_optimizer_pressure_ratio",
+    "memscope_tracker_cpu_seconds_total",
 ]
 LARGE_BLOCK = 64 * 1024
 LARGE_PER_ROUND = 5  # alloc_app.py allocates 5 bytearrays of 64 KiB per round

@@ -77,3 +77,46 @@ def test_restart_only_recommendations_are_not_applied(collected, caplog):
     caplog.set_level(logging.INFO, logger="memscope_otel.optimizer")
     assert tracker.optimizer.apply_optimizations([rec]) == []
     assert any("OTEL_PYTHON_MEMSCOPE_FREQUENCY_SAMPLE_INTERVAL=10000" in r.getMessage() for r in caplog.records)
+
+
+def fast_path_reading(allocations_per_s):
+    """A pressure reading of one second with ``allocations_per_s`` ({domain: (small, medium, large)})
+    and nothing else: the fast path as the monitor figures it, no rate-dependent pressure."""
+    from memscope_otel.cpu_meter import fast_path_ns
+    from memscope_otel.optimizer import Pressure
+    from memscope_otel.records import DOMAINS
+
+    per_s = np.zeros((len(DOMAINS), 3))
+    for domain, row in allocations_per_s.items():
+        per_s[DOMAINS.index(domain)] = row
+    fast = fast_path_ns(per_s) / 1e9
+    figures = {"gap_s": 1.0, "records_per_s": 0.0, "fast_path_share": float(fast.sum()),
+               "fast_path_share_by_domain": fast.tolist(), "allocations_per_s_by_domain": per_s.tolist(),
+               "hook_calls_per_s": float(per_s.sum() * 2), "slow_path_ns_per_record": 500.0}
+    return Pressure(0.0, {}, figures, "sampled_path")
+
+
+@pytest.mark.parametrize("allocations_per_s,costliest", [
+    # Most calls and most cost in obj: obj off.
+    ({"obj": (5e6, 1e4, 0), "mem": (1e6, 0, 0), "raw": (1e5, 0, 10), "native": (1e4, 1e3, 100)}, "obj"),
+    # A numpy loop: fewer native calls than obj calls, but its large blocks, all sampled, cost more.
+    ({"obj": (3e6, 0, 0), "mem": (1e5, 0, 0), "raw": (1e5, 0, 0), "native": (1e4, 5e3, 5e4)}, "native"),
+])
+def test_domain_off_names_the_domain_whose_hooks_cost_most(allocations_per_s, costliest):
+    provider = MeterProvider()
+    tracker = memscope_otel.start(provider, drain_interval_ms=60000)  # default rates
+    try:
+        check_domain_off(tracker, allocations_per_s, costliest)
+    finally:
+        memscope_otel.stop()
+        provider.shutdown()
+
+
+def check_domain_off(tracker, allocations_per_s, costliest):
+    tracker.optimizer.monitor.latest = fast_path_reading(allocations_per_s)
+    rec = {r.setting: r for r in tracker.optimizer.get_optimization_recommendations()}["domains"]
+    assert rec.proposed.split(",") == [d for d in tracker.config.domains if d != costliest]
+    costs = tracker.optimizer._domain_costs(tracker.optimizer.monitor.latest.figures, tracker.config.domains)
+    assert costs[costliest][0] + costs[costliest][1] == max(f + s for f, s, _ in costs.values())
+    assert rec.predicted_cpu == pytest.approx(-(costs[costliest][0] + costs[costliest][1]))
+    assert rec.predicted_records_per_s == pytest.approx(-costs[costliest][2])
