@@ -21,6 +21,10 @@ from .profiles_otlp import ExportError, encode_request
 logger = logging.getLogger(__name__)
 
 QUEUE_REQUESTS = 2
+# Budgets of the pusher's pressure on the optimizer (docs/optimizer.md): the sender busy this share
+# of the wall time, a request this many bytes, and no request dropped.
+EXPORT_BUSY_BUDGET = 0.5
+PAYLOAD_BUDGET = 4 * 2**20
 
 
 class ProfilePusher:
@@ -34,7 +38,8 @@ class ProfilePusher:
         self.interval_s = interval_s
         self.scope_version = scope_version
         self.stats = {"built": 0, "sent": 0, "dropped": 0, "failed": 0, "last_export_s": 0.0,
-                      "last_request_bytes": 0, "build_s": 0.0}
+                      "last_request_bytes": 0, "build_s": 0.0, "export_s": 0.0}
+        self._pressure_base = (0.0, 0)  # (export_s, dropped) at the optimizer's last reading
         self._failing = False
         self._queue = queue.Queue(QUEUE_REQUESTS)
         self._stop = threading.Event()
@@ -103,8 +108,25 @@ class ProfilePusher:
                 continue
             finally:
                 self.stats["last_export_s"] = time.monotonic() - t0
+                self.stats["export_s"] += self.stats["last_export_s"]
             self.stats["sent"] += 1
             self.stats["last_request_bytes"] = request.ByteSize()
             if self._failing:
                 logger.warning("memscope profiles export works again")
                 self._failing = False
+
+    def pressure(self, gap_s):
+        """The optimizer's source (``PressureMonitor.add_source``): what the pushes cost over the
+        interval that just ended, each over its budget. Profiles carry more stacks the more
+        allocations are sampled; whether a rate cut relieves them is the controller's check."""
+        export_s, dropped = self.stats["export_s"], self.stats["dropped"]
+        last_s, last_dropped = self._pressure_base
+        self._pressure_base = (export_s, dropped)
+        busy = (export_s - last_s) / gap_s if gap_s > 0 else 0.0
+        size = self.stats["last_request_bytes"]
+        lost = dropped - last_dropped
+        return {
+            "profiles_export": (busy / EXPORT_BUSY_BUDGET, f"profiles: sender busy {busy:.0%} of the time"),
+            "profiles_payload": (size / PAYLOAD_BUDGET, f"profiles: {size / 2**20:.1f} MiB per request"),
+            "profiles_dropped": (float(lost), f"profiles: {lost} requests dropped (queue full)"),
+        }

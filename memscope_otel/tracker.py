@@ -206,6 +206,8 @@ class Tracker:
 
             try:
                 self.optimizer = PerformanceOptimizer(self)
+                if self.profiles is not None:
+                    self.optimizer.monitor.add_source(self._profiles_pressure)
                 self.optimizer.start()
             except Exception:  # the tracker keeps running with fixed rates
                 log.exception("memscope optimizer failed to start; sampling rates stay fixed")
@@ -228,6 +230,10 @@ class Tracker:
         except Exception:  # the metrics go on without profiles
             log.exception("memscope profiles exporter failed to start; no profiles are pushed")
             self.profiles = None
+
+    def _profiles_pressure(self, gap_s):
+        # (through the tracker: a forked child makes a pusher of its own)
+        return self.profiles.pressure(gap_s) if self.profiles is not None else {}
 
     def stop(self):
         self.start_in_child()  # a forked child's last records still reach its summary and dump

@@ -207,3 +207,28 @@ def test_encoding_round_trips_and_shares_one_dictionary():
     assert table.string_table[0] == "" and len(table.stack_table) == 3  # the zero stack, (a, b), (b,)
     assert len(table.location_table) == 3 and len(table.function_table) == 3
     assert tracker_module.current() is None
+
+
+def test_pressure_on_the_optimizer_counts_drops_and_busy_time():
+    class SlowExporter:
+        def export(self, request):
+            time.sleep(0.3)
+
+        def close(self):
+            pass
+
+    pusher = profiles_push.ProfilePusher(lambda: [], SlowExporter(), {"service.name": "s"}, interval_s=3600)
+    pusher.start()
+    try:
+        pushed = [pusher.push_now() for _ in range(6)]  # one in flight, two queued, the rest dropped
+        time.sleep(1.0)
+        loads = {name: load for name, (load, _) in pusher.pressure(1.0).items()}
+    finally:
+        pusher.stop()
+    assert pushed.count(False) == pusher.stats["dropped"] >= 2
+    assert loads["profiles_dropped"] == pusher.stats["dropped"]
+    # 0.3 s per export, three at most in the second that passed (one in flight, two queued), over a
+    # budget of half the time: at least one done however loaded the machine
+    assert 0.6 <= loads["profiles_export"] <= 1.8 + 1e-9
+    assert loads["profiles_payload"] < 0.01
+    assert pusher.pressure(1.0)["profiles_dropped"][0] == 0  # per interval, not cumulative
