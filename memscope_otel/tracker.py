@@ -215,7 +215,7 @@ class Tracker:
 
     def _start_profiles(self, resource_attributes):
         from . import profiles_otlp
-        from .profiles import IntervalProfiles
+        from .profile_intervals import IntervalProfiles
         from .profiles_push import ProfilePusher
 
         def per_site():
