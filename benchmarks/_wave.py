@@ -10,6 +10,17 @@ def rss():
         return int(f.read().split()[1]) * mmap.PAGESIZE
 
 
+def rss_anon():
+    """The anonymous part of the resident set (/proc/self/status RssAnon): memory the process
+    holds, as opposed to pages of the files it maps (library code, read on first use), which the
+    system can drop and reread."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def wave(alive, probe):
     """Starts `alive` threads that each allocate a few blocks (one of 64 KiB: large, so always
     sampled, and every thread has records to buffer) and wait; calls probe() while all of them

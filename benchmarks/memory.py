@@ -34,7 +34,7 @@ import sys
 
 import _common
 import _imports
-from _wave import rss, wave
+from _wave import rss, rss_anon, wave
 
 MB = 1e6
 MODES = {"untracked": None, "memscope, ADAPTIVE=false": {"adaptive": False}, "memscope": {}}
@@ -97,13 +97,19 @@ def child(settings, threads, modules, scale):
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    base = rss()
+    base, base_anon = rss(), rss_anon()
+
+    def mark(point):
+        out[point] = rss() - base
+        out[point + "_anon"] = rss_anon() - base_anon
+
+    out = {}
     tracker = memscope_otel.start(meter_provider=provider, **settings) if settings is not None else None
-    out = {"start": rss() - base}
+    mark("start")
     for name in programs.PROGRAMS:
         programs.run(name, scale)
     reader.collect()  # the metric callbacks: a drain, the optimizer's round
-    out["program"] = rss() - base
+    mark("program")
     if tracker is not None:
         counters = sampler.read_counters()
         out["c_pages"] = counters.footprint_bytes
@@ -112,7 +118,7 @@ def child(settings, threads, modules, scale):
         out["summary"] = sum(array_resident(a) for a in (summary.id_count, summary.id_bytes, summary.id_live_bytes))
         out["drain_buffer"] = array_resident(tracker.drainer._buffer.array)
     def alive():
-        out["threads"] = rss() - base
+        mark("threads")
         if tracker is not None:
             out["c_pages_threads"] = sampler.read_counters().footprint_bytes
 
@@ -120,7 +126,7 @@ def child(settings, threads, modules, scale):
     if tracker is not None:
         tracker.drainer.drain()  # gives back what the exited threads held
         out["c_pages_exited"] = sampler.read_counters().footprint_bytes
-    out["exited"] = rss() - base
+    mark("exited")
     if tracker is not None:
         memscope_otel.stop()
     print(json.dumps(out))
@@ -148,19 +154,21 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(MODES[mode]),
                    "--threads", str(args.threads), "--modules", json.dumps(modules), "--scale", str(args.scale)]
             runs[mode].append(_common.run_json_child(cmd, f"memory ({mode})"))
-    med = {mode: {k: _common.median([x[k] for x in xs]) for k in ("start", "program", "threads", "exited")}
-           for mode, xs in runs.items()}
+    keys = [k + suffix for k in ("start", "program", "threads", "exited") for suffix in ("", "_anon")]
+    med = {mode: {k: _common.median([x[k] for x in xs]) for k in keys} for mode, xs in runs.items()}
     points = [("start", "after start()"), ("program", "after the program"),
               ("threads", f"{args.threads} threads alive"), ("exited", "after they exited")]
-    print(f"\nRSS growth from before start() (median of {args.rounds}), and the tracker's part "
-          "(memscope minus untracked):")
-    print(f"  {'':24}" + "".join(f"{label:>22}" for _, label in points))
-    for mode in MODES:
-        cells = "".join(f"{med[mode][k] / MB:+19.2f} MB" for k, _ in points)
-        print(f"  {mode:24}{cells}")
-    for mode in list(MODES)[1:]:
-        cells = "".join(f"{(med[mode][k] - med['untracked'][k]) / MB:+19.2f} MB" for k, _ in points)
-        print(f"  {'tracker, ' + mode.split(', ')[-1] if ',' in mode else 'tracker, default':24}{cells}")
+    for suffix, what in (("", "RSS"), ("_anon", "anonymous RSS (RssAnon: RSS less the pages of mapped files)")):
+        print(f"\n{what}: growth from before start() (median of {args.rounds}), and the tracker's part "
+              "(memscope minus untracked):")
+        print(f"  {'':26}" + "".join(f"{label:>22}" for _, label in points))
+        for mode in MODES:
+            cells = "".join(f"{med[mode][k + suffix] / MB:+19.2f} MB" for k, _ in points)
+            print(f"  {mode:26}{cells}")
+        for mode in list(MODES)[1:]:
+            cells = "".join(f"{(med[mode][k + suffix] - med['untracked'][k + suffix]) / MB:+19.2f} MB"
+                            for k, _ in points)
+            print(f"  {'tracker, ' + (mode.split(', ')[-1] if ',' in mode else 'default'):26}{cells}")
 
     x = runs["memscope"][-1]
     static = x["static"]
@@ -182,6 +190,8 @@ def main(argv=None):
     rest = tracker_mb - sum(v for _, v in parts)
     print(f"  {'the rest (Python objects, C library arenas): RSS difference minus the above':66} {rest:7.2f} MB")
     print(f"  {'tracker total (RSS difference, median)':66} {tracker_mb:7.2f} MB   (target <= 6)")
+    anon_mb = (med["memscope"]["program_anon"] - med["untracked"]["program_anon"]) / MB
+    print(f"  {'  of which anonymous (the rest: code pages of numpy, the library)':66} {anon_mb:7.2f} MB")
     with_threads = (med["memscope"]["threads"] - med["untracked"]["threads"]) / MB
     per_thread = (x["c_pages_threads"] - x["c_pages"]) / max(1, args.threads)
     print(f"\nWith {args.threads} threads alive: tracker {with_threads:.2f} MB (target <= 16); C pages "

@@ -28,4 +28,5 @@ run micro benchmarks/micro.py $quick
 run workloads benchmarks/workloads.py $quick
 run background benchmarks/background.py $([ -n "$quick" ] && echo --seconds 2)
 run reduce benchmarks/reduce_throughput.py
-run memory benchmarks/memory.py
+run memory benchmarks/memory.py $quick
+run thread_churn benchmarks/thread_churn.py $quick

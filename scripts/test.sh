@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${MEMSCOPE_VENV:-.venv-test}
+# Absolute: the suite runs from tests/ (an absolute $MEMSCOPE_VENV used to be read under tests/..).
+case $VENV in /*) ;; *) VENV=$PWD/$VENV ;; esac
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
@@ -15,4 +17,4 @@ rm -rf build
 "$VENV/bin/python" -m pip install -q ".[test]"
 # Tests import the installed package, not the source tree (so the compiled module is found).
 cd tests
-exec "../$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider "$@"
+exec "$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider "$@"
