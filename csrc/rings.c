@@ -202,10 +202,15 @@ void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us)
     ms_bump(&t->samples, 1);
     /* The drainer is woken early once half the maximum waits, so that bursts are drained before
      * they overflow the thread's buffer (the older segments count as full: they were when the
-     * producer left them, and the drainer takes them whole). */
-    uint64_t older = atomic_load_explicit(&t->slots, memory_order_relaxed) - r->capacity;
-    uint64_t half = max_records / 2;
-    if (MS_UNLIKELY(older + start - tail < half && older + head + 1 - tail >= half))
+     * producer left them, and the drainer takes them whole); and once the segment written is
+     * half full when the next one could not be twice as large: a thread that samples fast keeps
+     * wrapping around that segment rather than mapping (and faulting in) a new one whenever it
+     * fills, with half a segment left for the drainer to come. */
+    uint64_t slots = atomic_load_explicit(&t->slots, memory_order_relaxed);
+    uint64_t older = slots - r->capacity, half = max_records / 2, seg_half = r->capacity / 2;
+    if (MS_UNLIKELY((older + start - tail < half && older + head + 1 - tail >= half) ||
+                    (start - tail < seg_half && head + 1 - tail >= seg_half &&
+                     slots + 2 * (uint64_t)r->capacity > max_records)))
         ms_wake_drainer();
 }
 
