@@ -61,20 +61,15 @@ static uint64_t page_size(void)
     return p;
 }
 
-static uint64_t round_to_pages(uint64_t bytes)
+uint64_t ms_pages_size(uint64_t bytes)
 {
     uint64_t page = page_size();
     return (bytes + page - 1) / page * page;
 }
 
-uint64_t ms_pages_size(uint64_t bytes)
-{
-    return round_to_pages(bytes);
-}
-
 void *ms_pages_alloc(uint64_t bytes)
 {
-    bytes = round_to_pages(bytes);
+    bytes = ms_pages_size(bytes);
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
@@ -86,7 +81,7 @@ void ms_pages_free(void *p, uint64_t bytes)
 {
     if (!p)
         return;
-    bytes = round_to_pages(bytes);
+    bytes = ms_pages_size(bytes);
     munmap(p, bytes);
     atomic_fetch_sub(&g_bytes, bytes);
 }
@@ -128,7 +123,7 @@ static ms_ring_t *segment_next(ms_thread_t *t, ms_ring_t *old, uint64_t max_reco
     want = want < room ? want : room;
     if (want == 0)
         return NULL;
-    uint64_t bytes = round_to_pages(header + want * sizeof(ms_record_t));
+    uint64_t bytes = ms_pages_size(header + want * sizeof(ms_record_t));
     if (atomic_load(&g_bytes) + bytes > atomic_load(&g_max_bytes))
         return NULL;
     ms_ring_t *r = ms_pages_alloc(bytes); /* zero-filled: head, tail, positions, link */
