@@ -16,8 +16,8 @@ The parts, read inside the tracked process after the program:
   static tables    the library's tables over 4 KiB (nm), resident pages only (mincore)
   Python arrays    summary arrays and drain buffer, resident pages only (mincore)
   recognizer       the ADAPTIVE=true run minus the ADAPTIVE=false run
-and the rest (the Python objects of sites, summaries and the exporter side, the C library's
-arenas) is what the RSS difference leaves. Thread churn at scale: benchmarks/thread_churn.py.
+and the rest is what the RSS difference leaves (not broken down). Thread churn at scale:
+benchmarks/thread_churn.py.
 
     python benchmarks/memory.py [--threads 500] [--rounds 3] [--scale 30] [--quick]
 
@@ -188,7 +188,7 @@ def main(argv=None):
         if n:
             print(f"      {name:24} {n / MB:7.2f} MB resident")
     rest = tracker_mb - sum(v for _, v in parts)
-    print(f"  {'the rest (Python objects, C library arenas): RSS difference minus the above':66} {rest:7.2f} MB")
+    print(f"  {'the rest: the RSS difference less the parts above (not broken down)':66} {rest:7.2f} MB")
     print(f"  {'tracker total (RSS difference, median)':66} {tracker_mb:7.2f} MB   (target <= 6)")
     anon_mb = (med["memscope"]["program_anon"] - med["untracked"]["program_anon"]) / MB
     print(f"  {'  of which anonymous (the rest: code pages of numpy, the library)':66} {anon_mb:7.2f} MB")
