@@ -1,187 +1,207 @@
-"""The tracker's own memory: what it is made of, the formula, and the real counters.
+"""The tracker's own memory, part by part, against RSS.
 
-    total = live table + site table + Python summary + drain buffer        (fixed, at start)
-          + threads_registered x thread state                              (each thread that allocated)
-          + threads_that_sampled x (ring header + ring_capacity x 32 B)    (ring made on first sample)
+Each mode runs in a fresh interpreter that first imports every module a tracker loads (listed by a
+probe interpreter beforehand, see _imports.py: imports aside), then runs
+``untracked``, ``memscope`` with ADAPTIVE=false (no workload recognizer), and ``memscope`` at
+default settings. Each runs the same single-threaded program (every program of
+benchmarks/programs.py, then a metric collection), then starts THREADS threads that each allocate
+a few blocks (one of 64 KiB: large, so every thread has records to buffer) and wait, then lets
+them exit (and drains once). RSS (/proc/self/statm) is read after start(), after the program,
+while the threads are alive, and after they exited; the tracker's part is the difference from the
+untracked run at the same point.
 
-The C side reports rings, thread states and the live table in its footprint counter
-(``sampler.read_counters().footprint_bytes``). The site table is static in the library (it is
-not in that counter) and so are the summary arrays and the drain buffer on the Python side.
-This script measures the per-thread parts by starting threads that allocate (first with nothing
-sampled, then with default sampling, which always samples 64 KiB blocks), checks them against the
-formula, lists the library's static tables from its symbol table (``nm``, where installed), and
-shows that rings of exited threads are given back after the next drain.
+The parts, read inside the tracked process after the program:
+  C pages          footprint_bytes: thread states with their buffers of records (mmap'd pages,
+                   given back when a thread exits), and the live table
+  static tables    the library's tables over 4 KiB (nm), resident pages only (mincore)
+  Python arrays    summary arrays and drain buffer, resident pages only (mincore)
+  recognizer       the ADAPTIVE=true run minus the ADAPTIVE=false run
+and the rest is what the RSS difference leaves (not broken down). Thread churn at scale:
+benchmarks/thread_churn.py.
 
-    python benchmarks/memory.py [--threads 8]
+    python benchmarks/memory.py [--threads 500] [--rounds 3] [--scale 30] [--quick]
+
+Targets (issue 16): <= 6 MB for a single-threaded program; <= 16 MB with 500 threads alive.
 """
 import argparse
+import ctypes
+import json
+import mmap
+import os
 import shutil
 import subprocess
-import threading
+import sys
 
 import _common
-import _native
+import _imports
+from _wave import rss, rss_anon, wave
 
-import memscope_otel
-import memscope_otel.sampler as sampler
-from memscope_otel.summary import MAX_IDS
-
-RECORD = 32
+MB = 1e6
+MODES = {"untracked": None, "memscope, ADAPTIVE=false": {"adaptive": False}, "memscope": {}}
 
 
-def solve_rings(rest, capacity, at_least, at_most):
-    """(rings, header bytes) such that rest = rings x (header + capacity x 32), with a whole,
-    plausible header (ms_ring_t before its slots: two cache-line-padded indices and a few
-    words), or None: the check that the footprint counter is made of whole rings."""
-    for rings in range(max(1, at_least), at_most + 1):
-        if rest % rings == 0:
-            header = rest // rings - capacity * RECORD
-            if 64 <= header <= 1024 and header % 8 == 0:
-                return rings, header
-    return None
-
-
-def kib(n):
-    return f"{n / 1024:10.1f} KiB"
+def resident(address, nbytes):
+    """Bytes of [address, address + nbytes) in RAM (whole pages), by mincore(2)."""
+    if nbytes <= 0:
+        return 0
+    page = mmap.PAGESIZE
+    start = address // page * page
+    pages = (address + nbytes - start + page - 1) // page
+    vec = (ctypes.c_ubyte * pages)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(pages * page), vec) != 0:
+        return 0
+    return sum(v & 1 for v in vec) * page
 
 
 def static_tables():
-    """{symbol: size} of the library's static objects over 4 KiB, from nm; {} without nm."""
+    """{symbol: (address, size)} of the library's static objects over 4 KiB, from nm and the
+    library's load address; {} without nm."""
     from memscope_otel import _memscope
 
+    path = os.path.realpath(_memscope.__file__)
     nm = shutil.which("nm")
     if not nm:
         return {}
-    out = subprocess.run([nm, "-S", "--size-sort", _memscope.__file__], capture_output=True, text=True).stdout
+    base = None
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 6 and os.path.realpath(fields[5]) == path and int(fields[2], 16) == 0:
+                base = int(fields[0].split("-")[0], 16)
+                break
+    if base is None:
+        return {}
+    out = subprocess.run([nm, "-S", "--size-sort", path], capture_output=True, text=True).stdout
     tables = {}
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) == 4 and parts[2].lower() in ("b", "d"):
-            size = int(parts[1], 16)
-            if size > 4096:
-                tables[parts[3]] = size
+        if len(parts) == 4 and parts[2].lower() in ("b", "d") and int(parts[1], 16) > 4096:
+            tables[parts[3]] = (base + int(parts[0], 16), int(parts[1], 16))
     return tables
 
 
-def threads_allocating(loops, k, sizes):
-    """Starts k threads that each allocate (C loop, RAW domain) and then wait; returns a callable
-    that lets them exit and joins them."""
-    ready = threading.Barrier(k + 1)
-    leave = threading.Event()
-
-    def work():
-        loops.pairs("raw", sizes, 2000)
-        ready.wait()
-        leave.wait()
-
-    threads = [threading.Thread(target=work) for _ in range(k)]
-    for t in threads:
-        t.start()
-    ready.wait()
-
-    def finish():
-        leave.set()
-        for t in threads:
-            t.join()
-
-    return finish
+def array_resident(array):
+    return resident(array.__array_interface__["data"][0], array.nbytes)
 
 
-def measure_threads(loops, k, settings, sizes):
-    """Footprint increase per thread while k allocating threads are alive, and after they exit."""
-    tracker = memscope_otel.start(meter_provider=_common.meter_provider(), **settings)
-    try:
-        tracker.drainer.drain()
-        before = sampler.read_counters()
-        finish = threads_allocating(loops, k, sizes)
-        during = sampler.read_counters()
-        finish()
-        tracker.drainer.drain()  # frees the state and ring of every exited thread
-        after = sampler.read_counters()
-        return before, during, after, tracker
-    finally:
+def child(settings, threads, modules, scale):
+    _imports.load(modules)
+
+    import programs
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import memscope_otel
+    from memscope_otel import sampler
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    base, base_anon = rss(), rss_anon()
+
+    def mark(point):
+        out[point] = rss() - base
+        out[point + "_anon"] = rss_anon() - base_anon
+
+    out = {}
+    tracker = memscope_otel.start(meter_provider=provider, **settings) if settings is not None else None
+    mark("start")
+    for name in programs.PROGRAMS:
+        programs.run(name, scale)
+    reader.collect()  # the metric callbacks: a drain, the optimizer's round
+    mark("program")
+    if tracker is not None:
+        counters = sampler.read_counters()
+        out["c_pages"] = counters.footprint_bytes
+        out["static"] = {name: resident(a, n) for name, (a, n) in static_tables().items()}
+        summary = tracker.summary
+        out["summary"] = sum(array_resident(a) for a in (summary.id_count, summary.id_bytes, summary.id_live_bytes))
+        out["drain_buffer"] = array_resident(tracker.drainer._buffer.array)
+    def alive():
+        mark("threads")
+        if tracker is not None:
+            out["c_pages_threads"] = sampler.read_counters().footprint_bytes
+
+    wave(threads, alive)
+    if tracker is not None:
+        tracker.drainer.drain()  # gives back what the exited threads held
+        out["c_pages_exited"] = sampler.read_counters().footprint_bytes
+    mark("exited")
+    if tracker is not None:
         memscope_otel.stop()
+    print(json.dumps(out))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=8)
-    ap.add_argument("--quick", action="store_true", help="accepted for symmetry; this script is always quick")
+    ap.add_argument("--threads", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
+    ap.add_argument("--scale", type=int, default=30, help="the programs' scale (30: about 10 s in all)")
+    ap.add_argument("--quick", action="store_true", help="one round at scale 5")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--modules", default="[]", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    k = args.threads
-    loops = _native.Loops()
-    print("memscope-otel memory footprint:", _common.machine())
-    from memscope_otel.config import load_config
+    if args.child is not None:
+        child(json.loads(args.child), args.threads, json.loads(args.modules), args.scale)
+        return
+    if args.quick:
+        args.rounds, args.scale = 1, 5
+    print("memscope-otel memory:", _common.machine())
+    modules = _imports.tracker_modules()
+    runs = {mode: [] for mode in MODES}
+    for r in range(args.rounds):
+        for mode in _common.rotated(list(MODES), r):
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(MODES[mode]),
+                   "--threads", str(args.threads), "--modules", json.dumps(modules), "--scale", str(args.scale)]
+            runs[mode].append(_common.run_json_child(cmd, f"memory ({mode})"))
+    keys = [k + suffix for k in ("start", "program", "threads", "exited") for suffix in ("", "_anon")]
+    med = {mode: {k: _common.median([x[k] for x in xs]) for k in keys} for mode, xs in runs.items()}
+    points = [("start", "after start()"), ("program", "after the program"),
+              ("threads", f"{args.threads} threads alive"), ("exited", "after they exited")]
+    for suffix, what in (("", "RSS"), ("_anon", "anonymous RSS (RssAnon: RSS less the pages of mapped files)")):
+        print(f"\n{what}: growth from before start() (median of {args.rounds}), and the tracker's part "
+              "(memscope minus untracked):")
+        print(f"  {'':26}" + "".join(f"{label:>22}" for _, label in points))
+        for mode in MODES:
+            cells = "".join(f"{med[mode][k + suffix] / MB:+19.2f} MB" for k, _ in points)
+            print(f"  {mode:26}{cells}")
+        for mode in list(MODES)[1:]:
+            cells = "".join(f"{(med[mode][k + suffix] - med['untracked'][k + suffix]) / MB:+19.2f} MB"
+                            for k, _ in points)
+            print(f"  {'tracker, ' + (mode.split(', ')[-1] if ',' in mode else 'default'):26}{cells}")
 
-    capacity = 16
-    while capacity < load_config().max_records_per_thread:
-        capacity <<= 1
-
-    # Nothing sampled: no class is large, rates 0, no frequency guarantee.
-    quiet = dict(_common.FAST_PATH_ONLY, critical_size_threshold=2 ** 40)
-    b0, d0, a0, _ = measure_threads(loops, k, quiet, loops.sizes([64, 256]))
-    state = (d0.footprint_bytes - b0.footprint_bytes) / max(1, d0.threads_live - b0.threads_live)
-    # Default settings; 64 KiB blocks are large, so every thread samples and gets its ring.
-    b1, d1, a1, tracker = measure_threads(loops, k, {}, loops.sizes([65536]))
-    tables = static_tables()
-    live = sum(tables.get(s, 0) for s in ("g_table", "g_locks", "ms_live_filter"))
-    sites = sum(tables.get(s, 0) for s in ("g_ids", "g_slots", "g_state", "g_free"))
-    if not tables:  # without nm: what footprint_bytes held before any thread sampled
-        live = b0.footprint_bytes - b0.threads_live * state
-    summary = MAX_IDS * 3 * 8
-    drain = tracker.drainer._buffer.array.nbytes
-
-    print(f"\nPer thread (measured with {k} extra threads alive, from footprint_bytes):")
-    print(f"  thread state (registered, nothing sampled)  {kib(state)}   ({state:.0f} B; sizeof(ms_thread_t))")
-    # footprint_bytes = live table + threads x state + rings x ring: what is left after the
-    # first two must be a whole number of rings, at least one per sampling thread (the main
-    # thread and the orphan state may have one too).
-    rest = int(d1.footprint_bytes - live - d1.threads_live * state)
-    solved = solve_rings(rest, capacity, k, int(d1.threads_live) + 1)
-    if solved is None:
-        ring = 136 + capacity * RECORD
-        print(f"  with {d1.threads_live} threads registered: footprint_bytes {d1.footprint_bytes} B - live table "
-              f"{live} - {d1.threads_live} x {state:.0f} = {rest} B is not a whole number of rings "
-              "-> formula DOES NOT MATCH")
-    else:
-        rings, header = solved
-        ring = header + capacity * RECORD
-        print(f"  ring (made on a thread's first sample)      {kib(ring)}   ({header} B header + {capacity} x {RECORD} B)")
-        print(f"  with {d1.threads_live} threads registered: footprint_bytes {d1.footprint_bytes} B = live table "
-              f"{live} + {d1.threads_live} x {state:.0f} + {rings} rings x {ring} -> formula matches "
-              f"(at least one ring per sampling thread: {rings} >= {k})")
-    print(f"  before the threads: {kib(b1.footprint_bytes)} ({b1.threads_live} threads registered); "
-          f"with them: {kib(d1.footprint_bytes)} ({d1.threads_live}); after they exited and one drain: "
-          f"{kib(a1.footprint_bytes)} ({a1.threads_live})")
-    # Given back: what remains is whole rings of the threads still registered (and the orphan
-    # state), no more.
-    rest_after = int(a1.footprint_bytes - live - a1.threads_live * state)
-    left = rest_after // ring if rest_after % ring == 0 else None
-    given_back = left is not None and left <= a1.threads_live + 1
-    print(f"  -> exited threads' states and rings {'given back' if given_back else 'NOT given back'} "
-          f"({left if left is not None else 'not whole'} rings left for {a1.threads_live} registered threads "
-          "and the orphan state; other threads, e.g. the optimizer's, register too)")
-    print("\nFixed parts:")
-    if tables:
-        print("  static tables of the library (nm):")
-        for name, size in sorted(tables.items(), key=lambda kv: -kv[1]):
-            print(f"    {name:24} {kib(size)}")
-    else:
-        print("  (nm not installed: static tables not listed)")
-    print(f"  live table (g_table + g_locks + filter)     {kib(live) if tables else '    (needs nm)'}   "
-          "in footprint_bytes")
-    print(f"  site id table (g_ids, g_slots, g_state, g_free) {kib(sites) if tables else '    (needs nm)'}   "
-          f"static; {MAX_IDS} ids, a code-object reference each only until its site is resolved")
-    print(f"  Python summary arrays (MAX_IDS x 3 x 8 B)   {kib(summary)}")
-    print(f"  drain buffer (records moved per drain)      {kib(drain)}")
-    print(f"  footprint_bytes with {b0.threads_live} thread(s) registered, before any sampled: "
-          f"{kib(b0.footprint_bytes)} = live table + {b0.threads_live} x state"
-          + (f" + {(b0.footprint_bytes - live - b0.threads_live * state) / ring:.0f} ring(s)" if tables else ""))
-    fixed = live + sites + summary + drain
-    print(f"\nBound: {fixed / 2**20:.2f} MiB fixed + {state / 1024:.1f} KiB per thread that allocates "
-          f"+ {ring / 1024:.1f} KiB per thread that sampled (ring of {capacity} records)")
-    for t in (1, 8, 64):
-        print(f"  {t:3d} sampling threads: {(fixed + t * (ring + state)) / 2**20:7.2f} MiB")
+    x = runs["memscope"][-1]
+    static = x["static"]
+    tracker_mb = (med["memscope"]["program"] - med["untracked"]["program"]) / MB
+    recognizer = (med["memscope"]["program"] - med["memscope, ADAPTIVE=false"]["program"]) / MB
+    parts = [
+        ("C pages (thread states, buffers, live table; footprint_bytes)", x["c_pages"] / MB),
+        ("static tables of the library, resident", sum(static.values()) / MB),
+        ("Python summary arrays, resident", x["summary"] / MB),
+        ("drain buffer, resident", x["drain_buffer"] / MB),
+        ("workload recognizer (ADAPTIVE=true minus false)", recognizer),
+    ]
+    print("\nParts after the single-threaded program (last round):")
+    for label, v in parts:
+        print(f"  {label:66} {v:7.2f} MB")
+    for name, n in sorted(static.items(), key=lambda kv: -kv[1]):
+        if n:
+            print(f"      {name:24} {n / MB:7.2f} MB resident")
+    rest = tracker_mb - sum(v for _, v in parts)
+    print(f"  {'the rest: the RSS difference less the parts above (not broken down)':66} {rest:7.2f} MB")
+    print(f"  {'tracker total (RSS difference, median)':66} {tracker_mb:7.2f} MB   (target <= 6)")
+    anon_mb = (med["memscope"]["program_anon"] - med["untracked"]["program_anon"]) / MB
+    print(f"  {'  of which anonymous (the rest: code pages of numpy, the library)':66} {anon_mb:7.2f} MB")
+    with_threads = (med["memscope"]["threads"] - med["untracked"]["threads"]) / MB
+    per_thread = (x["c_pages_threads"] - x["c_pages"]) / max(1, args.threads)
+    print(f"\nWith {args.threads} threads alive: tracker {with_threads:.2f} MB (target <= 16); C pages "
+          f"{x['c_pages_threads'] / MB:.2f} MB, {per_thread / 1024:.1f} KiB per thread (its state and first "
+          f"records share a page; a buffer grows only with what its thread samples, up to "
+          f"MAX_RECORDS_PER_THREAD x 32 B)")
+    after = (med["memscope"]["exited"] - med["untracked"]["exited"]) / MB
+    print(f"After they exited and one drain: C pages {x['c_pages_exited'] / MB:.2f} MB (were {x['c_pages'] / MB:.2f}"
+          f" before them); RSS {after - tracker_mb:+.2f} MB against the untracked run, beyond the "
+          f"tracker's {tracker_mb:.2f} MB before the threads")
 
 
 if __name__ == "__main__":

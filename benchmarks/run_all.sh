@@ -29,4 +29,5 @@ run native benchmarks/native.py $quick
 run workloads benchmarks/workloads.py $quick
 run background benchmarks/background.py $([ -n "$quick" ] && echo --seconds 2)
 run reduce benchmarks/reduce_throughput.py
-run memory benchmarks/memory.py
+run memory benchmarks/memory.py $quick
+run thread_churn benchmarks/thread_churn.py $quick

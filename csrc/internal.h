@@ -82,17 +82,8 @@ static inline uint64_t ms_bucket_of_nonzero(uint64_t size)
  * time. */
 #define MS_EVENT_EPOCH 3
 
-typedef struct ms_ring {
-    _Atomic uint64_t head;  /* written by the producer thread */
-    uint64_t producer_high; /* producer only: the high time bits of the last record pushed */
-    char pad0[48];
-    _Atomic uint64_t tail;  /* written by the drainer */
-    uint64_t consumer_high; /* drainer only: the high time bits at the tail */
-    char pad1[48];
-    uint64_t mask;
-    struct ms_ring *replaced_next; /* on the drainer's list of rings to free */
-    ms_record_t slots[];
-} ms_ring_t;
+/* A segment of a thread's buffer of records (rings.c). */
+typedef struct ms_ring ms_ring_t;
 
 typedef struct ms_thread {
     /* Exact counters, written by the owning thread only. Small allocations are counted once,
@@ -122,7 +113,9 @@ typedef struct ms_thread {
     uint64_t epoch;                /* rate epoch the countdowns were drawn in */
     uint64_t rng;
     uint16_t index;
-    _Atomic(ms_ring_t *) ring;     /* allocated on first sample */
+    _Atomic(ms_ring_t *) ring;     /* the segment the thread writes; mapped on first sample */
+    _Atomic(ms_ring_t *) oldest;   /* the segment the drainer reads (rings.c) */
+    _Atomic uint64_t slots;        /* records all its segments can hold (rings.c) */
     _Atomic int dead;              /* set by the thread's TLS destructor; drainer then frees */
     struct ms_thread *next;        /* registry list, under the registry lock */
 } ms_thread_t;
@@ -246,9 +239,6 @@ static inline void ms_arm_fast(ms_thread_t *t)
 /* Adds t's counters to out (the per-class small counts from small_by_size). */
 void ms_thread_add(ms_counters_t *out, ms_thread_t *t);
 
-/* Appends rec to t's ring (allocating it on first use) with its time, time_us (ms_clock_us);
- * a record that finds no room is counted as dropped and added to the spill instead. */
-void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us);
 void ms_buffers_configure(uint64_t ring_capacity, uint64_t rings_max_bytes, uint64_t seed);
 void ms_thread_reset_sampling(ms_thread_t *t);
 void ms_buffers_fork_child_quick(void);
@@ -256,6 +246,37 @@ void ms_buffers_fork_child(void);
 uint64_t ms_buffers_footprint(void);
 /* Microseconds since the tracker's clock origin, for a CLOCK_MONOTONIC reading in ns. */
 uint64_t ms_clock_us(uint64_t now_ns);
+
+/* ---- rings.c: a thread's growing buffer of records, and the pages it is made of ---- */
+/* Appends rec to t's buffer (mapping or growing it as needed) with its time, time_us
+ * (ms_clock_us); a record that finds no room is counted as dropped and added to the spill. */
+void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us);
+/* The largest segment (in records) and the budget of all segments and thread states (bytes). */
+void ms_rings_configure(uint64_t max_records, uint64_t max_bytes);
+/* Zeroed whole pages from the system, counted in ms_pages_held; NULL without memory. */
+void *ms_pages_alloc(uint64_t bytes);
+void ms_pages_free(void *p, uint64_t bytes);
+uint64_t ms_pages_size(uint64_t bytes); /* bytes rounded up to whole pages */
+uint64_t ms_pages_held(void);
+void ms_pages_set_held(uint64_t bytes); /* in a forked child, for what it kept */
+/* Drainer side, serialized by the caller (the registry lock; the orphan lock for the orphan
+ * state). The full time of t's first record waiting (UINT64_MAX if none), from its oldest
+ * segment r = t->oldest. */
+uint64_t ms_rings_first_time(ms_ring_t *r);
+/* Moves up to room of t's records into out (see ms_drain), oldest first; segments read to
+ * their end that the producer left go onto *retired, for ms_rings_unmap once no lock is held. */
+size_t ms_rings_drain(ms_thread_t *t, ms_record_t *out, size_t room, uint64_t base, uint32_t *more,
+                      ms_ring_t **retired);
+uint64_t ms_rings_pending(ms_thread_t *t);
+bool ms_rings_empty(ms_thread_t *t);
+/* Every segment of an exited thread onto *retired. */
+void ms_rings_retire_all(ms_thread_t *t, ms_ring_t **retired);
+void ms_rings_unmap(ms_ring_t *retired);
+/* Makes the zeroed, 64-byte aligned space (bytes long, after t in t's pages) t's first segment. */
+void ms_rings_embed(ms_thread_t *t, void *space, uint64_t bytes);
+/* In a forked child, for t (its other fields reset) and its chain from oldest: t keeps the newest
+ * segment, emptied; returns its bytes (0 if embedded). */
+uint64_t ms_rings_fork_reset(ms_thread_t *t, ms_ring_t *oldest);
 
 /* ---- hooks.c: sampling parameters shared with buffers.c ---- */
 uint64_t ms_rng_next(uint64_t *state);

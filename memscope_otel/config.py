@@ -285,11 +285,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("FREQUENCY_SAMPLE_INTERVAL", Integer(0, 2**31), 1000,
             "Every Nth allocation of a thread is sampled whatever its size; 0 turns this off."),
     Setting("MAX_RECORDS_PER_THREAD", Integer(256, 4194304), 16384,
-            "Capacity of each thread's ring buffer, in 32-byte records (rounded up to a power of two)."),
+            "Most 32-byte records a thread's buffer holds until they are drained. A buffer starts in "
+            "the page of the thread's state and grows, segment by segment, with what the thread "
+            "samples; it goes back to the system once drained after the thread exits."),
     Setting("MAX_RING_MEMORY", Integer(2**20, 2**40), 128 * 2**20,
-            "Bytes all threads' ring buffers (and thread states) may hold together (256 rings of the "
-            "default size); a thread that finds no room for a ring has its records added straight into "
-            "the estimates (the dump file and the workload recognizer miss them; counted in "
+            "Bytes all threads' buffers and states may hold together (256 full buffers of the default "
+            "size); a thread whose buffer cannot grow has its records added straight into the estimates (the dump file and the workload recognizer miss them; counted in "
             "`memscope.sampler.dropped`)."),
     Setting("LIVE_TABLE_MAX_ENTRIES", Integer(8192, 2**26), 262144,
             "Most sampled live blocks the live table holds (32 bytes each; it starts at 8192 and "
@@ -309,9 +310,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_SITES", Integer(1, 1000), 50,
             "Allocation sites exported, top by bytes; the rest fold into one `other` series."),
     Setting("DRAIN_INTERVAL_MS", Integer(10, 60000), 200,
-            "Milliseconds between two drains of the ring buffers by the background thread; up to 5 times "
-            "as long while fewer than 4096 records wait and no dump is written (a ring half full is drained "
-            "at once)."),
+            "Milliseconds between two drains of the threads' buffers by the background thread; up to 5 times "
+            "as long while fewer than 4096 records wait and no dump is written (a buffer half full, or 64 "
+            "threads that exited, are drained at once)."),
     Setting("DUMP_PATH", FilePath(), None,
             "Also write every sampled record to this binary dump file; unset writes no dump."),
     Setting("PROFILES_EXPORTER", Choice(("none", "otlp")), "none",

@@ -160,9 +160,11 @@ def read_counters():
 
 
 class DrainBuffer:
-    """A reusable array that records are drained into (no allocation per drain)."""
+    """A reusable array that records are drained into (no allocation per drain). 16,384 records
+    (512 KiB, touched as drains fill it): a larger backlog takes more calls of one drain (see
+    ``more``), each of which costs a pass over the threads, not more memory."""
 
-    def __init__(self, capacity=65536):
+    def __init__(self, capacity=16384):
         ffi, _ = _lib()
         self.array = np.zeros(capacity, dtype=RECORD_DTYPE)
         self._ptr = ffi.cast("ms_record_t *", ffi.from_buffer(self.array))
