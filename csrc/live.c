@@ -545,3 +545,24 @@ void ms_live_sites_in_use(uint8_t *mark)
     }
     ms_spin_unlock(&g_resize_lock);
 }
+
+void ms_live_by_id(double *count, double *bytes)
+{
+    /* Locked like ms_live_sites_in_use: the table is neither replaced nor thinned meanwhile. */
+    memset(count, 0, MS_MAX_IDS * sizeof *count);
+    memset(bytes, 0, MS_MAX_IDS * sizeof *bytes);
+    ms_spin_lock(&g_resize_lock);
+    live_table_t *t = atomic_load(&g_table);
+    for (uint32_t b = 0; t && b < (1u << t->bits); b++) {
+        ms_spin_lock(&t->locks[b]);
+        for (int i = 0; i < LIVE_WAYS; i++) {
+            const ms_live_entry_t *e = &t->buckets[b][i];
+            if (e->address != 0 && e->site < MS_MAX_IDS) {
+                count[e->site] += e->weight;
+                bytes[e->site] += (double)e->weight * (double)e->size;
+            }
+        }
+        ms_spin_unlock(&t->locks[b]);
+    }
+    ms_spin_unlock(&g_resize_lock);
+}

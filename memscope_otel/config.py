@@ -181,6 +181,31 @@ class NameSet:
         return ",".join(value)
 
 
+class Choice:
+    """One of fixed names, in any case."""
+
+    def __init__(self, choices: tuple[str, ...]):
+        self.choices = choices
+        self.accepted = f"one of {{{', '.join(choices)}}}"
+
+    def from_text(self, text: str) -> str:
+        """Parse an environment-variable value (spaces and case ignored)."""
+        name = text.strip().lower()
+        if name not in self.choices:
+            raise ValueError(f"unknown name {name!r}")
+        return name
+
+    def from_value(self, value: Any) -> str:
+        """Check a keyword-argument value: text as in the environment."""
+        if isinstance(value, str):
+            return self.from_text(value)
+        raise ValueError("not a name")
+
+    def to_text(self, value: str) -> str:
+        """The value as it would be written in the environment."""
+        return value
+
+
 class FilePath:
     """A file path; None (unset) means the feature is off."""
 
@@ -213,7 +238,7 @@ class Setting:
     """One row of the settings table: its name, its kind (type and accepted values), default, meaning."""
 
     name: str
-    kind: Flag | Integer | Real | NameSet | FilePath
+    kind: Flag | Integer | Real | NameSet | Choice | FilePath
     default: Any
     meaning: str
 
@@ -287,6 +312,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Milliseconds between two drains of the ring buffers by the background thread; up to 5 times "
             "as long while fewer than 4096 records wait and no dump is written (a ring half full is drained "
             "at once)."),
+    Setting("MAX_STACK_DEPTH", Integer(1, 128), 64,
+            "Python frames kept per sampled allocation, innermost first (deeper frames are cut off); "
+            "1 keeps the innermost frame only. Stacks are interned as a tree of frames in the id "
+            "table (32768 ids, about 1.7 MiB of C memory at most, touched as used, and about 200 "
+            "bytes of Python memory per frame resolved); when it is full, a stack is kept as its "
+            "innermost frame under an `<overflow>` caller (counted)."),
+    Setting("SITE_FRAME", Choice(("innermost", "application")), "innermost",
+            "The frame of a stack that names its site in the metrics: the innermost, or `application`, "
+            "the innermost frame outside the standard library and site-packages (the innermost "
+            "when there is none). Profiles and dumps keep whole stacks either way."),
     Setting("DUMP_PATH", FilePath(), None,
             "Also write every sampled record to this binary dump file; unset writes no dump."),
     Setting("SEED", Integer(0, 2**64 - 1), 0,
