@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the integration tests need: a real Prometheus server, headless Chromium, an
 # AArch64 cross compiler with qemu-user to run the NEON reducer against its scalar twin, and tmux
-# (a real terminal for `memscope-otel top`, tests/cli/test_top_tmux.py).
+# (a real terminal for `memscope-otel top`, tests/cli/test_top_tmux.py), and Go (`go tool pprof` reads
+# the pprof profiles, tests/integration/test_pprof_go.py).
 # Idempotent; nothing is left running (the package's service is not started in a container).
 set -euo pipefail
 # Prometheus has its own script: it keeps the package's service from starting.
@@ -11,6 +12,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
 command -v tmux >/dev/null || need+=(tmux)
+command -v go >/dev/null || need+=(golang-go)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
