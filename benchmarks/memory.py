@@ -12,6 +12,11 @@ sampled, then with default sampling, which always samples 64 KiB blocks), checks
 formula, lists the library's static tables from its symbol table (``nm``, where installed), and
 shows that rings of exited threads are given back after the next drain.
 
+The stack table: stacks are nodes of the site id table (one per distinct frame and caller), so
+its C memory is that table's (static, touched as ids are used); the Python side keeps a frame and
+a chain cell per node. The last part makes stacks of 30 frames through many distinct callers and
+prints both.
+
     python benchmarks/memory.py [--threads 8]
 """
 import argparse
@@ -125,7 +130,8 @@ def main(argv=None):
     b1, d1, a1, tracker = measure_threads(loops, k, {}, loops.sizes([65536]))
     tables = static_tables()
     live = sum(tables.get(s, 0) for s in ("g_table", "g_locks", "ms_live_filter"))
-    sites = sum(tables.get(s, 0) for s in ("g_ids", "g_slots", "g_state", "g_free"))
+    site_symbols = ("g_ids", "g_slots", "g_state", "g_free", "g_callees", "g_forgotten")
+    sites = sum(tables.get(s, 0) for s in site_symbols)
     if not tables:  # without nm: what footprint_bytes held before any thread sampled
         live = b0.footprint_bytes - b0.threads_live * state
     summary = MAX_IDS * 3 * 8
@@ -170,8 +176,8 @@ def main(argv=None):
         print("  (nm not installed: static tables not listed)")
     print(f"  live table (g_table + g_locks + filter)     {kib(live) if tables else '    (needs nm)'}   "
           "in footprint_bytes")
-    print(f"  site id table (g_ids, g_slots, g_state, g_free) {kib(sites) if tables else '    (needs nm)'}   "
-          f"static; {MAX_IDS} ids, a code-object reference each only until its site is resolved")
+    print(f"  site and stack id table ({', '.join(site_symbols)}) {kib(sites) if tables else '    (needs nm)'}   "
+          f"static; {MAX_IDS} ids (stack nodes), a code-object reference each only until resolved")
     print(f"  Python summary arrays (MAX_IDS x 3 x 8 B)   {kib(summary)}")
     print(f"  drain buffer (records moved per drain)      {kib(drain)}")
     print(f"  footprint_bytes with {b0.threads_live} thread(s) registered, before any sampled: "
@@ -182,6 +188,46 @@ def main(argv=None):
           f"+ {ring / 1024:.1f} KiB per thread that sampled (ring of {capacity} records)")
     for t in (1, 8, 64):
         print(f"  {t:3d} sampling threads: {(fixed + t * (ring + state)) / 2**20:7.2f} MiB")
+    stack_table(sites, tables)
+
+
+def deep_call(depth, fn):
+    return fn() if depth <= 1 else deep_call(depth - 1, fn)
+
+
+def stack_table(sites, tables, callers=300, depth=30):
+    """Stacks of ``depth`` frames through ``callers`` distinct functions (each a stack of its
+    own, sharing the deep part), always sampled (64 KiB blocks): ids used, the C table's share
+    of them, and the Python side's frames and chain cells."""
+    import sys
+
+    memscope_otel.start(adaptive=False)
+    try:
+        tracker = memscope_otel.tracker.current()
+        before = sampler.read_counters().ids_used
+        namespace = {"deep_call": deep_call}
+        for i in range(callers):
+            exec(f"def caller_{i}():\n    return deep_call({depth}, lambda: bytearray(65536))\n", namespace)
+        keep = [namespace[f"caller_{i}"]() for i in range(callers)]
+        memscope_otel.snapshot()
+        used = sampler.read_counters().ids_used - before
+        resolver = tracker.resolver
+        frames = {id(chain[0]): chain[0] for chain in resolver._chains.values()}
+        python = (sum(sys.getsizeof(c) for c in resolver._chains.values())
+                  + sum(sys.getsizeof(f) for f in frames.values())
+                  + sys.getsizeof(resolver._chains) + sys.getsizeof(resolver._leaves) + sys.getsizeof(resolver._ref_of))
+        nodes = len(resolver._chains)
+        per_id = sites / MAX_IDS if tables else 0
+        print(f"\nStack table ({callers} callers x {depth}-frame stacks, MAX_STACK_DEPTH default; {len(keep)} blocks):")
+        print(f"  ids used by these stacks: {used} (of {MAX_IDS}); stack overflows: "
+              f"{sampler.read_counters().stack_overflows}")
+        if tables:
+            print(f"  C id table: {per_id:.0f} B per id -> {kib(used * per_id)} for these ids "
+                  f"(at most {kib(sites)}, static)")
+        print(f"  Python frames and chain cells: {nodes} nodes resolved, {kib(python)} "
+              f"({python / max(1, nodes):.0f} B per node)")
+    finally:
+        memscope_otel.stop()
 
 
 if __name__ == "__main__":
