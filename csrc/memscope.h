@@ -64,7 +64,9 @@
  * Ids are dense, so per-id sums are plain arrays of MS_MAX_IDS entries.
  * Ids below MS_FIRST_DYNAMIC_ID are fixed: MS_ID_NATIVE + domain is "<native>" (no Python frame),
  * MS_ID_OVERFLOW + domain is "<overflow>" (every id was taken), MS_ID_STACK_OVERFLOW is the
- * caller of a leaf whose outer frames found no id (the stack keeps its innermost frame). A node
+ * caller of a leaf whose outer frames found no id (the stack keeps its innermost frame; the
+ * callers' nodes leave the last quarter of the ids to leaves and types, so sites outlast
+ * stacks when the table fills). A node
  * whose code object has died, and every node under it, is reused once nothing can carry it any
  * more (see "site ids" below), so one id may name different stacks over time; type ids are never
  * reused. */

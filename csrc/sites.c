@@ -156,6 +156,17 @@ static uint32_t find(uintptr_t code, uint64_t where, uint64_t key, uint32_t *fre
     return 0;
 }
 
+/* Ids only leaves and types may take: callers' nodes stop short of them, so that a program with
+ * more distinct stacks than the table holds keeps its sites (each stack cut to its innermost
+ * frame under MS_ID_STACK_OVERFLOW) instead of losing them to <overflow>. */
+#define LEAF_RESERVE (MS_MAX_IDS / 4)
+
+/* Under g_lock: the ids that can still be handed out. */
+static uint32_t ids_left(void)
+{
+    return MS_MAX_IDS - atomic_load_explicit(&g_next_id, memory_order_relaxed) + g_free_count;
+}
+
 /* Under g_lock: an id for a new key, from the reclaimed ones first (their summary rows are
  * zero and likely still in cache), else the next never used; 0 when all are taken. */
 static uint32_t take_id(void)
@@ -195,7 +206,8 @@ static uint32_t intern_key(void *code, int32_t offset, int domain, uint64_t key)
     ms_spin_lock(&g_lock);
     id = find(c, where, key, &free_slot); /* someone may have won the race */
     uint32_t caller = caller_of(c, key);
-    if (id == 0 && (caller == 0 || is_live(atomic_load_explicit(&g_state[caller], memory_order_relaxed)))) {
+    if (id == 0 && (caller == 0 || is_live(atomic_load_explicit(&g_state[caller], memory_order_relaxed))) &&
+        (domain != MS_FRAME_DOMAIN || ids_left() > LEAF_RESERVE)) {
         id = free_slot == SLOTS ? 0 : take_id();
         if (id != 0) {
             g_callees[id] = 0;

@@ -247,3 +247,53 @@ def test_stack_frames_carry_qualified_names(start_tracker):
     snap = memscope_otel.snapshot()
     names = {f.function for i, *_ in snap.per_id for f in tracker.resolver.stack(i)}
     assert "test_stack_frames_carry_qualified_names.<locals>.Holder.make" in names
+
+
+# Run in a fresh interpreter: it fills the process-wide id table. 1,200 distinct callers, each
+# kept alive, call the same 30-frame-deep chain: 37,000 nodes, more than the 32,768 ids.
+OVERFLOW_PROGRAM = """
+import json, sys
+import memscope_otel
+
+def deep(n, leaf):
+    return leaf() if n <= 1 else deep(n - 1, leaf)
+
+def alloc():
+    return bytearray(100_000)  # always sampled
+
+memscope_otel.start(adaptive=False)
+tracker = memscope_otel.tracker.current()
+namespace = {"deep": deep, "alloc": alloc}
+for i in range(1200):
+    exec(f"def caller_{i}():\\n    return deep(30, alloc)\\n", namespace)
+keep = [namespace[f"caller_{i}"]() for i in range(1200)]
+snap = memscope_otel.snapshot()
+out = {"overflows": snap.counters.stack_overflows, "ids_used": snap.counters.ids_used, "cut": 0, "whole": 0,
+       "alloc_count": 0.0, "other_overflow": 0.0}
+for site_id, nbytes, count, _ in snap.per_id:
+    site = tracker.resolver.resolve(site_id)
+    frames = tracker.resolver.stack(site_id)
+    if getattr(site, "function", None) == "alloc" and count > 0:
+        out["alloc_count"] += count
+        if [f.function for f in frames[1:]] == ["<overflow>"]:
+            out["cut"] += 1
+        elif any(f.function.startswith("caller_") for f in frames):
+            out["whole"] += 1
+    if getattr(site, "file", None) == "<overflow>":
+        out["other_overflow"] += count
+print(json.dumps(out))
+"""
+
+
+def test_a_full_stack_table_cuts_stacks_to_their_site_and_counts_them():
+    import os
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", OVERFLOW_PROGRAM], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OTEL_PYTHON_MEMSCOPE_DUMP_PATH=""))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["whole"] > 0 and out["cut"] > 0, out  # whole stacks first, then cut ones
+    assert out["overflows"] >= 1200 - out["whole"], out  # every cut stack was counted
+    # The site survives: every large block at alloc's line is counted under it, none under <overflow>.
+    assert out["alloc_count"] >= 1200 and out["other_overflow"] == 0, out
