@@ -5,8 +5,8 @@
  * node id), interned from the outermost frame in (memscope.h, "Site / stack / type ids"); a
  * type is (64-bit key of its name, manual domain). A node whose code object dies takes every
  * node under it along (ms_site_forget): a dead node's id may be reused, and a live node must
- * never name a reused id as its caller. Ids index plain arrays downstream (the reducer's per-id sums), so they are dense and
- * bounded by MS_MAX_IDS. Lookups are lock-free (hot on the sampled path); inserts, deletions and
+ * never name a reused id as its caller. Ids index plain arrays downstream (the reducer's per-id
+ * sums), so they are dense and bounded by MS_MAX_IDS. Lookups are lock-free (hot on the sampled path); inserts, deletions and
  * reclamation take one spin lock. Nothing here allocates: ms_site_intern runs inside the hooks.
  *
  * The life of a site id (g_state):
@@ -18,11 +18,11 @@
  *   DEAD     the code object is being freed: its weakref callback (which CPython runs with the GIL
  *            before the memory goes back) called ms_site_forget, so the key left the lookup table
  *            and a new code object at the same address gets a new id. The id itself stays taken
- *            while records or live blocks may still carry it. A node under a forgotten one (its
- *            caller's code died) becomes DEAD with it and is queued for Python
- *            (ms_sites_take_forgotten), as a HELD one becomes
- *   HELD_DEAD: out of the lookup table, its code reference still to be handed over (and
- *            ms_sites_take_held then makes it DEAD).
+ *            while records or live blocks may still carry it. A WATCHED node under a forgotten
+ *            one (a caller's code died) becomes DEAD with it, and is queued for Python
+ *            (ms_sites_take_forgotten), which reclaims it like the others.
+ *   HELD_DEAD a HELD node under a forgotten one: out of the lookup table, queued likewise, its
+ *            code reference still to be handed over; ms_sites_take_held makes it DEAD.
  *   FIXED    a type id (no code object): never forgotten.
  * Python calls ms_sites_reclaim once no record in flight and no live block carries a DEAD id
  * (see memscope_otel/sites.py for the protocol); the id then goes back to FREE.

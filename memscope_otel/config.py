@@ -317,7 +317,7 @@ SETTINGS: tuple[Setting, ...] = (
             "1 keeps the innermost frame only. Stacks are interned as a tree of frames in the id "
             "table (32768 ids, about 1.7 MiB of C memory at most, touched as used, and about 200 "
             "bytes of Python memory per frame resolved); when it is full, a stack is kept as its "
-            "innermost frame under an `<overflow>` caller (counted)."),
+            "innermost frame under an `<overflow>` caller (counted in `stack_overflows`)."),
     Setting("SITE_FRAME", Choice(("innermost", "application")), "innermost",
             "The frame of a stack that names its site in the metrics: the innermost, or `application`, "
             "the innermost frame outside the standard library and site-packages (the innermost "
