@@ -10,7 +10,31 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PROBE = HERE / "nativeprobe.c"
 # Which function probe_alloc calls (nativeprobe.c's enum), in order.
-FUNCTIONS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc")
+ALL_FUNCTIONS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc")
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _defining_object(name):
+    """The file of the shared object that defines the process's ``name`` (None if unknown)."""
+    process = ctypes.CDLL(None)
+    try:
+        address = ctypes.cast(getattr(process, name), ctypes.c_void_p).value
+    except AttributeError:
+        return None
+    dladdr = process.dladdr
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    info = _DlInfo()
+    return info.dli_fname if dladdr(address, ctypes.byref(info)) else None
+
+
+# The functions whose blocks the process's free can take: all of them with the C library's
+# allocator; with one preloaded (LD_PRELOAD), those it defines itself (jemalloc has no pvalloc:
+# the C library's would hand its block to jemalloc's free, which crashes without any tracker).
+FUNCTIONS = tuple(f for f in ALL_FUNCTIONS if _defining_object(f) == _defining_object("free"))
 
 
 def compiler():
@@ -45,7 +69,7 @@ class Probe:
     def alloc(self, function, size, n):
         """n blocks from ``function`` (a name in FUNCTIONS); returns the array of pointers."""
         blocks = (ctypes.c_void_p * n)()
-        got = self.lib.probe_alloc(FUNCTIONS.index(function), size, blocks, n)
+        got = self.lib.probe_alloc(ALL_FUNCTIONS.index(function), size, blocks, n)
         assert got == n, f"{function}({size}) failed {n - got} of {n} times"
         return blocks
 

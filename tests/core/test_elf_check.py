@@ -1,4 +1,4 @@
-"""csrc/native.c on its own (tests/native/elf_check.c): every allocator function of a full-RELRO
+"""csrc/native.c on its own (tests/core/elf_check.c): every allocator function of a full-RELRO
 object, an object loaded later by path, one found by a bare name through the caller's RUNPATH,
 a lazily bound RTLD_DEEPBIND one, dlclose, uninstall and a second install. Natively, again under
 AddressSanitizer and UBSan (without the two loader features its runtime changes), and
@@ -23,8 +23,11 @@ def run_check(tmp_path, cc, runner=(), extra=(), checks=19):
     subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-D_GNU_SOURCE", f"-I{ROOT / 'csrc'}",
                     *extra, "-o", str(exe), str(HERE / "elf_check.c"), str(ROOT / "csrc" / "native.c"),
                     "-ldl", "-pthread"], check=True, capture_output=True, text=True)
+    # Its own program: not the sanitizer runtime that scripts/sanitize.sh preloads into Python
+    # (which refuses RTLD_DEEPBIND); the sanitized variant links its runtime itself.
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     proc = subprocess.run([*runner, str(exe), str(first), str(later), "libbare.so", str(lazy)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == checks and all(line.startswith("ok: ") for line in lines), proc.stdout
