@@ -297,3 +297,53 @@ def test_a_full_stack_table_cuts_stacks_to_their_site_and_counts_them():
     assert out["overflows"] >= 1200 - out["whole"], out  # every cut stack was counted
     # The site survives: every large block at alloc's line is counted under it, none under <overflow>.
     assert out["alloc_count"] >= 1200 and out["other_overflow"] == 0, out
+
+
+BLOCK = 20_000  # large (over the 8192-byte critical size): always sampled, weight 1
+
+
+def persistent_leaf():
+    return bytearray(BLOCK)  # one site under every generated caller below
+
+
+PERSISTENT_LINE = persistent_leaf.__code__.co_firstlineno + 1
+
+
+def test_callers_whose_code_dies_take_their_stacks_along(start_tracker):
+    """40,000 generated callers, each called once and dropped, call one long-lived function: each
+    makes two nodes (its own frame, and the leaf under it), 80,000 in all, more than the table's
+    32,768 ids. When a caller's code dies, the leaf under it (whose own code lives on) must leave
+    with it and be reclaimed: no stack is ever cut, and the site's sums, kept across the reuse of
+    its ids, count every block."""
+    import gc
+
+    tracker = start_tracker()
+    reclaimed = tracker.resolver.reclaimed
+    overflows = memscope_otel.snapshot().counters.stack_overflows
+    site = None
+    before = 0.0
+    for site_key, (nbytes, _count, _live) in memscope_otel.snapshot().per_site.items():
+        if getattr(site_key, "file", None) == __file__ and site_key.line == PERSISTENT_LINE:
+            before += nbytes
+    n = 0
+    for _ in range(40):
+        for _ in range(1000):
+            namespace = {"leaf": persistent_leaf}
+            exec(compile(f"def caller_{n}():\n    return leaf()\n", f"<generated-{n % 7}>", "exec"), namespace)
+            namespace[f"caller_{n}"]()
+            del namespace
+            n += 1
+        gc.collect()
+        memscope_otel.snapshot()  # a drain: resolution and reclamation run after it
+    for _ in range(3):
+        snap = memscope_otel.snapshot()
+    assert snap.counters.stack_overflows == overflows
+    assert tracker.resolver.reclaimed - reclaimed >= 2 * n - 32768
+    total = 0.0
+    for site_key, (nbytes, _count, _live) in snap.per_site.items():
+        if getattr(site_key, "file", None) == __file__ and site_key.line == PERSISTENT_LINE:
+            site = site_key
+            total += nbytes
+    assert site is not None
+    # every block (BLOCK + 1 bytes requested: weight 1), plus the small bytearray objects' estimate
+    assert n * BLOCK <= total - before <= n * (BLOCK + 400), (total - before, n * BLOCK)
