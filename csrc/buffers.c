@@ -355,6 +355,7 @@ void ms_read_counters(ms_counters_t *out)
     ms_live_stats(&out->live_entries, &out->live_capacity, &out->live_threshold);
     out->relinks = ms_hooks_relinks();
     ms_native_stats(&out->native_objects, &out->native_entries, &out->native_skipped);
+    out->stack_overflows = ms_sites_stack_overflows();
 }
 
 uint64_t ms_buffers_footprint(void)

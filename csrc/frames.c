@@ -1,5 +1,5 @@
 /*
- * frames.c: the innermost Python frame of the calling thread, read without running Python.
+ * frames.c: the Python stack of the calling thread, innermost first, read without running Python.
  *
  * The only file that reads CPython internals, one block per supported version. Inside an
  * allocator hook nothing may allocate, free or run code, so this never creates frame objects or
@@ -47,50 +47,80 @@ static PyThreadState *gil_holder_self(void)
     return current;
 }
 
-static bool innermost(PyThreadState *tstate, PyObject **code, int32_t *offset)
+/* Up to max frames of the thread's Python stack, innermost first, as borrowed (code, byte
+ * offset) pairs: the code objects are alive while their frames run, and the caller holds the GIL,
+ * so none can die before it is interned (which takes a reference). Frames that have not started
+ * (incomplete) and the interpreter's C-stack shims are skipped, as the frame objects that
+ * traceback walks skip them. Returns the number of frames written. */
+static int walk(PyThreadState *tstate, ms_frame_t *out, int max)
 {
+    int n = 0;
 #if PY_VERSION_HEX >= 0x030D0000
-    for (_PyInterpreterFrame *f = tstate->current_frame; f; f = f->previous) {
+    for (_PyInterpreterFrame *f = tstate->current_frame; f && n < max; f = f->previous) {
         if (f->owner == FRAME_OWNED_BY_CSTACK || !PyCode_Check(f->f_executable))
             continue;
         PyCodeObject *co = (PyCodeObject *)f->f_executable;
         if (_PyFrame_IsIncomplete(f))
             continue;
-        *code = (PyObject *)co;
-        *offset = (int32_t)((f->instr_ptr - _PyCode_CODE(co)) * (Py_ssize_t)sizeof(_Py_CODEUNIT));
-        return true;
+        out[n].code = co;
+        out[n].offset = (int32_t)((f->instr_ptr - _PyCode_CODE(co)) * (Py_ssize_t)sizeof(_Py_CODEUNIT));
+        n++;
     }
 #elif PY_VERSION_HEX >= 0x030B0000
-    for (_PyInterpreterFrame *f = tstate->cframe ? tstate->cframe->current_frame : NULL; f; f = f->previous) {
+    for (_PyInterpreterFrame *f = tstate->cframe ? tstate->cframe->current_frame : NULL; f && n < max; f = f->previous) {
 #if PY_VERSION_HEX >= 0x030C0000
         if (f->owner == FRAME_OWNED_BY_CSTACK)
             continue;
 #endif
         if (f->f_code == NULL || _PyFrame_IsIncomplete(f))
             continue;
-        *code = (PyObject *)f->f_code;
-        *offset = (int32_t)((f->prev_instr - _PyCode_CODE(f->f_code)) * (Py_ssize_t)sizeof(_Py_CODEUNIT));
-        return true;
+        out[n].code = f->f_code;
+        out[n].offset = (int32_t)((f->prev_instr - _PyCode_CODE(f->f_code)) * (Py_ssize_t)sizeof(_Py_CODEUNIT));
+        n++;
     }
 #else
-    PyFrameObject *f = tstate->frame;
-    if (f && f->f_code) {
-        *code = (PyObject *)f->f_code;
-        *offset = f->f_lasti * (int32_t)sizeof(_Py_CODEUNIT);
-        return true;
+    for (PyFrameObject *f = tstate->frame; f && n < max; f = f->f_back) {
+        if (f->f_code == NULL)
+            continue;
+        out[n].code = f->f_code;
+        out[n].offset = f->f_lasti * (int32_t)sizeof(_Py_CODEUNIT);
+        n++;
     }
 #endif
-    return false;
+    for (int i = 0; i < n; i++)
+        if (out[i].offset < 0) /* a frame that has not run its first instruction yet */
+            out[i].offset = 0;
+    return n;
+}
+
+/* MAX_STACK_DEPTH, set by ms_start (1 .. MS_MAX_STACK_DEPTH). */
+static _Atomic int g_max_depth = 1;
+
+void ms_frames_configure(int max_depth)
+{
+    if (max_depth < 1)
+        max_depth = 1;
+    if (max_depth > MS_MAX_STACK_DEPTH)
+        max_depth = MS_MAX_STACK_DEPTH;
+    atomic_store_explicit(&g_max_depth, max_depth, memory_order_relaxed);
+}
+
+/* Out of line, so that its 2 KiB frame is only taken on a thread that runs Python code (a thread
+ * of a C library, which may have a small stack, calls the native domain's hooks too). */
+__attribute__((noinline)) static uint32_t capture(PyThreadState *tstate, int domain)
+{
+    /* On this thread's C stack: 16 bytes a frame, 2 KiB at the most (MS_MAX_STACK_DEPTH). */
+    ms_frame_t frames[MS_MAX_STACK_DEPTH];
+    int n = walk(tstate, frames, atomic_load_explicit(&g_max_depth, memory_order_relaxed));
+    if (n == 0)
+        return MS_ID_NATIVE + (uint32_t)domain;
+    return ms_stack_intern(frames, n, domain);
 }
 
 uint32_t ms_frame_site(int domain)
 {
     PyThreadState *tstate = gil_holder_self();
-    PyObject *code;
-    int32_t offset;
-    if (tstate == NULL || !innermost(tstate, &code, &offset))
+    if (tstate == NULL)
         return MS_ID_NATIVE + (uint32_t)domain;
-    if (offset < 0) /* a frame that has not run its first instruction yet */
-        offset = 0;
-    return ms_site_intern(code, offset, domain, 0);
+    return capture(tstate, domain);
 }

@@ -793,8 +793,10 @@ static int start_locked(const ms_config_t *cfg)
         return -1;
     if (!cfg || (cfg->domains_mask & ~(7 | 1 << MS_DOMAIN_NATIVE)) || cfg->critical_size < MS_MEDIUM_MIN || !rate_ok(cfg->medium_rate) ||
         !rate_ok(cfg->small_rate) || cfg->frequency_interval > ((uint64_t)1 << 31) || cfg->ring_capacity < 16 ||
-        cfg->ring_capacity > (1u << 24) || cfg->live_max_entries < 8192 || cfg->rings_max_bytes == 0)
+        cfg->ring_capacity > (1u << 24) || cfg->live_max_entries < 8192 || cfg->rings_max_bytes == 0 ||
+        cfg->max_stack_depth < 1 || cfg->max_stack_depth > MS_MAX_STACK_DEPTH)
         return -2;
+    ms_frames_configure((int)cfg->max_stack_depth);
     atomic_store(&g_critical, cfg->critical_size);
     atomic_store(&g_frequency, (int64_t)cfg->frequency_interval);
     atomic_store(&g_rate[MS_CLASS_SMALL], cfg->small_rate);

@@ -409,10 +409,27 @@ static inline bool ms_live_maybe(uint64_t address)
 }
 
 /* ---- sites.c / frames.c ---- */
+/* One frame of a stack as the hook reads it: a borrowed code object and its byte offset. */
+typedef struct {
+    void *code;
+    int32_t offset;
+} ms_frame_t;
+
+/* The id of one key (a type: code NULL; a frame: code, offset, and the caller's node id as key),
+ * or MS_ID_OVERFLOW + domain when every id is taken. */
 uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key);
+/* The id of a sampled stack (frames[0] innermost, n >= 1), interned node by node from the
+ * outermost frame in (sites.c); a stack whose outer frames find no room is cut to its
+ * innermost frame under MS_ID_STACK_OVERFLOW (counted). */
+uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain);
+/* Stacks cut by ms_stack_intern so far. */
+uint64_t ms_sites_stack_overflows(void);
 uint32_t ms_sites_used(void);
 void ms_sites_fork_child(void);
-/* The id of the innermost Python frame of the calling thread, or MS_ID_NATIVE + domain. */
+/* MAX_STACK_DEPTH (1 .. MS_MAX_STACK_DEPTH), from ms_start. */
+void ms_frames_configure(int max_depth);
+/* The id of the calling thread's Python stack (up to MAX_STACK_DEPTH frames, innermost first),
+ * or MS_ID_NATIVE + domain when it runs no Python code. */
 uint32_t ms_frame_site(int domain);
 
 #endif

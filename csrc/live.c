@@ -526,12 +526,11 @@ void ms_live_stats(uint64_t *entries, uint64_t *capacity, double *threshold)
     *threshold = atomic_load(&g_threshold);
 }
 
-void ms_live_sites_in_use(uint8_t *mark)
+/* Calls visit(entry, arg) for every live entry, under the resize lock, so that the table is
+ * neither replaced (and unmapped) nor thinned during the scan, and bucket by bucket under each
+ * lock, like ms_live_clear. visit must not touch the table. */
+static void for_each_entry(void (*visit)(const ms_live_entry_t *, void *), void *arg)
 {
-    /* Sets mark[site] for the site of every live entry: an id may only be reused once no live
-     * block carries it (a block's free record carries the id of its allocation). Under the
-     * resize lock, so that the table is neither replaced (and unmapped) nor thinned during the
-     * scan, and bucket by bucket under each lock, like ms_live_clear; mark has MS_MAX_IDS bytes. */
     ms_spin_lock(&g_resize_lock);
     live_table_t *t = atomic_load(&g_table);
     for (uint32_t b = 0; t && b < (1u << t->bits); b++) {
@@ -539,9 +538,41 @@ void ms_live_sites_in_use(uint8_t *mark)
         for (int i = 0; i < LIVE_WAYS; i++) {
             const ms_live_entry_t *e = &t->buckets[b][i];
             if (e->address != 0 && e->site < MS_MAX_IDS)
-                mark[e->site] = 1;
+                visit(e, arg);
         }
         ms_spin_unlock(&t->locks[b]);
     }
     ms_spin_unlock(&g_resize_lock);
+}
+
+static void mark_site(const ms_live_entry_t *e, void *mark)
+{
+    ((uint8_t *)mark)[e->site] = 1;
+}
+
+void ms_live_sites_in_use(uint8_t *mark)
+{
+    /* Sets mark[site] for the site of every live entry: an id may only be reused once no live
+     * block carries it (a block's free record carries the id of its allocation). mark has
+     * MS_MAX_IDS bytes. */
+    for_each_entry(mark_site, mark);
+}
+
+typedef struct {
+    double *count, *bytes;
+} by_id_t;
+
+static void add_by_id(const ms_live_entry_t *e, void *arg)
+{
+    by_id_t *sums = arg;
+    sums->count[e->site] += e->weight;
+    sums->bytes[e->site] += (double)e->weight * (double)e->size;
+}
+
+void ms_live_by_id(double *count, double *bytes)
+{
+    memset(count, 0, MS_MAX_IDS * sizeof *count);
+    memset(bytes, 0, MS_MAX_IDS * sizeof *bytes);
+    by_id_t sums = {count, bytes};
+    for_each_entry(add_by_id, &sums);
 }

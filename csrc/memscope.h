@@ -53,17 +53,33 @@
 /* Set on an allocation sampled by the frequency guarantee (weight 1). Informational. */
 #define MS_FLAG_FREQUENCY 256
 
-/* Site / type ids. A sampled allocation carries the id of its site: (innermost Python code
- * object, bytecode offset, domain) for the allocator domains, or an interned type name for the
- * manual domain. Ids are dense, so per-id sums are plain arrays of MS_MAX_IDS entries.
+/* Site / stack / type ids. A sampled allocation carries the id of its stack for the allocator
+ * domains, or an interned type name for the manual domain. Stacks are interned as a tree of
+ * nodes in the one id table, from the outermost frame in: a node is (code object, bytecode
+ * offset, domain, key = the id of its caller's node, 0 for an outermost frame). The node of the
+ * innermost frame (a leaf) has the allocation's domain; the nodes of the frames around it have
+ * MS_FRAME_DOMAIN, so callers are shared between stacks and domains. With MAX_STACK_DEPTH 1 a
+ * stack is its innermost frame alone, the site of earlier versions. A record's id names a leaf;
+ * the id's own (code, offset) is its innermost frame, the site.
+ * Ids are dense, so per-id sums are plain arrays of MS_MAX_IDS entries.
  * Ids below MS_FIRST_DYNAMIC_ID are fixed: MS_ID_NATIVE + domain is "<native>" (no Python frame),
- * MS_ID_OVERFLOW + domain is "<overflow>" (every id was taken). A site id whose code object has
- * died is reused once nothing can carry it any more (see "site ids" below), so one id may name
- * different sites over time; type ids are never reused. */
+ * MS_ID_OVERFLOW + domain is "<overflow>" (every id was taken), MS_ID_STACK_OVERFLOW is the
+ * caller of a leaf whose outer frames found no id (the stack keeps its innermost frame; the
+ * callers' nodes leave the last quarter of the ids to leaves and types, so sites outlast
+ * stacks when the table fills). A node
+ * whose code object has died, and every node under it, is reused once nothing can carry it any
+ * more (see "site ids" below), so one id may name different stacks over time; type ids are never
+ * reused. */
 #define MS_MAX_IDS 32768
 #define MS_ID_NATIVE 0
 #define MS_ID_OVERFLOW 8
+#define MS_ID_STACK_OVERFLOW 15
 #define MS_FIRST_DYNAMIC_ID 16
+/* The domain of a stack node that is not a leaf: a caller's frame, never in a record. */
+#define MS_FRAME_DOMAIN 7
+/* MAX_STACK_DEPTH's upper bound: the hook reads the stack into an array of this many frames on
+ * the thread's C stack (16 bytes each). */
+#define MS_MAX_STACK_DEPTH 128
 
 /* The drainer's periodic drain is skipped, up to MS_DRAIN_SKIPS periods in a row, while fewer
  * than MS_DRAIN_MIN_RECORDS records wait in the rings (ms_wait_for_work), unless a dump wants
@@ -95,6 +111,7 @@ typedef struct {
     uint64_t seed;                  /* seeds the per-thread sampling RNGs; 0 = from the clock */
     uint64_t live_max_entries;      /* the live table's budget, in entries of 32 bytes */
     uint64_t rings_max_bytes;       /* all rings together (thread states included) */
+    uint32_t max_stack_depth;       /* Python frames per sampled stack, 1 .. MS_MAX_STACK_DEPTH */
 } ms_config_t;
 
 /* Exact counters, summed over live threads, exited threads and the thread-less path.
@@ -128,17 +145,22 @@ typedef struct {
     uint64_t native_entries;        /* their GOT entries pointing at memscope's wrappers now */
     uint64_t native_skipped;        /* allocator entries left alone: bound to a fifth distinct
                                        allocator, or on a page that could not be made writable */
+    uint64_t stack_overflows;       /* sampled stacks whose outer frames found no free id: kept as
+                                       their innermost frame under MS_ID_STACK_OVERFLOW */
 } ms_counters_t;
 
 /* What an id stands for. code: the code object while the id table holds a strong reference to
  * it (from the hook that interned the site until ms_sites_take_held hands it over), else NULL
  * (fixed ids, types, and sites already handed over); offset is the bytecode offset in bytes;
- * key is the caller-given 64-bit key for types. */
+ * key is the caller-given 64-bit key for types, and for a stack node the id of its caller's
+ * node (0: none; MS_ID_STACK_OVERFLOW: cut). dead (ms_sites_take_held only): 1 when the node was
+ * forgotten with a caller's node before Python took it (see ms_sites_take_forgotten). */
 typedef struct {
     void *code;
     int32_t offset;
     int32_t domain;
     uint64_t key;
+    uint32_t dead;
 } ms_site_t;
 
 /* Cumulative estimates from records (Horvitz-Thompson: each record counts weight times).
@@ -235,13 +257,21 @@ uint32_t ms_sites_take_held(uint32_t *ids, ms_site_t *out, uint32_t capacity);
 /* The number of ids whose code object the table holds: a counter the caller may read at any
  * time through this pointer, without a call (nonzero: ms_sites_take_held has work). */
 const uint32_t *ms_sites_held_count(void);
-/* The code object of a watched id is being freed: its key leaves the lookup table. 0 on
- * success, -1 if id was not watched. */
+/* The code object of a watched id is being freed: its key leaves the lookup table, and so do
+ * the keys of every node under it (their key names it as a caller): those are queued for
+ * ms_sites_take_forgotten. 0 on success, -1 if id was not watched. */
 int ms_site_forget(uint32_t id);
+/* Moves up to capacity ids forgotten because a caller's node was (not through their own
+ * ms_site_forget) into ids[]; they are reclaimed like the others. Returns the number moved. */
+uint32_t ms_sites_take_forgotten(uint32_t *ids, uint32_t capacity);
 /* Makes the forgotten ids among ids[0..n) reusable (the caller vouches that nothing carries
  * them any more); then, if in_use is not NULL, clears it (MS_MAX_IDS bytes) and sets in_use[id]
  * for every id that a block in the live table carries. Returns the number of ids reclaimed. */
 uint32_t ms_sites_reclaim(const uint32_t *ids, uint32_t n, uint8_t *in_use);
+
+/* The live table now, per id: count[id] += the live weight of each block, bytes[id] += that
+ * weight times its size (the caller's arrays of MS_MAX_IDS doubles). The heap profile. */
+void ms_live_by_id(double *count, double *bytes);
 
 /* --- manual API (GIL held) --- */
 /* The id of a type, interned by a caller-computed 64-bit key of its name. */

@@ -1,9 +1,12 @@
 /*
- * sites.c: dense ids for allocation sites and manual-API types, reused once their code is gone.
+ * sites.c: dense ids for allocation stacks and manual-API types, reused once their code is gone.
  *
- * A site is (code object, bytecode offset, domain); a type is (64-bit key of its name, manual
- * domain). Ids index plain arrays downstream (the reducer's per-id sums), so they are dense and
- * bounded by MS_MAX_IDS. Lookups are lock-free (hot on the sampled path); inserts, deletions and
+ * A stack is a chain of nodes, each (code object, bytecode offset, domain, key = its caller's
+ * node id), interned from the outermost frame in (memscope.h, "Site / stack / type ids"); a
+ * type is (64-bit key of its name, manual domain). A node whose code object dies takes every
+ * node under it along (ms_site_forget): a dead node's id may be reused, and a live node must
+ * never name a reused id as its caller. Ids index plain arrays downstream (the reducer's per-id
+ * sums), so they are dense and bounded by MS_MAX_IDS. Lookups are lock-free (hot on the sampled path); inserts, deletions and
  * reclamation take one spin lock. Nothing here allocates: ms_site_intern runs inside the hooks.
  *
  * The life of a site id (g_state):
@@ -15,7 +18,11 @@
  *   DEAD     the code object is being freed: its weakref callback (which CPython runs with the GIL
  *            before the memory goes back) called ms_site_forget, so the key left the lookup table
  *            and a new code object at the same address gets a new id. The id itself stays taken
- *            while records or live blocks may still carry it.
+ *            while records or live blocks may still carry it. A WATCHED node under a forgotten
+ *            one (a caller's code died) becomes DEAD with it, and is queued for Python
+ *            (ms_sites_take_forgotten), which reclaims it like the others.
+ *   HELD_DEAD a HELD node under a forgotten one: out of the lookup table, queued likewise, its
+ *            code reference still to be handed over; ms_sites_take_held makes it DEAD.
  *   FIXED    a type id (no code object): never forgotten.
  * Python calls ms_sites_reclaim once no record in flight and no live block carries a DEAD id
  * (see memscope_otel/sites.py for the protocol); the id then goes back to FREE.
@@ -42,7 +49,7 @@
  * miss probes up to the next empty slot, and tombstones only ever replace empty slots. */
 #define TOMB_LIMIT (SLOTS / 4)
 
-enum { ID_FREE = 0, ID_HELD, ID_WATCHED, ID_DEAD, ID_FIXED };
+enum { ID_FREE = 0, ID_HELD, ID_WATCHED, ID_DEAD, ID_FIXED, ID_HELD_DEAD };
 
 typedef struct {
     _Atomic uint32_t seq;        /* odd while the key below is being rewritten */
@@ -60,6 +67,15 @@ static uint32_t g_free[MS_MAX_IDS];      /* reclaimed ids, a stack; under g_lock
 static uint32_t g_free_count;
 static uint32_t g_tombs;                 /* under g_lock */
 static ms_spin_t g_lock;
+/* Under g_lock: the live stack nodes (HELD or WATCHED) whose caller each id is, so that a node
+ * without callees (most: the leaves) is forgotten without a scan for them. */
+static uint32_t g_callees[MS_MAX_IDS];
+/* Under g_lock: ids forgotten along with a caller's node, for ms_sites_take_forgotten. An id is
+ * queued once (then DEAD) and stays DEAD until Python has taken it, so MS_MAX_IDS entries hold
+ * every one. */
+static uint32_t g_forgotten[MS_MAX_IDS];
+static uint32_t g_forgotten_count;
+static _Atomic uint64_t g_stack_overflows;
 
 /* The drainer is woken (from inside the hook, like a half-full ring wakes it) when this many
  * sites hold their code objects: Python resolves them after the drain, and lets the code go. A
@@ -140,6 +156,17 @@ static uint32_t find(uintptr_t code, uint64_t where, uint64_t key, uint32_t *fre
     return 0;
 }
 
+/* Ids only leaves and types may take: callers' nodes stop short of them, so that a program with
+ * more distinct stacks than the table holds keeps its sites (each stack cut to its innermost
+ * frame under MS_ID_STACK_OVERFLOW) instead of losing them to <overflow>. */
+#define LEAF_RESERVE (MS_MAX_IDS / 4)
+
+/* Under g_lock: the ids that can still be handed out. */
+static uint32_t ids_left(void)
+{
+    return MS_MAX_IDS - atomic_load_explicit(&g_next_id, memory_order_relaxed) + g_free_count;
+}
+
 /* Under g_lock: an id for a new key, from the reclaimed ones first (their summary rows are
  * zero and likely still in cache), else the next never used; 0 when all are taken. */
 static uint32_t take_id(void)
@@ -153,8 +180,22 @@ static uint32_t take_id(void)
     return next;
 }
 
-/* Callers naming a code object hold the GIL (it is what makes the incref safe). */
-uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key)
+static inline bool is_live(int state)
+{
+    return state == ID_HELD || state == ID_WATCHED;
+}
+
+/* The caller's node that a stack node names in its key, or 0 (a type, an outermost frame, or
+ * a fixed id such as MS_ID_STACK_OVERFLOW). */
+static inline uint32_t caller_of(uintptr_t code, uint64_t key)
+{
+    return code != 0 && key >= MS_FIRST_DYNAMIC_ID && key < MS_MAX_IDS ? (uint32_t)key : 0;
+}
+
+/* The id of a key, interned if new; 0 when no id is free (or the caller's node named in the key
+ * is no longer live: it cannot be, its frame runs, but a node must never hang from a dead one).
+ * Callers naming a code object hold the GIL (it is what makes the incref safe). */
+static uint32_t intern_key(void *code, int32_t offset, int domain, uint64_t key)
 {
     uintptr_t c = (uintptr_t)code;
     uint64_t where = where_of(offset, domain);
@@ -164,11 +205,14 @@ uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key)
         return id;
     ms_spin_lock(&g_lock);
     id = find(c, where, key, &free_slot); /* someone may have won the race */
-    if (id == 0) {
+    uint32_t caller = caller_of(c, key);
+    if (id == 0 && (caller == 0 || is_live(atomic_load_explicit(&g_state[caller], memory_order_relaxed))) &&
+        (domain != MS_FRAME_DOMAIN || ids_left() > LEAF_RESERVE)) {
         id = free_slot == SLOTS ? 0 : take_id();
-        if (id == 0) {
-            id = MS_ID_OVERFLOW + (uint32_t)domain;
-        } else {
+        if (id != 0) {
+            g_callees[id] = 0;
+            if (caller != 0)
+                g_callees[caller]++;
             write_entry(id, c, where, key);
             if (code) {
                 Py_INCREF((PyObject *)code);
@@ -186,6 +230,40 @@ uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key)
     return id;
 }
 
+uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key)
+{
+    uint32_t id = intern_key(code, offset, domain, key);
+    return id != 0 ? id : MS_ID_OVERFLOW + (uint32_t)domain;
+}
+
+uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain)
+{
+    /* From the outermost frame in: each node's key is its caller's id. A hot stack costs one
+     * lock-free lookup per frame; only new nodes take the lock. */
+    uint64_t caller = 0;
+    for (int i = n - 1; i > 0; i--) {
+        uint32_t id = intern_key(frames[i].code, frames[i].offset, MS_FRAME_DOMAIN, caller);
+        if (MS_UNLIKELY(id == 0)) {
+            caller = MS_ID_STACK_OVERFLOW;
+            break;
+        }
+        caller = id;
+    }
+    uint32_t leaf = intern_key(frames[0].code, frames[0].offset, domain, caller);
+    if (MS_UNLIKELY(leaf == 0 && caller != MS_ID_STACK_OVERFLOW)) {
+        caller = MS_ID_STACK_OVERFLOW; /* the stack's own leaf found no room: keep the site at least */
+        leaf = intern_key(frames[0].code, frames[0].offset, domain, caller);
+    }
+    if (MS_UNLIKELY(caller == MS_ID_STACK_OVERFLOW || leaf == 0))
+        atomic_fetch_add_explicit(&g_stack_overflows, 1, memory_order_relaxed);
+    return leaf != 0 ? leaf : MS_ID_OVERFLOW + (uint32_t)domain;
+}
+
+uint64_t ms_sites_stack_overflows(void)
+{
+    return atomic_load_explicit(&g_stack_overflows, memory_order_relaxed);
+}
+
 uint32_t ms_sites_used(void)
 {
     return atomic_load_explicit(&g_next_id, memory_order_acquire);
@@ -195,7 +273,9 @@ static void info_of(uint32_t id, int state, ms_site_t *out)
 {
     ms_site_entry_t *e = &g_ids[id];
     uint64_t where = atomic_load_explicit(&e->where, memory_order_relaxed);
-    out->code = state == ID_HELD ? (void *)atomic_load_explicit(&e->code, memory_order_relaxed) : NULL;
+    bool held = state == ID_HELD || state == ID_HELD_DEAD;
+    out->code = held ? (void *)atomic_load_explicit(&e->code, memory_order_relaxed) : NULL;
+    out->dead = state == ID_HELD_DEAD;
     out->offset = (int32_t)(uint32_t)(where & 0xFFFFFFFFu);
     out->domain = (int32_t)(where >> 32);
     out->key = atomic_load_explicit(&e->key, memory_order_relaxed);
@@ -209,7 +289,7 @@ int ms_site_info(uint32_t id, ms_site_t *out)
     if (id < MS_FIRST_DYNAMIC_ID) {
         /* MS_ID_NATIVE + domain, or MS_ID_OVERFLOW + domain (ids in between name no domain) */
         uint32_t domain = id >= MS_ID_OVERFLOW ? id - MS_ID_OVERFLOW : id - MS_ID_NATIVE;
-        *out = (ms_site_t){NULL, 0, (int32_t)(domain < MS_DOMAINS ? domain : MS_DOMAINS - 1), 0};
+        *out = (ms_site_t){NULL, 0, (int32_t)(domain < MS_DOMAINS ? domain : MS_DOMAINS - 1), 0, 0};
         return 0;
     }
     if (id >= ms_sites_used())
@@ -229,11 +309,12 @@ uint32_t ms_sites_take_held(uint32_t *ids, ms_site_t *out, uint32_t capacity)
     ms_spin_lock(&g_lock);
     uint32_t used = ms_sites_used();
     for (uint32_t id = MS_FIRST_DYNAMIC_ID; id < used && n < capacity; id++) {
-        if (atomic_load_explicit(&g_state[id], memory_order_relaxed) != ID_HELD)
+        int state = atomic_load_explicit(&g_state[id], memory_order_relaxed);
+        if (state != ID_HELD && state != ID_HELD_DEAD)
             continue;
         ids[n] = id;
-        info_of(id, ID_HELD, &out[n]); /* the reference goes with it */
-        atomic_store_explicit(&g_state[id], ID_WATCHED, memory_order_release);
+        info_of(id, state, &out[n]); /* the reference goes with it */
+        atomic_store_explicit(&g_state[id], state == ID_HELD ? ID_WATCHED : ID_DEAD, memory_order_release);
         atomic_fetch_sub_explicit(&g_held, 1, memory_order_relaxed);
         n++;
     }
@@ -270,6 +351,48 @@ static void rebuild(void)
     g_tombs = 0;
 }
 
+/* Under g_lock: a live node leaves the lookup table (HELD -> HELD_DEAD, WATCHED -> DEAD). */
+static void forget_node(uint32_t id)
+{
+    ms_site_entry_t *e = &g_ids[id];
+    uintptr_t code = atomic_load_explicit(&e->code, memory_order_relaxed);
+    uint64_t where = atomic_load_explicit(&e->where, memory_order_relaxed);
+    uint64_t key = atomic_load_explicit(&e->key, memory_order_relaxed);
+    uint32_t i = slot_of(code, where, key);
+    for (uint32_t n = 0; n < SLOTS; i = (i + 1) & (SLOTS - 1), n++) {
+        uint32_t at = atomic_load_explicit(&g_slots[i], memory_order_relaxed);
+        if (at == id) {
+            atomic_store_explicit(&g_slots[i], SLOT_TOMB, memory_order_release);
+            g_tombs++;
+            break;
+        }
+        if (at == SLOT_EMPTY)
+            break; /* not reachable: live ids are in the table */
+    }
+    int state = atomic_load_explicit(&g_state[id], memory_order_relaxed);
+    atomic_store_explicit(&g_state[id], state == ID_HELD ? ID_HELD_DEAD : ID_DEAD, memory_order_release);
+    /* Its caller is live (a live node's callers all are) or is being forgotten in this same
+     * call: either way the count is the caller's own, not a reused id's. */
+    uint32_t caller = caller_of(code, key);
+    if (caller != 0 && g_callees[caller] > 0)
+        g_callees[caller]--;
+}
+
+/* Under g_lock: forgets every live node under caller (queued in g_forgotten). */
+static void forget_callees(uint32_t caller)
+{
+    uint32_t used = ms_sites_used();
+    for (uint32_t id = MS_FIRST_DYNAMIC_ID; id < used && g_callees[caller] > 0; id++) {
+        ms_site_entry_t *e = &g_ids[id];
+        if (!is_live(atomic_load_explicit(&g_state[id], memory_order_relaxed)) ||
+            caller_of(atomic_load_explicit(&e->code, memory_order_relaxed),
+                      atomic_load_explicit(&e->key, memory_order_relaxed)) != caller)
+            continue;
+        forget_node(id);
+        g_forgotten[g_forgotten_count++] = id;
+    }
+}
+
 int ms_site_forget(uint32_t id)
 {
     if (id < MS_FIRST_DYNAMIC_ID || id >= MS_MAX_IDS)
@@ -277,27 +400,30 @@ int ms_site_forget(uint32_t id)
     int rc = -1;
     ms_spin_lock(&g_lock);
     if (atomic_load_explicit(&g_state[id], memory_order_relaxed) == ID_WATCHED) {
-        ms_site_entry_t *e = &g_ids[id];
-        uint32_t i = slot_of(atomic_load_explicit(&e->code, memory_order_relaxed),
-                             atomic_load_explicit(&e->where, memory_order_relaxed),
-                             atomic_load_explicit(&e->key, memory_order_relaxed));
-        for (uint32_t n = 0; n < SLOTS; i = (i + 1) & (SLOTS - 1), n++) {
-            uint32_t at = atomic_load_explicit(&g_slots[i], memory_order_relaxed);
-            if (at == id) {
-                atomic_store_explicit(&g_slots[i], SLOT_TOMB, memory_order_release);
-                g_tombs++;
-                break;
-            }
-            if (at == SLOT_EMPTY)
-                break; /* not reachable: ids in the WATCHED state are in the table */
-        }
-        atomic_store_explicit(&g_state[id], ID_DEAD, memory_order_release);
+        forget_node(id);
+        /* The nodes under it, breadth first: g_forgotten is also the work list (each id enters
+         * it once, on leaving the live states, so it cannot overflow). A scan of the table per
+         * node that has callees; leaves, most of the nodes whose code dies, need none. */
+        uint32_t next = g_forgotten_count;
+        forget_callees(id);
+        while (next < g_forgotten_count)
+            forget_callees(g_forgotten[next++]);
         if (g_tombs > TOMB_LIMIT)
             rebuild();
         rc = 0;
     }
     ms_spin_unlock(&g_lock);
     return rc;
+}
+
+uint32_t ms_sites_take_forgotten(uint32_t *ids, uint32_t capacity)
+{
+    uint32_t n = 0;
+    ms_spin_lock(&g_lock);
+    while (n < capacity && g_forgotten_count > 0)
+        ids[n++] = g_forgotten[--g_forgotten_count];
+    ms_spin_unlock(&g_lock);
+    return n;
 }
 
 uint32_t ms_sites_reclaim(const uint32_t *ids, uint32_t n, uint8_t *in_use)

@@ -20,7 +20,7 @@ if IN_MAIN_INTERPRETER:
 else:  # numpy and the cffi module cannot load here; every call below is a quiet no-op
     _tracker = None
 
-__all__ = ["start", "stop", "is_running", "snapshot", "track_allocation", "track_deallocation", "UltraFastSamplingConfig"]
+__all__ = ["start", "stop", "is_running", "snapshot", "profile", "track_allocation", "track_deallocation", "UltraFastSamplingConfig"]
 if IN_MAIN_INTERPRETER:
     __all__ += ["UltraFastTracker", "PerformanceOptimizer"]
 
@@ -61,6 +61,19 @@ def snapshot():
     counters, rates, live estimate, per-site estimates), or None when not running."""
     t = None if _tracker is None else _tracker.current()
     return None if t is None else t.refresh()
+
+
+def profile(kind="heap"):
+    """The allocation and heap profile of the running process as gzipped pprof
+    (``profile.proto``) bytes, or None when not running. ``kind``: ``alloc`` (sample types
+    alloc_objects, alloc_space: estimates since start), ``inuse`` (inuse_objects, inuse_space:
+    the sampled blocks live now) or ``heap`` (all four). See :mod:`memscope_otel.profiles`."""
+    from . import profiles
+
+    if kind not in profiles.KINDS:
+        raise ValueError(f"profile kind {kind!r}: one of {', '.join(profiles.KINDS)}")
+    t = None if _tracker is None else _tracker.current()
+    return None if t is None else profiles.encode(profiles.from_tracker(t), kind)
 
 
 def track_allocation(ptr, size, type_name):

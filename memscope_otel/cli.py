@@ -12,11 +12,12 @@
     A live view, refreshed every second: of a program started tracked, or of any process whose
     memscope metrics a Prometheus ``/metrics`` page serves (``top.py``).
 
-``memscope-otel report FILE [--html OUT]``
+``memscope-otel report FILE [--html OUT] [--pprof OUT [--pprof-kind KIND]]``
     Reads a dump file (``OTEL_PYTHON_MEMSCOPE_DUMP_PATH``) and prints the top sites and types by
-    estimated bytes and count, the size distribution, and the allocation rate and live estimate
-    over time; ``--html OUT`` also writes them as one self-contained HTML page. On a terminal, a
-    progress line shows while a big dump is read.
+    estimated bytes and count, the top stacks, the size distribution, and the allocation rate and
+    live estimate over time; ``--html OUT`` also writes them as one self-contained HTML page;
+    ``--pprof OUT`` writes the stacks as a gzipped pprof profile (``profiles.py``; KIND: heap, the
+    default, alloc or inuse). On a terminal, a progress line shows while a big dump is read.
 
 ``OTEL_PYTHON_MEMSCOPE_*`` variables configure the tracker as usual. Bad input (a missing
 program, an unreachable URL) is one line on stderr and a non-zero exit status.
@@ -67,6 +68,16 @@ def _report(args) -> int:
         except OSError as exc:
             return _error("report", f"cannot write --html {args.html}: {exc}")
         print(f"HTML report written to {args.html}")
+    if args.pprof:
+        from .profiles import encode, from_report
+
+        try:
+            with open(args.pprof, "wb") as f:
+                f.write(encode(from_report(rep), args.pprof_kind, time_nanos=rep.first_us * 1000,
+                               duration_nanos=(rep.last_us - rep.first_us) * 1000))
+        except OSError as exc:
+            return _error("report", f"cannot write --pprof {args.pprof}: {exc}")
+        print(f"pprof profile ({args.pprof_kind}) written to {args.pprof}")
     return 0
 
 
@@ -176,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--bins", type=_positive("--bins", 1, 10000), default=60,
                      help="time bins of the timelines (1-10000, default 60)")
     rep.add_argument("--no-verify", action="store_true", help="skip the payload checksums (faster on huge files)")
+    rep.add_argument("--pprof", metavar="OUT", help="also write the stacks as a gzipped pprof profile to OUT")
+    rep.add_argument("--pprof-kind", choices=("heap", "alloc", "inuse"), default="heap",
+                     help="sample types of --pprof: heap (all four, default), alloc (alloc_objects, alloc_space: "
+                          "estimates over the recording) or inuse (inuse_objects, inuse_space: live at its end)")
     rep.set_defaults(handler=_report)
 
     run = sub.add_parser("run", help="run a Python program tracked and print a summary when it ends")

@@ -313,6 +313,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Milliseconds between two drains of the threads' buffers by the background thread; up to 5 times "
             "as long while fewer than 4096 records wait and no dump is written (a buffer half full, or 64 "
             "threads that exited, are drained at once)."),
+    Setting("MAX_STACK_DEPTH", Integer(1, 128), 64,
+            "Python frames kept per sampled allocation, innermost first (deeper frames are cut off); "
+            "1 keeps the innermost frame only. Stacks are interned as a tree of frames in the id "
+            "table (32768 ids, about 1.7 MiB of C memory at most, touched as used, and about 200 "
+            "bytes of Python memory per frame resolved); when it is full, a stack is kept as its "
+            "innermost frame under an `<overflow>` caller (counted in `stack_overflows`)."),
+    Setting("SITE_FRAME", Choice(("innermost", "application")), "innermost",
+            "The frame of a stack that names its site in the metrics: the innermost, or `application`, "
+            "the innermost frame outside the standard library and site-packages (the innermost "
+            "when there is none). Profiles and dumps keep whole stacks either way."),
     Setting("DUMP_PATH", FilePath(), None,
             "Also write every sampled record to this binary dump file; unset writes no dump."),
     Setting("PROFILES_EXPORTER", Choice(("none", "otlp")), "none",

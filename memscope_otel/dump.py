@@ -26,6 +26,12 @@ whole file after its header is a sequence of 32-byte slots)::
     string-table payload (kinds 2 and 3): entries of (id u32, byte length u32, UTF-8 text), then
     zero padding.
 
+Since format 3 a record's id names a stack: its text is the site ``file:function:line`` (the
+frame it is counted under in the metrics), then, when the stack is more than that one frame, one
+line per frame of the stack, innermost first (``Dump.label`` gives the site, ``Dump.stack`` the
+frames); a type's text is its name. Format 2 (one frame per id) still reads: its stacks are their
+site alone. Format 1 (two domain bits in the record flags) is refused with a clear error.
+
 Ids and string tables: an entry says what an id stands for in the records chunks after it, up
 to the next entry for the same id. Site ids are reused (an id whose code object died is handed
 out again once nothing carries it), so one id may stand for different sites over a file: the
@@ -65,7 +71,8 @@ from .records import RECORD_DTYPE
 
 MAGIC = b"\x89MEMSCP\n"
 CHUNK_MAGIC = b"MSCK"
-FORMAT_VERSION = 2  # 2: three domain bits in the record flags (the native domain)
+FORMAT_VERSION = 3  # 2: three domain bits in the record flags (the native domain); 3: stacks
+READABLE_VERSIONS = (2, 3)
 RECORD_SIZE = RECORD_DTYPE.itemsize
 KIND_RECORDS = 1
 KIND_STRINGS = 2
@@ -78,7 +85,7 @@ assert _FILE_HEADER.size == 28 and _CHUNK_HEADER.size == 28
 
 MAX_CONFIG_BYTES = 1 << 16  # also bounds the cost of parsing it (huge JSON numbers are slow)
 MAX_CHUNK_RECORDS = 1 << 20  # larger batches are split, keeping payload lengths well inside u32
-MAX_STRING_BYTES = 4096  # longer labels are cut (a site label is file:function:line)
+MAX_STRING_BYTES = 1 << 16  # longer texts are cut, at a line's end (a stack's outermost frames go)
 MAX_STRINGS_PAYLOAD = 1 << 22
 
 
@@ -170,6 +177,19 @@ def _open_dump_file(path: str, exclusive: bool) -> int:
 
 
 # ------------------------------------------------------------------------------------------ writer
+
+
+def _cut(data: bytes) -> bytes:
+    """At most MAX_STRING_BYTES of an entry's text: whole lines (a stack loses its outermost
+    frames) where a line ends in the limit, else a cut inside the one line, at a character's
+    start (so the reader's UTF-8 check holds)."""
+    if len(data) <= MAX_STRING_BYTES:
+        return data
+    cut = data[:MAX_STRING_BYTES]
+    end = cut.rfind(b"\n")
+    if end > 0:
+        return cut[:end]
+    return cut.decode("utf-8", "ignore").encode("utf-8")
 
 
 class DumpWriter:
@@ -290,7 +310,7 @@ class DumpWriter:
     def _write_table(self, kind, entries):
         parts, keys, size = [], [], 0
         for key, text in entries:
-            data = text.encode("utf-8", "replace")[:MAX_STRING_BYTES]
+            data = _cut(text.encode("utf-8", "replace"))
             entry = _STRING_ENTRY.pack(key, len(data)) + data
             if size + len(entry) > MAX_STRINGS_PAYLOAD and parts:
                 self._write_string_chunk(kind, parts, keys, size)
@@ -413,8 +433,21 @@ class Dump:
         return np.concatenate([c.times_us() for c in self.chunks])
 
     def label(self, site: int, chunk: int | None = None) -> str:
-        """The string table's text for an id in the records chunk ``chunks[chunk]`` (default:
-        its latest text), or ``id <n>`` when the table lacks it."""
+        """The site of an id (its text's first line: ``file:function:line``, or a type's name) in
+        the records chunk ``chunks[chunk]`` (default: its latest text), or ``id <n>`` when the
+        table lacks it."""
+        return self.text(site, chunk).split("\n", 1)[0]
+
+    def stack(self, site: int, chunk: int | None = None) -> list[str]:
+        """The frames of the stack an id names, innermost first (``file:function:line`` each), in
+        the records chunk ``chunks[chunk]``: the site alone for a one-frame stack, a type and any
+        id of a format 2 file."""
+        lines = self.text(site, chunk).split("\n")
+        return lines[1:] or lines[:1]
+
+    def text(self, site: int, chunk: int | None = None) -> str:
+        """The string table's whole text for an id in the records chunk ``chunks[chunk]``
+        (default: its latest text), or ``id <n>`` when the table lacks it."""
         site = int(site)
         history = self._history.get(site)
         if history is None or chunk is None:
@@ -446,8 +479,10 @@ def _parse_header(data: np.ndarray, path):
     magic, version, record_size, header_length, start_us, config_length = _FILE_HEADER.unpack(fixed)
     if magic != MAGIC:
         raise DumpFormatError(0, f"not a memscope dump (magic {magic!r}, expected {MAGIC!r})", path)
-    if version != FORMAT_VERSION:
-        raise DumpFormatError(8, f"format version {version}; this reader reads version {FORMAT_VERSION}", path)
+    if version not in READABLE_VERSIONS:
+        raise DumpFormatError(8, f"format version {version}; this reader reads versions "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))} (memscope-otel of the version "
+                                 f"that wrote the file reads it)", path)
     if record_size != RECORD_SIZE:
         raise DumpFormatError(10, f"record size {record_size}; expected {RECORD_SIZE}", path)
     if header_length % 32 or header_length < 32 or header_length > 32 + MAX_CONFIG_BYTES + 32:

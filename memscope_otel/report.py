@@ -202,6 +202,18 @@ class SiteRow:
 
 
 @dataclasses.dataclass
+class StackRow:
+    """One stack: its frames innermost first (``file:function:line`` each) and its sums."""
+
+    frames: tuple
+    domain: str
+    est_bytes: float
+    est_count: float
+    live_bytes: float
+    live_count: float
+
+
+@dataclasses.dataclass
 class Report:
     """Everything a report shows, computed from one dump."""
 
@@ -232,6 +244,9 @@ class Report:
     # counts the dump's records and chunks (memscope-otel run --html).
     origin: str | None = None
     size_buckets_exact: bool = False  # size_buckets counts every allocation, not an estimate
+    # Every stack with its sums (allocator domains; types are one-frame stacks), the most bytes
+    # first: the profiles (memscope_otel.profiles) and the top stacks are drawn from it.
+    stacks: list = dataclasses.field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -271,10 +286,13 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
     threads = np.zeros(1 << 16, dtype=bool)
     n_allocs = n_frees = 0
     records_done = 0
-    # Per-label sums of ids that changed meaning (reused site ids): an id's sums so far go under
-    # its old label before the first chunk of its new one. (label, domain) -> [id, bytes, count,
-    # live, records].
-    by_label = {}
+    id_live_count = np.zeros(MAX_IDS)
+    # Per-site sums, a site being a file:function:line (several stacks, and several bytecode
+    # offsets of one line, are one row), and per-stack sums. Ids that change meaning (reused ids)
+    # settle their sums so far under their old text before the first chunk of the new one.
+    # (label, domain) -> [id, bytes, count, live, records]; (frames, domain) -> [bytes, count,
+    # live bytes, live count].
+    by_label, by_stack = {}, {}
 
     def settle(ids, chunk_index):
         for i in ids:
@@ -287,7 +305,12 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
             sums[2] += id_count[i]
             sums[3] += id_live[i]
             sums[4] += int(id_records[i])
-            id_bytes[i] = id_count[i] = id_live[i] = 0.0
+            stack = by_stack.setdefault((tuple(dump.stack(i, chunk_index)), int(id_domain[i])), [0.0] * 4)
+            stack[0] += id_bytes[i]
+            stack[1] += id_count[i]
+            stack[2] += id_live[i]
+            stack[3] += id_live_count[i]
+            id_bytes[i] = id_count[i] = id_live[i] = id_live_count[i] = 0.0
             id_records[i] = 0
 
     redefinitions = getattr(dump, "redefinitions", {})
@@ -305,6 +328,8 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
         id_bytes += s["id_bytes"]
         id_live += s["id_live_bytes"]
         id_records += np.bincount(r.site, minlength=MAX_IDS)
+        live_event = r.is_live_alloc | r.is_free
+        id_live_count += np.bincount(r.site[live_event], np.where(r.is_free, -r.weight, r.weight)[live_event], MAX_IDS)
         id_domain[r.site] = r.domain
         buckets += s["bucket_count"].sum(axis=0)
         threads[recs["thread"]] = True
@@ -323,16 +348,15 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
     bin_s = span_us / bins / 1e6
     edges = np.arange(bins + 1) * bin_s
 
-    if by_label:  # the file reuses ids: everything by label
-        settle(np.nonzero(id_records)[0].tolist(), len(dump.chunks) - 1)
-        all_rows = [SiteRow(int(i), label if label != f"id {i}" else FIXED_LABELS.get(int(i), label),
-                            DOMAINS[domain], float(b), float(c), float(lv), n)
-                    for (label, domain), (i, b, c, lv, n) in by_label.items()]
-    else:
-        seen = np.nonzero(id_records)[0]
-        all_rows = [SiteRow(int(i), dump.strings.get(int(i), FIXED_LABELS.get(int(i), f"id {int(i)}")),
-                            DOMAINS[id_domain[i]], float(id_bytes[i]), float(id_count[i]), float(id_live[i]),
-                            int(id_records[i])) for i in seen]
+    settle(np.nonzero(id_records)[0].tolist(), len(dump.chunks) - 1)
+
+    def named(label):  # an id without text: the fixed ones have names
+        return FIXED_LABELS.get(int(label[3:]), label) if label.startswith("id ") and label[3:].isdigit() else label
+
+    all_rows = [SiteRow(int(i), named(label), DOMAINS[domain], float(b), float(c), float(lv), n)
+                for (label, domain), (i, b, c, lv, n) in by_label.items()]
+    stacks = sorted((StackRow(tuple(named(f) for f in frames), DOMAINS[domain], float(b), float(c), float(lb), float(lc))
+                     for (frames, domain), (b, c, lb, lc) in by_stack.items()), key=lambda r: -r.est_bytes)
 
     # A site is one id per (code object, bytecode offset): the calls on one line are one row.
     merged = {}
@@ -362,7 +386,7 @@ def analyze(dump, top: int = 15, bins: int = 60, progress=None) -> Report:
         top_sites_by_bytes=rows(sites, "est_bytes"), top_sites_by_count=rows(sites, "est_count"),
         top_types_by_bytes=rows(types, "est_bytes"), top_types_by_count=rows(types, "est_count"),
         size_buckets=buckets, bin_edges_s=edges, rate_bytes=rate_bytes / bin_s,
-        rate_count=rate_count / bin_s, live_over_time=np.cumsum(live_delta),
+        rate_count=rate_count / bin_s, live_over_time=np.cumsum(live_delta), stacks=stacks,
     )
 
 
@@ -426,6 +450,28 @@ def _records_cell(records) -> str:
     return "-" if records is None else str(records)
 
 
+TOP_STACKS = 5
+STACK_FRAMES_SHOWN = 12
+
+
+def stack_table(stacks, total_bytes) -> list:
+    """Text lines of the top stacks by estimated bytes (allocator domains; the innermost frame
+    first, the outermost frames past STACK_FRAMES_SHOWN counted, not shown)."""
+    shown = [r for r in stacks if r.domain != "manual" and r.est_bytes > 0][:TOP_STACKS]
+    if not shown:
+        return []
+    out = [f"Top stacks by estimated bytes (innermost frame first; {len(stacks)} stacks in all)"]
+    for rank, row in enumerate(shown, 1):
+        share = 100.0 * row.est_bytes / total_bytes if total_bytes else 0.0
+        out.append(f"  #{rank} {fmt_bytes(row.est_bytes)} ({share:.1f} %), {fmt_count(row.est_count)} allocations, "
+                   f"live {fmt_bytes(row.live_bytes)}, {row.domain}")
+        out += [f"      {frame}" for frame in row.frames[:STACK_FRAMES_SHOWN]]
+        if len(row.frames) > STACK_FRAMES_SHOWN:
+            out.append(f"      ... {len(row.frames) - STACK_FRAMES_SHOWN} more frames")
+    out.append("")
+    return out
+
+
 def site_table(rows, title, total_bytes) -> list:
     """Text lines of a top list of SiteRow (empty when there are none). A row's ``records`` is the
     number of sampled records behind it, or None where the source does not count them (the
@@ -480,6 +526,7 @@ def render_text(rep: Report, width: int = 60) -> str:
     out += site_table(rep.top_sites_by_count, "Top sites by estimated count", total_bytes)
     out += site_table(rep.top_types_by_bytes, "Top types (manual API) by estimated bytes", total_bytes)
     out += site_table(rep.top_types_by_count, "Top types (manual API) by estimated count", total_bytes)
+    out += stack_table(rep.stacks, total_bytes)
     out += size_distribution(rep.size_buckets, "Size distribution (estimated allocations per power-of-two size)", width)
     bin_s = rep.bin_edges_s[1] - rep.bin_edges_s[0] if len(rep.bin_edges_s) > 1 else 0
     out.append(f"Allocation rate over time (estimated bytes/s; {len(rep.rate_bytes)} bins of {bin_s:.3g} s)")

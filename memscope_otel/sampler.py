@@ -57,6 +57,7 @@ class Counters:
     native_objects: int = 0
     native_entries: int = 0
     native_skipped: int = 0
+    stack_overflows: int = 0  # sampled stacks cut to their innermost frame: no id was free
 
 
 def start(config):
@@ -75,6 +76,7 @@ def start(config):
     c.seed = config.seed
     c.live_max_entries = config.live_table_max_entries
     c.rings_max_bytes = config.max_ring_memory
+    c.max_stack_depth = config.max_stack_depth
     lib.ms_reduce_use_simd(1 if config.enable_simd else 0)
     rc = lib.ms_start(c)
     if rc == -1:
@@ -156,6 +158,7 @@ def read_counters():
         native_objects=c.native_objects,
         native_entries=c.native_entries,
         native_skipped=c.native_skipped,
+        stack_overflows=c.stack_overflows,
     )
 
 

@@ -1,5 +1,15 @@
-"""Site ids -> (file, qualified function, line), resolved with the GIL, outside any hook; and the
-reuse of the ids whose code object has died.
+"""Stack ids -> stacks of (file, qualified function, line) and the site each one is counted under,
+resolved with the GIL, outside any hook; and the reuse of the ids whose code object has died.
+
+A record's id names a stack: the C side interns it as a chain of nodes, one per frame, each
+(code object, bytecode offset, domain, the id of its caller's node), from the outermost frame in
+(csrc/memscope.h). Each node resolves to a :class:`Frame`; a stack is the chain from a leaf (the
+innermost frame, which carries the allocation's domain) out through its callers. Metrics keep one
+frame per series, the :class:`Site` of the stack: its innermost frame, or with
+``SITE_FRAME=application`` its innermost frame outside the standard library and site-packages
+(the innermost when there is none); summing per-stack sums by site gives exactly the per-site
+sums. Each node costs about 200 bytes here (a Frame and the chain cell that shares the callers'
+cells with every stack through them).
 
 The C side only records (code object, bytecode offset, domain), holding a strong reference to
 the code object from the hook that interned the site until Python has resolved it: turning an
@@ -7,6 +17,9 @@ offset into a line number and a qualified name runs Python, so it happens here, 
 (``SiteResolver.after_drain``, on the drainer's thread) or on demand. The code object is then
 watched through a weak reference instead, and the C table holds no reference any more: code
 that a program generates and drops (``exec`` in template engines, ORMs, dataclasses) is freed.
+When a node's code dies, the nodes under it (stacks through that frame) leave the lookup table
+with it; they are reclaimed like the others (``ms_sites_take_forgotten``). A stack's frames are
+kept with its leaf from resolution on, so reusing a caller's id changes no stack in flight.
 
 When a watched code object dies, the weak reference's callback (run with the GIL, before the
 object's memory is freed) removes its keys from the C lookup table at once, so that a new code
@@ -38,14 +51,15 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import sampler
 from .records import DOMAINS
 
-MS_ID_NATIVE, MS_ID_OVERFLOW, MS_FIRST_DYNAMIC_ID = 0, 8, 16  # csrc/memscope.h
+MS_ID_NATIVE, MS_ID_OVERFLOW, MS_ID_STACK_OVERFLOW, MS_FIRST_DYNAMIC_ID = 0, 8, 15, 16  # csrc/memscope.h
+MS_FRAME_DOMAIN = 7  # the domain of a node that is a caller's frame (csrc/memscope.h)
 MAX_IDS = 32768  # MS_MAX_IDS in csrc/memscope.h
 
 
@@ -63,6 +77,92 @@ class Site:
 @dataclass(frozen=True, slots=True)
 class TypeName:
     name: str
+
+
+class Frame:
+    """One frame of a stack. Shared by every stack through it; on 3.10 its function is renamed in
+    place once the qualified name is found (``provisional`` until then)."""
+
+    __slots__ = ("file", "function", "line", "provisional")
+
+    def __init__(self, file, function, line, provisional=False):
+        self.file, self.function, self.line, self.provisional = file, function, line, provisional
+
+    def label(self):
+        return f"{self.file}:{self.function}:{self.line}"
+
+    def key(self):
+        return self.file, self.function, self.line
+
+    def __repr__(self):
+        return f"Frame({self.label()!r})"
+
+
+OVERFLOW = "<overflow>"
+_OVERFLOW_CHAIN = (Frame(OVERFLOW, OVERFLOW, 0), None)  # the caller of a stack cut for want of ids
+_UNKNOWN_CHAIN = (Frame("<unknown>", "<unknown>", 0), None)
+
+
+def chain_frames(chain):
+    """The frames of a chain (nested ``(frame, callers)`` pairs), innermost first."""
+    frames = []
+    while chain is not None:
+        frames.append(chain[0])
+        chain = chain[1]
+    return tuple(frames)
+
+
+_library_dirs = None
+
+
+def _library_roots():
+    import sysconfig
+
+    global _library_dirs
+    if _library_dirs is None:
+        roots = set()
+        for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+            try:
+                roots.add(os.path.realpath(sysconfig.get_paths()[name]))
+            except (KeyError, OSError):
+                pass
+        _library_dirs = tuple(sorted(r.rstrip(os.sep) + os.sep for r in roots))
+    return _library_dirs
+
+
+_is_library_cache = {}
+
+
+def is_library_file(path):
+    """Whether ``path`` is the standard library's or an installed package's (site-packages,
+    dist-packages), or frozen or built-in code: what ``SITE_FRAME=application`` looks past."""
+    known = _is_library_cache.get(path)
+    if known is not None:
+        return known
+    if path.startswith("<"):  # <frozen importlib._bootstrap>, <string>: not a file of the application
+        found = path.startswith("<frozen ")
+    else:
+        parts = path.replace("\\", "/").split("/")
+        found = "site-packages" in parts or "dist-packages" in parts
+        if not found:
+            try:
+                real = os.path.realpath(path)
+            except (OSError, ValueError):
+                real = path
+            found = any(real.startswith(root) for root in _library_roots())
+    if len(_is_library_cache) < 100000:
+        _is_library_cache[path] = found
+    return found
+
+
+def site_frame_of(frames, mode):
+    """The frame that names a stack's site: the innermost, or for ``application`` the innermost
+    outside the libraries (the innermost when every frame is a library's)."""
+    if mode == "application":
+        for frame in frames:
+            if not is_library_file(frame.file):
+                return frame
+    return frames[0]
 
 
 # The sums of reclaimed sites beyond the ones a summary keeps by name (summary.RETIRED_SITES),
@@ -231,7 +331,13 @@ class SiteResolver:
                                       ctypes.c_void_p, ctypes.c_uint32)
         self._reclaim = _keeping_the_gil(ffi, lib, "ms_sites_reclaim", ctypes.c_uint32, ctypes.c_void_p,
                                          ctypes.c_uint32, ctypes.c_void_p)
-        self._cache = {}  # id -> Site / TypeName, for the ids in use
+        self._take_forgotten = _keeping_the_gil(ffi, lib, "ms_sites_take_forgotten", ctypes.c_uint32,
+                                                ctypes.c_void_p, ctypes.c_uint32)
+        self._cache = {}  # id -> Site / TypeName, for the ids in use (stack leaves: their site)
+        self._chains = {}  # node id -> (Frame, its caller's chain), for the stack nodes in use
+        self._leaves = {}  # leaf id -> its domain's name, for the stacks in use
+        self._ref_of = {}  # node id -> the _CodeRef whose ids hold it
+        self.site_frame = "innermost"  # SITE_FRAME (set_site_frame)
         self._type_names = {}  # key -> name, filled by the manual API
         # Serializes resolution and reclamation (re-entrant: a signal handler may take a snapshot
         # on a thread that is inside after_drain). The weakref callbacks never take it.
@@ -245,6 +351,7 @@ class SiteResolver:
         self._drains = 0  # drains started
         self._held = np.frombuffer(ffi.buffer(lib.ms_sites_held_count(), 4), dtype=np.uint32)
         self._take_ids = ffi.new("uint32_t[]", _TAKE_BATCH)
+        self._forgotten_ids = np.zeros(_TAKE_BATCH, dtype=np.uint32)
         self._take_sites = ffi.new("ms_site_t[]", _TAKE_BATCH)
         self._take_args = (self._address(self._take_ids), self._address(self._take_sites))
         self._in_use = np.zeros(MAX_IDS, dtype=np.uint8)
@@ -262,6 +369,33 @@ class SiteResolver:
         type_id = sampler.type_id(name)
         self._type_names[sampler.type_key(name)] = name
         return type_id
+
+    def set_site_frame(self, mode):
+        """SITE_FRAME: which frame of a stack names its site (``innermost`` or ``application``)."""
+        with self._lock:
+            if mode == self.site_frame:
+                return
+            self.site_frame = mode
+            for leaf in self._leaves:
+                self._cache[leaf] = self._site_of(leaf)
+
+    def _site_of(self, leaf):
+        frame = site_frame_of(chain_frames(self._chains[leaf]), self.site_frame)
+        return Site(frame.file, frame.function, frame.line, self._leaves[leaf])
+
+    def stack(self, site_id):
+        """The frames of the stack an id names, innermost first (a :class:`Frame` tuple); a type
+        or a fixed id gives one frame named like its site."""
+        chain = self._chains.get(site_id)
+        if chain is None or site_id not in self._leaves:
+            found = self.resolve(site_id)
+            chain = self._chains.get(site_id)
+            if chain is None or site_id not in self._leaves:
+                name = found.label() if isinstance(found, Site) else found.name
+                if isinstance(found, Site):
+                    return (Frame(found.file, found.function, found.line),)
+                return (Frame(name, name, 0),)
+        return chain_frames(chain)
 
     def generation(self, site_id):
         """How many times ``site_id`` was reclaimed: its meaning changes with this number."""
@@ -304,47 +438,86 @@ class SiteResolver:
         return Site(name, name, 0, domain), True
 
     def labels(self, ids):
-        """{id: 'file:function:line' or type name} for the dump's string tables."""
+        """{id: text} for the dump's string tables: a type's name, or a stack's site
+        'file:function:line', then, when the stack is more than that one frame, a line per frame,
+        innermost first (format 3)."""
         out = {}
         for i in ids:
-            r = self.resolve(int(i))
-            out[int(i)] = r.label() if isinstance(r, Site) else r.name
+            i = int(i)
+            r = self.resolve(i)
+            if not isinstance(r, Site):
+                out[i] = r.name
+                continue
+            frames = [f.label() for f in self.stack(i)]
+            out[i] = r.label() if frames == [r.label()] else "\n".join([r.label(), *frames])
         return out
 
     # -- resolution of new sites, under self._lock --
 
     def _take_held(self):
-        """Resolves every site whose code object the C table holds, and takes the references over."""
+        """Resolves every node whose code object the C table holds, and takes the references over.
+        A node's caller may come later in a batch (ids are reused out of order), so the chains are
+        linked once the whole batch is read."""
         ids, sites = self._take_ids, self._take_sites
+        callers = {}
         while True:
             n = self._take(*self._take_args, _TAKE_BATCH)
             for k in range(n):
-                self._adopt(int(ids[k]), sites[k])
+                site_id = int(ids[k])
+                callers[site_id] = self._adopt(site_id, sites[k])
             if n < _TAKE_BATCH:
-                return
+                break
+        for site_id in callers:
+            self._link(site_id, callers)
+
+    def _link(self, site_id, callers):
+        """Sets the chain of a node just adopted (and of its callers adopted with it first)."""
+        pending = []
+        while site_id in callers and site_id not in self._chains:
+            pending.append(site_id)
+            site_id = callers[site_id][1]
+        for node in reversed(pending):
+            frame, caller = callers[node]
+            if caller == 0:
+                above = None
+            elif caller == MS_ID_STACK_OVERFLOW:
+                above = _OVERFLOW_CHAIN
+            else:
+                above = self._chains.get(caller, _UNKNOWN_CHAIN)  # (a caller always outlives its callees)
+            self._chains[node] = (frame, above)
+            if node in self._leaves:
+                self._cache[node] = self._site_of(node)
 
     def _adopt(self, site_id, info):
+        """Takes the reference to a node's code over and resolves its frame: (frame, caller id)."""
         address = int(self._ffi.cast("uintptr_t", info.code))
         code = ctypes.cast(address, ctypes.py_object).value  # a reference of our own ...
         _py_decref(code)  # ... so the one the table handed over can go
         try:
-            site = Site(sys.intern(code.co_filename), qualname_of(code), line_of(code, info.offset),
-                        DOMAINS[info.domain])
-        except Exception:  # a code object we cannot read: still a site of its own
-            site = Site("<unknown>", getattr(code, "co_name", "<unknown>"), 0, DOMAINS[min(info.domain, len(DOMAINS) - 1)])
-        self._cache[site_id] = site
+            frame = Frame(sys.intern(code.co_filename), qualname_of(code), line_of(code, info.offset))
+        except Exception:  # a code object we cannot read: still a frame of its own
+            frame = Frame("<unknown>", getattr(code, "co_name", "<unknown>"), 0)
+        if info.domain != MS_FRAME_DOMAIN:
+            self._leaves[site_id] = DOMAINS[min(info.domain, len(DOMAINS) - 1)]
+            self._cache[site_id] = Site(frame.file, frame.function, frame.line, self._leaves[site_id])
+        caller = int(info.key)
+        if info.dead:  # forgotten with a caller before we took it: queued, reclaimed, not watched
+            return frame, caller
         ref = self._watched.get(address)
         if ref is None or ref() is not code:
             try:
                 ref = _CodeRef(code, self._code_died)
             except TypeError:  # (code objects support weak references; never seen)
                 self._pinned.append(code)
-                return
+                return frame, caller
             ref.ids, ref.address = [], address
             self._watched[address] = ref
         ref.ids.append(site_id)
+        self._ref_of[site_id] = ref
         if _qualnames_310.pending(code):  # (3.10 only: qualname_of looked it up above)
             self._provisional[site_id] = ref
+            frame.provisional = True
+        return frame, caller
 
     def refine_names(self, now=False):
         """On 3.10: walks the heap for the qualified names of the sites first named by their
@@ -353,23 +526,37 @@ class SiteResolver:
         within the index's minimum interval. Returns the number of sites renamed."""
         if not self._provisional or not _qualnames_310.rebuild_wanted(now):
             return 0
-        renamed = 0
+        renamed = []
         with self._lock:
             for site_id, ref in list(self._provisional.items()):
                 del self._provisional[site_id]
-                code, site = ref(), self._cache.get(site_id)
-                if code is None or site is None or site_id not in ref.ids:
+                code, chain = ref(), self._chains.get(site_id)
+                if chain is None:
+                    continue
+                frame = chain[0]  # (each node has a frame of its own, shared by the stacks through it)
+                frame.provisional = False
+                if code is None or site_id not in ref.ids:
                     continue  # died (and maybe reclaimed) meanwhile
                 name = _qualnames_310.lookup(code)
-                if name is not None and name != site.function:
-                    self._cache[site_id] = replace(site, function=name)
-                    renamed += 1
-        return renamed
+                if name is not None and name != frame.function:
+                    frame.function = name
+                    renamed.append(site_id)
+            # A site is its stack's innermost frame, or for "application" any of its frames.
+            for leaf in (self._leaves if self.site_frame == "application" and renamed else renamed):
+                if leaf in self._leaves:
+                    self._cache[leaf] = self._site_of(leaf)
+        return len(renamed)
 
     def provisional(self, site_id):
-        """Whether ``site_id`` is named by its ``co_name`` until a walk finds its qualified name
-        (3.10): a dump file waits for the final label (see Tracker._write_dump)."""
-        return site_id in self._provisional
+        """Whether a frame of the stack ``site_id`` names is named by its ``co_name`` until a walk
+        finds its qualified name (3.10): a dump file waits for the final label (see
+        Tracker._write_dump)."""
+        chain = self._chains.get(site_id)
+        while chain is not None:
+            if chain[0].provisional:
+                return True
+            chain = chain[1]
+        return False
 
     def _code_died(self, ref):
         """The weakref callback: the code object is being freed, its memory not yet. Takes no lock
@@ -395,6 +582,14 @@ class SiteResolver:
         the ids that nothing can carry any more, and scans the live table for the ids whose code
         died before this drain began."""
         with self._lock:
+            # Nodes forgotten with a caller's node: dead since before this drain ended at the
+            # latest, so counted as of it (a drain later than need be, never earlier). Taken before
+            # the held ones, so that each of them is DEAD (not HELD_DEAD) by the time it is reclaimed.
+            while True:
+                n = self._take_forgotten(self._forgotten_ids.ctypes.data, _TAKE_BATCH)
+                self._dead.extend((int(i), self._drains) for i in self._forgotten_ids[:n])
+                if n < _TAKE_BATCH:
+                    break
             if self._held[0]:
                 self._take_held()
             drain = self._drains
@@ -415,6 +610,11 @@ class SiteResolver:
                                        for i in ready], keep=lambda: set(self._cache.values()))
                 for i in ready:
                     self._generation[i] = self._generation.get(i, 0) + 1
+                    self._chains.pop(i, None)
+                    self._leaves.pop(i, None)
+                    ref = self._ref_of.pop(i, None)
+                    if ref is not None and i in ref.ids:  # (its own code may live on: a caller died)
+                        ref.ids.remove(i)
             ids = np.array(ready, dtype=np.uint32)
             in_use = self._in_use.ctypes.data if candidates else None
             self.reclaimed += self._reclaim(ids.ctypes.data, len(ready), in_use)

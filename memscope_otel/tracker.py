@@ -183,6 +183,7 @@ class Tracker:
     def start(self):
         self._dumped_ids = {}  # id -> its generation (SiteResolver.generation) when its label was written
         self._unlabelled = {}  # id -> (generation, label) of a label that waits for a qualified name (3.10)
+        self.resolver.set_site_frame(self.config.site_frame)
         sampler.start(self.config)
         self.summary.reset_live()
         self.drainer.start()
@@ -293,6 +294,37 @@ class Tracker:
             except Exception:
                 log.exception("memscope snapshot listener %r failed", listener)
         return snap
+
+    def profile_stacks(self):
+        """Every stack with its values for a profile (memscope_otel.profiles): the estimates
+        since start of the ids in use (a reclaimed id's sums, kept by site, as a one-frame stack)
+        and the live table now, after a drain."""
+        from .profiles import ProfileStack
+        from .sites import MAX_IDS, TypeName
+
+        if self._final is None:
+            self.start_in_child()
+            self.drainer.drain()
+        ffi, lib = sampler._lib()
+        live_count, live_bytes = np.zeros(MAX_IDS), np.zeros(MAX_IDS)
+        stacks = []
+        with self.drainer.lock:
+            lib.ms_live_by_id(ffi.cast("double *", ffi.from_buffer(live_count)),
+                              ffi.cast("double *", ffi.from_buffer(live_bytes)))
+            summary = self.summary
+            ids = np.nonzero(summary.id_count + live_count)[0].tolist()
+            for i in ids:  # resolved under the lock: an id may be reused once it is released
+                what = self.resolver.resolve(i)
+                if isinstance(what, TypeName):
+                    frames, domain = (("<manual>", what.name, 0),), "manual"
+                else:
+                    frames, domain = tuple(f.key() for f in self.resolver.stack(i)), what.domain
+                stacks.append(ProfileStack(frames, domain, float(summary.id_count[i]), float(summary.id_bytes[i]),
+                                           float(live_count[i]), float(live_bytes[i])))
+            for site, (nbytes, count, _live) in summary.retired.items():
+                stacks.append(ProfileStack(((site.file, site.function, site.line),), site.domain, count, nbytes,
+                                           0.0, 0.0))
+        return stacks
 
     def after_fork_child(self):
         """In a forked child: the C side has already reset counters, rings and tables (its at-fork

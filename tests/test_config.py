@@ -32,6 +32,8 @@ EXPECTED_RANGE = {
     "OPTIMIZER_RATE_FLOOR": "[0.0001, 1]",
     "MAX_SITES": "[1, 1000]",
     "DRAIN_INTERVAL_MS": "[10, 60000]",
+    "MAX_STACK_DEPTH": "[1, 128]",
+    "SITE_FRAME": "{innermost, application}",
     "DUMP_PATH": "file path",
     "PROFILES_EXPORTER": "{none, otlp}",
     "PROFILES_INTERVAL": "[1, 86400]",
@@ -55,6 +57,8 @@ EXPECTED_DEFAULTS = Config(
     optimizer_rate_floor=0.01,
     max_sites=50,
     drain_interval_ms=200,
+    max_stack_depth=64,
+    site_frame="innermost",
     dump_path=None,
     profiles_exporter="none",
     profiles_interval=60,
@@ -80,6 +84,8 @@ GOOD_TEXT = {
     "OPTIMIZER_RATE_FLOOR": [("0.0001", 0.0001), ("1", 1.0), ("0.05", 0.05)],
     "MAX_SITES": [("1", 1), ("1000", 1000), ("7", 7)],
     "DRAIN_INTERVAL_MS": [("10", 10), ("60000", 60000)],
+    "MAX_STACK_DEPTH": [("1", 1), ("128", 128), (" 30 ", 30)],
+    "SITE_FRAME": [("innermost", "innermost"), (" Application ", "application")],
     "DUMP_PATH": [("/tmp/memscope.dump", "/tmp/memscope.dump"), ("rel dir/x.msd", "rel dir/x.msd")],
     "PROFILES_EXPORTER": [("otlp", "otlp"), (" OTLP ", "otlp"), ("none", "none")],
     "PROFILES_INTERVAL": [("1", 1), ("86400", 86400), ("15", 15)],
@@ -99,7 +105,7 @@ def bad_texts(setting):
     if isinstance(kind, config.NameSet):
         return ["heap", ",", " , ", "obj,heap", "obj;mem"]
     if isinstance(kind, config.Choice):
-        return ["grpc", "otlp,none", "o tlp"]
+        return ["grpc", "otlp,none", "o tlp", "outermost", "innermost,application", "app", "inner most"]
     if isinstance(kind, config.FilePath):
         return ["a\0b"]
     raise AssertionError(f"no bad values written for {type(kind).__name__}")
@@ -117,7 +123,7 @@ def bad_values(setting):
     if isinstance(kind, config.NameSet):
         return ["heap", "", [], ["obj", "heap"], 5, [1], b"obj"]
     if isinstance(kind, config.Choice):
-        return ["grpc", "", 1, ["otlp"], b"otlp"]
+        return ["grpc", "", 1, ["otlp"], b"otlp", "outermost", 5, ["innermost"], b"innermost", "app"]
     if isinstance(kind, config.FilePath):
         return [5, b"/tmp/x", "a\0b"]
     raise AssertionError(f"no bad values written for {type(kind).__name__}")
@@ -240,6 +246,8 @@ def test_keyword_arguments_beat_the_environment(caplog):
         "enable_simd": True, "adaptive": True, "max_sites": 3, "drain_interval_ms": 50,
         "optimizer_high_water": 0.9, "optimizer_low_water": 0.2, "optimizer_rate_floor": 0.5,
         "dump_path": pathlib.Path("/tmp/other.dump"), "seed": 99, "profiles_exporter": "none", "profiles_interval": 30,
+        "dump_path": pathlib.Path("/tmp/other.dump"), "seed": 99, "max_stack_depth": 8,
+        "site_frame": "application",
     }
     assert set(overrides) == set(SETTINGS_BY_KEYWORD)
     loaded = load_config(environ, **overrides)

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from memscope_otel.dump import FORMAT_VERSION, DumpFormatError, DumpWriter, open_dump
+from memscope_otel.dump import FORMAT_VERSION, MAX_STRING_BYTES, DumpFormatError, DumpWriter, open_dump
 from memscope_otel.records import RECORD_DTYPE
 
 from synthetic import BASE_US, chunk_records
@@ -33,7 +33,7 @@ def test_round_trip_bit_identical(tmp_path):
     written = write_file(path, sizes, strings)
     d = open_dump(path)
     assert d.truncated is None
-    assert d.format_version == FORMAT_VERSION == 2 and d.start_time_us == BASE_US
+    assert d.format_version == FORMAT_VERSION == 3 and d.start_time_us == BASE_US
     assert d.config == {"rate": 0.5, "domains": ["obj", "mem"], "path": None}
     assert d.strings == strings
     non_empty = [(i, r) for i, r in enumerate(written) if len(r)]
@@ -64,11 +64,19 @@ def test_string_tables_later_entries_win_and_long_labels_are_cut(tmp_path):
     path = tmp_path / "s.msdump"
     with DumpWriter(path, {}) as w:
         w.write_strings({1: "old", 2: "two"})
-        w.write_strings({1: "new", 3: "x" * 10000})
+        w.write_strings({1: "new", 3: "x" * 100000, 4: "é" * 40000})
+        stack = "\n".join(["a.py:f:1", *(f"b.py:g{i}:{i}" for i in range(10000))])
+        w.write_strings({5: stack})
         w.write_strings({})
     d = open_dump(path)
-    assert d.strings[1] == "new" and d.strings[2] == "two" and len(d.strings[3]) == 4096
+    assert d.strings[1] == "new" and d.strings[2] == "two" and len(d.strings[3]) == MAX_STRING_BYTES
+    assert d.strings[4] == "é" * (MAX_STRING_BYTES // 2)  # cut at a character's start
     assert d.label(1) == "new" and d.label(77) == "id 77"
+    # a long stack loses whole outer frames, never the site or a torn line
+    frames = d.stack(5)
+    assert d.label(5) == "a.py:f:1" and frames[0] == "b.py:g0:0" and frames[-1] == f"b.py:g{len(frames) - 1}:{len(frames) - 1}"
+    assert len(d.strings[5].encode()) <= MAX_STRING_BYTES < len(stack)
+    assert d.stack(1) == ["new"] and d.stack(77) == ["id 77"]
 
 
 def test_writer_rejects_bad_input(tmp_path):
@@ -130,7 +138,8 @@ def test_torn_tail_warns(tmp_path):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda b: b"GIF89a" + b[6:], "not a memscope dump"),
-    (lambda b: b[:8] + (3).to_bytes(2, "little") + b[10:], "format version 3"),
+    (lambda b: b[:8] + (4).to_bytes(2, "little") + b[10:], "format version 4; this reader reads versions 2, 3"),
+    (lambda b: b[:8] + (1).to_bytes(2, "little") + b[10:], "format version 1; this reader reads versions 2, 3"),
     (lambda b: b[:10] + (64).to_bytes(2, "little") + b[12:], "record size 64"),
     (lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:], "header checksum"),
     (lambda b: b"", "empty"),
@@ -142,6 +151,25 @@ def test_foreign_or_corrupt_header(tmp_path, damage, message):
     with pytest.raises(DumpFormatError, match=message) as info:
         open_dump(path)
     assert str(path) in str(info.value) and "byte" in str(info.value)
+
+
+def test_format_2_files_read_with_one_frame_stacks(tmp_path):
+    """A file of format 2 (one frame per id) reads: each id's stack is its site alone."""
+    import struct
+    import zlib
+
+    path = tmp_path / "v2.msdump"
+    with DumpWriter(path, {"k": 1}) as w:
+        w.write_strings({16: "app.py:f:3", 17: "numpy.ndarray"})
+        w.write_chunk(BASE_US, chunk_records(0, 5))
+    data = bytearray(path.read_bytes())
+    data[8:10] = (2).to_bytes(2, "little")
+    config_length = struct.unpack_from("<I", data, 24)[0]
+    data[28:32] = struct.pack("<I", zlib.crc32(bytes(data[32:32 + config_length]), zlib.crc32(bytes(data[:28]))))
+    path.write_bytes(bytes(data))
+    d = open_dump(path)
+    assert d.format_version == 2 and d.config == {"k": 1} and d.n_records == 5
+    assert d.label(16) == "app.py:f:3" and d.stack(16) == ["app.py:f:3"] and d.stack(17) == ["numpy.ndarray"]
 
 
 def test_corrupt_record_payload_names_its_offset(tmp_path):

@@ -200,3 +200,27 @@ def test_report_survives_arbitrary_record_bits(tmp_path):
         rep = analyze(open_dump(path), top=10, bins=30)
         text, page = render_text(rep), render_html(rep)
     assert rep.n_records == 2000 and "Size distribution" in text and page.count("<svg") >= 3
+
+
+def test_one_row_per_line_and_stacks_summed(tmp_path):
+    """Two stacks through one file:function:line are one row of the site tables, whose sums are
+    theirs together; the stacks keep their own (and the text report lists them)."""
+    path = tmp_path / "stacks.msdump"
+    recs = np.zeros(6, dtype=RECORD_DTYPE)
+    recs["site"] = [16, 16, 17, 17, 17, 18]
+    recs["size"] = 1000
+    recs["weight"] = [1, 1, 2, 2, 2, 4]  # flags 0: OBJ allocations of the small class
+    with DumpWriter(path, {}) as w:
+        w.write_strings({16: "app.py:f:3\napp.py:f:3\napp.py:a:10", 17: "app.py:f:3\napp.py:f:3\napp.py:b:20",
+                         18: "app.py:g:5"})
+        w.write_chunk(BASE_US, recs)
+    rep = analyze(open_dump(path))
+    rows = {r.label: r for r in rep.top_sites_by_bytes}
+    assert set(rows) == {"app.py:f:3", "app.py:g:5"}
+    assert rows["app.py:f:3"].est_bytes == 8000.0 and rows["app.py:f:3"].records == 5
+    stacks = {r.frames: (r.est_bytes, r.est_count) for r in rep.stacks}
+    assert stacks == {("app.py:f:3", "app.py:a:10"): (2000.0, 2.0), ("app.py:f:3", "app.py:b:20"): (6000.0, 6.0),
+                      ("app.py:g:5",): (4000.0, 4.0)}
+    assert rows["app.py:f:3"].est_bytes == sum(b for f, (b, _) in stacks.items() if f[0] == "app.py:f:3")
+    text = render_text(rep)
+    assert "Top stacks by estimated bytes" in text and "      app.py:b:20" in text
