@@ -1,11 +1,12 @@
-"""What a profile push contains: from the tracker's estimates, the allocation profile of the
-interval since the last push (``alloc_objects``, ``alloc_space``: weighted estimates, so
-unbiased) and the heap profile now (``inuse_space``: the live estimate).
+"""What a profile push contains: from the tracker's stacks (``Tracker.profile_stacks``), the
+allocation profile of the interval since the last push (``alloc_objects``, ``alloc_space``:
+weighted estimates, so unbiased) and the heap profile now (``inuse_objects``, ``inuse_space``: the
+live table).
 
-A sample's stack is its site: one frame (file, qualified function, line), ``<native>`` for
-allocations without a Python frame, a type name for the manual API. Values are rounded to integers,
-as profile formats require, with the rounding carried to the next interval so that the sum of the
-pushed values over time stays within one unit of the cumulative estimate.
+A sample's stack is the allocation's Python stack, innermost frame first (``<native>`` for
+allocations without a Python frame, a type name for the manual API). Values are rounded to
+integers, as profile formats require; each stack's pushed values are its rounded cumulative
+estimate minus what was pushed before, so that over time they add up to within one unit of it.
 """
 from __future__ import annotations
 
@@ -14,48 +15,49 @@ import time
 from .profiles_otlp import Frame, Profile
 
 
-def frame_of(site):
-    """The frame of a site as profiles name it."""
-    file = getattr(site, "file", None)
-    if file is not None:
-        return Frame(site.function, file, int(site.line))
-    name = getattr(site, "name", None)
-    if name is not None:  # a type of the manual API
-        return Frame(name, "<type>", 0)
-    return Frame(str(site), "", 0)
+def frames_of(stack):
+    """A ``profiles.ProfileStack``'s frames as OTLP frames, innermost first."""
+    return tuple(Frame(function, file, int(line)) for file, function, line in stack.frames)
 
 
 class IntervalProfiles:
-    """``build()`` gives each push's profiles; ``estimates()`` returns the tracker's per-site sums
-    now ({site: (estimated bytes, count, live bytes)}, cumulative)."""
+    """``build()`` gives each push's profiles; ``stacks()`` returns the tracker's stacks now
+    (cumulative allocation estimates, live values)."""
 
-    def __init__(self, estimates, clock_ns=time.time_ns):
-        self.estimates = estimates
+    def __init__(self, stacks, clock_ns=time.time_ns):
+        self.stacks = stacks
         self.clock_ns = clock_ns
         self._start_ns = clock_ns()
-        self._base = {}  # site -> (bytes, count) pushed so far, rounded
+        # (frames, domain) -> (bytes, count) pushed so far, rounded; the estimates are cumulative
+        # for the process (across stop/start), so the first interval starts from where they are
+        self._base = {(frames_of(s), s.domain): (round(s.alloc_space), round(s.alloc_objects)) for s in stacks()}
 
     def build(self):
-        per_site = self.estimates()
+        stacks = self.stacks()
         now = self.clock_ns()
-        space, objects, inuse = {}, {}, {}
+        space, objects, inuse_space, inuse_objects = {}, {}, {}, {}
         base = {}
-        for site, (b, c, live) in per_site.items():
-            frames = (frame_of(site),)
-            pushed_b, pushed_c = self._base.get(site, (0, 0))
+
+        def add(table, key, value):
+            if value > 0:
+                table[key] = table.get(key, 0) + value
+
+        for stack in stacks:
+            frames = frames_of(stack)
+            key = (frames, stack.domain)
+            pushed_b, pushed_c = self._base.get(key, (0, 0))
             # (cumulative estimates only grow; max() keeps a float's last-digit wobble from
             # turning into a negative sample)
-            rb, rc = max(round(b), pushed_b), max(round(c), pushed_c)
-            if rb > pushed_b:
-                space[frames] = space.get(frames, 0) + rb - pushed_b
-            if rc > pushed_c:
-                objects[frames] = objects.get(frames, 0) + rc - pushed_c
-            base[site] = (rb, rc)
-            if round(live) > 0:
-                inuse[frames] = inuse.get(frames, 0) + round(live)
+            rb, rc = max(round(stack.alloc_space), pushed_b), max(round(stack.alloc_objects), pushed_c)
+            add(space, frames, rb - pushed_b)
+            add(objects, frames, rc - pushed_c)
+            base[key] = (rb, rc)
+            add(inuse_space, frames, round(stack.inuse_space))
+            add(inuse_objects, frames, round(stack.inuse_objects))
         self._base = base
         start, self._start_ns = self._start_ns, now
         duration = max(0, now - start)
         return [Profile("alloc_objects", "count", objects, start, duration),
                 Profile("alloc_space", "bytes", space, start, duration),
-                Profile("inuse_space", "bytes", inuse, now, 0)]
+                Profile("inuse_objects", "count", inuse_objects, now, 0),
+                Profile("inuse_space", "bytes", inuse_space, now, 0)]

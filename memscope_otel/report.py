@@ -670,6 +670,28 @@ def _html_table(rows, total_bytes) -> str:
     return "".join(out)
 
 
+def flame_graphs(stacks) -> str:
+    """Two inline-SVG flame graphs of the report's stacks (allocator domains): estimated bytes
+    allocated over the recording, and the live estimate at its end."""
+    from .flamegraph import render_svg
+    from .profiles import parse_frame
+    from .profiles_otlp import Frame
+
+    def frames(row):
+        return tuple(Frame(function, file, line) for file, function, line in map(parse_frame, row.frames))
+
+    allocated, live = {}, {}
+    for row in stacks:
+        if row.domain == "manual":
+            continue
+        key = frames(row)
+        allocated[key] = allocated.get(key, 0.0) + row.est_bytes
+        if row.live_bytes > 0:
+            live[key] = live.get(key, 0.0) + row.live_bytes
+    return (render_svg(allocated, "estimated bytes allocated", format_value=fmt_bytes)
+            + render_svg(live, "live bytes at the end (estimate)", format_value=fmt_bytes))
+
+
 def render_html(rep: Report) -> str:
     """The report as one self-contained HTML page: inline CSS and SVG, no script, no external link."""
     total_bytes = float(rep.est_bytes.sum())
@@ -706,6 +728,9 @@ def render_html(rep: Report) -> str:
         svg_line(mids, rep.rate_bytes, lambda v: fmt_bytes(v) + "/s", LINE),
         "<h2>Live estimate over time</h2><p class='meta'>estimated bytes allocated and not yet freed since the recording began</p>",
         svg_line(rep.bin_edges_s[1:], rep.live_over_time, fmt_bytes, LIVE),
+        "<h2>Flame graphs</h2><p class='meta'>callers at the bottom, the allocating frame on top; a "
+        "box's width is its share; hover for its figures</p>",
+        flame_graphs(rep.stacks),
     ]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">"

@@ -219,12 +219,8 @@ class Tracker:
         from .profile_intervals import IntervalProfiles
         from .profiles_push import ProfilePusher
 
-        def per_site():
-            self.drainer.drain()
-            return self._estimates(sampler.read_counters())[1]
-
         try:
-            self.profiles = ProfilePusher(IntervalProfiles(per_site).build,
+            self.profiles = ProfilePusher(IntervalProfiles(self.profile_stacks).build,
                                           profiles_otlp.ProfilesExporter(profiles_otlp.from_env()),
                                           resource_attributes, self.config.profiles_interval, _version())
             self.profiles.start()

@@ -76,13 +76,16 @@ def check_requests(requests, per_site):
         resource = {kv.key: kv.value.string_value for kv in request.resource_profiles[0].resource.attributes}
         assert resource["service.name"] == "profiled-app" and resource["service.instance.id"] == "instance-7"
         decoded = decode_samples(request)
-        assert set(decoded) == {("alloc_objects", "count"), ("alloc_space", "bytes"), ("inuse_space", "bytes")}
+        assert set(decoded) == {("alloc_objects", "count"), ("alloc_space", "bytes"), ("inuse_objects", "count"),
+                                ("inuse_space", "bytes")}
         space += at_known_line(decoded["alloc_space", "bytes"])
         inuse_max = max(inuse_max, at_known_line(decoded["inuse_space", "bytes"]))
-    # The pushes add up to the cumulative estimate (rounded), which holds every known block
-    # exactly (large: weight 1) plus the list's own small, sampled allocations at that line.
-    assert space == round(known_site_estimate(per_site))
-    assert space >= N_BLOCKS * BLOCK
+    # The pushes add up to what this run allocated at that line: every known block exactly
+    # (large: weight 1), plus the list's own small allocations if one was sampled (weight up to
+    # 1/0.001 x a few hundred bytes); the innermost frame of each sample is the allocating one.
+    # (The tracker's estimates are cumulative for the process, across the tests' restarts.)
+    assert N_BLOCKS * BLOCK <= space <= N_BLOCKS * BLOCK + 1_000_000
+    assert known_site_estimate(per_site) >= space
     assert inuse_max >= N_BLOCKS * BLOCK  # a push while the blocks were live
 
 

@@ -78,7 +78,8 @@ def test_html_is_self_contained(workload):
     path, _ = workload
     page = render_html(analyze(open_dump(path)))
     assert page.startswith("<!DOCTYPE html>")
-    assert page.count("<svg") == 5  # top sites, top types, size distribution, rate, live
+    assert page.count("<svg") == 7  # top sites, top types, size distribution, rate, live, two flame graphs
+    assert page.count("class=\"flamegraph\"") == 2 and "function_" in page.split("estimated bytes allocated</text>")[1]
     assert page.count("<polyline") == 2
     assert "<script" not in page and "src=" not in page and "href=" not in page
     # the only URL is the SVG namespace, which is an identifier, not something fetched
@@ -132,7 +133,7 @@ def test_cli_report_text_and_html(workload, tmp_path, capsys):
     assert cli.main(["report", str(path), "--html", str(out), "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert "Top sites by estimated bytes" in text and str(out) in text
-    assert out.read_text().count("<svg") == 5
+    assert out.read_text().count("<svg") == 7
 
 
 def test_cli_report_errors(tmp_path, capsys):

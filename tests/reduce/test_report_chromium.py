@@ -88,7 +88,7 @@ def test_html_report_renders_in_chromium(tmp_path):
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
          "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
          # half scale: a quarter of the pixels for the pure-Python PNG decoder below
-         "--window-size=1000,3300", "--force-device-scale-factor=0.5", f"--screenshot={shot}", page.as_uri()],
+         "--window-size=1000,4200", "--force-device-scale-factor=0.5", f"--screenshot={shot}", page.as_uri()],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Chromium logs every console message of the page as a CONSOLE line; the page has no script, so
@@ -111,3 +111,15 @@ def test_html_report_renders_in_chromium(tmp_path):
         area = np.round(0.15 * rgb + 0.85 * 255)
         assert near(rgb, 100) > 50, f"{name} line ({color}) not visible"  # thin, antialiased
         assert near(area, 3) > 2000, f"{name} area under the line not visible"
+    # the flame graphs (at the bottom): their boxes in warm colours, and, in the DOM Chromium
+    # built, a known function's label drawn in them
+    warm = ((pixels[:, :, 0] >= 205) & (pixels[:, :, 1] >= 80) & (pixels[:, :, 1] < 200)
+            & (pixels[:, :, 2] >= 40) & (pixels[:, :, 2] < 90))
+    assert int(warm[pixels.shape[0] // 2:].sum()) > 2000, "flame graph boxes not visible"
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
+         f"--user-data-dir={tmp_path / 'profile2'}", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    flames = dom.stdout.split('class="flamegraph"')
+    assert len(flames) == 3 and ">function_" in flames[1], "no function label in the flame graph"
