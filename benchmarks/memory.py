@@ -17,7 +17,7 @@ The parts, read inside the tracked process after the program:
   Python arrays    summary arrays and drain buffer, resident pages only (mincore)
   recognizer       the ADAPTIVE=true run minus the ADAPTIVE=false run
 and the rest is what the RSS difference leaves (not broken down). Thread churn at scale:
-benchmarks/thread_churn.py.
+benchmarks/thread_churn.py. Last, the stack table's memory (benchmarks/stack_table.py).
 
     python benchmarks/memory.py [--threads 500] [--rounds 3] [--scale 30] [--quick]
 
@@ -202,6 +202,11 @@ def main(argv=None):
     print(f"After they exited and one drain: C pages {x['c_pages_exited'] / MB:.2f} MB (were {x['c_pages'] / MB:.2f}"
           f" before them); RSS {after - tracker_mb:+.2f} MB against the untracked run, beyond the "
           f"tracker's {tracker_mb:.2f} MB before the threads")
+    # The stack table, in a process of its own (it starts a tracker of its own).
+    here = os.path.dirname(os.path.abspath(__file__))
+    table = subprocess.run([sys.executable, os.path.join(here, "stack_table.py")], capture_output=True, text=True)
+    print("\nStack table (benchmarks/stack_table.py):")
+    print("\n".join("  " + line for line in (table.stdout or table.stderr).splitlines()[1:]))
 
 
 if __name__ == "__main__":
