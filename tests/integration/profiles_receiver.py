@@ -21,7 +21,7 @@ class ProfilesReceiver:
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
         self.grpc_port = self.http_port = None
-        self._grpc = self._http = None
+        self._grpc = self._http = self._pool = None
 
     def _keep(self, protocol, headers, request):
         if self.delay_s:
@@ -47,7 +47,8 @@ class ProfilesReceiver:
                 receiver._keep("grpc", dict(context.invocation_metadata()), request)
                 return profiles_service_pb2.ExportProfilesServiceResponse()
 
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        self._pool = futures.ThreadPoolExecutor(max_workers=4)
+        self._grpc = grpc.server(self._pool)
         profiles_service_pb2_grpc.add_ProfilesServiceServicer_to_server(Service(), self._grpc)
         self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
         self._grpc.start()
@@ -80,7 +81,9 @@ class ProfilesReceiver:
 
     def stop(self):
         if self._grpc is not None:
-            self._grpc.stop(0)
+            self._grpc.stop(0).wait()
+            # (its worker threads would otherwise outlive the test, in later tests' windows)
+            self._pool.shutdown(wait=True)
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
