@@ -130,4 +130,4 @@ void user_free(void *p) { free(p); }
     proc = run_plain([build_check(tmp_path, cc), "own-allocator", user])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 6 and all(line.startswith("ok: ") for line in lines), proc.stdout
+    assert len(lines) == 7 and all(line.startswith("ok: ") for line in lines), proc.stdout
