@@ -22,10 +22,11 @@ class ProfilesReceiver:
         self.arrived = threading.Condition(self.lock)
         self.grpc_port = self.http_port = None
         self._grpc = self._http = self._pool = None
+        self._stopping = threading.Event()  # ends a slow answer's wait
 
     def _keep(self, protocol, headers, request):
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.delay_s and self._stopping.wait(self.delay_s):
+            return  # stopped while answering slowly: the request is not kept
         with self.arrived:
             self.requests.append((protocol, headers, request))
             self.arrived.notify_all()
@@ -80,6 +81,7 @@ class ProfilesReceiver:
         return self
 
     def stop(self):
+        self._stopping.set()
         if self._grpc is not None:
             self._grpc.stop(0).wait()
             # (its worker threads would otherwise outlive the test, in later tests' windows)

@@ -57,7 +57,7 @@ def run_tracked(seconds=2.5, **settings):
     finally:
         memscope_otel.stop()
     per_site = tracker._final.per_site
-    return per_site, tracker.profiles.stats
+    return per_site, dict(tracker.profiles.stats)  # (the pusher may still finish a send later)
 
 
 def known_site_estimate(per_site):
@@ -170,7 +170,10 @@ def test_collector_refusing_connections_costs_one_log_line(clean_env, caplog):
 
 
 def test_slow_collector_fills_only_a_bounded_queue(clean_env):
-    slow = ProfilesReceiver(delay_s=2.5).start()
+    # A receiver that does not answer while the application runs: the first request stays in
+    # flight, QUEUE_REQUESTS wait, every later one is dropped and counted, whatever the pace of
+    # the machine (how many intervals get built in 6 s is its only timing).
+    slow = ProfilesReceiver(delay_s=60).start()
     try:
         clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{slow.grpc_port}")
         clean_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "20000")
@@ -179,10 +182,8 @@ def test_slow_collector_fills_only_a_bounded_queue(clean_env):
         elapsed = time.monotonic() - t0
     finally:
         slow.stop()
-    # Six or seven intervals built while the receiver takes 2.5 s a request: one in flight, two
-    # queued, the rest dropped and counted; stop() gave up on what was still waiting (5 s).
-    assert stats["built"] >= 5 and stats["dropped"] >= 1, stats
-    assert stats["sent"] + stats["dropped"] + profiles_push.QUEUE_REQUESTS + 1 >= stats["built"], stats
+    assert stats["built"] >= 4 and stats["sent"] == 0, stats
+    assert stats["dropped"] >= stats["built"] - 1 - profiles_push.QUEUE_REQUESTS, stats
     assert elapsed < 6.0 + 5.0 + 3.0  # the application waited for stop()'s bounded flush at most
 
 
