@@ -9,19 +9,26 @@ a numpy training loop; see examples/workloads) it:
 2. runs it tracked (metrics exported every 500 ms), then shows the recognized workload with the
    features behind it, the tracker's CPU overhead, and the error of the estimated allocation
    count against the exact counters;
-3. asks the optimizer for recommendations, applies them (the live ones to the running tracker,
-   the restart-only ones as settings of the next start; advice is only shown), runs again and
-   shows the same figures, with the change each recommendation predicted next to the change
-   measured.
+3. asks the optimizer for recommendations, applies those that cost no CPU (the live ones to
+   the running tracker, the restart-only ones as settings of the next start; advice is only
+   shown), runs again ("after") and shows the same figures, with the change the recommendations
+   predicted next to the change measured;
+4. when a recommendation spends CPU on accuracy (a higher rate while the pressure is low), runs
+   once more with every recommendation applied ("after + accuracy"), so that its price is
+   measured apart from the savings.
 
 Overheads are in process CPU time (all threads), which a busy machine disturbs less than wall
 time. The untracked, before and after runs are repeated ``--rounds`` times, interleaved, and
-each CPU cost per unit of work is the lowest of its rounds (the least disturbed run); records/s
-is the median; the count error is the first round's.
+each CPU cost per unit of work is the lowest of its rounds (the least disturbed run), its change
+given with the noise between identical runs (twice the standard error of the rounds' mean
+difference); records/s is the median; the count error and its predicted standard error are root
+mean squares over the rounds, and z the RMS of their ratios (about 1 for unbiased estimates; above
+2 with 5 rounds happens by chance about once in 800 rows).
 """
 import argparse
 import math
 import os
+import statistics
 import sys
 import threading
 import time
@@ -144,7 +151,12 @@ def restart_settings(recs):
     return settings, interval_ms
 
 
-def tracked_run(name, module, unit, seconds, apply_from=None):
+def spends_cpu(rec):
+    """A recommendation that buys accuracy with CPU (predicted to cost more, not less)."""
+    return not rec.advice and (rec.predicted_cpu or 0.0) > 0.0
+
+
+def tracked_run(name, module, unit, seconds, apply_from=None, label="before"):
     exporter = CountingExporter()
     settings, interval_ms = restart_settings(apply_from)
     provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms),
@@ -156,8 +168,7 @@ def tracked_run(name, module, unit, seconds, apply_from=None):
             tracker.optimizer.apply_optimizations([r for r in apply_from if r.live])
         base = tracker.refresh()
         base_estimate = tracker.summary.count.copy()
-        units, cpu = run_with_progress(f"{name} ({'after' if apply_from else 'before'})", module, unit, seconds,
-                                       tracker)
+        units, cpu = run_with_progress(f"{name} ({label})", module, unit, seconds, tracker)
         error, predicted = count_error(tracker, base.counters, base_estimate)
         workload, features, reasons = tracker.optimizer.recognize()
         recs = tracker.optimizer.get_optimization_recommendations()
@@ -193,12 +204,12 @@ def main(argv=None):
     for name in args.only or WORKLOADS:
         module, unit = WORKLOADS[name]
         print(f"\n== {name} ({module.__name__})")
-        untracked, befores, afters, recs = [], [], [], None
+        untracked, runs, recs = [], {}, None
         for round_ in range(max(args.rounds, 1)):
             units, cpu = run_with_progress(f"{name} (untracked)", module, unit, args.seconds)
             untracked.append(cpu / max(units, 1))
             before = tracked_run(name, module, unit, args.seconds)
-            befores.append(before)
+            runs.setdefault("before", []).append(before)
             if round_ == 0:
                 recs = before["recs"]
                 print(f"  recognized: {before['workload']}  ({'; '.join(before['reasons'])})")
@@ -207,42 +218,75 @@ def main(argv=None):
                     print("    " + str(rec).replace("\n", "\n    "))
                 if not any(not r.advice for r in recs):
                     print("  nothing to change: the after runs repeat the before runs' settings")
-            after = tracked_run(name, module, unit, args.seconds, apply_from=recs)
-            afters.append(after)
-            if round_ == 0:
-                print(f"  recognized after: {after['workload']}  ({'; '.join(after['reasons'])})")
+                plans = {"after": [r for r in recs if not spends_cpu(r)]}
+                if any(spends_cpu(r) for r in recs):
+                    plans["after + accuracy"] = list(recs)
+            for label, applied in plans.items():
+                after = tracked_run(name, module, unit, args.seconds, apply_from=applied, label=label)
+                runs.setdefault(label, []).append(after)
+                if round_ == 0:
+                    print(f"  recognized {label}: {after['workload']}  ({'; '.join(after['reasons'])})")
         base_cost = min(untracked)
         summary = {}
-        for label, runs in (("before", befores), ("after", afters)):
-            cost = min(r["cpu"] / max(r["units"], 1) for r in runs)
-            records = sorted(r["records"] / args.seconds for r in runs)[len(runs) // 2]
-            summary[label] = (cost / base_cost - 1, records, runs[0])
-        work_cpu_per_s = base_cost * befores[0]["units"] / args.seconds  # the workload's own CPU, cores
-        pred_cpu, pred_records = predicted(recs, "predicted_cpu"), predicted(recs, "predicted_records_per_s")
-        # Predicted CPU change in the table's unit: overhead per unit of work, as a share of the
-        # untracked cost (cores changed / the workload's own cores).
-        pred_overhead = pred_cpu / work_cpu_per_s if pred_cpu is not None and work_cpu_per_s > 0 else None
-        measured_overhead = summary["after"][0] - summary["before"][0]
-        measured_records = summary["after"][1] - summary["before"][1]
-        for label in ("before", "after"):
-            overhead, records, run = summary[label]
-            change = ((pred_overhead, measured_overhead), (pred_records, measured_records)) if label == "after" else None
-            rows.append((name, label, run["workload"], overhead, records, run["error"], run["predicted"],
-                         run["rates"], run["points"], change, ",".join(run["domains"])))
-    print("\n| workload | run | recognized | CPU overhead per unit of work | records/s | count error "
-          "| predicted std. error | small rate | medium rate | domains | points/export "
-          "| predicted change: overhead, records/s | measured change: overhead, records/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, label, workload, overhead, rec, err, pred, (medium, small), points, change, domains in rows:
+        for label, done in runs.items():
+            overheads = [r["cpu"] / max(r["units"], 1) / base_cost - 1 for r in done]
+            records = sorted(r["records"] / args.seconds for r in done)[len(done) // 2]
+            z = [r["error"] / r["predicted"] for r in done if r["predicted"] > 0]
+            summary[label] = {"overhead": min(overheads), "overheads": overheads, "records": records, "run": done[0],
+                              "error": _rms([r["error"] for r in done]), "predicted": _rms([r["predicted"] for r in done]),
+                              "z": _rms(z) if z else float("nan")}
+        work_cpu_per_s = base_cost * runs["before"][0]["units"] / args.seconds  # the workload's own CPU, cores
+        for label in runs:
+            change = None
+            if label != "before":
+                applied = plans[label]
+                pred_cpu = predicted(applied, "predicted_cpu")
+                pred_records = predicted(applied, "predicted_records_per_s")
+                # Predicted CPU change in the table's unit: overhead per unit of work, as a share of
+                # the untracked cost (cores changed / the workload's own cores).
+                pred_overhead = pred_cpu / work_cpu_per_s if pred_cpu is not None and work_cpu_per_s > 0 else None
+                measured = summary[label]["overhead"] - summary["before"]["overhead"]
+                change = ((pred_overhead, measured, noise(summary["before"]["overheads"], summary[label]["overheads"])),
+                          (pred_records, summary[label]["records"] - summary["before"]["records"]))
+            rows.append((name, label, summary[label], change))
+    print("\n| workload | run | recognized | CPU overhead per unit of work | records/s | count error (RMS of rounds) "
+          "| predicted std. error (RMS) | z (RMS) | small rate | medium rate | domains | points/export "
+          "| predicted change: overhead, records/s | measured change: overhead (± noise), records/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    verdicts = []
+    for name, label, row, change in rows:
+        run = row["run"]
+        medium, small = run["rates"]
         if change is None:
             predicted_text = measured_text = ""
         else:
-            (p_o, m_o), (p_r, m_r) = change
+            (p_o, m_o, band), (p_r, m_r) = change
             predicted_text = f"{_pct(p_o)}, {'-' if p_r is None else f'{p_r:+.0f}'}"
-            measured_text = f"{m_o:+.1%}, {m_r:+.0f}"
-        print(f"| {name} | {label} | {workload} | {overhead:+.0%} | {rec:.0f} | {err:.2%} | {pred:.2%} "
-              f"| {small:.3g} | {medium:.3g} | {domains} | {points:.0f} | {predicted_text} | {measured_text} |")
+            measured_text = f"{m_o:+.1%}{'' if band is None else f' (±{band:.1%})'}, {m_r:+.0f}"
+            if label == "after":
+                verdicts.append((name, m_o <= (band or 0.0), m_o, band))
+        print(f"| {name} | {label} | {run['workload']} | {row['overhead']:+.0%} | {row['records']:.0f} "
+              f"| {row['error']:.2%} | {row['predicted']:.2%} | {row['z']:.2f} | {small:.3g} | {medium:.3g} "
+              f"| {','.join(run['domains'])} | {run['points']:.0f} | {predicted_text} | {measured_text} |")
+    print()
+    for name, ok, change, band in verdicts:
+        print(f"{name}: CPU overhead after {'<=' if ok else '>'} before "
+              f"({change:+.1%}, noise between identical runs ±{(band or 0.0):.1%})")
+    z_max = max(row["z"] for _, _, row, _ in rows)
+    print(f"count errors: largest RMS over rounds {z_max:.2f} predicted standard errors "
+          f"({'within' if z_max <= 2 else 'NOT within'} 2)")
 
+
+def _rms(values):
+    return math.sqrt(sum(v * v for v in values) / len(values)) if values else 0.0
+
+
+def noise(before, after):
+    """Twice the standard error of the difference of two runs' mean overheads, from the spread of
+    their rounds (None with a single round): a change within it is what identical settings give."""
+    if len(before) < 2 or len(after) < 2:
+        return None
+    return 2 * math.sqrt(statistics.variance(before) / len(before) + statistics.variance(after) / len(after))
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ ever receives increases (a site's growth goes to its own series while it is in t
 """
 import threading
 import time
+import weakref
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -16,6 +17,10 @@ from . import sampler
 from .cpu_meter import hooks_estimate_ns
 from .records import DOMAINS, SIZE_CLASSES
 from .sites import RECLAIMED, TypeName
+
+# The thread of the SDK's PeriodicExportingMetricReader: it only collects and exports, so its CPU
+# outside memscope's callbacks is the SDK's aggregation and export (opentelemetry-sdk names it so).
+EXPORT_THREAD = "OtelPeriodicExportingMetricReader"
 
 OTHER_SITE = {
     "code.file.path": "<other>",
@@ -118,6 +123,12 @@ class Producer:
         # the optimizer (they follow the sites, not the rates) and memscope.tracker.cpu.
         self.collection_ns = 0
         self.collection_points = 0
+        # What the exporting thread spent outside the callbacks, cumulative: the SDK aggregating
+        # the points, building and exporting them (every meter's of the provider, memscope's
+        # included). Not memscope's own CPU, but what exporting its metrics costs the process and a
+        # longer export interval divides: as much as the callbacks' own or more (docs/optimizer.md).
+        self.export_ns = 0
+        self._export_threads = weakref.WeakKeyDictionary()  # thread -> (CPU ns, others) at our last callback's end
         self.metric_points = {}  # instrument name -> points in its latest callback
         self._cpu = _Cumulative()
 
@@ -162,7 +173,8 @@ class Producer:
               self._live_table_threshold)
         counter("memscope.tracker.cpu", "s",
                 "CPU time of the tracker's own work by component: hooks (estimated: the sampled path as "
-                "timed plus a fixed cost per unsampled call), drainer, collection, recognizer", self._tracker_cpu)
+                "timed plus a fixed cost per unsampled call), drainer, collection, recognizer; and export, the "
+                "SDK's aggregating and exporting on its exporting thread", self._tracker_cpu)
         # Last, so that the pressure it reports includes this collection's other callbacks.
         gauge("memscope.optimizer.pressure", "1", "Export pressure seen by the adaptive optimizer (0 to 1)",
               self._pressure)
@@ -178,6 +190,7 @@ class Producer:
             self._snapshot = None
             self._site_view = None
             self._served = {}
+            self._export_threads = weakref.WeakKeyDictionary()
             self._cpu = _Cumulative()
 
     def set_max_sites(self, max_sites):
@@ -192,14 +205,20 @@ class Producer:
         def callback(options: CallbackOptions):
             started = time.thread_time_ns()  # CPU time: waiting for the GIL is not our cost
             others = self._others_on_this_thread()
+            thread = threading.current_thread()
             with sampler.ignored(), self._lock:
+                last = self._export_threads.get(thread)
+                if last is not None:  # the SDK's work on this thread since our last callback on it
+                    self.export_ns += max(started - last[0] - (others - last[1]), 0)
                 snap = self._current(name)
                 points = list(fn(snap))
+                ended, others_now = time.thread_time_ns(), self._others_on_this_thread()
                 # Draining and recognizing on this thread are their components' CPU, not ours.
-                spent = time.thread_time_ns() - started - (self._others_on_this_thread() - others)
-                self.collection_ns += max(spent, 0)
+                self.collection_ns += max(ended - started - (others_now - others), 0)
                 self.collection_points += len(points)
                 self.metric_points[name] = len(points)
+                if thread.name.startswith(EXPORT_THREAD):
+                    self._export_threads[thread] = (ended, others_now)
                 return points
 
         return callback
@@ -277,6 +296,7 @@ class Producer:
         raw = {"hooks": (None, hooks_estimate_ns(snap.counters)),
                "drainer": (drain, drain.ns if drain is not None else 0),
                "collection": (None, self.collection_ns),
+               "export": (None, self.export_ns),
                "recognizer": (recognizer, recognizer.ns if recognizer is not None else 0)}
         for component, (source, ns) in raw.items():
             yield Observation(self._cpu.update(component, source, ns) / 1e9, {"memscope.component": component})

@@ -15,8 +15,8 @@ import numpy as np
 from .. import sampler
 from ..records import DOMAINS
 from .controller import RateController
-from .pressure import (CADENCE_DRIFT_BUDGET, FAST_PATH_NOTE, SERIES_BUDGET, PressureMonitor,
-                       export_interval_from_env)
+from .pressure import (CADENCE_DRIFT_BUDGET, DEFAULT_EXPORT_INTERVAL_S, EXPORT_NOTE, EXPORT_OF_APP_NOTE,
+                       FAST_PATH_NOTE, SERIES_BUDGET, PressureMonitor, export_interval_from_env)
 from .recognizer import MIN_RECORDS, WorkloadRecognizer, classify
 from .recommendations import Recommendation, _fmt, relative_error
 
@@ -76,6 +76,7 @@ class PerformanceOptimizer:
         producer = getattr(self.tracker, "producer", None)
         points = getattr(producer, "metric_points", None) or {}
         return {"collection_ns": getattr(producer, "collection_ns", 0),
+                "export_ns": getattr(producer, "export_ns", 0),
                 "points": getattr(producer, "collection_points", 0),
                 "metric_points_max": max(points.values(), default=0),
                 "drain_ns": getattr(self.tracker.drainer, "cpu_ns", 0),
@@ -314,17 +315,24 @@ class PerformanceOptimizer:
                     f"({figures.get('collection_s', 0) * 1000:.1f} ms in {gap:.2f} s)",
                     f"about {4 * (config.max_sites - new_sites)} fewer points per export",
                     "site totals are unchanged; the sites past the top fold into the 'other' series"))
-        # The collection's own CPU, once per export: a longer interval divides it.
+        # Collecting and exporting, once per export: a longer interval divides it. Measured against
+        # a core and against the application's own CPU: a mostly idle program (a frame loop that
+        # sleeps 96% of the time) pays for every export as much as a busy one.
         interval = figures.get("interval_s", 0.0)
-        if collection_share > 0.02 and interval > 0:
+        export_s = figures.get("collection_s", 0.0) + figures.get("export_s", 0.0)
+        export_share, app_s = export_s / max(gap, 1e-9), figures.get("app_cpu_s", 0.0)
+        of_app = export_s / app_s if app_s > 0 else 0.0
+        if 0 < interval < DEFAULT_EXPORT_INTERVAL_S and (export_share > EXPORT_NOTE or of_app > EXPORT_OF_APP_NOTE):
             recs.append(Recommendation(
                 "export_interval", int(interval * 1000), int(interval * 2000),
                 "export metrics half as often",
-                f"memscope's collections took {collection_share:.1%} of a core; their cost follows the "
-                f"sites and the number of exports, not the sampling rates",
-                f"about {-collection_share / 2:+.2%} of a core",
+                f"each export costs CPU whatever the sampling rates: memscope's collections took "
+                f"{figures.get('collection_s', 0.0) * 1000:.1f} ms and the SDK's aggregation and export on its "
+                f"exporting thread {figures.get('export_s', 0.0) * 1000:.1f} ms in {gap:.2f} s, {export_share:.2%} "
+                f"of a core and {of_app:.1%} of the application's own CPU",
+                f"about {-export_share / 2:+.2%} of a core",
                 "none: the counters are cumulative; the series get half as many points",
-                live=False, predicted_cpu=-collection_share / 2, env="OTEL_METRIC_EXPORT_INTERVAL"))
+                live=False, predicted_cpu=-export_share / 2, env="OTEL_METRIC_EXPORT_INTERVAL"))
         # Exports failing, or slow enough to stretch the collections: outside memscope.
         failures, drift = figures.get("export_failures", 0), figures.get("drift", 0.0)
         if failures or drift >= CADENCE_DRIFT_BUDGET:

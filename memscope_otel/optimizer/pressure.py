@@ -40,13 +40,17 @@ DUMP_BACKLOG_BUDGET = 1.0    # one write lasting a whole drain interval (the rin
 SERIES_BUDGET = 2000         # points of one metric per collection (the SDK's default cardinality limit)
 CADENCE_DRIFT_BUDGET = 1.0   # a collection gap of twice the export interval
 FAST_PATH_NOTE = 0.005       # the unsampled fast path over 0.5% of one core: recommend fewer hooks
+EXPORT_NOTE = 0.02           # collecting and exporting over 2% of one core: recommend exporting less often,
+EXPORT_OF_APP_NOTE = 0.05    # or over 5% of the application's own CPU (a mostly idle program pays for each export)
+DEFAULT_EXPORT_INTERVAL_S = 60.0  # the SDK's periodic reader's default; never recommended past it
+
 
 def export_interval_from_env(environ=None):
     """OTEL_METRIC_EXPORT_INTERVAL in seconds (default 60), as the SDK's periodic reader reads it."""
     environ = os.environ if environ is None else environ
     text = environ.get("OTEL_METRIC_EXPORT_INTERVAL", "")
     if not text.strip():
-        return 60.0
+        return DEFAULT_EXPORT_INTERVAL_S
     try:
         value = float(text)
         if not (math.isfinite(value) and value > 0):
@@ -54,7 +58,7 @@ def export_interval_from_env(environ=None):
     except ValueError:
         log.warning("OTEL_METRIC_EXPORT_INTERVAL=%r is invalid (accepted: a positive number of ms); "
                     "the optimizer assumes 60000", text)
-        return 60.0
+        return DEFAULT_EXPORT_INTERVAL_S
     return value / 1000.0
 
 
@@ -130,7 +134,8 @@ class PressureMonitor:
     """Reads the pressure at each metric collection from two consecutive tracker snapshots.
 
     ``collection_stats`` returns a dict of cumulative figures: ``collection_ns`` (memscope's
-    callbacks' own CPU, past draining and recognizing), ``points``, ``drain_ns`` (draining on any
+    callbacks' own CPU, past draining and recognizing), ``export_ns`` (the SDK's exporting
+    thread outside the callbacks), ``points``, ``drain_ns`` (draining on any
     thread), ``recognizer_ns``, ``metric_points_max`` (the most points one metric had in the
     last collection), ``drains``, ``records_drained`` and ``fullest_ring_records`` (the drainer's); or None. ``dump_writer`` returns the running DumpWriter or None.
     ``export_interval_s`` is the configured export interval (OTEL_METRIC_EXPORT_INTERVAL): the gap
@@ -139,13 +144,14 @@ class PressureMonitor:
     the gap it falls into and hide drift."""
 
     def __init__(self, export_interval_s, drain_interval_s, ring_capacity, collection_stats=None, clock=None,
-                 dump_writer=None):
+                 dump_writer=None, cpu_clock=None):
         self.export_interval_s = export_interval_s
         self.drain_interval_s = drain_interval_s
         self.ring_capacity = ring_capacity
         self._collection_stats = collection_stats
         self._dump_writer = dump_writer
         self._clock = clock or time.monotonic
+        self._cpu_clock = cpu_clock or time.process_time  # the process's CPU: the application's and ours
         self._sources = []
         self.failures = ExportFailureCounter()
         self._last = None
@@ -196,14 +202,14 @@ class PressureMonitor:
 
     def observe(self, counters):
         """The pressure since the previous observation (None for the first one)."""
-        now = self._clock()
+        now, cpu_now = self._clock(), self._cpu_clock()
         stats = self._stats()
-        current = (now, counters, stats, self.failures.failures)
+        current = (now, counters, stats, self.failures.failures, cpu_now)
         last, self._last = self._last, current
         if last is None:
             self._dump_figures(1.0)
             return None
-        t0, c0, stats0, failures0 = last
+        t0, c0, stats0, failures0, cpu0 = last
         gap = max(now - t0, 1e-9)
 
         def delta(key):  # (a forked child's new drainer counts from 0)
@@ -226,6 +232,10 @@ class PressureMonitor:
         fast_ns = fast_path_ns(allocations)
         fast_share = float(fast_ns.sum()) / 1e9 / gap
         drain_s, recognizer_s, collection_s = delta("drain_ns"), delta("recognizer_ns"), delta("collection_ns")
+        export_s = delta("export_ns")
+        # The application's own CPU: the process's, less every part of ours (the hooks run on its threads).
+        ours = drain_s + recognizer_s + collection_s + export_s + (sampled_share + fast_share) * gap
+        app_cpu_s = max(cpu_now - cpu0 - ours, 0.0)
         export_failures = self.failures.failures - failures0
         drift = max(gap / self.export_interval_s - 1.0, 0.0)
         figures = {
@@ -243,7 +253,7 @@ class PressureMonitor:
             "hook_calls_per_s": float(calls.sum()) / gap,
             "fast_path_share_by_domain": (fast_ns / 1e9 / gap).tolist(),
             "allocations_per_s_by_domain": (allocations / gap).tolist(),  # [domain][class]
-            "collection_s": collection_s, "series": max(stats.get("points", 0) - stats0.get("points", 0), 0),
+            "collection_s": collection_s, "export_s": export_s, "app_cpu_s": app_cpu_s, "series": max(stats.get("points", 0) - stats0.get("points", 0), 0),
             "metric_points_max": stats.get("metric_points_max", 0),
         }
         figures.update(self._dump_figures(gap))

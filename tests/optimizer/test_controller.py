@@ -93,7 +93,7 @@ def test_refused_collector_changes_no_rate_and_logs_one_line(monkeypatch, caplog
     assert len(ours) == 1, [r.getMessage() for r in ours]
     assert ours[0].levelno == logging.WARNING and "metric exports are failing" in ours[0].getMessage()
     assert "collector" in ours[0].getMessage()
-    assert set(first) == set(second) == {"hooks", "drainer", "collection", "recognizer"}
+    assert set(first) == set(second) == {"hooks", "drainer", "collection", "export", "recognizer"}
     assert all(second[k] >= first[k] for k in first) and second["hooks"] > first["hooks"]
 
 
@@ -128,6 +128,51 @@ def test_small_object_program_keeps_its_rates_and_is_told_about_the_fast_path(ex
     assert rec is not None, list(recs)
     assert "fast path" in rec.why and rec.predicted_cpu < 0 and not rec.live
     assert set(rec.proposed.split(",")) < set(rec.current.split(","))
+
+
+def frame_loop(stop, work_s=0.001, frame_s=0.016):
+    """A mostly idle program: ``work_s`` of small-object work per ``frame_s`` frame."""
+    while not stop.is_set():
+        deadline = time.thread_time() + work_s
+        while time.thread_time() < deadline:
+            [(i, str(i)) for i in range(50)]
+        time.sleep(frame_s)
+
+
+def run_and_recommend(exporting_tracker, work, interval_ms, exports):
+    tracker, exporter = exporting_tracker(interval_ms)
+    stop = threading.Event()
+    worker = threading.Thread(target=work, args=(stop,))
+    worker.start()
+    try:
+        start = exporter.exports
+        assert wait_until(lambda: exporter.exports - start >= exports, 30.0)
+        recs = {r.setting: r for r in tracker.optimizer.get_optimization_recommendations()}
+        figures = tracker.optimizer.monitor.latest.figures
+    finally:
+        stop.set()
+        worker.join()
+    return recs, figures
+
+
+def test_mostly_idle_program_is_told_to_export_less_often(exporting_tracker):
+    """Each export costs the same CPU whatever the rates, so a program that sleeps most of the
+    time pays for exports a larger share of its own CPU: the recommendation is a longer export
+    interval, with the SDK's part of the cost measured on its exporting thread."""
+    recs, figures = run_and_recommend(exporting_tracker, frame_loop, 100, 8)
+    assert figures["export_s"] > 0 and figures["collection_s"] > 0, figures
+    assert figures["app_cpu_s"] > 0, figures
+    rec = recs.get("export_interval")
+    assert rec is not None, (list(recs), figures["export_s"], figures["app_cpu_s"])
+    assert (rec.current, rec.proposed) == (100, 200) and rec.predicted_cpu < 0 and not rec.live
+    assert "application's own CPU" in rec.why and rec.env == "OTEL_METRIC_EXPORT_INTERVAL"
+
+
+def test_busy_program_exporting_rarely_is_not_told_to_export_less_often(exporting_tracker):
+    """The same exports against a program that keeps a core busy: a small share of its CPU and
+    of a core, so no recommendation."""
+    recs, figures = run_and_recommend(exporting_tracker, small_object_work, 1000, 3)
+    assert "export_interval" not in recs, recs["export_interval"].why
 
 
 def slow_writes(monkeypatch, state):

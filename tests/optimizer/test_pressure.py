@@ -22,9 +22,9 @@ class FakeCounters:
         self.slow_path_ns, self.slow_path_calls = slow_ns, slow_calls
 
 
-def stats_of(collection_ns=0, points=0, drain_ns=0, recognizer_ns=0, metric_points_max=0):
+def stats_of(collection_ns=0, points=0, drain_ns=0, recognizer_ns=0, metric_points_max=0, export_ns=0):
     return {"collection_ns": collection_ns, "points": points, "drain_ns": drain_ns,
-            "recognizer_ns": recognizer_ns, "metric_points_max": metric_points_max}
+            "recognizer_ns": recognizer_ns, "metric_points_max": metric_points_max, "export_ns": export_ns}
 
 
 def test_pressure_components_from_two_collections():
@@ -70,6 +70,24 @@ def test_costs_that_rates_do_not_change_are_figures_not_pressure():
     assert p.figures["drift"] == pytest.approx(4.0) and p.figures["export_failures"] == 3
     assert p.figures["fast_path_share"] == pytest.approx(FAST_PATH_PAIR_NS[DOMAINS.index("obj"), 0] * 1e8 / 1e9 / 5.0)
     assert p.value == pytest.approx(0.001 / 5.0 / DRAIN_COST_BUDGET) and p.dominant == "drain_cost"
+
+
+def test_export_cost_and_the_applications_own_cpu():
+    """The SDK's exporting thread is a figure of its own, and the application's CPU is the
+    process's less every part of the tracker's (the hooks run on the application's threads)."""
+    now, cpu, stats = [0.0], [10.0], [stats_of()]
+    monitor = PressureMonitor(export_interval_s=0.5, drain_interval_s=0.2, ring_capacity=1000,
+                              collection_stats=lambda: stats[0], clock=lambda: now[0], cpu_clock=lambda: cpu[0])
+    monitor.observe(FakeCounters())
+    # 0.5 s: the process used 30 ms of CPU, of which 2 ms collecting, 4 ms exporting, 1 ms
+    # draining, 1 ms recognizing, 1 ms in the sampled path and 1,000,000 fast-path pairs
+    now[0], cpu[0] = 0.5, 10.030
+    stats[0] = stats_of(collection_ns=2_000_000, drain_ns=1_000_000, recognizer_ns=1_000_000, export_ns=4_000_000)
+    p = monitor.observe(FakeCounters(allocs=1_000_000, samples=100, slow_ns=1_000_000, slow_calls=100))
+    fast_s = FAST_PATH_PAIR_NS[DOMAINS.index("obj"), 0] * 1_000_000 / 1e9
+    assert p.figures["export_s"] == pytest.approx(0.004)
+    assert p.figures["app_cpu_s"] == pytest.approx(0.030 - 0.002 - 0.004 - 0.001 - 0.001 - 0.001 - fast_s)
+    assert "export" not in p.components  # its cost follows the exports, not the rates
 
 
 class FakeWriter:

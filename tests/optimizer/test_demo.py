@@ -1,0 +1,19 @@
+"""The optimizer demo runs end to end and prints its table and verdicts (its figures are measured
+in docs/optimizer.md; here, only that every part of it works, on short runs)."""
+import os
+import subprocess
+import sys
+
+DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "performance_optimization_demo.py")
+
+
+def test_demo_prints_before_and_after_rows_with_noise_and_verdicts():
+    result = subprocess.run([sys.executable, DEMO, "--seconds", "0.6", "--rounds", "2", "--only", "game_loop"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| game_loop |")]
+    assert [r[1] for r in rows] == ["before", "after"], out[-3000:]
+    after = rows[1]
+    assert "(±" in after[-1], after  # the measured change with the noise of two rounds
+    assert "game_loop: CPU overhead after" in out and "count errors: largest RMS over rounds" in out, out[-2000:]
