@@ -127,7 +127,7 @@ typedef struct {
                                        spill, but not the dump file or the workload recognizer */
     uint64_t live_untracked;        /* sampled allocations the live table had no room for (no
                                        memory): their frees are not seen, the estimate misses them */
-    uint64_t slow_path_calls;       /* sampled events, each timed */
+    uint64_t slow_path_calls;       /* sampled events */
     uint64_t slow_path_ns;          /* nanoseconds spent in the sampled path, estimated (hooks.c: one event in 8 timed) */
     uint64_t threads_seen;          /* threads that ever entered a hook */
     uint64_t threads_live;          /* threads registered now */

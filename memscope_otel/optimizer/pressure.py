@@ -253,7 +253,8 @@ class PressureMonitor:
             "hook_calls_per_s": float(calls.sum()) / gap,
             "fast_path_share_by_domain": (fast_ns / 1e9 / gap).tolist(),
             "allocations_per_s_by_domain": (allocations / gap).tolist(),  # [domain][class]
-            "collection_s": collection_s, "export_s": export_s, "app_cpu_s": app_cpu_s, "series": max(stats.get("points", 0) - stats0.get("points", 0), 0),
+            "collection_s": collection_s, "export_s": export_s, "app_cpu_s": app_cpu_s,
+            "series": max(stats.get("points", 0) - stats0.get("points", 0), 0),
             "metric_points_max": stats.get("metric_points_max", 0),
         }
         figures.update(self._dump_figures(gap))
