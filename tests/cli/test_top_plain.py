@@ -46,9 +46,11 @@ def test_url_lines_with_rates_and_the_site_of_the_page():
     lines = out.splitlines()
     assert len(lines) == 3 and all(LINE.match(line) for line in lines), out
     for line in lines[1:]:
-        # 1000 allocations of 64 KiB per request, a request every half second
+        # 1000 allocations of 64 KiB per request, a request every half second: 2 k/s, over the
+        # time between two requests as top measured it (a late request on a busy machine makes
+        # the next gap shorter: seen 2.2 k/s; the bound allows gaps of 0.25 to 1 s)
         allocs = float(re.search(r"allocs/s (\S+) k", line).group(1))
-        assert 1.0 <= allocs <= 2.1, line
+        assert 1.0 <= allocs <= 4.0, line
         assert "worker.py:grow_buffers:12 (obj)" in line and "MiB/s" in line, line
 
 
