@@ -214,9 +214,38 @@ def main(argv):
     else:  # disabled by its settings: the program runs untracked and the stream stays empty
         os.close(fd)
 
-    if command[0] == "-m":
-        sys.argv = command[1:]
-        runpy.run_module(command[1], run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = list(command)
-        runpy.run_path(command[0], run_name="__main__")
+    try:
+        if command[0] == "-m":
+            sys.argv = command[1:]
+            program_globals = runpy.run_module(command[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(command)
+            program_globals = runpy.run_path(command[0], run_name="__main__")
+    except BaseException as exc:  # sys.exit() included: the program's globals are in its frames
+        _keep_until_exit(_globals_of(exc.__traceback__))
+        raise
+    _keep_until_exit([program_globals])
+
+
+# The program's module globals, kept to the end. Run as `python program.py`, its __main__ module
+# lives until the interpreter tears modules down, after every exit handler; run by runpy, its
+# namespace is garbage once runpy has returned or the exit's traceback is cleared (a cycle
+# through its functions), and a collection before the final reading would free what the program
+# keeps in globals: "live at the end" would miss it, and on 3.10 its functions' qualified names,
+# found through the function objects, would be lost with them.
+_KEPT = []
+
+
+def _keep_until_exit(namespaces):
+    _KEPT.extend(namespaces)
+
+
+def _globals_of(tb):
+    """The distinct module namespaces of a traceback's frames (not the frames: their locals go,
+    as they would in a plain run)."""
+    seen = {}
+    while tb is not None:
+        namespace = tb.tb_frame.f_globals
+        seen.setdefault(id(namespace), namespace)
+        tb = tb.tb_next
+    return list(seen.values())

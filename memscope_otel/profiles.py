@@ -31,7 +31,14 @@ _DEFAULT_TYPE = {"alloc": "alloc_space", "inuse": "inuse_space", "heap": "inuse_
 
 @dataclasses.dataclass(frozen=True)
 class ProfileStack:
-    """One stack of a profile: frames innermost first, (file, function, line) each."""
+    """One stack of a profile: frames innermost first, (file, function, line) each.
+
+    ``key`` names where its cumulative sums live in the tracker, which its frames may not (a
+    CPython 3.10 name is refined after the stack was first shown; sums of the same frames may
+    sit under several ids): ``("id", id, generation)`` for an id in use, ``("site", site)`` for
+    a reclaimed site's. ``retires_to`` is the key its sums move to when that key goes away (an
+    id's site; a site kept by name folds into the domain's ``<reclaimed>``). None outside a
+    live tracker (a dump file's stacks)."""
 
     frames: tuple
     domain: str
@@ -39,6 +46,8 @@ class ProfileStack:
     alloc_space: float
     inuse_objects: float
     inuse_space: float
+    key: tuple = None
+    retires_to: tuple = None
 
 
 def parse_frame(label: str) -> tuple:

@@ -296,7 +296,7 @@ class Tracker:
         since start of the ids in use (a reclaimed id's sums, kept by site, as a one-frame stack)
         and the live table now, after a drain."""
         from .profiles import ProfileStack
-        from .sites import MAX_IDS, TypeName
+        from .sites import MAX_IDS, TypeName, reclaimed_site
 
         if self._final is None:
             self.start_in_child()
@@ -316,10 +316,11 @@ class Tracker:
                 else:
                     frames, domain = tuple(f.key() for f in self.resolver.stack(i)), what.domain
                 stacks.append(ProfileStack(frames, domain, float(summary.id_count[i]), float(summary.id_bytes[i]),
-                                           float(live_count[i]), float(live_bytes[i])))
+                                           float(live_count[i]), float(live_bytes[i]),
+                                           ("id", i, self.resolver.generation(i)), ("site", what)))
             for site, (nbytes, count, _live) in summary.retired.items():
                 stacks.append(ProfileStack(((site.file, site.function, site.line),), site.domain, count, nbytes,
-                                           0.0, 0.0))
+                                           0.0, 0.0, ("site", site), ("site", reclaimed_site(site.domain))))
         return stacks
 
     def after_fork_child(self):

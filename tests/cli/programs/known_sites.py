@@ -1,12 +1,15 @@
 """A program with known allocation sites, for `memscope-otel run` tests.
 
-    known_sites.py EXIT_STATUS [--signal NAME] [--crash]
+    known_sites.py EXIT_STATUS [--signal NAME] [--crash] [--gc-at-exit]
 
 Allocates 200 frames of 64 KiB in ``allocate_frames`` (large: always sampled, kept live to the
 end) and 100,000 short strings in ``churn_strings`` (small, freed at once), writes exact bytes to
 stdout and stderr, then exits with EXIT_STATUS, or, with ``--signal``, waits past one reading and
-kills itself with that signal, or, with ``--crash``, raises an uncaught exception.
+kills itself with that signal, or, with ``--crash``, raises an uncaught exception; with
+``--gc-at-exit``, a garbage collection runs at exit before memscope's final reading.
 """
+import atexit
+import gc
 import os
 import signal
 import sys
@@ -41,6 +44,8 @@ def main():
         time.sleep(2.5)  # past the first periodic reading (one a second), with room for a slow machine
         os.kill(os.getpid(), getattr(signal, sys.argv[sys.argv.index("--signal") + 1]))
         time.sleep(30)
+    if "--gc-at-exit" in sys.argv:  # a collection after the exit, before the tracker's final reading
+        atexit.register(gc.collect)
     if "--crash" in sys.argv:
         raise RuntimeError("the program's own uncaught error")
     return int(sys.argv[1])
