@@ -157,7 +157,13 @@ def test_creating_lines_are_the_sites_and_live_follows_the_arrays(tracker):
     assert len(here) == 1, snap.per_site
     (site, (est_bytes, est_count, live)), = here
     assert ".make" in site.function  # (3.10, 3.11: inside its <listcomp>)
-    assert (est_bytes, est_count, live) == (16_000_000.0, 8.0, 16_000_000.0)  # large: weight 1
+    # The arrays are large (weight 1): exactly 8 x 2 MB. In the RAW domain (numpy >= 2.5) numpy's
+    # bookkeeping of each array (dimensions and strides, a few small blocks) is at this line too,
+    # and one of those may be sampled, at weight up to 1 / SMALL_SAMPLE_RATE: at most 8 arrays x 2
+    # blocks x 1000 x 64 B besides (seen: one 16 B block, +16,000).
+    extra = 8 * 2 * 1000 * 64
+    assert 16_000_000 <= est_bytes <= 16_000_000 + extra and 16_000_000 <= live <= 16_000_000 + extra
+    assert est_count == 8.0 or (NUMPY_DATA != NATIVE and est_count >= 8.0), (est_bytes, est_count, live)
     # The site's live estimate follows them exactly (large blocks: weight 1).
     live_before = snap.live_bytes[NUMPY_DATA]
     assert live_before >= 16_000_000

@@ -123,7 +123,9 @@ def test_small_object_program_keeps_its_rates_and_is_told_about_the_fast_path(ex
     assert tracker.optimizer.controller.history == [], [c.reason for c in tracker.optimizer.controller.history]
     assert sampler.rates() == CONFIGURED
     assert latest.figures["fast_path_share"] > FAST_PATH_NOTE, latest.figures
-    assert latest.figures["fast_path_share"] > latest.figures["sampled_path_share"], latest.figures
+    # and the sampled path, which rates would change, is far from its budget: nothing to answer
+    # (its share was seen equal to the fast path's on a loaded machine, 0.77% of a core each)
+    assert latest.components["sampled_path"] < 0.5, latest.figures
     rec = recs.get("domains")
     assert rec is not None, list(recs)
     assert "fast path" in rec.why and rec.predicted_cpu < 0 and not rec.live
