@@ -287,9 +287,12 @@ _Static_assert(MS_ID_NATIVE + MS_DOMAINS <= MS_ID_OVERFLOW && MS_ID_OVERFLOW + M
 int ms_site_info(uint32_t id, ms_site_t *out)
 {
     if (id < MS_FIRST_DYNAMIC_ID) {
-        /* MS_ID_NATIVE + domain, or MS_ID_OVERFLOW + domain (ids in between name no domain) */
+        /* MS_ID_NATIVE + domain, or MS_ID_OVERFLOW + domain; the ids in between name no domain
+         * (MS_ID_STACK_OVERFLOW only ever stands as a caller) and are not sites */
         uint32_t domain = id >= MS_ID_OVERFLOW ? id - MS_ID_OVERFLOW : id - MS_ID_NATIVE;
-        *out = (ms_site_t){NULL, 0, (int32_t)(domain < MS_DOMAINS ? domain : MS_DOMAINS - 1), 0, 0};
+        if (domain >= MS_DOMAINS)
+            return -1;
+        *out = (ms_site_t){NULL, 0, (int32_t)domain, 0, 0};
         return 0;
     }
     if (id >= ms_sites_used())

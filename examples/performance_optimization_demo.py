@@ -19,9 +19,9 @@ a numpy training loop; see examples/workloads) it:
 
 Overheads are in process CPU time (all threads), which a busy machine disturbs less than wall
 time. The untracked, before and after runs are repeated ``--rounds`` times, interleaved, and
-each CPU cost per unit of work is the lowest of its rounds (the least disturbed run), its change
-given with the noise between identical runs (twice the standard error of the rounds' mean
-difference); records/s is the median; the count error and its predicted standard error are root
+each CPU cost per unit of work is the lowest of its rounds (the least disturbed run); a change
+is the difference of the rounds' means, given with its noise (twice its standard error, from the
+rounds' spread); records/s is the median; the count error and its predicted standard error are root
 mean squares over the rounds, and z the RMS of their ratios (about 1 for unbiased estimates; above
 2 with 5 rounds happens by chance about once in 800 rows).
 """
@@ -245,13 +245,14 @@ def main(argv=None):
                 # Predicted CPU change in the table's unit: overhead per unit of work, as a share of
                 # the untracked cost (cores changed / the workload's own cores).
                 pred_overhead = pred_cpu / work_cpu_per_s if pred_cpu is not None and work_cpu_per_s > 0 else None
-                measured = summary[label]["overhead"] - summary["before"]["overhead"]
+                # the change of the rounds' means, the quantity whose standard error noise() gives
+                measured = statistics.fmean(summary[label]["overheads"]) - statistics.fmean(summary["before"]["overheads"])
                 change = ((pred_overhead, measured, noise(summary["before"]["overheads"], summary[label]["overheads"])),
                           (pred_records, summary[label]["records"] - summary["before"]["records"]))
             rows.append((name, label, summary[label], change))
     print("\n| workload | run | recognized | CPU overhead per unit of work | records/s | count error (RMS of rounds) "
           "| predicted std. error (RMS) | z (RMS) | small rate | medium rate | domains | points/export "
-          "| predicted change: overhead, records/s | measured change: overhead (± noise), records/s |")
+          "| predicted change: overhead, records/s | measured change: overhead (mean of rounds ± noise), records/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     for name, label, row, change in rows:
@@ -270,8 +271,8 @@ def main(argv=None):
               f"| {','.join(run['domains'])} | {run['points']:.0f} | {predicted_text} | {measured_text} |")
     print()
     for name, ok, change, band in verdicts:
-        print(f"{name}: CPU overhead after {'<=' if ok else '>'} before "
-              f"({change:+.1%}, noise between identical runs ±{(band or 0.0):.1%})")
+        print(f"{name}: CPU overhead after {'<= before within' if ok else '> before beyond'} its noise "
+              f"(mean of rounds {change:+.1%}, noise ±{(band or 0.0):.1%})")
     z_max = max(row["z"] for _, _, row, _ in rows)
     print(f"count errors: largest RMS over rounds {z_max:.2f} predicted standard errors "
           f"({'within' if z_max <= 2 else 'NOT within'} 2)")
@@ -283,7 +284,7 @@ def _rms(values):
 
 def noise(before, after):
     """Twice the standard error of the difference of two runs' mean overheads, from the spread of
-    their rounds (None with a single round): a change within it is what identical settings give."""
+    their rounds (None with a single round)."""
     if len(before) < 2 or len(after) < 2:
         return None
     return 2 * math.sqrt(statistics.variance(before) / len(before) + statistics.variance(after) / len(after))

@@ -222,9 +222,9 @@ def main(argv):
             sys.argv = list(command)
             program_globals = runpy.run_path(command[0], run_name="__main__")
     except BaseException as exc:  # sys.exit() included: the program's globals are in its frames
-        _keep_until_exit(_globals_of(exc.__traceback__))
+        _KEPT.extend(_globals_of(exc.__traceback__))
         raise
-    _keep_until_exit([program_globals])
+    _KEPT.append(program_globals)
 
 
 # The program's module globals, kept to the end. Run as `python program.py`, its __main__ module
@@ -234,10 +234,6 @@ def main(argv):
 # keeps in globals: "live at the end" would miss it, and on 3.10 its functions' qualified names,
 # found through the function objects, would be lost with them.
 _KEPT = []
-
-
-def _keep_until_exit(namespaces):
-    _KEPT.extend(namespaces)
 
 
 def _globals_of(tb):

@@ -422,7 +422,7 @@ class SiteResolver:
         if info is None:
             return Site("<unknown>", "<unknown>", 0, "obj"), False
         held, _offset, domain_index, key = info
-        if not 0 <= domain_index < len(DOMAINS):  # a fixed id of no domain (the ranges have room for 8)
+        if domain_index == MS_FRAME_DOMAIN:  # a caller's frame node (its id was asked for as a site's)
             return Site("<unknown>", "<unknown>", 0, "obj"), False
         domain = DOMAINS[domain_index]
         if site_id >= MS_FIRST_DYNAMIC_ID:
