@@ -128,7 +128,7 @@ static void thread_exit(void *arg)
     /* Release: every counter and ring write of this thread happens before the drainer frees it. */
     atomic_store_explicit(&t->dead, 1, memory_order_release);
     if (atomic_fetch_add(&g_exited, 1) + 1 >= MS_EXITED_WAKE)
-        ms_wake_drainer();
+        ms_wake_mover();
 }
 
 static bool g_key_ok;
@@ -239,10 +239,20 @@ static uint64_t pending_records(void)
     ms_spin_lock(&g_orphan_lock);
     n += ms_rings_pending(&g_orphan);
     ms_spin_unlock(&g_orphan_lock);
-    return n;
+    return n + ms_stage_pending();
 }
 
-size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
+/* Passes over the rings (the mover's and the drainer's), and the sum over them of the most
+ * records one thread's ring gave: how full rings get before they are emptied. */
+static _Atomic uint64_t g_passes, g_fullest_sum;
+
+uint64_t ms_ring_passes(uint64_t *fullest_sum)
+{
+    *fullest_sum = atomic_load(&g_fullest_sum);
+    return atomic_load(&g_passes);
+}
+
+size_t ms_rings_drain_all(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
 {
     size_t n = 0;
     info->more = 0;
@@ -257,10 +267,13 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
         uint64_t first = ms_rings_first_time(atomic_load_explicit(&t->oldest, memory_order_acquire));
         base = first < base ? first : base;
     }
+    size_t fullest = 0;
     for (ms_thread_t **link = &g_threads; *link;) {
         ms_thread_t *t = *link;
         bool dead = atomic_load_explicit(&t->dead, memory_order_acquire);
-        n += ms_rings_drain(t, out + n, capacity - n, base, &info->more, &retired);
+        size_t got = ms_rings_drain(t, out + n, capacity - n, base, &info->more, &retired);
+        fullest = got > fullest ? got : fullest;
+        n += got;
         if (dead && ms_rings_empty(t)) {
             ms_thread_add(&g_retired, t);
             *link = t->next;
@@ -274,8 +287,11 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
     }
     pthread_mutex_unlock(&g_registry_lock);
     ms_spin_lock(&g_orphan_lock);
-    n += ms_rings_drain(&g_orphan, out + n, capacity - n, base, &info->more, &retired);
+    size_t got = ms_rings_drain(&g_orphan, out + n, capacity - n, base, &info->more, &retired);
     ms_spin_unlock(&g_orphan_lock);
+    n += got;
+    atomic_fetch_add(&g_passes, 1);
+    atomic_fetch_add(&g_fullest_sum, got > fullest ? got : fullest);
     /* Unmapped with no lock held: an unmap may take a while (other CPUs' TLBs are flushed), and
      * a thread's first allocation waits for the registry lock, a thread-less hook for the
      * orphan lock. Segments first: an exited thread's first one lies in its state's page. */
@@ -373,6 +389,7 @@ void ms_buffers_fork_child_quick(void)
     /* The drainer thread is gone; the child's own drainer starts on a fresh semaphore. */
     pthread_once(&g_work_once, init_work);
     sem_init(&g_work, 0, 0);
+    ms_stage_fork_child();
 }
 
 /* The child starts from zero: the parent's threads, counters and records are not inherited.

@@ -243,6 +243,15 @@ void ms_buffers_configure(uint64_t ring_capacity, uint64_t rings_max_bytes, uint
 void ms_thread_reset_sampling(ms_thread_t *t);
 void ms_buffers_fork_child_quick(void);
 void ms_buffers_fork_child(void);
+/* The rings alone (ms_drain is the stage first, then this). */
+size_t ms_rings_drain_all(ms_record_t *out, size_t capacity, ms_drain_info_t *info);
+
+/* ---- stage.c: the mover and its staging buffer ---- */
+
+/* A ring filled: wakes the mover, or the drainer while no mover runs. May be called from a hook. */
+void ms_wake_mover(void);
+uint64_t ms_stage_pending(void);
+void ms_stage_fork_child(void);
 uint64_t ms_buffers_footprint(void);
 /* Microseconds since the tracker's clock origin, for a CLOCK_MONOTONIC reading in ns. */
 uint64_t ms_clock_us(uint64_t now_ns);

@@ -216,9 +216,9 @@ typedef struct {
                            tool while running and was installed again during this call */
 } ms_drain_info_t;
 
-/* Moves up to capacity records out of every thread's ring into out, rewriting their time
- * deltas against info->base_us. Frees the rings of exited threads once empty. Returns the
- * number of records. */
+/* Moves up to capacity records out of the stage (stage.c), or when it is empty out of every
+ * thread's ring, into out, rewriting their time deltas against info->base_us. Frees the rings
+ * of exited threads once empty. Returns the number of records. */
 size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info);
 /* The drainer's sleep (on the monotonic clock: a step of the wall clock changes nothing):
  * returns 1 when woken early (a ring reached half full, or ms_wake_drainer was called), 0 after
@@ -235,10 +235,31 @@ void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
  * spill (the weighted totals of records that found no room in a ring, and the live table's own
  * adjustments) added into summary. First it checks that every hook is still in its allocator
  * chain: one that another tool unlinked while running (tracemalloc.stop() when memscope started
- * over it) is installed again, taking the GIL for that (info->relinked says which). Each call
- * from Python gives the GIL up and takes it back, and a background thread taking it back from a
- * busy application waits up to the switch interval and forces a switch on it. */
+ * over it) is installed again, taking the GIL for that (info->relinked says which). Python calls
+ * it keeping the GIL (ctypes, see sampler.DrainBuffer): a background thread that gives the GIL
+ * up and takes it back from a busy application waits up to the switch interval and forces a
+ * switch on it, and a call moves at most a stage's worth of records (a millisecond or two). */
 size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info, ms_summary_t *summary);
+/* Copies into out the records of in[0..n) whose address is among a fixed pseudo-random 1 in
+ * 2^level of all addresses (the workload recognizer's subsample, see csrc/follow.c; the same
+ * hash as memscope_otel.optimizer.features.followed), their weights times 2^level; returns how
+ * many. out may be in. Short: Python calls it keeping the GIL. */
+size_t ms_records_follow(const ms_record_t *in, size_t n, uint32_t level, ms_record_t *out);
+/* The mover (csrc/stage.c): a native thread, started and stopped with the drainer, that moves
+ * records out of rings that fill into a staging buffer without the GIL, so that the drainer is
+ * woken only when the stage is half full (ms_drain and ms_drain_reduce take the staged records
+ * first). ms_mover_start returns 0, or -1 when it cannot start (the rings then wake the drainer
+ * as they would without it); ms_mover_stop ends it and waits for it. ms_mover_cpu_ns: the CPU
+ * time of every mover so far. Call without the GIL (cffi releases it). */
+int ms_mover_start(void);
+/* pause 1: the mover moves nothing until the matching call with 0 (nested pauses count); a pass
+ * under way ends before it returns. Short: Python calls it keeping the GIL. */
+void ms_mover_pause(int pause);
+/* Passes over the threads' rings so far (the mover's and the drainer's); *fullest_sum: the sum
+ * over them of the most records one thread's ring gave (how full rings get before emptied). */
+uint64_t ms_ring_passes(uint64_t *fullest_sum);
+void ms_mover_stop(void);
+uint64_t ms_mover_cpu_ns(void);
 
 /* --- site ids: resolution and reuse (memscope_otel/sites.py drives these, with the GIL) ---
  * A hook that interns a new site takes a strong reference to its code object, so that the code
@@ -254,6 +275,13 @@ size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info,
  * out[k].code is a strong reference that now belongs to the caller (who must release it). The
  * ids become watched: their code pointer is borrowed from then on. Returns the number moved. */
 uint32_t ms_sites_take_held(uint32_t *ids, ms_site_t *out, uint32_t capacity);
+/* The code objects of sites[0..n) (just taken by ms_sites_take_held) as a new Python list, a
+ * PyObject * returned as void * (cffi has no PyObject): their references move into the list,
+ * so one call does for a batch what a reference taken and one released would do per site. The
+ * code pointers stay in sites[], borrowed. NULL with a Python exception set when the list
+ * cannot be made: the references then still belong to the caller. Call with the GIL held (from
+ * Python through ctypes' PYFUNCTYPE, never through cffi, which releases it). */
+void *ms_sites_code_list(const ms_site_t *sites, uint32_t n);
 /* The number of ids whose code object the table holds: a counter the caller may read at any
  * time through this pointer, without a call (nonzero: ms_sites_take_held has work). */
 const uint32_t *ms_sites_held_count(void);

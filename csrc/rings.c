@@ -156,7 +156,7 @@ __attribute__((noinline, cold)) static void drop(ms_thread_t *t, const ms_record
 {
     ms_bump(&t->dropped, 1);
     ms_spill_record(rec);
-    ms_wake_drainer();
+    ms_wake_mover();
 }
 
 void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us)
@@ -206,7 +206,7 @@ void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us)
     if (MS_UNLIKELY((older + start - tail < half && older + head + 1 - tail >= half) ||
                     (start - tail < seg_half && head + 1 - tail >= seg_half &&
                      slots + 2 * (uint64_t)r->capacity > max_records)))
-        ms_wake_drainer();
+        ms_wake_mover();
 }
 
 /* ---- drainer side ---- */

@@ -325,6 +325,16 @@ uint32_t ms_sites_take_held(uint32_t *ids, ms_site_t *out, uint32_t capacity)
     return n;
 }
 
+void *ms_sites_code_list(const ms_site_t *sites, uint32_t n)
+{
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (list == NULL)
+        return NULL;
+    for (uint32_t k = 0; k < n; k++)
+        PyList_SET_ITEM(list, (Py_ssize_t)k, (PyObject *)sites[k].code); /* steals the reference */
+    return list;
+}
+
 const uint32_t *ms_sites_held_count(void)
 {
     /* Read by Python through a numpy view, without a call (and so without giving the GIL up):

@@ -1,20 +1,55 @@
 """The drainer: one background thread that moves records out of the rings into the Summary.
 
-It runs every ``drain_interval_ms`` (up to five intervals apart while fewer than 4,096 records wait
-and no dump is written: each wake-up makes it take the GIL back from the application), as soon as
-any thread's ring is half full (the C side wakes it), and whenever metrics are collected (``drain()``), so that a
-collection right after a workload sees all of it. Its own allocations are never tracked, and it
-spends its time in C with the GIL released (cffi releases it around every call).
+A ring that fills wakes the mover (csrc/stage.c), a native thread that moves its records into a
+staging buffer without the GIL; the drainer itself runs every ``drain_interval_ms`` (up to five
+intervals apart while fewer than 4,096 records wait and no dump is written: each wake-up makes it
+take the GIL back from the application), as soon as the stage is half full (the mover wakes it),
+and whenever metrics are collected (``drain()``), so that a collection right after a workload sees
+all of it. A drain takes the staged records first, then what is left in the rings. Its own
+allocations are never tracked, and it spends its time in C with the GIL released (cffi releases
+it around every call).
 """
+import ctypes
 import logging
 import threading
 
-import numpy as np
 
 from . import sampler
 from .cpu_meter import CpuMeter
 
 log = logging.getLogger("memscope_otel")
+
+
+class DrainLock:
+    """The drainer's lock, re-entrant: a signal handler that calls stop() (or takes a snapshot)
+    may run on a thread that is inside drain(); with a plain lock that thread would wait for
+    itself forever. While it is held the mover moves nothing either, so every record stays where
+    it is: a reader sees a summary no drain changes, a test sees full rings fill."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._depth = 0
+        ffi, lib = sampler._lib()
+        self._pause = sampler.keeping_the_gil(ffi, lib, "ms_mover_pause", None, ctypes.c_int)
+
+    def acquire(self, blocking=True, timeout=-1):
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        self._depth += 1
+        if self._depth == 1:
+            self._pause(1)
+        return True
+
+    def release(self):
+        self._depth -= 1
+        if self._depth == 0:
+            self._pause(0)
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc_info):
+        self.release()
 
 
 class Drainer:
@@ -27,15 +62,10 @@ class Drainer:
         self.skip_below = 0 if self.sinks else sampler.drain_min_records()
         self.records_drained = 0
         self.drains = 0
-        # Sum over drains of the most records one thread's ring gave that drain: how full the
-        # fullest ring got (records_drained / drains would be every ring's together).
-        self.fullest_ring_records = 0
         self.relinks_seen = 0
         self._buffer = sampler.DrainBuffer()
         # Held while records are reduced into the summary; readers take it for a consistent copy.
-        # Re-entrant: a signal handler that calls stop() (or takes a snapshot) may run on a thread
-        # that is inside drain(); with a plain lock that thread would wait for itself forever.
-        self.lock = threading.RLock()
+        self.lock = DrainLock()
         self._drain_owner = None  # the thread in drain() (it holds the lock), or None
         # CPU time spent in drain() on any thread: records drained and reduced, sites resolved,
         # sinks fed (read by the optimizer: a cost that sampling rates change; and reported as
@@ -46,23 +76,43 @@ class Drainer:
         self.sites = None
         self._stopping = threading.Event()
         self._thread = None
+        self._mover_cpu0 = None  # the mover's CPU time when this drainer started it
+        self._ring_passes0 = sampler.ring_passes()
+
+    @property
+    def ring_passes(self):
+        """(passes over the threads' rings, by the mover and the drainer, since this drainer
+        started; the sum over them of the most records one thread's ring gave): how full the
+        fullest ring gets before it is emptied (records_drained / passes would be every ring's
+        together)."""
+        passes, fullest = sampler.ring_passes()
+        passes0, fullest0 = self._ring_passes0
+        return passes - passes0, fullest - fullest0
 
     @property
     def cpu_ns(self):
-        """CPU time spent draining on any thread, cumulative, in ns."""
-        return self.cpu.ns
+        """CPU time spent draining on any thread, and by the mover since this drainer started,
+        cumulative, in ns."""
+        return self.cpu.ns + (sampler.mover_cpu_ns() - self._mover_cpu0 if self._mover_cpu0 is not None else 0)
 
     def start(self):
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="memscope-drainer", daemon=True)
         self._thread.start()
+        # Started after the thread: the rings wake the drainer until the mover runs (and for
+        # good if it cannot start).
+        self._mover_cpu0 = sampler.mover_cpu_ns()
+        if not sampler.mover_start():
+            log.warning("memscope could not start its record mover thread; the drainer empties the buffers itself")
 
     def _run(self):
         sampler.ignore_this_thread()
         interval_ms = max(1, int(self.interval_s * 1000))
         while True:
-            # Sleeps in C (GIL released) until the interval passes or a ring is half full.
-            sampler.wait_for_work(interval_ms, self.skip_below)
+            # Sleeps in C (GIL released) until the interval passes or a ring is half full; not
+            # at all while the site ids run short (see SiteResolver.short_of_ids).
+            if self.sites is None or not self.sites.short_of_ids():
+                sampler.wait_for_work(interval_ms, self.skip_below)
             if self._stopping.is_set():
                 break
             try:
@@ -102,7 +152,6 @@ class Drainer:
 
     def _drain_locked(self):
         moved = 0
-        per_thread = np.zeros(0, np.int64)
         while True:
             buffer = self._buffer
             records, base_us = buffer.drain(self.summary)  # drained and reduced
@@ -115,16 +164,8 @@ class Drainer:
                     except Exception:
                         log.exception("memscope record sink %r failed", sink)
             moved += len(records)
-            if len(records):
-                counts = np.bincount(records["thread"])
-                if len(counts) > len(per_thread):
-                    counts[:len(per_thread)] += per_thread
-                    per_thread = counts
-                else:
-                    per_thread[:len(counts)] += counts
             if not buffer.more:
                 break
-        self.fullest_ring_records += int(per_thread.max()) if len(per_thread) else 0
         return moved
 
     def _relinked(self, mask):
@@ -141,6 +182,7 @@ class Drainer:
         this thread, neither waits: the thread may be waiting for the lock this one holds, and
         the interrupted drain takes what is left when the handler returns."""
         self._stopping.set()
+        sampler.mover_stop()  # (its staged records are taken by the last drain below)
         sampler.wake_drainer()
         if self._drain_owner == threading.get_ident():
             return

@@ -294,7 +294,7 @@ class Producer:
     def _tracker_cpu(self, snap):
         drain, recognizer = self._meters()
         raw = {"hooks": (None, hooks_estimate_ns(snap.counters)),
-               "drainer": (drain, drain.ns if drain is not None else 0),
+               "drainer": (drain, self.tracker.drainer.cpu_ns if drain is not None else 0),
                "collection": (None, self.collection_ns),
                "export": (None, self.export_ns),
                "recognizer": (recognizer, recognizer.ns if recognizer is not None else 0)}

@@ -5,6 +5,7 @@ numpy arrays, and reads the exact counters. The cffi module is imported lazily s
 ``memscope_otel.config`` and the instrumentor import even where the extension failed to build.
 """
 import contextlib
+import ctypes
 import hashlib
 import logging
 import threading
@@ -31,6 +32,16 @@ def _lib():
 
         _LOADED = ffi, lib
     return _LOADED
+
+
+def keeping_the_gil(ffi, lib, name, restype, *argtypes):
+    """The C function ``name`` called without giving the GIL up. cffi releases the GIL around
+    every call; a background thread that releases it while the application runs gets it back
+    only after the switch interval (5 ms), forcing a switch on the application's thread. The
+    functions called so are short and never wait for the GIL themselves (they take only locks
+    whose holders do not wait for it): ctypes' PYFUNCTYPE calls them with the GIL kept."""
+    address = int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+    return ctypes.PYFUNCTYPE(restype, *argtypes)(address)
 
 
 @dataclass(frozen=True)
@@ -168,19 +179,21 @@ class DrainBuffer:
     ``more``), each of which costs a pass over the threads, not more memory."""
 
     def __init__(self, capacity=16384):
-        ffi, _ = _lib()
+        ffi, lib = _lib()
         self.array = np.zeros(capacity, dtype=RECORD_DTYPE)
-        self._ptr = ffi.cast("ms_record_t *", ffi.from_buffer(self.array))
         self._info = ffi.new("ms_drain_info_t *")
+        self._args = (self.array.ctypes.data, capacity, int(ffi.cast("uintptr_t", self._info)))
+        # With the GIL kept: a call moves at most ``capacity`` records (see ms_drain_reduce).
+        self._drain_reduce = keeping_the_gil(ffi, lib, "ms_drain_reduce", ctypes.c_size_t, ctypes.c_void_p,
+                                             ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p)
 
     def drain(self, summary):
-        """Moves pending records out of the rings and reduces them into ``summary``, in one call
-        into C: (view of the records, base time in µs). Then ``more`` says whether records were
-        left behind (drain again) and ``relinked`` which domains' hooks had been unlinked by
-        another tool and were installed again (a mask of 1 << domain index)."""
-        _, lib = _lib()
+        """Moves pending records out of the stage and the rings and reduces them into
+        ``summary``, in one call into C: (view of the records, base time in µs). Then ``more``
+        says whether records were left behind (drain again) and ``relinked`` which domains' hooks
+        had been unlinked by another tool and were installed again (a mask of 1 << domain index)."""
         info = self._info
-        n = lib.ms_drain_reduce(self._ptr, len(self.array), info, summary.c_summary)
+        n = self._drain_reduce(*self._args, summary.c_summary_address)
         self.more, self.relinked = bool(info.more), int(info.relinked)
         return self.array[:n], int(info.base_us)
 
@@ -227,6 +240,33 @@ def drain_min_records():
     """MS_DRAIN_MIN_RECORDS: fewer records waiting than this let a periodic drain be skipped."""
     _, lib = _lib()
     return lib.MS_DRAIN_MIN_RECORDS
+
+
+def mover_start():
+    """Starts the mover (csrc/stage.c), which empties rings that fill without the GIL; False
+    when it cannot start (the rings then wake the drainer)."""
+    _, lib = _lib()
+    return lib.ms_mover_start() == 0
+
+
+def mover_stop():
+    _, lib = _lib()
+    lib.ms_mover_stop()
+
+
+def ring_passes():
+    """(passes over the threads' rings so far, the sum over them of the most records one
+    thread's ring gave): how full rings get before they are emptied."""
+    ffi, lib = _lib()
+    fullest = ffi.new("uint64_t *")
+    passes = lib.ms_ring_passes(fullest)
+    return passes, fullest[0]
+
+
+def mover_cpu_ns():
+    """CPU time of every mover so far, in ns."""
+    _, lib = _lib()
+    return lib.ms_mover_cpu_ns()
 
 
 def wake_drainer():

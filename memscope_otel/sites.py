@@ -52,6 +52,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,8 +64,12 @@ MS_FRAME_DOMAIN = 7  # the domain of a node that is a caller's frame (csrc/memsc
 MAX_IDS = 32768  # MS_MAX_IDS in csrc/memscope.h
 
 
-@dataclass(frozen=True, slots=True)
-class Site:
+class Site(NamedTuple):
+    """An allocation site, the key of per-site sums: (file, qualified function, line, domain).
+    A tuple (hashed and compared in C): the drainer makes and hashes one for every new site and
+    every reclaimed id, and a program that makes code as fast as it can keeps its ids only while
+    the drainer keeps up with it."""
+
     file: str
     function: str
     line: int
@@ -209,10 +214,16 @@ class _QualnameIndex:
 
     def lookup(self, code):
         """The qualified name of ``code`` if known, else None (a walk is then wanted)."""
+        return self.find(code)[0]
+
+    def find(self, code, want=True):
+        """(the qualified name of ``code`` or None, whether a walk is now wanted for it; never
+        unless ``want``)."""
         name = self._names.get(code)
-        if name is None and code not in self._missing:
+        if name is None and want and code not in self._missing:
             self._wanted.add(code)
-        return name
+            return None, True
+        return name, False
 
     def pending(self, code):
         """Whether ``code`` missed a lookup and waits for the next walk."""
@@ -286,35 +297,25 @@ _LOAD_CONST, _EXTENDED_ARG = dis.opmap["LOAD_CONST"], dis.EXTENDED_ARG
 _qualnames_310 = _QualnameIndex()
 
 
-def qualname_of(code):
-    qualname = getattr(code, "co_qualname", None)
-    if qualname is None and code.co_name != "<module>":
-        qualname = _qualnames_310.lookup(code)
-    return qualname or code.co_name
-
-
 class _CodeRef(weakref.ref):
     """A weak reference to a code object, with the ids of its sites and its address."""
 
     __slots__ = ("ids", "address")
 
 
+def _refcounts(objects):
+    return [sys.getrefcount(o) for o in objects]
+
+
+# What _refcounts gives for an object that nothing but its list holds (the loop and the call
+# hold a few more references, a number that depends on the interpreter).
+_ONLY_IN_A_LIST = _refcounts([object()])[0]
+
 _py_decref = ctypes.pythonapi.Py_DecRef
 _py_decref.argtypes = [ctypes.py_object]
 _py_decref.restype = None
 
 _TAKE_BATCH = 1024
-
-
-def _keeping_the_gil(ffi, lib, name, restype, *argtypes):
-    """The C function ``name`` called without giving the GIL up. cffi releases the GIL around
-    every call; a thread that releases it while another waits for it gets it back only after the
-    switch interval (5 ms), forcing a switch. These functions are short, take only the site
-    table's spin lock (and the live table's bucket locks, which no holder keeps while waiting for
-    the GIL), and are called per dying code object on the application's threads and after every
-    drain with new sites: ctypes' PYFUNCTYPE calls them with the GIL kept."""
-    address = int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-    return ctypes.PYFUNCTYPE(restype, *argtypes)(address)
 
 
 class SiteResolver:
@@ -326,12 +327,12 @@ class SiteResolver:
         ffi, lib = sampler._lib()
         self._ffi = ffi
         # Bound now: the weakref callbacks may run at interpreter exit.
-        self._forget = _keeping_the_gil(ffi, lib, "ms_site_forget", ctypes.c_int, ctypes.c_uint32)
-        self._take = _keeping_the_gil(ffi, lib, "ms_sites_take_held", ctypes.c_uint32, ctypes.c_void_p,
+        self._forget = sampler.keeping_the_gil(ffi, lib, "ms_site_forget", ctypes.c_int, ctypes.c_uint32)
+        self._take = sampler.keeping_the_gil(ffi, lib, "ms_sites_take_held", ctypes.c_uint32, ctypes.c_void_p,
                                       ctypes.c_void_p, ctypes.c_uint32)
-        self._reclaim = _keeping_the_gil(ffi, lib, "ms_sites_reclaim", ctypes.c_uint32, ctypes.c_void_p,
+        self._reclaim = sampler.keeping_the_gil(ffi, lib, "ms_sites_reclaim", ctypes.c_uint32, ctypes.c_void_p,
                                          ctypes.c_uint32, ctypes.c_void_p)
-        self._take_forgotten = _keeping_the_gil(ffi, lib, "ms_sites_take_forgotten", ctypes.c_uint32,
+        self._take_forgotten = sampler.keeping_the_gil(ffi, lib, "ms_sites_take_forgotten", ctypes.c_uint32,
                                                 ctypes.c_void_p, ctypes.c_uint32)
         self._cache = {}  # id -> Site / TypeName, for the ids in use (stack leaves: their site)
         self._chains = {}  # node id -> (Frame, its caller's chain), for the stack nodes in use
@@ -347,13 +348,24 @@ class SiteResolver:
         self._generation = {}  # id -> times it was reclaimed (a dump file redefines it each time)
         self._provisional = {}  # id -> _CodeRef of a 3.10 site named by co_name until the index knows it
         self._dead = collections.deque()  # (id, drains started before its code died)
+        # How many of _dead are not yet known to be carried by a live block (a hint, counted
+        # without the lock by the threads that record deaths).
+        self._new_deaths = 0
         self._quiet = []  # (id, drain after which no live block carried it)
         self._drains = 0  # drains started
         self._held = np.frombuffer(ffi.buffer(lib.ms_sites_held_count(), 4), dtype=np.uint32)
-        self._take_ids = ffi.new("uint32_t[]", _TAKE_BATCH)
+        self._code_list = sampler.keeping_the_gil(ffi, lib, "ms_sites_code_list", ctypes.py_object, ctypes.c_void_p,
+                                           ctypes.c_uint32)
+        self._take_ids = np.zeros(_TAKE_BATCH, dtype=np.uint32)
         self._forgotten_ids = np.zeros(_TAKE_BATCH, dtype=np.uint32)
         self._take_sites = ffi.new("ms_site_t[]", _TAKE_BATCH)
-        self._take_args = (self._address(self._take_ids), self._address(self._take_sites))
+        # The taken sites as numpy columns: a batch is read with one tolist() a field, not five
+        # cffi attribute reads a site.
+        fields = ("code", "offset", "domain", "key", "dead")
+        self._taken = np.frombuffer(ffi.buffer(self._take_sites), dtype=np.dtype({
+            "names": fields, "formats": [np.uintp, np.int32, np.int32, np.uint64, np.uint32],
+            "offsets": [ffi.offsetof("ms_site_t", f) for f in fields], "itemsize": ffi.sizeof("ms_site_t")}))
+        self._take_args = (self._take_ids.ctypes.data, self._address(self._take_sites))
         self._in_use = np.zeros(MAX_IDS, dtype=np.uint8)
         self.reclaimed = 0  # ids reclaimed so far
         _resolvers.add(self)
@@ -380,7 +392,8 @@ class SiteResolver:
                 self._cache[leaf] = self._site_of(leaf)
 
     def _site_of(self, leaf):
-        frame = site_frame_of(chain_frames(self._chains[leaf]), self.site_frame)
+        chain = self._chains[leaf]
+        frame = chain[0] if self.site_frame == "innermost" else site_frame_of(chain_frames(chain), self.site_frame)
         return Site(frame.file, frame.function, frame.line, self._leaves[leaf])
 
     def stack(self, site_id):
@@ -460,13 +473,16 @@ class SiteResolver:
         """Resolves every node whose code object the C table holds, and takes the references over.
         A node's caller may come later in a batch (ids are reused out of order), so the chains are
         linked once the whole batch is read."""
-        ids, sites = self._take_ids, self._take_sites
         callers = {}
         while True:
             n = self._take(*self._take_args, _TAKE_BATCH)
-            for k in range(n):
-                site_id = int(ids[k])
-                callers[site_id] = self._adopt(site_id, sites[k])
+            if n:
+                taken, codes = self._taken[:n], self._codes_taken(n)
+                dying = [count <= _ONLY_IN_A_LIST for count in _refcounts(codes)]
+                rows = zip(self._take_ids[:n].tolist(), codes, taken["code"].tolist(), taken["offset"].tolist(),
+                           taken["domain"].tolist(), taken["key"].tolist(), taken["dead"].tolist(), dying)
+                for site_id, code, address, offset, domain, caller, dead, dies in rows:
+                    callers[site_id] = self._adopt(site_id, code, address, offset, domain, caller, dead, dies)
             if n < _TAKE_BATCH:
                 break
         for site_id in callers:
@@ -490,20 +506,41 @@ class SiteResolver:
             if node in self._leaves:
                 self._cache[node] = self._site_of(node)
 
-    def _adopt(self, site_id, info):
-        """Takes the reference to a node's code over and resolves its frame: (frame, caller id)."""
-        address = int(self._ffi.cast("uintptr_t", info.code))
-        code = ctypes.cast(address, ctypes.py_object).value  # a reference of our own ...
-        _py_decref(code)  # ... so the one the table handed over can go
+    def _codes_taken(self, n):
+        """The code objects of the first ``n`` sites taken, their references now ours."""
         try:
-            frame = Frame(sys.intern(code.co_filename), qualname_of(code), line_of(code, info.offset))
+            return self._code_list(self._take_args[1], n)
+        except MemoryError:  # (no list: the references are still ours to take one by one)
+            codes = []
+            for address in self._taken["code"][:n].tolist():
+                codes.append(ctypes.cast(address, ctypes.py_object).value)  # a reference of our own ...
+                _py_decref(codes[-1])  # ... so the one the table handed over can go
+            return codes
+
+    def _adopt(self, site_id, code, address, offset, domain, caller, dead, dies):
+        """Resolves a node's frame, whose code object the table handed over (at ``address``),
+        and watches the code: (frame, caller id). ``dies``: nothing but the batch holds the code
+        any more (its function is gone already, as generated code's often is by the drain), so
+        it is forgotten now rather than watched for a death that comes as the batch ends. Called
+        once for each new node, on the drainer's thread, with the GIL: a program that makes code
+        as fast as it can keeps its ids only while the drainer keeps up with it, so this stays
+        lean (a frame and its site are made once, by _link)."""
+        wanted = False
+        try:
+            qualname = getattr(code, "co_qualname", None)
+            if qualname is None and code.co_name != "<module>":  # 3.10
+                qualname, wanted = _qualnames_310.find(code, want=not dies)
+            frame = Frame(sys.intern(code.co_filename), qualname or code.co_name, line_of(code, offset))
         except Exception:  # a code object we cannot read: still a frame of its own
             frame = Frame("<unknown>", getattr(code, "co_name", "<unknown>"), 0)
-        if info.domain != MS_FRAME_DOMAIN:
-            self._leaves[site_id] = DOMAINS[min(info.domain, len(DOMAINS) - 1)]
-            self._cache[site_id] = Site(frame.file, frame.function, frame.line, self._leaves[site_id])
-        caller = int(info.key)
-        if info.dead:  # forgotten with a caller before we took it: queued, reclaimed, not watched
+        if domain != MS_FRAME_DOMAIN:
+            self._leaves[site_id] = DOMAINS[min(domain, len(DOMAINS) - 1)]
+        if dead:  # forgotten with a caller before we took it: queued, reclaimed, not watched
+            return frame, caller
+        if dies:  # (as _code_died would, before the code's memory can be reused)
+            if self._forget(site_id) == 0:
+                self._dead.append((site_id, self._drains))
+                self._new_deaths += 1
             return frame, caller
         ref = self._watched.get(address)
         if ref is None or ref() is not code:
@@ -516,7 +553,7 @@ class SiteResolver:
             self._watched[address] = ref
         ref.ids.append(site_id)
         self._ref_of[site_id] = ref
-        if _qualnames_310.pending(code):  # (3.10 only: qualname_of looked it up above)
+        if wanted:
             self._provisional[site_id] = ref
             frame.provisional = True
         return frame, caller
@@ -571,6 +608,7 @@ class SiteResolver:
             for site_id in ref.ids:
                 if self._forget(site_id) == 0:
                     self._dead.append((site_id, self._drains))
+                    self._new_deaths += 1
         except Exception:  # at interpreter exit, say: the ids just stay taken
             pass
 
@@ -578,6 +616,17 @@ class SiteResolver:
 
     def before_drain(self):
         self._drains += 1
+
+    def short_of_ids(self):
+        """Whether a quarter of the ids are taken and a batch of them waits for a drain to be
+        adopted or reclaimed. An id of dead code is reused two complete drains after its code
+        died, and a program that makes code as fast as it can (templates, generated handlers)
+        makes ids faster than drains the full interval apart reclaim them: the table runs out,
+        and new sites share <overflow>. Back-to-back drains then keep the ids flowing; they cost
+        what the new sites cost, and end once the program stops making code (code that dies now
+        and then, or dead code whose blocks live on, never calls for them)."""
+        return (len(self._chains) + int(self._held[0]) > MAX_IDS // 4 and
+                int(self._held[0]) + len(self._quiet) + self._new_deaths >= _TAKE_BATCH // 2)
 
     def after_drain(self, summary):
         """After a complete drain (under the drainer's lock): resolves the new sites, reclaims
@@ -599,12 +648,14 @@ class SiteResolver:
             ready = [i for i, scanned in self._quiet if scanned < drain]
             self._quiet = [(i, scanned) for i, scanned in self._quiet if scanned >= drain]
             candidates = []
+            self._new_deaths = 0
             for _ in range(len(self._dead)):
                 site_id, died = self._dead.popleft()
                 if died < drain:  # died before this drain began: its records are all reduced
                     candidates.append((site_id, died))
                 else:
                     self._dead.append((site_id, died))
+                    self._new_deaths += 1
             if not ready and not candidates:
                 return
             if ready:

@@ -12,8 +12,10 @@ from .sites import RECLAIMED, reclaimed_site
 
 MAX_IDS = 32768  # MS_MAX_IDS in csrc/memscope.h
 # Reclaimed sites kept by name in ``retired``: half of them the ones with the most bytes, half
-# the most recently reclaimed of the others. Past this (and a quarter more, so that folding is
-# rare) the rest fold into one <reclaimed> site per domain: a program that generates and drops
+# the most recently reclaimed of the others. Past twice this the rest fold into one <reclaimed>
+# site per domain (a fold sorts them all: with this slack its cost spreads over as many
+# retirements as it keeps, instead of falling on almost every drain of such a program, whose
+# drainer must keep up with its code making for the ids to last): a program that generates and drops
 # code without end makes new sites without end, and each one kept costs about a kilobyte of
 # memory (with the heap's fragmentation). Their sums stay in the totals; a folded site that
 # comes back counts from zero again (and the exporter copes: producer.RoutedCounters).
@@ -32,6 +34,7 @@ class Summary:
         self._c.id_count = ffi.cast("double *", ffi.from_buffer(self.id_count))
         self._c.id_bytes = ffi.cast("double *", ffi.from_buffer(self.id_bytes))
         self._c.id_live_bytes = ffi.cast("double *", ffi.from_buffer(self.id_live_bytes))
+        self.c_summary_address = int(ffi.cast("uintptr_t", self._c))  # (for calls through ctypes)
         # Site -> [estimated bytes, count, live bytes] of reclaimed ids; the most recently
         # retired last (folding takes the oldest first among equals).
         self.retired = {}
@@ -96,7 +99,7 @@ class Summary:
         self.id_bytes[index] = 0.0
         self.id_count[index] = 0.0
         self.id_live_bytes[index] = 0.0
-        if len(self.retired) > RETIRED_SITES + RETIRED_SITES // 4 + 4:
+        if len(self.retired) > 2 * RETIRED_SITES + 4:
             self._fold(keep())
 
     def _fold(self, keep):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import sampler
-from .drainer import Drainer
+from .drainer import DrainLock, Drainer
 from .sites import SiteResolver
 from .summary import Summary
 
@@ -331,7 +331,7 @@ class Tracker:
         sampler.after_fork_child()
         self._child_pending = True
         self._child_forked_at = time.monotonic()
-        self.drainer.lock = threading.RLock()
+        self.drainer.lock = DrainLock()
         if self.producer is not None:
             self.producer.reset()
         if self.optimizer is not None:

@@ -20,39 +20,42 @@ def dropped_during(n):
 
 def test_a_restart_with_a_bigger_ring_stops_the_drops():
     provider = MeterProvider()
-    memscope_otel.start(meter_provider=provider, max_records_per_thread=256, drain_interval_ms=60000)
+    tracker = memscope_otel.start(meter_provider=provider, max_records_per_thread=256, drain_interval_ms=60000)
     try:
         memscope_otel.snapshot()  # drain whatever came before
-        assert dropped_during(1000) > 0  # 256 slots, 1000 sampled allocations, no drain
+        with tracker.drainer.lock:  # nothing moves the records meanwhile (the mover waits too)
+            assert dropped_during(1000) > 0  # 256 slots, 1000 sampled allocations, no drain
     finally:
         memscope_otel.stop()
-    memscope_otel.start(meter_provider=provider, max_records_per_thread=4096, drain_interval_ms=60000)
+    tracker = memscope_otel.start(meter_provider=provider, max_records_per_thread=4096, drain_interval_ms=60000)
     try:
         memscope_otel.snapshot()  # empties the old ring; the next sample moves to a new one
-        assert dropped_during(1000) == 0
+        with tracker.drainer.lock:
+            assert dropped_during(1000) == 0
         assert sampler.read_counters().footprint_bytes >= 4096 * 32
     finally:
         memscope_otel.stop()
 
 
-def test_a_half_full_ring_wakes_the_drainer():
-    """Bursts larger than a ring are drained as they come, not at the next interval."""
+def test_a_half_full_ring_wakes_the_mover():
+    """Bursts larger than a ring are moved out of it as they come, not at the next interval, and
+    without the drainer (csrc/stage.c: it would take the GIL back from the application)."""
     import time
 
     memscope_otel.start(meter_provider=MeterProvider(), max_records_per_thread=1024, drain_interval_ms=60000)
     try:
         tracker = memscope_otel.snapshot() and memscope_otel.tracker.current()
         before = sampler.read_counters()
-        drains_before = tracker.drainer.drains
+        drains_before, (passes_before, _) = tracker.drainer.drains, tracker.drainer.ring_passes
         # 8 bursts of 300 sampled allocations and their 300 frees (600 records: past the
-        # half-full mark, under the capacity) through one 1024-record ring. The woken drainer
-        # needs the GIL, so it drains between bursts, not inside one.
+        # half-full mark, under the capacity) through one 1024-record ring.
         for _ in range(8):
             keep = large_allocations(300)
             del keep
             time.sleep(0.05)
         after = sampler.read_counters()
-        assert tracker.drainer.drains > drains_before  # woken: the interval is a minute
+        assert tracker.drainer.ring_passes[0] - passes_before >= 8  # woken: the interval is a minute
+        assert tracker.drainer.drains == drains_before  # the stage (32,768 records to half) did not wake it
         assert after.samples - before.samples >= 8 * 600  # allocations and frees
         assert after.dropped == before.dropped
     finally:

@@ -75,14 +75,15 @@ class PerformanceOptimizer:
     def _collection_stats(self):
         producer = getattr(self.tracker, "producer", None)
         points = getattr(producer, "metric_points", None) or {}
+        passes, fullest = getattr(self.tracker.drainer, "ring_passes", (0, 0))
         return {"collection_ns": getattr(producer, "collection_ns", 0),
                 "export_ns": getattr(producer, "export_ns", 0),
                 "points": getattr(producer, "collection_points", 0),
                 "metric_points_max": max(points.values(), default=0),
                 "drain_ns": getattr(self.tracker.drainer, "cpu_ns", 0),
-                "drains": getattr(self.tracker.drainer, "drains", 0),
+                "ring_passes": passes,
                 "records_drained": getattr(self.tracker.drainer, "records_drained", 0),
-                "fullest_ring_records": getattr(self.tracker.drainer, "fullest_ring_records", 0),
+                "fullest_ring_records": fullest,
                 "recognizer_ns": self.recognizer.cpu.ns}
 
     def start(self):

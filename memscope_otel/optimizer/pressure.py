@@ -137,7 +137,8 @@ class PressureMonitor:
     callbacks' own CPU, past draining and recognizing), ``export_ns`` (the SDK's exporting
     thread outside the callbacks), ``points``, ``drain_ns`` (draining on any
     thread), ``recognizer_ns``, ``metric_points_max`` (the most points one metric had in the
-    last collection), ``drains``, ``records_drained`` and ``fullest_ring_records`` (the drainer's); or None. ``dump_writer`` returns the running DumpWriter or None.
+    last collection), ``ring_passes`` (the mover's and the drainer's passes over the rings),
+    ``records_drained`` and ``fullest_ring_records`` (the drainer's); or None. ``dump_writer`` returns the running DumpWriter or None.
     ``export_interval_s`` is the configured export interval (OTEL_METRIC_EXPORT_INTERVAL): the gap
     between collections beyond it is drift, a figure. Its caller (PerformanceOptimizer.on_snapshot)
     observes only the collections of the reader(s) memscope serves: any other snapshot would shorten
@@ -219,10 +220,10 @@ class PressureMonitor:
         dropped = counters.dropped - c0.dropped
         drop_fraction = dropped / max(records + dropped, 1)
         records_per_s = (records + dropped) / gap
-        drains = stats.get("drains", 0) - stats0.get("drains", 0)
+        passes = stats.get("ring_passes", 0) - stats0.get("ring_passes", 0)
         fullest = stats.get("fullest_ring_records", 0) - stats0.get("fullest_ring_records", 0)
-        if drains > 0 and fullest >= 0:  # measured: the records a drain found in the fullest ring
-            ring_fill = fullest / drains / self.ring_capacity
+        if passes > 0 and fullest >= 0:  # measured: the records a pass found in the fullest ring
+            ring_fill = fullest / passes / self.ring_capacity
         else:  # no drain seen (a monitor without the drainer's figures): as if at every interval
             ring_fill = records_per_s * self.drain_interval_s / self.ring_capacity
         calls = hook_calls(counters) - hook_calls(c0)

@@ -3,7 +3,9 @@ thread reads the drained batches), classified by :data:`RULES` (see :func:`class
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import math
 import threading
 import time
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from .. import sampler
 from ..cpu_meter import CpuMeter
-from ..records import DOMAINS, EVENT_MASK, EVENT_SHIFT, concatenate_records
+from ..records import DOMAINS, EVENT_MASK, EVENT_SHIFT, RECORD_DTYPE, concatenate_records
 from .features import (_IDLE_GAP_US, _MAX_LIFETIMES, _MAX_TIMES, ARRAY_MODULES, NETWORK_MODULES,
                        PendingAllocations, _add_site_weights, _frame_clock, _module_parts, _rusage,
                        _warm_numpy, _Window, follow_level, followed, match_lifetimes)
@@ -26,6 +28,12 @@ _MAX_QUEUED_RECORDS = 131072
 # (see WorkloadRecognizer), and classification needs the window at most every few seconds.
 _READ_AT_RECORDS = _MAX_QUEUED_RECORDS // 2
 _READ_EVERY_S = 10.0
+# Records a second the recognizer reads, at most: past it, the records of 1 in 2**level of all
+# addresses, the level rising (within a window) until the stream fits (see csrc/follow.c). Its
+# features are shares, gaps and lifetimes, which this many estimate well; reading is some 80 ns
+# a record, which at the 470,000 records a second of a busy text-processing loop was 4 % of its
+# CPU.
+_READ_BUDGET_PER_S = 16384
 
 WORKLOADS = ("web_server", "data_processing", "game_loop", "ml_training", "generic")
 
@@ -61,11 +69,20 @@ class WorkloadRecognizer:
         self._clock = clock or time.monotonic
         self._pending = PendingAllocations()
         self._follow_level = 0  # lifetimes are read at 1 in 2**level addresses (see followed())
+        # The sink's level (records read at 1 in 2**level addresses), never above _follow_level,
+        # and the records offered to it since the window started. Under _queued.
+        self._sink_level = 0
+        self._sink_offered = 0
+        self._scratch = np.zeros(0, dtype=RECORD_DTYPE)
+        ffi, lib = sampler._lib()
+        self._follow_c = sampler.keeping_the_gil(ffi, lib, "ms_records_follow", ctypes.c_size_t, ctypes.c_void_p,
+                                                 ctypes.c_size_t, ctypes.c_uint32, ctypes.c_void_p)
         self._last_counters = None
         self._window = _Window(self._clock(), rusage=_rusage())
         self.batches_skipped = 0  # batches the queue had no room for
         self.read_every_s = _READ_EVERY_S  # the worker's cadence (see _READ_AT_RECORDS)
         self.read_at_records = _READ_AT_RECORDS
+        self.read_budget_per_s = _READ_BUDGET_PER_S  # (see _reading_level)
         # CPU time reading batches and computing features, on any thread (a pressure signal:
         # it grows with the records, so with the rates; and memscope.tracker.cpu's "recognizer").
         self.cpu = CpuMeter()
@@ -100,6 +117,7 @@ class WorkloadRecognizer:
         with self._read_lock:
             with self._queued:
                 self._queue, self._queue_records = [], 0
+                self._sink_level, self._sink_offered = 0, 0
             with self._lock:
                 self._window = _Window(self._clock(), counters, rusage=_rusage())
                 self._pending.clear()
@@ -112,10 +130,13 @@ class WorkloadRecognizer:
         self._new_locks()
 
     def sink(self, records, base_us):
-        """Drainer sink: queues a copy of the batch for the worker thread, or reads it when none
-        runs."""
+        """Drainer sink: queues a copy of the batch (at most _READ_BUDGET_PER_S records a second
+        of it, see _reading_level) for the worker thread, or reads it when none runs."""
         if len(records) == 0:
             return
+        with self._queued:
+            level = self._reading_level(len(records))
+        records = self._followed_copy(records, level)
         with self._queued:
             if self._worker is not None:
                 if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
@@ -124,7 +145,7 @@ class WorkloadRecognizer:
                 first = not self._queue
                 if first:
                     self._queued_since = time.monotonic()
-                self._queue.append((concatenate_records([records]), base_us))
+                self._queue.append((records, base_us, level))
                 before, self._queue_records = self._queue_records, self._queue_records + len(records)
                 # Wake the worker only when that changes what it waits for: the first batch sets
                 # its deadline, crossing the size threshold ends the wait. (Each wake-up of a
@@ -134,7 +155,29 @@ class WorkloadRecognizer:
                 return
         self.read_queued()
         with self._read_lock:
-            self._read_batch(records, base_us)
+            self._read_batch(records, base_us, level)
+
+    def _reading_level(self, n):
+        """The level to read a batch of ``n`` records at: the lowest that keeps the records offered
+        since the window started (over a second at least) within ``read_budget_per_s``, and never
+        lower than an earlier batch's of the window (a block allocated in one batch and freed in
+        a later one is kept or left whole). Call with ``_queued`` held."""
+        self._sink_offered += n
+        elapsed = max(self._clock() - self._window.started, 1.0)
+        over = self._sink_offered / elapsed / self.read_budget_per_s
+        needed = math.ceil(math.log2(over)) if over > 1.0 else 0
+        self._sink_level = max(self._sink_level, min(needed, 32))
+        return self._sink_level
+
+    def _followed_copy(self, records, level):
+        """A new array of the records followed at ``level``, weights scaled (csrc/follow.c)."""
+        if level == 0:
+            return concatenate_records([records])
+        records = np.ascontiguousarray(records, dtype=RECORD_DTYPE)
+        if len(self._scratch) < len(records):
+            self._scratch = np.zeros(len(records), dtype=RECORD_DTYPE)
+        kept = self._follow_c(records.ctypes.data, len(records), level, self._scratch.ctypes.data)
+        return concatenate_records([self._scratch[:kept]])
 
     def start_worker(self):
         """Starts the worker thread, once: thread start-up allocates before the thread can tell the
@@ -203,21 +246,22 @@ class WorkloadRecognizer:
                 batches, self._queue, self._queue_records = self._queue, [], 0
             if not batches:
                 return
-            bases = [base for _, base in batches]
+            bases = [base for _, base, _ in batches]
             base_us = min(bases)
             if len(batches) == 1 or max(bases) - base_us >= 1 << 31:  # (u32 deltas: 35 minutes)
-                for records, base in batches:
-                    self._read_batch(records, base)
+                for records, base, level in batches:
+                    self._read_batch(records, base, level)
                 return
-            records = concatenate_records([r for r, _ in batches])
-            shift = np.repeat(np.array(bases, np.int64) - base_us, [len(r) for r, _ in batches])
+            records = concatenate_records([r for r, _, _ in batches])
+            shift = np.repeat(np.array(bases, np.int64) - base_us, [len(r) for r, _, _ in batches])
             records["time_delta_us"] = (records["time_delta_us"].astype(np.int64) + shift).astype(np.uint32)
-            self._read_batch(records, base_us)
+            self._read_batch(records, base_us, max(level for _, _, level in batches))
 
-    def _read_batch(self, records, base_us):
-        """Reads one batch. Vectorized: its cost is a few numpy passes and sorts of the batch and a
-        few probe rounds of the pending allocations, a bounded number of Python operations whatever
-        the batch size."""
+    def _read_batch(self, records, base_us, level=0):
+        """Reads one batch, of the records followed at ``level`` (weights scaled already; see
+        sink). Vectorized: its cost is a few numpy passes and sorts of the batch and a few probe
+        rounds of the pending allocations, a bounded number of Python operations whatever the
+        batch size."""
         times = base_us + records["time_delta_us"].astype(np.int64)
         frees = (records["flags"] & EVENT_MASK) == (1 << EVENT_SHIFT)  # every other event allocates
         allocs = np.flatnonzero(~frees)  # (indices: .take() is several times faster than a mask)
@@ -231,7 +275,7 @@ class WorkloadRecognizer:
             w.site_ids, w.site_weights = _add_site_weights(
                 w.site_ids, w.site_weights, records["site"].take(allocs), records["weight"].take(allocs))
             addresses = records["address"]
-            level = max(self._follow_level, follow_level(len(records)))
+            level = max(self._follow_level, level, follow_level(len(records)))
             if level > self._follow_level:
                 self._follow_level = level
                 self._pending.keep_followed(level)

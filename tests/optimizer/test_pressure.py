@@ -106,11 +106,11 @@ def test_ring_fill_is_what_the_drains_found():
     monitor = PressureMonitor(1.0, 0.2, 1000, collection_stats=lambda: stats[0], clock=lambda: now[0])
     monitor.observe(FakeCounters())
     # 400 a drain in the fullest ring: under the wake-up (8 threads' rings together held 3,200)
-    now[0], stats[0] = 1.0, dict(stats_of(), drains=10, records_drained=32000, fullest_ring_records=4000)
+    now[0], stats[0] = 1.0, dict(stats_of(), ring_passes=10, records_drained=32000, fullest_ring_records=4000)
     p = monitor.observe(FakeCounters(samples=32000))
     assert p.figures["ring_fill"] == pytest.approx(0.4) and p.components["ring_fill"] == 0
     # 900 a drain: falling behind
-    now[0], stats[0] = 2.0, dict(stats_of(), drains=12, records_drained=33800, fullest_ring_records=5800)
+    now[0], stats[0] = 2.0, dict(stats_of(), ring_passes=12, records_drained=33800, fullest_ring_records=5800)
     p = monitor.observe(FakeCounters(samples=33800))
     assert p.figures["ring_fill"] == pytest.approx(0.9) and p.components["ring_fill"] == pytest.approx(0.8)
 
@@ -210,7 +210,7 @@ def test_fullest_ring_is_one_threads_share_of_a_drain():
     try:
         drainer = tracker.drainer
         drainer.drain()
-        drained0, fullest0 = drainer.records_drained, drainer.fullest_ring_records
+        drained0, fullest0 = drainer.records_drained, drainer.ring_passes[1]
         started, written = threading.Barrier(2), threading.Barrier(2)
 
         def work():
@@ -226,7 +226,7 @@ def test_fullest_ring_is_one_threads_share_of_a_drain():
             t.join()
         drainer.drain()
         drained = drainer.records_drained - drained0
-        fullest = drainer.fullest_ring_records - fullest0
+        fullest = drainer.ring_passes[1] - fullest0
     finally:
         memscope_otel.stop()
         provider.shutdown()

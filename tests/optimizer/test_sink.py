@@ -155,6 +155,83 @@ def test_pending_allocations_stay_within_capacity():
     assert len(unbounded) > 50  # the cap did bind
 
 
+def test_the_c_subsample_is_features_followed(rng=np.random.default_rng(11)):
+    """csrc/follow.c keeps the records of the addresses features.followed names, in order, their
+    weights times 2**level; level 0 keeps all."""
+    from memscope_otel import sampler
+
+    ffi, lib = sampler._lib()
+    addresses = rng.integers(0, 2**48, 20000, dtype=np.uint64) & ~np.uint64(15)
+    records = records_from(addresses, np.arange(20000), rng.random(20000) < 0.5, 0, rng)
+    for level in (0, 1, 3, 7):
+        out = np.zeros(len(records), RECORD_DTYPE)
+        n = lib.ms_records_follow(ffi.cast("ms_record_t *", ffi.from_buffer(records)), len(records), level,
+                                  ffi.cast("ms_record_t *", ffi.from_buffer(out)))
+        expected = records[followed(addresses, level)]
+        assert n == len(expected) and 0 < n <= len(records)
+        assert out[:n]["address"].tolist() == expected["address"].tolist()
+        assert out[:n]["weight"].tolist() == (expected["weight"] * np.float32(2**level)).tolist()
+
+
+def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased():
+    """Offered more than read_budget_per_s, the sink reads the records of 1 in 2**level addresses
+    (the level rising until the stream fits, never falling within a window): the window is then
+    exactly the window of those records with their weights scaled, so site sums stay unbiased
+    (checked against the full sums), and lifetimes are exactly those of the followed addresses."""
+    rng = np.random.default_rng(5)
+    now = [0.0]
+    recognizer = WorkloadRecognizer(clock=lambda: now[0])
+    recognizer.reset(counters=object())
+    recognizer.read_budget_per_s = 4000.0
+    n_batches, size = 8, 16000
+    # Each address is allocated once and freed once, in the same or a later batch.
+    addresses = (np.arange(n_batches * size // 2, dtype=np.uint64) * np.uint64(64)) + np.uint64(0x7F00_0000_0000)
+    events = np.concatenate([np.stack([addresses, np.zeros_like(addresses)], 1),
+                             np.stack([addresses, np.ones_like(addresses)], 1)])
+    order = np.argsort(np.concatenate([np.arange(len(addresses)) * 2.0,
+                                       np.arange(len(addresses)) * 2.0 + rng.integers(1, 4000, len(addresses))]),
+                       kind="stable")
+    events = events[order]
+    full_weight = defaultdict(float)
+    levels, read = [], []
+    for b in range(n_batches):
+        now[0] = 1.0 * (b + 1)  # 16,000 records a second offered: 4x the budget from the first batch on
+        chunk = events[b * size:(b + 1) * size]
+        frees = chunk[:, 1].astype(bool)
+        records = records_from(chunk[:, 0], b * 100000 + np.arange(size), frees, b * 100000, rng)
+        for site, weight, free in zip(records["site"].tolist(), records["weight"].tolist(), frees):
+            if not free:
+                full_weight[site] += weight
+        recognizer.sink(records, b * 100000)
+        levels.append(recognizer._sink_level)
+        read.append((records, chunk[:, 0], frees, b * 100000 + np.arange(size)))
+    assert levels == [2] * n_batches  # 4x over the budget: 1 in 4 addresses, from the first batch on
+    level = levels[-1]
+    w = recognizer.window
+    kept = [(r[followed(a, level)], a[followed(a, level)], f[followed(a, level)], t[followed(a, level)])
+            for r, a, f, t in read]
+    assert w.n_times == sum(len(k[0]) for k in kept)
+    site_weight = defaultdict(float)
+    for r, _, f, _ in kept:
+        for site, weight, free in zip(r["site"].tolist(), r["weight"].tolist(), f):
+            if not free:
+                site_weight[site] += weight * 2**level
+    assert w.site_ids.tolist() == sorted(site_weight)
+    assert np.allclose(w.site_weights, [site_weight[s] for s in sorted(site_weight)], rtol=1e-6)
+    # Unbiased: each address is kept with probability p = 2**-level (a fixed hash of it, which
+    # spreads these addresses like independent draws); a site's estimate sum(w/p over the kept)
+    # has variance sum(w**2) (1 - p) / p. Within 4 standard deviations of the full sums:
+    p = 2.0**-level
+    for site in full_weight:
+        weights = [r["weight"][~f][r["site"][~f] == site] for r, _, f, _ in read]
+        sd = np.sqrt(sum(float((x.astype(np.float64) ** 2).sum()) for x in weights) * (1 - p) / p)
+        assert abs(site_weight[site] - full_weight[site]) <= 4 * sd, (site, site_weight[site], full_weight[site], sd)
+    expected, _ = reference_match([(a, t, f) for _, a, f, t in kept])
+    assert sorted(np.concatenate(w.lifetimes).tolist()) == sorted(x for batch in expected for x in batch)
+    recognizer.reset(counters=object())
+    assert recognizer._sink_level == 0
+
+
 def records_from(addresses, times_us, frees, base_us, rng):
     records = np.zeros(len(addresses), RECORD_DTYPE)
     records["address"] = addresses
@@ -176,6 +253,7 @@ def test_sink_equals_record_by_record_reference(size):
     level = follow_level(size)
     assert (level > 0) == (size > features._MAX_FOLLOWED_PER_BATCH)
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
+    recognizer.read_budget_per_s = float("inf")  # every record read (the reading level: below)
     recognizer.reset(counters=object())
     threads, site_weight, allocs = set(), defaultdict(float), 0
     for b, (addresses, times, frees) in enumerate(batches):
@@ -250,10 +328,10 @@ def gated_worker(monkeypatch):
     recognizer.start_worker()
     gate, readers, original = threading.Event(), [], recognizer._read_batch
 
-    def read(records, base_us):
+    def read(records, base_us, level=0):
         gate.wait(30)
         readers.append(threading.current_thread().name)
-        original(records, base_us)
+        original(records, base_us, level)
 
     monkeypatch.setattr(recognizer, "_read_batch", read)
     yield recognizer, gate, readers
@@ -305,9 +383,9 @@ def paced_worker(monkeypatch):
     recognizer.reset(counters=object())
     reads, original = [], recognizer._read_batch
 
-    def read(records, base_us):
+    def read(records, base_us, level=0):
         reads.append((threading.current_thread().name, len(records)))
-        original(records, base_us)
+        original(records, base_us, level)
 
     monkeypatch.setattr(recognizer, "_read_batch", read)
     yield recognizer, reads

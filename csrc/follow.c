@@ -1,0 +1,30 @@
+/*
+ * follow.c: the workload recognizer's subsample of the record stream.
+ *
+ * The recognizer (memscope_otel/optimizer) needs the shape of the stream (gaps in time, the
+ * sites' shares, how long blocks live), not every record: a program that samples hundreds of
+ * thousands of records a second would have it spend more than the drainer. It reads the records
+ * of a fixed pseudo-random 1 in 2^level of all addresses, so that a block's allocation and its
+ * free are kept or left together, with weights scaled by 2^level so that sums stay unbiased.
+ * The hash is features.followed's; done here, the copy keeps the GIL (see ms_records_follow).
+ */
+#include "internal.h"
+
+#define ADDRESS_MIX 0x9E3779B97F4A7C15ull /* 2^64 / golden ratio: spreads addresses over the high bits */
+
+size_t ms_records_follow(const ms_record_t *in, size_t n, uint32_t level, ms_record_t *out)
+{
+    if (level > 63)
+        level = 63;
+    uint64_t below = level ? 1ull << (64 - level) : 0;
+    float scale = (float)(1ull << level);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (level && (in[i].address >> 4) * ADDRESS_MIX >= below)
+            continue;
+        out[kept] = in[i];
+        out[kept].weight *= scale;
+        kept++;
+    }
+    return kept;
+}

@@ -1,0 +1,252 @@
+/*
+ * stage.c: the mover, a native thread that empties the threads' rings into one staging buffer
+ * whenever a ring fills, so that the drainer (a Python thread) comes back only every interval or
+ * when the stage is half full.
+ *
+ * Why: a program that samples fast fills a ring many times a second, and each wake-up of the
+ * Python drainer makes it take the GIL back from the application (a forced switch of the
+ * application's thread, and the drainer's own fixed cost per drain). The mover never takes the
+ * GIL and runs no Python: it only moves records (ms_drain), and it frees the rings and states of
+ * exited threads on the way. Reducing, sites, the dump writer and the workload recognizer stay
+ * with the Python drain, which takes the staged records first (ms_drain_reduce): a complete drain
+ * still sees every record made before it began, wherever the record waited.
+ *
+ * The stage is a sequence of chunks, one per pass of the mover, each with the base time that its
+ * records' 32-bit time deltas count from (ms_drain's info->base_us). It is mapped when the mover
+ * starts (pages are touched as records arrive) and given back once drained after a stop.
+ */
+#include <errno.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+#define STAGE_RECORDS 65536u /* 2 MiB; the drainer is woken at half */
+#define STAGE_CHUNKS 256u
+
+typedef struct {
+    uint32_t start, n;
+    uint64_t base_us;
+} chunk_t;
+
+/* Everything below under g_stage_lock, but g_running (read by the hooks' wake-ups). */
+static pthread_mutex_t g_stage_lock = PTHREAD_MUTEX_INITIALIZER;
+static ms_record_t *g_stage;
+static chunk_t g_chunks[STAGE_CHUNKS];
+static uint32_t g_first_chunk, g_nchunks, g_staged;
+static bool g_stopping;
+static pthread_t g_thread;
+static _Atomic bool g_running;
+static _Atomic uint32_t g_paused; /* ms_mover_pause: the mover moves nothing while nonzero */
+static uint64_t g_cpu_done_ns; /* CPU time of movers that ended */
+
+/* A semaphore for the same reason as the drainer's (buffers.c): a hook may post it. */
+static sem_t g_move;
+static pthread_once_t g_move_once = PTHREAD_ONCE_INIT;
+
+static void init_move(void)
+{
+    sem_init(&g_move, 0, 0);
+}
+
+void ms_wake_mover(void)
+{
+    if (!atomic_load_explicit(&g_running, memory_order_acquire)) {
+        ms_wake_drainer();
+        return;
+    }
+    int pending = 0;
+    if (sem_getvalue(&g_move, &pending) == 0 && pending > 0)
+        return;
+    sem_post(&g_move);
+}
+
+/* Under g_stage_lock: one pass. Wakes the drainer when the stage is half full, or full while
+ * records are left in the rings. */
+static void move_once(void)
+{
+    if (atomic_load(&g_paused))
+        return;
+    bool wake = false;
+    if (g_stage && g_first_chunk + g_nchunks < STAGE_CHUNKS && g_staged < STAGE_RECORDS) {
+        ms_drain_info_t info;
+        size_t n = ms_rings_drain_all(g_stage + g_staged, STAGE_RECORDS - g_staged, &info);
+        if (n > 0) {
+            g_chunks[g_first_chunk + g_nchunks++] = (chunk_t){g_staged, (uint32_t)n, info.base_us};
+            g_staged += (uint32_t)n;
+        }
+        wake = info.more != 0;
+    } else {
+        wake = true;
+    }
+    if (wake || g_staged >= STAGE_RECORDS / 2 || g_first_chunk + g_nchunks >= STAGE_CHUNKS / 2)
+        ms_wake_drainer();
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void *mover_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        while (sem_wait(&g_move) != 0 && errno == EINTR) {
+        }
+        pthread_mutex_lock(&g_stage_lock);
+        if (g_stopping) {
+            g_cpu_done_ns += thread_cpu_ns();
+            pthread_mutex_unlock(&g_stage_lock);
+            return NULL;
+        }
+        move_once();
+        pthread_mutex_unlock(&g_stage_lock);
+    }
+}
+
+int ms_mover_start(void)
+{
+    pthread_once(&g_move_once, init_move);
+    pthread_mutex_lock(&g_stage_lock);
+    int rc = 0;
+    if (!atomic_load(&g_running)) {
+        if (!g_stage)
+            g_stage = ms_pages_alloc((uint64_t)STAGE_RECORDS * sizeof(ms_record_t));
+        g_stopping = false;
+        /* No signal is ever delivered to the mover: a handler of the application's (or a
+         * profiler's) must not run on a thread it does not know. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = g_stage ? pthread_create(&g_thread, NULL, mover_main, NULL) : -1;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc == 0)
+            atomic_store_explicit(&g_running, true, memory_order_release);
+        else
+            rc = -1;
+    }
+    pthread_mutex_unlock(&g_stage_lock);
+    return rc;
+}
+
+void ms_mover_stop(void)
+{
+    pthread_mutex_lock(&g_stage_lock);
+    bool running = atomic_load(&g_running);
+    if (running) {
+        g_stopping = true;
+        atomic_store_explicit(&g_running, false, memory_order_release);
+    }
+    pthread_mutex_unlock(&g_stage_lock);
+    if (running) {
+        sem_post(&g_move);
+        pthread_join(g_thread, NULL);
+    }
+}
+
+void ms_mover_pause(int pause)
+{
+    if (pause) {
+        atomic_fetch_add(&g_paused, 1);
+        /* A pass under way ends before this returns. */
+        pthread_mutex_lock(&g_stage_lock);
+        pthread_mutex_unlock(&g_stage_lock);
+    } else if (atomic_fetch_sub(&g_paused, 1) == 1) {
+        ms_wake_mover(); /* what filled meanwhile */
+    }
+}
+
+uint64_t ms_mover_cpu_ns(void)
+{
+    pthread_mutex_lock(&g_stage_lock);
+    uint64_t ns = g_cpu_done_ns;
+    clockid_t clock;
+    struct timespec ts;
+    if (atomic_load(&g_running) && pthread_getcpuclockid(g_thread, &clock) == 0 && clock_gettime(clock, &ts) == 0)
+        ns += (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    pthread_mutex_unlock(&g_stage_lock);
+    return ns;
+}
+
+uint64_t ms_stage_pending(void)
+{
+    pthread_mutex_lock(&g_stage_lock);
+    uint64_t n = g_staged - (g_nchunks ? g_chunks[g_first_chunk].start : g_staged);
+    pthread_mutex_unlock(&g_stage_lock);
+    return n;
+}
+
+/* Under g_stage_lock: moves up to capacity staged records into out, their deltas rewritten
+ * against the first chunk's base; stops before a record 2^32 us or more after it. */
+static size_t take_staged(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
+{
+    size_t n = 0;
+    uint64_t base = g_chunks[g_first_chunk].base_us;
+    while (g_nchunks > 0 && n < capacity) {
+        chunk_t *c = &g_chunks[g_first_chunk];
+        uint64_t shift = c->base_us - base;
+        uint32_t k = 0;
+        for (; k < c->n && n < capacity; k++) {
+            const ms_record_t *rec = &g_stage[c->start + k];
+            uint64_t delta = shift + rec->time_delta_us;
+            if (delta > UINT32_MAX)
+                break;
+            out[n] = *rec;
+            out[n].time_delta_us = (uint32_t)delta;
+            n++;
+        }
+        c->start += k;
+        c->n -= k;
+        if (c->n > 0)
+            break;
+        g_first_chunk++;
+        g_nchunks--;
+    }
+    if (g_nchunks == 0)
+        g_first_chunk = g_staged = 0;
+    info->base_us = base;
+    return n;
+}
+
+size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
+{
+    pthread_mutex_lock(&g_stage_lock);
+    size_t n;
+    info->more = 0;
+    if (g_nchunks > 0) {
+        n = take_staged(out, capacity, info);
+        info->more = 1; /* the rings, and what may be left of the stage */
+    } else {
+        n = ms_rings_drain_all(out, capacity, info);
+        if (!atomic_load(&g_running) && g_stage) {
+            /* Stopped and drained: the pages go back until the next start. */
+            ms_pages_free(g_stage, (uint64_t)STAGE_RECORDS * sizeof(ms_record_t));
+            g_stage = NULL;
+        }
+    }
+    pthread_mutex_unlock(&g_stage_lock);
+    return n;
+}
+
+/* In the child, inside fork(): the mover is gone, maybe holding the lock; the child starts
+ * from zero, so what the parent staged is dropped with the parent's records, and its pages
+ * (not counted in the child's ms_pages_held, see ms_buffers_fork_child) go back. */
+void ms_stage_fork_child(void)
+{
+    pthread_mutex_init(&g_stage_lock, NULL);
+    if (g_stage)
+        munmap(g_stage, ms_pages_size((uint64_t)STAGE_RECORDS * sizeof(ms_record_t)));
+    g_stage = NULL;
+    pthread_once(&g_move_once, init_move);
+    sem_init(&g_move, 0, 0);
+    atomic_store(&g_running, false);
+    atomic_store(&g_paused, 0);
+    g_stopping = false;
+    g_first_chunk = g_nchunks = g_staged = 0;
+}

@@ -1,0 +1,89 @@
+"""The mover (csrc/stage.c): rings that fill are emptied by a native thread into the stage, without
+waking the drainer (a Python thread, which would take the GIL back from the application)."""
+import time
+
+import numpy as np
+
+import memscope_otel
+from memscope_otel import sampler
+from memscope_otel.records import SIZE_CLASSES
+
+LARGE = SIZE_CLASSES.index("large")
+STAGE_BYTES = 65536 * 32  # STAGE_RECORDS records of 32 bytes (csrc/stage.c)
+
+
+def _large_pairs(n):
+    for _ in range(n):
+        bytearray(9000)  # large at the default critical size: always sampled, two records
+
+
+def _bursts(bursts, pairs):
+    """Bursts of ``pairs`` large allocation and free pairs, 20 ms apart: a burst under a ring's
+    capacity never finds it full, whenever the woken mover gets a CPU (on a loaded machine, maybe
+    only after the burst)."""
+    for _ in range(bursts):
+        _large_pairs(pairs)
+        time.sleep(0.02)
+
+
+def test_filling_rings_are_emptied_without_the_drainer(start_tracker):
+    tracker = start_tracker(drain_interval_ms=60000, max_records_per_thread=1024, small_sample_rate=0.0,
+                            medium_sample_rate=0.0, frequency_sample_interval=0)
+    tracker.drainer.drain()
+    before, drains = sampler.read_counters(), tracker.drainer.drains
+    passes0, _ = tracker.drainer.ring_passes
+    large0 = tracker.summary.count[:, LARGE].sum()
+    _bursts(20, 350)  # 14,000 records through a ring of 1,024 (700 a burst: past half of it)
+    after = sampler.read_counters()
+    # No record found its ring full, though the drainer did not run: the mover made room (the
+    # stage wakes the drainer only once half full: 32,768 records).
+    assert after.dropped == before.dropped
+    assert tracker.drainer.drains == drains
+    passes, _ = tracker.drainer.ring_passes
+    assert passes - passes0 >= 14000 // 1024
+    tracker.drainer.drain()
+    large = int((after.allocations[:, LARGE] - before.allocations[:, LARGE]).sum())
+    assert large >= 7000
+    assert tracker.summary.count[:, LARGE].sum() - large0 == large  # every one reduced, weight 1
+    # The mover's CPU time counts as the drainer's (memscope.tracker.cpu, the optimizer's cost).
+    assert tracker.drainer.cpu_ns > tracker.drainer.cpu.ns
+
+
+def test_the_drain_lock_holds_the_mover_too(start_tracker):
+    """While a reader (or a test) holds the drainer's lock, nothing moves: full rings drop records,
+    which still reach the estimates through the spill."""
+    tracker = start_tracker(drain_interval_ms=60000, max_records_per_thread=1024, small_sample_rate=0.0,
+                            medium_sample_rate=0.0, frequency_sample_interval=0)
+    tracker.drainer.drain()
+    before = sampler.read_counters()
+    large0 = tracker.summary.count[:, LARGE].sum()
+    with tracker.drainer.lock:
+        with tracker.drainer.lock:  # (re-entrant: the mover resumes at the outer release)
+            _large_pairs(2000)
+        held = sampler.read_counters()
+    time.sleep(0.05)  # (the mover, woken at the release, empties the full ring)
+    after_release = sampler.read_counters()
+    assert held.dropped - before.dropped >= 4000 - 1024
+    _bursts(6, 350)
+    assert sampler.read_counters().dropped == after_release.dropped  # moving again
+    tracker.drainer.drain()
+    large = int((sampler.read_counters().allocations[:, LARGE] - before.allocations[:, LARGE]).sum())
+    assert tracker.summary.count[:, LARGE].sum() - large0 == large
+
+
+def test_stop_gives_the_stage_back_and_start_maps_it_again(start_tracker):
+    tracker = start_tracker(drain_interval_ms=60000, small_sample_rate=0.0, medium_sample_rate=0.0,
+                            frequency_sample_interval=0)
+    _large_pairs(100)
+    running = sampler.read_counters().footprint_bytes
+    memscope_otel.stop()
+    stopped = sampler.read_counters().footprint_bytes
+    assert running - stopped >= STAGE_BYTES
+    tracker = start_tracker(drain_interval_ms=60000, max_records_per_thread=1024, small_sample_rate=0.0,
+                            medium_sample_rate=0.0, frequency_sample_interval=0)
+    before = sampler.read_counters()
+    _bursts(6, 350)
+    assert sampler.read_counters().dropped == before.dropped  # a mover runs again
+    assert sampler.read_counters().footprint_bytes - stopped >= STAGE_BYTES
+    snap = memscope_otel.snapshot()
+    assert np.asarray(snap.counters.allocations)[:, LARGE].sum() >= 6 * 350
