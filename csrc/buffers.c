@@ -94,8 +94,10 @@ int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records)
     for (int skipped = 0;; skipped++) {
         if (wait_once(timeout_ms))
             return 1;
-        if (skipped >= MS_DRAIN_SKIPS || min_records == 0 || pending_records() >= min_records || ms_hooks_moved() ||
-            atomic_load(&g_exited) >= MS_EXITED_WAKE)
+        if (min_records == 0 || ms_hooks_moved() || atomic_load(&g_exited) >= MS_EXITED_WAKE)
+            return 0;
+        uint64_t pending = pending_records();
+        if (pending >= min_records || (skipped >= MS_DRAIN_SKIPS && (pending > 0 || atomic_load(&g_exited) > 0)))
             return 0;
     }
 }
@@ -308,7 +310,6 @@ size_t ms_rings_drain_all(ms_record_t *out, size_t capacity, ms_drain_info_t *in
 size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info, ms_summary_t *summary)
 {
     info->relinked = ms_hooks_moved() ? (uint32_t)ms_hooks_relink() : 0;
-    ms_native_poll();
     size_t n = ms_drain(out, capacity, info);
     if (n > 0)
         ms_reduce(out, n, summary);

@@ -382,10 +382,7 @@ extern void *const ms_native_wrapper[MS_NATIVE_FNS][MS_NATIVE_VARIANTS];
 void ms_native_install(void);
 /* Points every entry back at what it pointed to. Safe at any time, on any thread. */
 void ms_native_uninstall(void);
-/* The drainer's check for objects loaded since the last pass by a dlopen that memscope's did
- * not see (a bare library name, a call from the C library itself) and for objects a pass left
- * for later (being loaded, entries not bound yet): patches them. No GIL. */
-void ms_native_poll(void);
+/* (ms_native_poll is in memscope.h) */
 void ms_native_stats(uint64_t *objects, uint64_t *entries, uint64_t *skipped);
 void ms_native_fork_child(void); /* in the pthread_atfork child handler */
 

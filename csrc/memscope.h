@@ -82,9 +82,9 @@
 #define MS_MAX_STACK_DEPTH 128
 
 /* The drainer's periodic drain is skipped, up to MS_DRAIN_SKIPS periods in a row, while fewer
- * than MS_DRAIN_MIN_RECORDS records wait in the rings (ms_wait_for_work), unless a dump wants
- * every interval's records. */
-#define MS_DRAIN_MIN_RECORDS 4096
+ * than MS_DRAIN_MIN_RECORDS records wait in the stage and the rings (ms_wait_for_work), and for
+ * as long as none waits at all, unless a dump wants every interval's records. */
+#define MS_DRAIN_MIN_RECORDS 16384
 #define MS_DRAIN_SKIPS 4
 
 /* The 32-byte record (little-endian; mirrored by memscope_otel.records.RECORD_DTYPE).
@@ -192,6 +192,14 @@ int ms_is_active(void);
 /* 1 where the native domain can be hooked (Linux with glibc, on x86-64 or AArch64), else 0:
  * ms_start then leaves the native bit of domains_mask uncounted. */
 int ms_native_supported(void);
+/* The check for objects loaded since the last pass by a dlopen that memscope's did not see (a
+ * bare library name, a call from the C library itself), closed since, or left for later by a
+ * pass (being loaded, entries not bound yet): patches them. The mover runs it every
+ * MS_NATIVE_POLL_MS; a collection runs it first, so that it counts what was just loaded. Call
+ * WITHOUT the GIL (cffi releases it): it takes the loader's lock, which a thread whose library
+ * constructor waits for the GIL may hold. */
+#define MS_NATIVE_POLL_MS 200
+void ms_native_poll(void);
 /* Atomic rate change, seen by every thread within one frequency interval of its own. */
 void ms_set_rates(double medium_rate, double small_rate);
 void ms_get_rates(double *medium_rate, double *small_rate);
@@ -221,10 +229,12 @@ typedef struct {
  * of exited threads once empty. Returns the number of records. */
 size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info);
 /* The drainer's sleep (on the monotonic clock: a step of the wall clock changes nothing):
- * returns 1 when woken early (a ring reached half full, or ms_wake_drainer was called), 0 after
+ * returns 1 when woken early (the stage half full, or ms_wake_drainer was called), 0 after
  * timeout_ms, or after up to MS_DRAIN_SKIPS more periods of timeout_ms while fewer than
- * min_records records wait in the rings (0: never longer than timeout_ms) and every hook is
- * still where it was put. Call without the GIL (cffi releases it). */
+ * min_records records wait in the stage and the rings (0: never longer than timeout_ms), and
+ * as long as no record waits and no thread that exited waits to be given back: a quiet program
+ * does not get its GIL taken. Every hook is still where it was put meanwhile. Call without the
+ * GIL (cffi releases it). */
 int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records);
 void ms_wake_drainer(void);
 /* Fills out with what id stands for; 0 on success, -1 if id is not handed out now. */
@@ -238,7 +248,9 @@ void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
  * over it) is installed again, taking the GIL for that (info->relinked says which). Python calls
  * it keeping the GIL (ctypes, see sampler.DrainBuffer): a background thread that gives the GIL
  * up and takes it back from a busy application waits up to the switch interval and forces a
- * switch on it, and a call moves at most a stage's worth of records (a millisecond or two). */
+ * switch on it. A call moves at most capacity records (16,384: well under a millisecond) and
+ * waits only for locks whose holders never wait for the GIL (not the loader's: the native
+ * domain's poll is apart, see ms_native_poll). */
 size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info, ms_summary_t *summary);
 /* Copies into out the records of in[0..n) whose address is among a fixed pseudo-random 1 in
  * 2^level of all addresses (the workload recognizer's subsample, see csrc/follow.c; the same

@@ -93,19 +93,38 @@ static uint64_t thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Waits until woken (1) or MS_NATIVE_POLL_MS passed (0), on the monotonic clock. */
+static int wait_or_poll_time(void)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_nsec += MS_NATIVE_POLL_MS * 1000000L;
+    deadline.tv_sec += deadline.tv_nsec / 1000000000L;
+    deadline.tv_nsec %= 1000000000L;
+    for (;;) {
+        if (sem_clockwait(&g_move, CLOCK_MONOTONIC, &deadline) == 0)
+            return 1;
+        if (errno != EINTR)
+            return 0;
+    }
+}
+
 static void *mover_main(void *arg)
 {
     (void)arg;
     for (;;) {
-        while (sem_wait(&g_move) != 0 && errno == EINTR) {
-        }
+        int woken = wait_or_poll_time();
+        /* The native domain's poll, here rather than in a drain: it takes the loader's lock,
+         * and the drainer calls into C keeping the GIL (see ms_native_poll). */
+        ms_native_poll();
         pthread_mutex_lock(&g_stage_lock);
         if (g_stopping) {
             g_cpu_done_ns += thread_cpu_ns();
             pthread_mutex_unlock(&g_stage_lock);
             return NULL;
         }
-        move_once();
+        if (woken)
+            move_once();
         pthread_mutex_unlock(&g_stage_lock);
     }
 }

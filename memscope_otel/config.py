@@ -311,8 +311,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Allocation sites exported, top by bytes; the rest fold into one `other` series."),
     Setting("DRAIN_INTERVAL_MS", Integer(10, 60000), 200,
             "Milliseconds between two drains of the threads' buffers by the background thread; up to 5 times "
-            "as long while fewer than 4096 records wait and no dump is written (a buffer half full, or 64 "
-            "threads that exited, are drained at once)."),
+            "as long while fewer than 16384 records wait and no dump is written, and as long as none waits "
+            "(a buffer half full is emptied at once by a native thread into a stage, whose 32768 records wake "
+            "the drainer)."),
     Setting("MAX_STACK_DEPTH", Integer(1, 128), 64,
             "Python frames kept per sampled allocation, innermost first (deeper frames are cut off); "
             "1 keeps the innermost frame only. Stacks are interned as a tree of frames in the id "

@@ -2,12 +2,12 @@
 
 A ring that fills wakes the mover (csrc/stage.c), a native thread that moves its records into a
 staging buffer without the GIL; the drainer itself runs every ``drain_interval_ms`` (up to five
-intervals apart while fewer than 4,096 records wait and no dump is written: each wake-up makes it
-take the GIL back from the application), as soon as the stage is half full (the mover wakes it),
-and whenever metrics are collected (``drain()``), so that a collection right after a workload sees
-all of it. A drain takes the staged records first, then what is left in the rings. Its own
-allocations are never tracked, and it spends its time in C with the GIL released (cffi releases
-it around every call).
+intervals apart while fewer than 16,384 records wait and no dump is written, and not at all while
+none waits: each wake-up makes it take the GIL back from the application), as soon as the stage
+is half full (the mover wakes it), and whenever metrics are collected (``drain()``), so that a
+collection right after a workload sees all of it. A drain takes the staged records first, then
+what is left in the rings, in calls into C that keep the GIL (short: giving it up and taking it
+back would force a switch on the application each time). Its own allocations are never tracked.
 """
 import ctypes
 import logging
@@ -77,6 +77,7 @@ class Drainer:
         self._stopping = threading.Event()
         self._thread = None
         self._mover_cpu0 = None  # the mover's CPU time when this drainer started it
+        self._mover = False  # whether it runs (it polls the native domain, see drain())
         self._ring_passes0 = sampler.ring_passes()
 
     @property
@@ -102,7 +103,8 @@ class Drainer:
         # Started after the thread: the rings wake the drainer until the mover runs (and for
         # good if it cannot start).
         self._mover_cpu0 = sampler.mover_cpu_ns()
-        if not sampler.mover_start():
+        self._mover = sampler.mover_start()
+        if not self._mover:
             log.warning("memscope could not start its record mover thread; the drainer empties the buffers itself")
 
     def _run(self):
@@ -116,7 +118,7 @@ class Drainer:
             if self._stopping.is_set():
                 break
             try:
-                self.drain()
+                self.drain(native_poll=not self._mover)
             except Exception:  # the tracked application must never see our failures
                 log.exception("memscope drainer failed; records of this round are lost")
             if self.sites is not None:
@@ -125,11 +127,15 @@ class Drainer:
                 except Exception:
                     log.exception("memscope could not refine site names")
 
-    def drain(self):
+    def drain(self, native_poll=True):
         """Drains every ring now; returns the number of records moved. Called again from a signal
         handler interrupting a drain on the same thread, it returns 0 at once: the drain it
-        interrupted (which owns the buffer its records are in) goes on when the handler returns."""
+        interrupted (which owns the buffer its records are in) goes on when the handler returns.
+        ``native_poll``: first patch the objects loaded since the mover's last poll (a collection
+        counts what was just loaded), giving the GIL up for it."""
         moved = 0
+        if native_poll:
+            sampler.native_poll()
         with sampler.ignored(), self.lock:
             if self._drain_owner is not None:  # (only this thread can be it: it holds the lock)
                 return 0

@@ -254,6 +254,13 @@ def mover_stop():
     lib.ms_mover_stop()
 
 
+def native_poll():
+    """Patches the objects loaded (or forgets those closed) since the last pass; gives the GIL up
+    (it takes the loader's lock: see ms_native_poll)."""
+    _, lib = _lib()
+    lib.ms_native_poll()
+
+
 def ring_passes():
     """(passes over the threads' rings so far, the sum over them of the most records one
     thread's ring gave): how full rings get before they are emptied."""

@@ -6,6 +6,7 @@ fewer than MS_DRAIN_MIN_RECORDS records waiting is skipped, up to MS_DRAIN_SKIPS
 """
 import time
 
+import memscope_otel
 from memscope_otel._memscope import lib
 
 INTERVAL_MS = 100
@@ -36,14 +37,13 @@ def test_a_few_records_are_drained_at_most_every_skips_plus_one_intervals(start_
 
 
 def test_enough_waiting_records_are_drained_every_interval(start_tracker):
-    # Rings large enough that the half-full wake-up never comes first.
-    tracker = start_tracker(drain_interval_ms=INTERVAL_MS, max_records_per_thread=1 << 18)
-    per_burst = 2 * lib.MS_DRAIN_MIN_RECORDS
+    tracker = start_tracker(drain_interval_ms=INTERVAL_MS)
+    pairs = 3 * lib.MS_DRAIN_MIN_RECORDS // 4  # records waiting: 1.5x the minimum, under half the stage
     bursts = 8
 
     def burst():
-        blocks = [bytearray(20000) for _ in range(per_burst)]  # records waiting: 2x the minimum
-        del blocks  # (their frees are records too)
+        for _ in range(pairs):
+            bytearray(9000)  # large: sampled, an allocation and a free record
         time.sleep(INTERVAL_MS / 1000 * 1.2)  # a periodic wake-up finds them
 
     drains = 0
@@ -53,6 +53,18 @@ def test_enough_waiting_records_are_drained_every_interval(start_tracker):
         drains += tracker.drainer.drains > before
     # Skipping would leave most bursts undrained after 1.2 intervals: at most 1 in 5 drained.
     assert drains >= bursts - 2, drains
+
+
+def test_a_quiet_program_is_not_woken_for(start_tracker):
+    """No record waiting, no drain: the drainer would take the GIL back for nothing."""
+    tracker = start_tracker(drain_interval_ms=20)
+    memscope_otel.snapshot()  # (drains what start-up left)
+    drains = _drains_during(tracker, lambda: time.sleep(0.05), 1.5)
+    # 75 intervals, 15 times the longest skip: none while nothing was allocated.
+    assert drains == 0, drains
+    kept = [bytearray(20000)]  # one record waits: drained within MS_DRAIN_SKIPS + 1 intervals
+    assert _drains_during(tracker, lambda: time.sleep(0.01), 0.5) >= 1
+    assert kept
 
 
 def test_the_setting_documents_the_c_constants():
