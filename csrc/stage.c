@@ -36,6 +36,9 @@ static pthread_mutex_t g_stage_lock = PTHREAD_MUTEX_INITIALIZER;
 static ms_record_t *g_stage;
 static chunk_t g_chunks[STAGE_CHUNKS];
 static uint32_t g_first_chunk, g_nchunks, g_staged;
+/* Records' worth of the stage touched since its pages were last given back, and how full it was
+ * when last emptied (see give_back_unused). */
+static uint32_t g_touched, g_last_fill;
 static bool g_stopping;
 static pthread_t g_thread;
 static _Atomic bool g_running;
@@ -76,6 +79,7 @@ static void move_once(void)
         if (n > 0) {
             g_chunks[g_first_chunk + g_nchunks++] = (chunk_t){g_staged, (uint32_t)n, info.base_us};
             g_staged += (uint32_t)n;
+            g_touched = g_staged > g_touched ? g_staged : g_touched;
         }
         wake = info.more != 0;
     } else {
@@ -201,6 +205,27 @@ uint64_t ms_stage_pending(void)
     return n;
 }
 
+#define STAGE_KEEP_RECORDS 2048u /* 64 KiB stay touched whatever happens */
+
+/* Under g_stage_lock, the stage just emptied after holding fill records: the pages touched
+ * beyond twice what the last two emptyings needed go back to the system. A program that samples
+ * steadily keeps its pages (no fault per drain); one that had a burst, or whose threads exited,
+ * does not keep a burst's worth resident for good. */
+static void give_back_unused(uint32_t fill)
+{
+    uint32_t need = fill > g_last_fill ? fill : g_last_fill;
+    g_last_fill = fill;
+    need = 2 * need > STAGE_KEEP_RECORDS ? 2 * need : STAGE_KEEP_RECORDS;
+    if (g_touched <= need)
+        return;
+    uint64_t page = ms_pages_size(1);
+    uint64_t from = ((uint64_t)need * sizeof(ms_record_t) + page - 1) / page * page;
+    uint64_t to = ((uint64_t)g_touched * sizeof(ms_record_t) + page - 1) / page * page;
+    if (to > from)
+        madvise((char *)g_stage + from, to - from, MADV_DONTNEED);
+    g_touched = need;
+}
+
 /* Under g_stage_lock: moves up to capacity staged records into out, their deltas rewritten
  * against the first chunk's base; stops before a record 2^32 us or more after it. */
 static size_t take_staged(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
@@ -227,8 +252,10 @@ static size_t take_staged(ms_record_t *out, size_t capacity, ms_drain_info_t *in
         g_first_chunk++;
         g_nchunks--;
     }
-    if (g_nchunks == 0)
+    if (g_nchunks == 0) {
+        give_back_unused(g_staged);
         g_first_chunk = g_staged = 0;
+    }
     info->base_us = base;
     return n;
 }
@@ -247,6 +274,7 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
             /* Stopped and drained: the pages go back until the next start. */
             ms_pages_free(g_stage, (uint64_t)STAGE_RECORDS * sizeof(ms_record_t));
             g_stage = NULL;
+            g_touched = g_last_fill = 0;
         }
     }
     pthread_mutex_unlock(&g_stage_lock);
@@ -268,4 +296,5 @@ void ms_stage_fork_child(void)
     atomic_store(&g_paused, 0);
     g_stopping = false;
     g_first_chunk = g_nchunks = g_staged = 0;
+    g_touched = g_last_fill = 0;
 }

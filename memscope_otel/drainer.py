@@ -13,7 +13,6 @@ import ctypes
 import logging
 import threading
 
-
 from . import sampler
 from .cpu_meter import CpuMeter
 
@@ -111,8 +110,8 @@ class Drainer:
         sampler.ignore_this_thread()
         interval_ms = max(1, int(self.interval_s * 1000))
         while True:
-            # Sleeps in C (GIL released) until the interval passes or a ring is half full; not
-            # at all while the site ids run short (see SiteResolver.short_of_ids).
+            # Sleeps in C (GIL released) until the interval passes or the stage is half full;
+            # not at all while the site ids run short (see SiteResolver.short_of_ids).
             if self.sites is None or not self.sites.short_of_ids():
                 sampler.wait_for_work(interval_ms, self.skip_below)
             if self._stopping.is_set():

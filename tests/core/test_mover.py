@@ -18,9 +18,10 @@ def _large_pairs(n):
 
 
 def _bursts(bursts, pairs):
-    """Bursts of ``pairs`` large allocation and free pairs, 20 ms apart: a burst under a ring's
-    capacity never finds it full, whenever the woken mover gets a CPU (on a loaded machine, maybe
-    only after the burst)."""
+    """Bursts of ``pairs`` large allocation and free pairs, 20 ms apart: a burst under the room a
+    thread's newest segment has never finds its ring full, whenever the woken mover gets a CPU (on
+    a loaded machine, maybe only after the burst). (With 1,024 records at most, a thread that
+    keeps sampling writes a segment of about 500 records once the older ones are emptied.)"""
     for _ in range(bursts):
         _large_pairs(pairs)
         time.sleep(0.02)
@@ -33,18 +34,22 @@ def test_filling_rings_are_emptied_without_the_drainer(start_tracker):
     before, drains = sampler.read_counters(), tracker.drainer.drains
     passes0, _ = tracker.drainer.ring_passes
     large0 = tracker.summary.count[:, LARGE].sum()
-    _bursts(20, 350)  # 14,000 records through a ring of 1,024 (700 a burst: past half of it)
+    _bursts(40, 150)  # 12,000 records through a ring of 1,024 (300 a burst: past half a segment)
     after = sampler.read_counters()
     # No record found its ring full, though the drainer did not run: the mover made room (the
     # stage wakes the drainer only once half full: 32,768 records).
     assert after.dropped == before.dropped
     assert tracker.drainer.drains == drains
     passes, _ = tracker.drainer.ring_passes
-    assert passes - passes0 >= 14000 // 1024
+    assert passes - passes0 >= 12000 // 1024
     tracker.drainer.drain()
+    final = sampler.read_counters()
     large = int((after.allocations[:, LARGE] - before.allocations[:, LARGE]).sum())
-    assert large >= 7000
-    assert tracker.summary.count[:, LARGE].sum() - large0 == large  # every one reduced, weight 1
+    assert large >= 6000
+    # Every one reduced (weight 1): all of those made before the drain began, and no more than
+    # were made by its end.
+    reduced = tracker.summary.count[:, LARGE].sum() - large0
+    assert large <= reduced <= int((final.allocations[:, LARGE] - before.allocations[:, LARGE]).sum())
     # The mover's CPU time counts as the drainer's (memscope.tracker.cpu, the optimizer's cost).
     assert tracker.drainer.cpu_ns > tracker.drainer.cpu.ns
 
@@ -64,7 +69,7 @@ def test_the_drain_lock_holds_the_mover_too(start_tracker):
     time.sleep(0.05)  # (the mover, woken at the release, empties the full ring)
     after_release = sampler.read_counters()
     assert held.dropped - before.dropped >= 4000 - 1024
-    _bursts(6, 350)
+    _bursts(10, 150)
     assert sampler.read_counters().dropped == after_release.dropped  # moving again
     tracker.drainer.drain()
     large = int((sampler.read_counters().allocations[:, LARGE] - before.allocations[:, LARGE]).sum())
@@ -82,8 +87,8 @@ def test_stop_gives_the_stage_back_and_start_maps_it_again(start_tracker):
     tracker = start_tracker(drain_interval_ms=60000, max_records_per_thread=1024, small_sample_rate=0.0,
                             medium_sample_rate=0.0, frequency_sample_interval=0)
     before = sampler.read_counters()
-    _bursts(6, 350)
+    _bursts(10, 150)
     assert sampler.read_counters().dropped == before.dropped  # a mover runs again
     assert sampler.read_counters().footprint_bytes - stopped >= STAGE_BYTES
     snap = memscope_otel.snapshot()
-    assert np.asarray(snap.counters.allocations)[:, LARGE].sum() >= 6 * 350
+    assert np.asarray(snap.counters.allocations)[:, LARGE].sum() >= 10 * 150
