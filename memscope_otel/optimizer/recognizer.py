@@ -24,16 +24,17 @@ log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole o
 # (counted) rather than hold up the drainer or grow without bound.
 _MAX_QUEUED_RECORDS = 131072
 # The worker reads the queue when it holds this many records, or when its oldest batch has waited
-# this long: every read costs the application a few dozen forced GIL switches whatever its size
-# (see WorkloadRecognizer), and classification needs the window at most every few seconds.
+# this long: every read costs the application some hundred forced GIL switches whatever its size
+# (see WorkloadRecognizer: 8 to 12 a second more with a read every 10 s, benchmarks/background.py),
+# and a classification asks for a read itself (read_soon) right after it has used the window.
 _READ_AT_RECORDS = _MAX_QUEUED_RECORDS // 2
-_READ_EVERY_S = 10.0
+_READ_EVERY_S = 30.0
 # Records a second the recognizer reads, at most: past it, the records of 1 in 2**level of all
 # addresses, the level rising (within a window) until the stream fits (see csrc/follow.c). Its
 # features are shares, gaps and lifetimes, which this many estimate well; reading is some 80 ns
 # a record, which at the 470,000 records a second of a busy text-processing loop was 4 % of its
 # CPU.
-_READ_BUDGET_PER_S = 8192
+_READ_BUDGET_PER_S = 4096
 
 WORKLOADS = ("web_server", "data_processing", "game_loop", "ml_training", "generic")
 
@@ -58,7 +59,7 @@ class WorkloadRecognizer:
     on the drainer's thread took the drainer away from the rings for 100-200 ms, long enough for a
     busy thread to fill its ring and drop records. The worker itself pays that price at every
     wake-up and every numpy call, and the application pays a forced switch each time, so it reads
-    the queue only every :attr:`read_every_s` seconds (10), or as soon as the queue holds
+    the queue only every :attr:`read_every_s` seconds (30), or as soon as the queue holds
     :attr:`read_at_records` records (65,536), not after every drain (5 per second). :attr:`window`
     and :meth:`features` first read whatever is queued, so they see every batch drained before
     the call (``features(read_queue=False)``, the optimizer's classification inside a collection,
