@@ -70,8 +70,9 @@ class WorkloadRecognizer:
         self._clock = clock or time.monotonic
         self._pending = PendingAllocations()
         self._follow_level = 0  # lifetimes are read at 1 in 2**level addresses (see followed())
-        # The sink's level (records read at 1 in 2**level addresses), never above _follow_level,
-        # and the records offered to it since the window started. Under _queued.
+        # The sink's level (it queues the records of 1 in 2**level addresses; _follow_level rises
+        # to it as its batches are read), and the records offered to it since the window started.
+        # Under _queued.
         self._sink_level = 0
         self._sink_offered = 0
         self._scratch = np.zeros(0, dtype=RECORD_DTYPE)
