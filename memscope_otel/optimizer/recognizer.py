@@ -35,6 +35,9 @@ _READ_EVERY_S = 30.0
 # a record, which at the 470,000 records a second of a busy text-processing loop was 4 % of its
 # CPU.
 _READ_BUDGET_PER_S = 4096
+# ... but the first records of a window are all read, however fast they come: a short window (a
+# test's, or the first seconds of a process) keeps enough of them to be classified (MIN_RECORDS).
+_READ_ALL_FIRST = 16384
 
 WORKLOADS = ("web_server", "data_processing", "game_loop", "ml_training", "generic")
 
@@ -160,11 +163,14 @@ class WorkloadRecognizer:
             self._read_batch(records, base_us, level)
 
     def _reading_level(self, n):
-        """The level to read a batch of ``n`` records at: the lowest that keeps the records offered
-        since the window started (over a second at least) within ``read_budget_per_s``, and never
+        """The level to read a batch of ``n`` records at: 0 for the first _READ_ALL_FIRST records of
+        the window, then the lowest that keeps the records offered since the window started (over
+        a second at least) within ``read_budget_per_s``, and never
         lower than an earlier batch's of the window (a block allocated in one batch and freed in
         a later one is kept or left whole). Call with ``_queued`` held."""
         self._sink_offered += n
+        if self._sink_offered <= _READ_ALL_FIRST:
+            return self._sink_level
         elapsed = max(self._clock() - self._window.started, 1.0)
         over = self._sink_offered / elapsed / self.read_budget_per_s
         needed = math.ceil(math.log2(over)) if over > 1.0 else 0

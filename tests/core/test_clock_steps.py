@@ -35,14 +35,16 @@ WALL_CLOCK = r"""
 import ctypes, sys, time
 shim = ctypes.CDLL(sys.argv[1])
 import memscope_otel
-tracker = memscope_otel.start(adaptive=False, drain_interval_ms=50)
+tracker = memscope_otel.start(adaptive=False, drain_interval_ms=20)
 time.sleep(0.3)
 # The wall clock as this process sees it jumps an hour ahead: for a deadline on the wall clock,
 # the same as the clock stepping back an hour after the deadline was computed.
 shim.clockshim_shift(3600, 0)
 drains = tracker.drainer.drains
-keep = [bytearray(100_000) for _ in range(3000)]  # plenty of records: no drain is skipped
-time.sleep(1.5)
+t0 = time.monotonic()
+while time.monotonic() - t0 < 1.5:  # records keep coming: a drain at least every 5 intervals
+    keep = [bytearray(100_000) for _ in range(50)]
+    time.sleep(0.01)
 print("periodic drains:", tracker.drainer.drains - drains)
 memscope_otel.stop()
 """
@@ -50,8 +52,9 @@ memscope_otel.stop()
 
 def test_drainer_keeps_draining_across_a_wall_clock_step(shim):
     found = run_child(shim, WALL_CLOCK)
-    # 1.5 s at one drain per 50 ms: about 30; a stalled drainer makes none (at most the one it
-    # was already waiting for, whose deadline predates the step)
+    # 1.5 s at one drain per 100 ms at least (fewer than 16,384 records wait: up to 5 intervals
+    # of 20 ms apart): 15; a stalled drainer makes none (at most the one it was already waiting
+    # for, whose deadline predates the step)
     assert int(found["periodic drains"]) >= 5, found
 
 

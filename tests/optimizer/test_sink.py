@@ -173,11 +173,26 @@ def test_the_c_subsample_is_features_followed(rng=np.random.default_rng(11)):
         assert out[:n]["weight"].tolist() == (expected["weight"] * np.float32(2**level)).tolist()
 
 
-def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased():
+def test_the_first_records_of_a_window_are_all_read():
+    """However fast they come: a short window keeps enough records to be classified."""
+    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
+    recognizer.reset(counters=object())
+    recognizer.read_budget_per_s = 100.0
+    rng = np.random.default_rng(3)
+    first = recognizer_module._READ_ALL_FIRST
+    records = records_from(np.arange(first, dtype=np.uint64) * 16, np.arange(first), np.zeros(first, bool), 0, rng)
+    recognizer.sink(records, 0)
+    assert recognizer._sink_level == 0 and recognizer.window.n_times == first
+    recognizer.sink(records[:100], 0)  # one more batch: now past the budget
+    assert recognizer._sink_level > 0
+
+
+def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased(monkeypatch):
     """Offered more than read_budget_per_s, the sink reads the records of 1 in 2**level addresses
     (the level rising until the stream fits, never falling within a window): the window is then
     exactly the window of those records with their weights scaled, so site sums stay unbiased
     (checked against the full sums), and lifetimes are exactly those of the followed addresses."""
+    monkeypatch.setattr(recognizer_module, "_READ_ALL_FIRST", 0)  # (the budget from the first record on)
     rng = np.random.default_rng(5)
     now = [0.0]
     recognizer = WorkloadRecognizer(clock=lambda: now[0])
