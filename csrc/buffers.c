@@ -60,16 +60,13 @@ void ms_wake_drainer(void)
 
 static uint64_t pending_records(void);
 
-/* Exited threads not given back yet. Past MS_EXITED_WAKE of them the drainer is woken: a
+/* Exited threads not given back yet. Past MS_EXITED_WAKE of them the mover is woken: a
  * thread-per-request program would otherwise hold the pages of every thread that exited since
  * the last periodic drain, up to five intervals apart when few records wait. */
 static _Atomic uint64_t g_exited;
 #define MS_EXITED_WAKE 64
 
-/* Whether the drainer was woken (1) or timeout_ms passed (0). The deadline is on the monotonic
- * clock: on the wall clock (sem_timedwait's), a step backwards would stall the drainer for as
- * long as the step, and the rings would overflow meanwhile. */
-static int wait_once(uint32_t timeout_ms)
+int ms_sem_wait_ms(sem_t *sem, uint32_t timeout_ms)
 {
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
@@ -79,7 +76,7 @@ static int wait_once(uint32_t timeout_ms)
         deadline.tv_sec++;
         deadline.tv_nsec -= 1000000000L;
     }
-    while (sem_clockwait(&g_work, CLOCK_MONOTONIC, &deadline) != 0) {
+    while (sem_clockwait(sem, CLOCK_MONOTONIC, &deadline) != 0) {
         if (errno != EINTR)
             return 0;
     }
@@ -92,7 +89,7 @@ int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records)
     /* A periodic drain with little to move is skipped, up to MS_DRAIN_SKIPS in a row: each time
      * the drainer comes back from here it must take the GIL back from the application. */
     for (int skipped = 0;; skipped++) {
-        if (wait_once(timeout_ms))
+        if (ms_sem_wait_ms(&g_work, timeout_ms))
             return 1;
         if (min_records == 0 || ms_hooks_moved() || atomic_load(&g_exited) >= MS_EXITED_WAKE)
             return 0;

@@ -8,6 +8,7 @@
 #include "memscope.h"
 
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <time.h>
@@ -243,6 +244,10 @@ void ms_buffers_configure(uint64_t ring_capacity, uint64_t rings_max_bytes, uint
 void ms_thread_reset_sampling(ms_thread_t *t);
 void ms_buffers_fork_child_quick(void);
 void ms_buffers_fork_child(void);
+/* Whether sem was posted (1) or timeout_ms passed (0). The deadline is on the monotonic clock:
+ * on the wall clock (sem_timedwait's), a step backwards would stall the waiter (the drainer, the
+ * mover) for as long as the step, and the rings would overflow meanwhile. */
+int ms_sem_wait_ms(sem_t *sem, uint32_t timeout_ms);
 /* The rings alone (ms_drain is the stage first, then this). */
 size_t ms_rings_drain_all(ms_record_t *out, size_t capacity, ms_drain_info_t *info);
 

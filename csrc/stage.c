@@ -15,7 +15,6 @@
  * records' 32-bit time deltas count from (ms_drain's info->base_us). It is mapped when the mover
  * starts (pages are touched as records arrive) and given back once drained after a stop.
  */
-#include <errno.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <string.h>
@@ -97,27 +96,11 @@ static uint64_t thread_cpu_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Waits until woken (1) or MS_NATIVE_POLL_MS passed (0), on the monotonic clock. */
-static int wait_or_poll_time(void)
-{
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_nsec += MS_NATIVE_POLL_MS * 1000000L;
-    deadline.tv_sec += deadline.tv_nsec / 1000000000L;
-    deadline.tv_nsec %= 1000000000L;
-    for (;;) {
-        if (sem_clockwait(&g_move, CLOCK_MONOTONIC, &deadline) == 0)
-            return 1;
-        if (errno != EINTR)
-            return 0;
-    }
-}
-
 static void *mover_main(void *arg)
 {
     (void)arg;
     for (;;) {
-        int woken = wait_or_poll_time();
+        int woken = ms_sem_wait_ms(&g_move, MS_NATIVE_POLL_MS);
         /* The native domain's poll, here rather than in a drain: it takes the loader's lock,
          * and the drainer calls into C keeping the GIL (see ms_native_poll). */
         ms_native_poll();
@@ -234,6 +217,8 @@ static size_t take_staged(ms_record_t *out, size_t capacity, ms_drain_info_t *in
     uint64_t base = g_chunks[g_first_chunk].base_us;
     while (g_nchunks > 0 && n < capacity) {
         chunk_t *c = &g_chunks[g_first_chunk];
+        if (c->base_us < base) /* (a record pushed late can make a later pass start earlier) */
+            break;            /* its own call rebases it */
         uint64_t shift = c->base_us - base;
         uint32_t k = 0;
         for (; k < c->n && n < capacity; k++) {

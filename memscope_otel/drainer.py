@@ -77,6 +77,7 @@ class Drainer:
         self._thread = None
         self._mover_cpu0 = None  # the mover's CPU time when this drainer started it
         self._mover = False  # whether it runs (it polls the native domain, see drain())
+        self._sites_failed = False  # the last drain's after_drain raised
         self._ring_passes0 = sampler.ring_passes()
 
     @property
@@ -111,8 +112,9 @@ class Drainer:
         interval_ms = max(1, int(self.interval_s * 1000))
         while True:
             # Sleeps in C (GIL released) until the interval passes or the stage is half full;
-            # not at all while the site ids run short (see SiteResolver.short_of_ids).
-            if self.sites is None or not self.sites.short_of_ids():
+            # not at all while the site ids run short (see SiteResolver.short_of_ids), unless
+            # resolving them failed (the next try waits, rather than spin logging the failure).
+            if self.sites is None or self._sites_failed or not self.sites.short_of_ids():
                 sampler.wait_for_work(interval_ms, self.skip_below)
             if self._stopping.is_set():
                 break
@@ -147,7 +149,9 @@ class Drainer:
                     if self.sites is not None:
                         try:
                             self.sites.after_drain(self.summary)
+                            self._sites_failed = False
                         except Exception:  # the records are in the summary: only ids wait longer
+                            self._sites_failed = True
                             log.exception("memscope could not resolve or reclaim site ids after a drain")
             finally:
                 self._drain_owner = None

@@ -173,12 +173,15 @@ def read_counters():
     )
 
 
+DRAIN_BATCH = 16384  # records a drain's call into C moves at most (DrainBuffer's default)
+
+
 class DrainBuffer:
     """A reusable array that records are drained into (no allocation per drain). 16,384 records
     (512 KiB, touched as drains fill it): a larger backlog takes more calls of one drain (see
     ``more``), each of which costs a pass over the threads, not more memory."""
 
-    def __init__(self, capacity=16384):
+    def __init__(self, capacity=DRAIN_BATCH):
         ffi, lib = _lib()
         self.array = np.zeros(capacity, dtype=RECORD_DTYPE)
         self._info = ffi.new("ms_drain_info_t *")

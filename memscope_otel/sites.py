@@ -225,10 +225,6 @@ class _QualnameIndex:
             return None, True
         return name, False
 
-    def pending(self, code):
-        """Whether ``code`` missed a lookup and waits for the next walk."""
-        return code in self._wanted
-
     def rebuild_wanted(self, now=False):
         """Walks the heap if a lookup missed since the last walk, at most every ``min_interval``
         seconds unless ``now``; the code objects still unnamed after it are never looked for

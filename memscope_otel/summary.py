@@ -20,6 +20,7 @@ MAX_IDS = 32768  # MS_MAX_IDS in csrc/memscope.h
 # memory (with the heap's fragmentation). Their sums stay in the totals; a folded site that
 # comes back counts from zero again (and the exporter copes: producer.RoutedCounters).
 RETIRED_SITES = 1024
+RETIRED_SITES_MAX = 2 * RETIRED_SITES + 4  # past it, retire() folds (the <reclaimed> sites aside)
 
 
 class Summary:
@@ -99,7 +100,7 @@ class Summary:
         self.id_bytes[index] = 0.0
         self.id_count[index] = 0.0
         self.id_live_bytes[index] = 0.0
-        if len(self.retired) > 2 * RETIRED_SITES + 4:
+        if len(self.retired) > RETIRED_SITES_MAX:
             self._fold(keep())
 
     def _fold(self, keep):

@@ -182,8 +182,8 @@ class WorkloadRecognizer:
         if level == 0:
             return concatenate_records([records])
         records = np.ascontiguousarray(records, dtype=RECORD_DTYPE)
-        if len(self._scratch) < len(records):  # (a drain's batches are at most 16,384 records)
-            self._scratch = np.empty(max(len(records), 16384), dtype=RECORD_DTYPE)
+        if len(self._scratch) < len(records):  # (once, at a drain's largest batch)
+            self._scratch = np.empty(max(len(records), sampler.DRAIN_BATCH), dtype=RECORD_DTYPE)
         kept = self._follow_c(records.ctypes.data, len(records), level, self._scratch.ctypes.data)
         return concatenate_records([self._scratch[:kept]])
 

@@ -69,6 +69,30 @@ def test_a_quiet_program_is_not_woken_for(start_tracker):
     assert kept
 
 
+def test_failing_site_resolution_does_not_spin_the_drainer(start_tracker, monkeypatch):
+    """While ids run short the drainer drains back to back; if resolving them fails, it waits its
+    intervals instead of retrying (and logging) as fast as it can."""
+    tracker = start_tracker(drain_interval_ms=INTERVAL_MS)
+    resolver = tracker.resolver
+
+    def fail(summary):
+        raise RuntimeError("resolution fails")
+
+    monkeypatch.setattr(resolver, "short_of_ids", lambda: True)
+    monkeypatch.setattr(resolver, "after_drain", fail)
+    kept = []
+
+    def trickle():  # records keep coming: a drain at most every MS_DRAIN_SKIPS + 1 intervals
+        kept.append(bytearray(20000))
+        time.sleep(0.02)
+
+    seconds = 1.0
+    drains = _drains_during(tracker, trickle, seconds)
+    # Back to back, a drain takes a millisecond or less: hundreds a second. Waiting: at most one
+    # an interval, and the one under way.
+    assert drains <= seconds * 1000 / INTERVAL_MS + 1, drains
+
+
 def test_the_setting_documents_the_c_constants():
     from memscope_otel.config import SETTINGS_BY_KEYWORD
 
