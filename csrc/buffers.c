@@ -102,9 +102,9 @@ int ms_wait_for_work(uint32_t timeout_ms, uint32_t min_records)
 static pthread_key_t g_exit_key;
 static pthread_once_t g_key_once = PTHREAD_ONCE_INIT;
 
-void ms_spin_lock(ms_spin_t *lock)
+void ms_spin_lock_wait(ms_spin_t *lock)
 {
-    for (unsigned spins = 0; atomic_exchange_explicit(lock, 1, memory_order_acquire); spins++) {
+    for (unsigned spins = 1; atomic_exchange_explicit(lock, 1, memory_order_acquire); spins++) {
         if (spins > 64)
             sched_yield();
     }

@@ -159,7 +159,7 @@ static inline bool slow_timed(ms_thread_t *t)
 __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, uint64_t address, uint64_t size, int cls, float weight,
                    int event, unsigned flags, uint32_t site)
 {
-    uint64_t t0 = ms_now_ns();
+    uint64_t t0 = ms_stamp_ns();
     if (MS_UNLIKELY(atomic_load_explicit(&ms_child_start_armed, memory_order_relaxed)))
         ms_child_start_poll(t0);
     if (site == UINT32_MAX)
@@ -185,7 +185,7 @@ __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, u
     };
     ms_ring_push(t, &rec, ms_clock_us(t0)); /* one clock read for both */
     if (slow_timed(t))
-        ms_bump(&t->slow_ns, (ms_now_ns() - t0) * SLOW_TIMED_EVERY);
+        ms_bump(&t->slow_ns, (ms_stamp_ns() - t0) * SLOW_TIMED_EVERY);
     ms_bump(&t->slow_calls, 1);
 }
 
@@ -255,7 +255,7 @@ __attribute__((noinline, cold)) static void emit_free(ms_thread_t *t, const ms_l
         .flags = (uint16_t)(e->domain | (MS_EVENT_FREE << MS_FLAG_EVENT_SHIFT) | (cls << MS_FLAG_CLASS_SHIFT)),
         .thread = t->index,
     };
-    ms_ring_push(t, &rec, ms_clock_us(ms_now_ns()));
+    ms_ring_push(t, &rec, ms_clock_us(ms_stamp_ns()));
 }
 
 /* The free of a likely-sampled block (the filter said maybe), recorded before the block is
@@ -819,6 +819,7 @@ static int start_locked(const ms_config_t *cfg)
     atomic_store(&g_rate[MS_CLASS_MEDIUM], cfg->medium_rate);
     atomic_fetch_add(&g_epoch, 1);
     ms_buffers_configure(cfg->ring_capacity, cfg->rings_max_bytes, cfg->seed);
+    ms_clock_tick(); /* the counter's reference (the mover's passes then scale it) */
     ms_live_configure(cfg->live_max_entries);
     ms_live_clear();
     int reinstalled = 0;

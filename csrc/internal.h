@@ -44,7 +44,14 @@ static inline uint64_t ms_peek(ms_counter_t *c)
  * of any allocation, so it may be used inside the hooks. */
 typedef atomic_uchar ms_spin_t;
 
-void ms_spin_lock(ms_spin_t *lock);
+void ms_spin_lock_wait(ms_spin_t *lock);
+
+static inline void ms_spin_lock(ms_spin_t *lock)
+{
+    /* Inline: the sampled path takes two locks per event, almost always free. */
+    if (MS_UNLIKELY(atomic_exchange_explicit(lock, 1, memory_order_acquire)))
+        ms_spin_lock_wait(lock);
+}
 
 static inline void ms_spin_unlock(ms_spin_t *lock)
 {
@@ -250,6 +257,8 @@ void ms_buffers_fork_child(void);
 int ms_sem_wait_ms(sem_t *sem, uint32_t timeout_ms);
 /* The rings alone (ms_drain is the stage first, then this). */
 size_t ms_rings_drain_all(ms_record_t *out, size_t capacity, ms_drain_info_t *info);
+
+/* ---- clock.c: ms_stamp_ns, ms_clock_tick (memscope.h) are the hooks' clock ---- */
 
 /* ---- stage.c: the mover and its staging buffer ---- */
 

@@ -273,6 +273,20 @@ uint64_t ms_ring_passes(uint64_t *fullest_sum);
 void ms_mover_stop(void);
 uint64_t ms_mover_cpu_ns(void);
 
+/* --- the time stamps of records (csrc/clock.c) --- */
+/* Nanoseconds on the CLOCK_MONOTONIC time line, as a record's time stamp is taken: from the
+ * processor's time-stamp counter where the kernel keeps time with it (x86-64, clocksource
+ * "tsc"), scaled against CLOCK_MONOTONIC by the mover, else clock_gettime itself. */
+uint64_t ms_stamp_ns(void);
+/* 1 while ms_stamp_ns reads the time-stamp counter, 0 while it reads clock_gettime (another
+ * platform or clocksource, not calibrated yet, a mover stopped for 2 s, or ms_clock_use_system). */
+int ms_clock_source(void);
+/* Re-anchors the counter's scale (the mover's pass does, at most every 100 ms); the first call
+ * takes a reference and checks the platform. Call without the GIL (cffi releases it). */
+void ms_clock_tick(void);
+/* 1: ms_stamp_ns reads clock_gettime whatever the platform (tests of the other path). */
+void ms_clock_use_system(int system);
+
 /* --- site ids: resolution and reuse (memscope_otel/sites.py drives these, with the GIL) ---
  * A hook that interns a new site takes a strong reference to its code object, so that the code
  * outlives the id until Python has read its file, function and line. Python then takes that

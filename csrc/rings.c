@@ -190,8 +190,11 @@ void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us)
         r->producer_high = high;
         head++;
     }
-    rec->time_delta_us = (uint32_t)time_us;
-    r->slots[r->wpos] = *rec;
+    /* The time goes into the slot, not into *rec first: a 4-byte store followed by a 32-byte
+     * load over it cannot be forwarded, and the load would wait for the store to retire. */
+    ms_record_t *slot = &r->slots[r->wpos];
+    *slot = *rec;
+    slot->time_delta_us = (uint32_t)time_us;
     r->wpos = r->wpos + 1 == r->capacity ? 0 : r->wpos + 1;
     atomic_store_explicit(&r->head, head + 1, memory_order_release);
     ms_bump(&t->samples, 1);

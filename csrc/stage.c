@@ -99,11 +99,14 @@ static uint64_t thread_cpu_ns(void)
 static void *mover_main(void *arg)
 {
     (void)arg;
-    for (;;) {
-        int woken = ms_sem_wait_ms(&g_move, MS_NATIVE_POLL_MS);
+    /* The first pass comes early: it calibrates the time stamps' counter (csrc/clock.c), which
+     * needs 50 ms since ms_start's reference. */
+    for (uint32_t wait_ms = 60;; wait_ms = MS_NATIVE_POLL_MS) {
+        int woken = ms_sem_wait_ms(&g_move, wait_ms);
         /* The native domain's poll, here rather than in a drain: it takes the loader's lock,
          * and the drainer calls into C keeping the GIL (see ms_native_poll). */
         ms_native_poll();
+        ms_clock_tick();
         pthread_mutex_lock(&g_stage_lock);
         if (g_stopping) {
             g_cpu_done_ns += thread_cpu_ns();

@@ -11,12 +11,18 @@
 #include <stdatomic.h>
 #include <time.h>
 
-static _Atomic long g_realtime_shift_s, g_monotonic_shift_s;
+static _Atomic long g_realtime_shift_s, g_monotonic_shift_s, g_monotonic_shift_ns;
 
 void clockshim_shift(long realtime_s, long monotonic_s)
 {
     atomic_store(&g_realtime_shift_s, realtime_s);
     atomic_store(&g_monotonic_shift_s, monotonic_s);
+}
+
+/* A step of CLOCK_MONOTONIC under a second (0 <= |ns| < 10^9), added to clockshim_shift's. */
+void clockshim_shift_monotonic_ns(long ns)
+{
+    atomic_store(&g_monotonic_shift_ns, ns);
 }
 
 int clock_gettime(clockid_t id, struct timespec *ts)
@@ -27,7 +33,13 @@ int clock_gettime(clockid_t id, struct timespec *ts)
     int rc = real(id, ts);
     if (rc == 0 && id == CLOCK_REALTIME)
         ts->tv_sec += atomic_load(&g_realtime_shift_s);
-    else if (rc == 0 && id == CLOCK_MONOTONIC)
+    else if (rc == 0 && id == CLOCK_MONOTONIC) {
         ts->tv_sec += atomic_load(&g_monotonic_shift_s);
+        ts->tv_nsec += atomic_load(&g_monotonic_shift_ns);
+        if (ts->tv_nsec >= 1000000000L)
+            ts->tv_sec++, ts->tv_nsec -= 1000000000L;
+        else if (ts->tv_nsec < 0)
+            ts->tv_sec--, ts->tv_nsec += 1000000000L;
+    }
     return rc;
 }

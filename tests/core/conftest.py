@@ -6,6 +6,7 @@ measurement window unless the test asks for it.
 """
 import pytest
 
+import clockshim
 import testhook
 
 # No drain inside a measurement window: a long interval, and rings too large to reach the
@@ -18,6 +19,12 @@ QUIET = {"drain_interval_ms": 60000, "adaptive": False, "max_records_per_thread"
 def th():
     """The compiled test hook module (``.ffi``, ``.lib``)."""
     return testhook.load()
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory):
+    """clockshim.c compiled (see clockshim.py)."""
+    return clockshim.build(tmp_path_factory.mktemp("clockshim"))
 
 
 @pytest.fixture

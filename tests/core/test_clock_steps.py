@@ -4,31 +4,7 @@ record times can span (71.6 minutes of microseconds).
 Both run in a child process with clockshim.c preloaded: it shifts what clock_gettime returns to
 this process, while the kernel (whose clocks the drainer's semaphore waits on) sees the real time.
 """
-import os
-import pathlib
-import subprocess
-import sys
-
-import pytest
-
-HERE = pathlib.Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def shim(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clockshim") / "clockshim.so"
-    subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-Werror",
-                    "-O1", str(HERE / "clockshim.c"), "-o", str(out), "-ldl"], check=True)
-    return out
-
-
-def run_child(shim, code):
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = ":".join(filter(None, [env.get("LD_PRELOAD", ""), str(shim)]))  # after ASan's
-    result = subprocess.run([sys.executable, "-c", code, str(shim)], env=env, capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return dict(line.split(": ", 1) for line in result.stdout.splitlines())
+from clockshim import run_child
 
 
 WALL_CLOCK = r"""
@@ -72,6 +48,13 @@ first = bytearray(300_000)
 # 72 minutes later, without a drain in between: the 32-bit times of the two records are
 # 4,320 s apart, more than 2^32 us (4,294.97 s)
 shim.clockshim_shift(0, 72 * 60)
+# (A real stall moves the time-stamp counter as well. The shim moves clock_gettime alone: the
+# records follow it once the counter's anchor is 2 s old, csrc/clock.c. A busy wait: the kernel
+# would time a sleep from the shifted clock, 72 minutes of it.)
+import time
+t0 = time.monotonic()
+while time.monotonic() - t0 < 2.2:
+    pass
 second = bytearray(300_001)
 memscope_otel.snapshot()
 times = np.sort(np.concatenate(captured))

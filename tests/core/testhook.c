@@ -638,3 +638,25 @@ uint64_t th_hammer_stop(uint64_t *bad)
     *bad = atomic_load(&h_bad);
     return atomic_load(&h_calls);
 }
+
+uint64_t th_stamps_step_back(uintptr_t stamp, uint64_t duration_ns, uint64_t *calls)
+{
+    uint64_t (*fn)(void) = (uint64_t (*)(void))stamp;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t end = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + duration_ns;
+    uint64_t prev = fn(), worst = 0, n = 1;
+    for (;;) {
+        for (int i = 0; i < 1000; i++, n++) {
+            uint64_t now = fn();
+            if (now < prev && prev - now > worst)
+                worst = prev - now;
+            prev = now;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec >= end)
+            break;
+    }
+    *calls = n;
+    return worst;
+}

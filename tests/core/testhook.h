@@ -40,6 +40,10 @@ int th_install_failing(uint64_t fail_size);
 int th_uninstall_failing(void);
 int th_hammer_start(int threads);
 uint64_t th_hammer_stop(uint64_t *bad);
+/* Calls stamp (a uint64_t (*)(void), e.g. ms_stamp_ns) back to back for duration_ns of
+ * CLOCK_MONOTONIC; *calls: how many calls. Returns the largest step back between two consecutive
+ * stamps in ns (0: none). */
+uint64_t th_stamps_step_back(uintptr_t stamp, uint64_t duration_ns, uint64_t *calls);
 /* TESTHOOK_CDEF_END */
 
 #endif
