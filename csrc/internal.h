@@ -265,6 +265,8 @@ size_t ms_rings_drain_all(ms_record_t *out, size_t capacity, ms_drain_info_t *in
 /* A ring filled: wakes the mover, or the drainer while no mover runs. May be called from a hook. */
 void ms_wake_mover(void);
 uint64_t ms_stage_pending(void);
+/* Adds what the mover reduced into summary and clears it; returns its records. */
+uint64_t ms_stage_fold(ms_summary_t *summary);
 void ms_stage_fork_child(void);
 uint64_t ms_buffers_footprint(void);
 /* Microseconds since the tracker's clock origin, for a CLOCK_MONOTONIC reading in ns. */
@@ -356,6 +358,21 @@ extern _Atomic int ms_child_start_armed;
 /* A sampled allocation at now_ns in an armed child: schedules the starter once it is due. */
 void ms_child_start_poll(uint64_t now_ns);
 void ms_child_fork_reset(void); /* in the pthread_atfork child handler */
+
+/* ---- sums.c: a summary kept in C until a drain folds it (the spill's, the mover's) ---- */
+typedef struct {
+    ms_summary_t s;         /* its id arrays: MS_MAX_IDS doubles each, the owner's */
+    uint32_t lowest, highest; /* the ids added to since the last fold (lowest > highest: none) */
+    _Atomic bool dirty;     /* anything added since the last fold: read without the owner's lock */
+} ms_sums_t;
+#define MS_SUMS_INIT(count, bytes, live_bytes) \
+    {.s = {.id_count = (count), .id_bytes = (bytes), .id_live_bytes = (live_bytes)}, .lowest = MS_MAX_IDS}
+/* Under the owner's lock. */
+void ms_sums_add(ms_sums_t *sums, const ms_record_t *records, size_t n);
+void ms_sums_add_record(ms_sums_t *sums, const ms_record_t *rec);
+/* Adds sums into `into` (NULL: nowhere) and zeroes it. */
+void ms_sums_fold(ms_sums_t *sums, ms_summary_t *into);
+void ms_sums_clear(ms_sums_t *sums);
 
 /* ---- spill.c: what could not be queued, kept as weighted totals ---- */
 /* Adds a record that found no room in any ring (ms_ring_push). */

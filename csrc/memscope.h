@@ -218,10 +218,15 @@ void ms_read_counters(ms_counters_t *out);
 /* What a drain reports besides its records. */
 typedef struct {
     uint64_t base_us;   /* microseconds since the Unix epoch of the earliest record drained */
+    uint64_t folded;    /* ms_drain_reduce: records the mover had reduced, added to the summary
+                           by this call (see ms_stage_keep) */
     uint32_t more;      /* 1: records are left that did not fit (capacity, or more than 2^32 us
                            after the earliest one): drain again */
     uint32_t relinked;  /* bit 1 << MS_DOMAIN_*: that domain's hook had been unlinked by another
                            tool while running and was installed again during this call */
+    int32_t level;      /* MS_STAGE_KEEP_ALL: the records are every record, not reduced before
+                           this call; 0..63: the mover reduced them already (they are in folded),
+                           and they are those followed at this level (ms_records_follow) */
 } ms_drain_info_t;
 
 /* Moves up to capacity records out of the stage (stage.c), or when it is empty out of every
@@ -241,8 +246,8 @@ void ms_wake_drainer(void);
 int ms_site_info(uint32_t id, ms_site_t *out);
 /* Adds a batch of records to a cumulative summary (the SIMD or scalar reducer, see below). */
 void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
-/* The drainer's one call per drain: ms_drain, ms_reduce of the records it moved, then the
- * spill (the weighted totals of records that found no room in a ring, and the live table's own
+/* The drainer's one call per drain: ms_drain, ms_reduce of the records it moved unless the
+ * mover had reduced them (info->level), the mover's summary (info->folded), then the spill (the weighted totals of records that found no room in a ring, and the live table's own
  * adjustments) added into summary. First it checks that every hook is still in its allocator
  * chain: one that another tool unlinked while running (tracemalloc.stop() when memscope started
  * over it) is installed again, taking the GIL for that (info->relinked says which). Python calls
@@ -257,6 +262,15 @@ size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info,
  * hash as memscope_otel.optimizer.features.followed), their weights times 2^level; returns how
  * many. out may be in. Short: Python calls it keeping the GIL. */
 size_t ms_records_follow(const ms_record_t *in, size_t n, uint32_t level, ms_record_t *out);
+/* What the mover keeps of the records it moves (read at its next pass). MS_STAGE_KEEP_ALL
+ * (the default): every record, unreduced, for a sink that wants them all (the dump writer).
+ * 0..63: it reduces every record into a summary of its own, which ms_drain_reduce adds into the
+ * drainer's, and stages only the records followed at that level (the workload recognizer's
+ * subsample, weights times 2^level); MS_STAGE_KEEP_NONE: it stages none. Out-of-range values
+ * are clamped. Short: Python calls it keeping the GIL. */
+#define MS_STAGE_KEEP_ALL -1
+#define MS_STAGE_KEEP_NONE 64
+void ms_stage_keep(int32_t level);
 /* The mover (csrc/stage.c): a native thread, started and stopped with the drainer, that moves
  * records out of rings that fill into a staging buffer without the GIL, so that the drainer is
  * woken only when the stage is half full (ms_drain and ms_drain_reduce take the staged records

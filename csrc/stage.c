@@ -6,10 +6,14 @@
  * Why: a program that samples fast fills a ring many times a second, and each wake-up of the
  * Python drainer makes it take the GIL back from the application (a forced switch of the
  * application's thread, and the drainer's own fixed cost per drain). The mover never takes the
- * GIL and runs no Python: it only moves records (ms_drain), and it frees the rings and states of
- * exited threads on the way. Reducing, sites, the dump writer and the workload recognizer stay
- * with the Python drain, which takes the staged records first (ms_drain_reduce): a complete drain
- * still sees every record made before it began, wherever the record waited.
+ * GIL and runs no Python: it moves records (ms_drain), and it frees the rings and states of
+ * exited threads on the way. Unless a sink wants every record (the dump writer: ms_stage_keep
+ * -1), it also reduces what it moves into a summary of its own (sums.c) and keeps in the stage
+ * only the records the workload recognizer follows (ms_records_follow at the level it asks for,
+ * none without it), so a busy program's records no longer fill the stage: the drainer comes back
+ * at its interval, not at every half stage. Sites and the readers stay with the Python drain,
+ * which takes the staged records first and adds the mover's summary (ms_drain_reduce): a
+ * complete drain still sees every record made before it began, wherever the record waited.
  *
  * The stage is a sequence of chunks, one per pass of the mover, each with the base time that its
  * records' 32-bit time deltas count from (ms_drain's info->base_us). It is mapped when the mover
@@ -28,6 +32,7 @@
 typedef struct {
     uint32_t start, n;
     uint64_t base_us;
+    int32_t level; /* -1: not reduced yet; else reduced, and the records followed at this level */
 } chunk_t;
 
 /* Everything below under g_stage_lock, but g_running (read by the hooks' wake-ups). */
@@ -43,6 +48,11 @@ static pthread_t g_thread;
 static _Atomic bool g_running;
 static _Atomic uint32_t g_paused; /* ms_mover_pause: the mover moves nothing while nonzero */
 static uint64_t g_cpu_done_ns; /* CPU time of movers that ended */
+/* What the mover reduced and no drain has added to the summary yet. */
+static double g_id_count[MS_MAX_IDS], g_id_bytes[MS_MAX_IDS], g_id_live_bytes[MS_MAX_IDS];
+static ms_sums_t g_sums = MS_SUMS_INIT(g_id_count, g_id_bytes, g_id_live_bytes);
+/* ms_stage_keep's setting, read at every pass */
+static _Atomic int32_t g_keep = MS_STAGE_KEEP_ALL;
 
 /* A semaphore for the same reason as the drainer's (buffers.c): a hook may post it. */
 static sem_t g_move;
@@ -74,11 +84,17 @@ static void move_once(void)
     bool wake = false;
     if (g_stage && g_first_chunk + g_nchunks < STAGE_CHUNKS && g_staged < STAGE_RECORDS) {
         ms_drain_info_t info;
-        size_t n = ms_rings_drain_all(g_stage + g_staged, STAGE_RECORDS - g_staged, &info);
+        ms_record_t *at = g_stage + g_staged;
+        size_t n = ms_rings_drain_all(at, STAGE_RECORDS - g_staged, &info);
+        g_touched = g_staged + (uint32_t)n > g_touched ? g_staged + (uint32_t)n : g_touched;
+        int32_t keep = atomic_load_explicit(&g_keep, memory_order_relaxed);
+        if (n > 0 && keep != MS_STAGE_KEEP_ALL) {
+            ms_sums_add(&g_sums, at, n);
+            n = keep >= MS_STAGE_KEEP_NONE ? 0 : ms_records_follow(at, n, (uint32_t)keep, at);
+        }
         if (n > 0) {
-            g_chunks[g_first_chunk + g_nchunks++] = (chunk_t){g_staged, (uint32_t)n, info.base_us};
+            g_chunks[g_first_chunk + g_nchunks++] = (chunk_t){g_staged, (uint32_t)n, info.base_us, keep};
             g_staged += (uint32_t)n;
-            g_touched = g_staged > g_touched ? g_staged : g_touched;
         }
         wake = info.more != 0;
     } else {
@@ -213,15 +229,18 @@ static void give_back_unused(uint32_t fill)
 }
 
 /* Under g_stage_lock: moves up to capacity staged records into out, their deltas rewritten
- * against the first chunk's base; stops before a record 2^32 us or more after it. */
+ * against the first chunk's base; stops before a record 2^32 us or more after it, and where
+ * chunks' levels change (a call's records are all reduced or not, followed at one level). */
 static size_t take_staged(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
 {
     size_t n = 0;
     uint64_t base = g_chunks[g_first_chunk].base_us;
+    int32_t level = g_chunks[g_first_chunk].level;
     while (g_nchunks > 0 && n < capacity) {
         chunk_t *c = &g_chunks[g_first_chunk];
-        if (c->base_us < base) /* (a record pushed late can make a later pass start earlier) */
-            break;            /* its own call rebases it */
+        if (c->base_us < base /* (a record pushed late can make a later pass start earlier) */
+            || c->level != level)
+            break; /* its own call rebases it */
         uint64_t shift = c->base_us - base;
         uint32_t k = 0;
         for (; k < c->n && n < capacity; k++) {
@@ -245,6 +264,7 @@ static size_t take_staged(ms_record_t *out, size_t capacity, ms_drain_info_t *in
         g_first_chunk = g_staged = 0;
     }
     info->base_us = base;
+    info->level = level;
     return n;
 }
 
@@ -253,6 +273,7 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
     pthread_mutex_lock(&g_stage_lock);
     size_t n;
     info->more = 0;
+    info->level = MS_STAGE_KEEP_ALL;
     if (g_nchunks > 0) {
         n = take_staged(out, capacity, info);
         info->more = 1; /* the rings, and what may be left of the stage */
@@ -269,8 +290,26 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
     return n;
 }
 
+void ms_stage_keep(int32_t level)
+{
+    if (level < MS_STAGE_KEEP_ALL)
+        level = MS_STAGE_KEEP_ALL;
+    atomic_store_explicit(&g_keep, level > MS_STAGE_KEEP_NONE ? MS_STAGE_KEEP_NONE : level, memory_order_relaxed);
+}
+
+uint64_t ms_stage_fold(ms_summary_t *summary)
+{
+    if (!atomic_load_explicit(&g_sums.dirty, memory_order_relaxed))
+        return 0;
+    pthread_mutex_lock(&g_stage_lock);
+    uint64_t records = (uint64_t)g_sums.s.records;
+    ms_sums_fold(&g_sums, summary);
+    pthread_mutex_unlock(&g_stage_lock);
+    return records;
+}
+
 /* In the child, inside fork(): the mover is gone, maybe holding the lock; the child starts
- * from zero, so what the parent staged is dropped with the parent's records, and its pages
+ * from zero, so what the parent staged or reduced is dropped with the parent's records, and its pages
  * (not counted in the child's ms_pages_held, see ms_buffers_fork_child) go back. */
 void ms_stage_fork_child(void)
 {
@@ -285,4 +324,5 @@ void ms_stage_fork_child(void)
     g_stopping = false;
     g_first_chunk = g_nchunks = g_staged = 0;
     g_touched = g_last_fill = 0;
+    ms_sums_clear(&g_sums);
 }

@@ -8,6 +8,11 @@ is half full (the mover wakes it), and whenever metrics are collected (``drain()
 collection right after a workload sees all of it. A drain takes the staged records first, then
 what is left in the rings, in calls into C that keep the GIL (short: giving it up and taking it
 back would force a switch on the application each time). Its own allocations are never tracked.
+
+Who reads records decides what the mover keeps of them: with a sink (the dump writer, a test's
+collector) every record, reduced here; otherwise the mover reduces them itself and stages only
+the subsample that the ``follower`` (the workload recognizer) asks for, or none, so a busy
+program's records no longer fill the stage and wake the drainer.
 """
 import ctypes
 import logging
@@ -51,11 +56,38 @@ class DrainLock:
         self.release()
 
 
+class _Sinks(list):
+    """The drainer's sinks: a list that tells the drainer when it changes (what the mover keeps
+    depends on whether any sink is there)."""
+
+    def __init__(self, items, changed):
+        super().__init__(items)
+        self._changed = changed
+
+
+def _telling(name):
+    method = getattr(list, name)
+
+    def changing(self, *args):
+        result = method(self, *args)
+        self._changed()
+        return result if name != "__iadd__" else self
+
+    changing.__name__ = name
+    return changing
+
+
+for _name in ("append", "extend", "insert", "remove", "pop", "clear", "__setitem__", "__delitem__", "__iadd__"):
+    setattr(_Sinks, _name, _telling(_name))
+
+
 class Drainer:
     def __init__(self, summary, interval_s, sinks=()):
         self.summary = summary
         self.interval_s = interval_s
-        self.sinks = list(sinks)  # callables (records, base_us), e.g. the dump writer
+        self._stage_keep = sampler.StageKeep()
+        self._follower = None
+        self.sinks = sinks
         # Periodic drains with few records waiting are skipped (see ms_wait_for_work), unless a
         # sink given here (the dump writer) wants every interval's records.
         self.skip_below = 0 if self.sinks else sampler.drain_min_records()
@@ -81,6 +113,38 @@ class Drainer:
         self._ring_passes0 = sampler.ring_passes()
 
     @property
+    def sinks(self):
+        """Callables (records, base_us) given every record, e.g. the dump writer: a list."""
+        return self._sinks
+
+    @sinks.setter
+    def sinks(self, sinks):
+        self._sinks = _Sinks(sinks, self._keep_changed)
+        self._keep_changed()
+
+    @property
+    def follower(self):
+        """The workload recognizer, or None: given the mover's subsample of the records at the
+        level its ``keep_level()`` asks for (``sink(records, base_us, level)``, weights scaled by
+        2**level), or every record while a sink is attached."""
+        return self._follower
+
+    @follower.setter
+    def follower(self, follower):
+        self._follower = follower
+        self._keep_changed()
+
+    def _keep_level(self):
+        if self.sinks:
+            return sampler.STAGE_KEEP_ALL
+        if self._follower is not None:
+            return self._follower.keep_level()
+        return sampler.STAGE_KEEP_NONE
+
+    def _keep_changed(self):
+        self._stage_keep(self._keep_level())
+
+    @property
     def ring_passes(self):
         """(passes over the threads' rings, by the mover and the drainer, since this drainer
         started; the sum over them of the most records one thread's ring gave): how full the
@@ -97,6 +161,7 @@ class Drainer:
         return self.cpu.ns + (sampler.mover_cpu_ns() - self._mover_cpu0 if self._mover_cpu0 is not None else 0)
 
     def start(self):
+        self._keep_changed()
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="memscope-drainer", daemon=True)
         self._thread.start()
@@ -129,7 +194,8 @@ class Drainer:
                     log.exception("memscope could not refine site names")
 
     def drain(self, native_poll=True):
-        """Drains every ring now; returns the number of records moved. Called again from a signal
+        """Drains every ring now; returns the number of records it added to the summary (moved
+        here, or reduced by the mover since the last drain). Called again from a signal
         handler interrupting a drain on the same thread, it returns 0 at once: the drain it
         interrupted (which owns the buffer its records are in) goes on when the handler returns.
         ``native_poll``: first patch the objects loaded since the mover's last poll (a collection
@@ -166,16 +232,24 @@ class Drainer:
             records, base_us = buffer.drain(self.summary)  # drained and reduced
             if buffer.relinked:
                 self._relinked(buffer.relinked)
-            if len(records) and self.sinks:
-                for sink in list(self.sinks):
-                    try:
-                        sink(records, base_us)
-                    except Exception:
-                        log.exception("memscope record sink %r failed", sink)
-            moved += len(records)
+            every = buffer.level == sampler.STAGE_KEEP_ALL
+            if len(records):
+                for sink in list(self.sinks) if every else ():
+                    self._feed(sink, records, base_us)
+                if self._follower is not None:
+                    self._feed(self._follower.sink, records, base_us, 0 if every else buffer.level)
+            moved += buffer.folded + (len(records) if every else 0)
             if not buffer.more:
                 break
+        self._keep_changed()  # (the follower's level follows the records it was given)
         return moved
+
+    @staticmethod
+    def _feed(sink, *args):
+        try:
+            sink(*args)
+        except Exception:
+            log.exception("memscope record sink %r failed", sink)
 
     def _relinked(self, mask):
         names = ", ".join(name for bit, name in enumerate(("obj", "mem", "raw")) if mask >> bit & 1)

@@ -174,6 +174,7 @@ def read_counters():
 
 
 DRAIN_BATCH = 16384  # records a drain's call into C moves at most (DrainBuffer's default)
+STAGE_KEEP_ALL, STAGE_KEEP_NONE = -1, 64  # (see StageKeep; MS_STAGE_KEEP_* in csrc/memscope.h)
 
 
 class DrainBuffer:
@@ -192,13 +193,35 @@ class DrainBuffer:
 
     def drain(self, summary):
         """Moves pending records out of the stage and the rings and reduces them into
-        ``summary``, in one call into C: (view of the records, base time in µs). Then ``more``
-        says whether records were left behind (drain again) and ``relinked`` which domains' hooks
-        had been unlinked by another tool and were installed again (a mask of 1 << domain index)."""
+        ``summary``, with what the mover reduced, in one call into C: (view of the records, base
+        time in µs). Then ``more`` says whether records were left behind (drain again),
+        ``relinked`` which domains' hooks had been unlinked by another tool and were installed
+        again (a mask of 1 << domain index), ``folded`` how many records the mover had reduced
+        (added to ``summary`` by this call), and ``level`` what the records are: STAGE_KEEP_ALL,
+        every record (reduced by this call); 0 to 63, the mover's subsample at that level,
+        reduced already (see ``stage_keep``)."""
         info = self._info
         n = self._drain_reduce(*self._args, summary.c_summary_address)
         self.more, self.relinked = bool(info.more), int(info.relinked)
+        self.folded, self.level = int(info.folded), int(info.level)
         return self.array[:n], int(info.base_us)
+
+
+class StageKeep:
+    """Sets what the mover keeps of the records it moves (ms_stage_keep): STAGE_KEEP_ALL, every
+    record for the drainer to reduce; a level 0..63, it reduces them itself and keeps those
+    followed at that level; STAGE_KEEP_NONE, it reduces them and keeps none. A call into C only
+    when the setting changes, keeping the GIL (it is a store)."""
+
+    def __init__(self):
+        ffi, lib = _lib()
+        self._set = keeping_the_gil(ffi, lib, "ms_stage_keep", None, ctypes.c_int32)
+        self.level = None
+
+    def __call__(self, level):
+        if level != self.level:
+            self._set(level)
+            self.level = level
 
 
 def site_info(site_id):

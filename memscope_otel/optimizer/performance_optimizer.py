@@ -97,10 +97,9 @@ class PerformanceOptimizer:
         self.tracker.listeners.append(self.on_snapshot)
 
     def attach_drainer(self, drainer):
-        """Adds the recognizer's sink to ``drainer``."""
+        """Makes the recognizer ``drainer``'s follower (given the mover's subsample of records)."""
         self.recognizer.start_worker()
-        if self.recognizer.sink not in drainer.sinks:
-            drainer.sinks.append(self.recognizer.sink)
+        drainer.follower = self.recognizer
 
     def after_fork_child(self, drainer):
         """In a forked child: the counters start again from zero and the drainer is new. The lock
@@ -120,8 +119,8 @@ class PerformanceOptimizer:
         self.monitor.stop()
         if self.on_snapshot in self.tracker.listeners:
             self.tracker.listeners.remove(self.on_snapshot)
-        if self.recognizer.sink in self.tracker.drainer.sinks:
-            self.tracker.drainer.sinks.remove(self.recognizer.sink)
+        if self.tracker.drainer.follower is self.recognizer:
+            self.tracker.drainer.follower = None
         self.recognizer.close()
         self._running = False
 

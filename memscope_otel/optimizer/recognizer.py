@@ -50,7 +50,8 @@ _OBJECT_DOMAINS = [DOMAINS.index("obj"), DOMAINS.index("mem")]
 class WorkloadRecognizer:
     """Collects workload features from the exact counters and the record stream, and classifies.
 
-    Attach :meth:`sink` to the drainer (it sees every drained batch) and call :meth:`observe` with
+    Make it the drainer's ``follower`` (or attach :meth:`sink` as a sink: it then sees every
+    drained record) and call :meth:`observe` with
     each snapshot's counters; :meth:`features` and :meth:`classify` read the current window, which
     :meth:`reset` restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`.
 
@@ -134,14 +135,17 @@ class WorkloadRecognizer:
         child does not have."""
         self._new_locks()
 
-    def sink(self, records, base_us):
+    def sink(self, records, base_us, level=0):
         """Drainer sink: queues a copy of the batch (at most _READ_BUDGET_PER_S records a second
-        of it, see _reading_level) for the worker thread, or reads it when none runs."""
+        of it, see _reading_level) for the worker thread, or reads it when none runs. ``level``:
+        the batch is the records followed at that level already, weights scaled (the mover's
+        subsample, see keep_level)."""
         if len(records) == 0:
             return
+        given = level
         with self._queued:
-            level = self._reading_level(len(records))
-        records = self._followed_copy(records, level)
+            level = max(self._reading_level(len(records) << given), given)
+        records = self._followed_copy(records, level, given)
         with self._queued:
             if self._worker is not None:
                 if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
@@ -177,10 +181,20 @@ class WorkloadRecognizer:
         self._sink_level = max(self._sink_level, min(needed, 32))
         return self._sink_level
 
-    def _followed_copy(self, records, level):
-        """A new array of the records followed at ``level``, weights scaled (csrc/follow.c)."""
-        if level == 0:
+    def keep_level(self):
+        """The level of the subsample the drainer's mover should keep for this recognizer's sink
+        (see Drainer.follower): its reading level now, 0 at the start of a window."""
+        with self._queued:
+            return self._sink_level
+
+    def _followed_copy(self, records, level, given=0):
+        """A new array of the records followed at ``level``, weights scaled (csrc/follow.c), from
+        records followed at ``given`` <= ``level`` already."""
+        if level == given:
             return concatenate_records([records])
+        if given:  # (the hash is nested: followed at `level` is a subset of followed at `given`)
+            records = concatenate_records([records])
+            records["weight"] *= np.float32(2.0 ** -given)  # (a power of two: exact)
         records = np.ascontiguousarray(records, dtype=RECORD_DTYPE)
         if len(self._scratch) < len(records):  # (once, at a drain's largest batch)
             self._scratch = np.empty(max(len(records), sampler.DRAIN_BATCH), dtype=RECORD_DTYPE)

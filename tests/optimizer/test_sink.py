@@ -247,6 +247,38 @@ def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased(monkey
     assert recognizer._sink_level == 0
 
 
+def test_batches_followed_already_read_as_the_full_batches_would_be(monkeypatch):
+    """The mover's subsample (Drainer.follower): batches followed at level 1 already, weights
+    doubled, read at the recognizer's level 2 give the window the full batches give."""
+    from memscope_otel import sampler
+
+    ffi, lib = sampler._lib()
+    monkeypatch.setattr(recognizer_module, "_READ_ALL_FIRST", 0)
+    rng = np.random.default_rng(11)
+    now = [0.0]
+    full, given = WorkloadRecognizer(clock=lambda: now[0]), WorkloadRecognizer(clock=lambda: now[0])
+    for recognizer in (full, given):
+        recognizer.reset(counters=object())
+        recognizer.read_budget_per_s = 5000.0  # 16,000 records a second: 3.2x, level 2
+    batches = random_batches(rng, n_batches=4, size=16000, pool=40000, span_us=1_000_000)
+    for b, (addresses, times, frees) in enumerate(batches):
+        now[0] = 1.0 * (b + 1)
+        records = records_from(addresses, times, frees, 0, rng)
+        full.sink(records, 0)
+        out = np.zeros(len(records), RECORD_DTYPE)
+        n = lib.ms_records_follow(ffi.cast("ms_record_t *", ffi.from_buffer(records)), len(records), 1,
+                                  ffi.cast("ms_record_t *", ffi.from_buffer(out)))
+        given.sink(out[:n], 0, level=1)
+        assert full._sink_level == given._sink_level == 2
+        assert full.keep_level() == 2
+    a, b = full.window, given.window
+    assert a.n_times == b.n_times > 0
+    assert a.site_ids.tolist() == b.site_ids.tolist()
+    assert a.site_weights.tolist() == b.site_weights.tolist()  # (powers of two: exact)
+    assert a.n_lifetimes == b.n_lifetimes > 0
+    assert np.concatenate(a.lifetimes).tolist() == np.concatenate(b.lifetimes).tolist()
+
+
 def records_from(addresses, times_us, frees, base_us, rng):
     records = np.zeros(len(addresses), RECORD_DTYPE)
     records["address"] = addresses
