@@ -302,7 +302,7 @@ uint64_t ms_stage_fold(ms_summary_t *summary)
     if (!atomic_load_explicit(&g_sums.dirty, memory_order_relaxed))
         return 0;
     pthread_mutex_lock(&g_stage_lock);
-    uint64_t records = (uint64_t)g_sums.s.records;
+    uint64_t records = g_sums.s.records;
     ms_sums_fold(&g_sums, summary);
     pthread_mutex_unlock(&g_stage_lock);
     return records;
