@@ -8,7 +8,11 @@ benchmarks/programs.py, then a metric collection), then starts THREADS threads t
 a few blocks (one of 64 KiB: large, so every thread has records to buffer) and wait, then lets
 them exit (and drains once). RSS (/proc/self/statm) is read after start(), after the program,
 while the threads are alive, and after they exited; the tracker's part is the difference from the
-untracked run at the same point.
+untracked run at the same point. After the program RSS is read once more after malloc_trim(0) in
+every mode alike: what the C library keeps of freed memory depends on where the program's last
+blocks lie in its heap, which moves the untracked run by as much as the tracker's whole part (an
+ADAPTIVE=false run measured up to 2 MB below the untracked one); after the trim the difference is
+memory in use.
 
 The parts, read inside the tracked process after the program:
   C pages          footprint_bytes: thread states with their buffers of records (mmap'd pages,
@@ -37,6 +41,9 @@ import _imports
 from _wave import rss, rss_anon, wave
 
 MB = 1e6
+COUNTED_IN_FOOTPRINT = ("ms_live_filter",)
+RECOGNIZER_BOUNDS = {"queue": "4 MiB", "scratch": "512 KiB", "times": "2 MiB + a batch",
+                     "lifetimes": "1 MiB + a batch", "pending": "4 MiB", "threads": "64 KiB"}
 MODES = {"untracked": None, "memscope, ADAPTIVE=false": {"adaptive": False}, "memscope": {}}
 
 
@@ -110,6 +117,8 @@ def child(settings, threads, modules, scale):
         programs.run(name, scale)
     reader.collect()  # the metric callbacks: a drain, the optimizer's round
     mark("program")
+    ctypes.CDLL(None).malloc_trim(0)
+    mark("trimmed")
     if tracker is not None:
         counters = sampler.read_counters()
         out["c_pages"] = counters.footprint_bytes
@@ -117,6 +126,8 @@ def child(settings, threads, modules, scale):
         summary = tracker.summary
         out["summary"] = sum(array_resident(a) for a in (summary.id_count, summary.id_bytes, summary.id_live_bytes))
         out["drain_buffer"] = array_resident(tracker.drainer._buffer.array)
+        optimizer = getattr(tracker, "optimizer", None)
+        out["recognizer"] = optimizer.recognizer.nbytes() if optimizer is not None and optimizer.adaptive else {}
     def alive():
         mark("threads")
         if tracker is not None:
@@ -154,9 +165,9 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(MODES[mode]),
                    "--threads", str(args.threads), "--modules", json.dumps(modules), "--scale", str(args.scale)]
             runs[mode].append(_common.run_json_child(cmd, f"memory ({mode})"))
-    keys = [k + suffix for k in ("start", "program", "threads", "exited") for suffix in ("", "_anon")]
+    keys = [k + suffix for k in ("start", "program", "trimmed", "threads", "exited") for suffix in ("", "_anon")]
     med = {mode: {k: _common.median([x[k] for x in xs]) for k in keys} for mode, xs in runs.items()}
-    points = [("start", "after start()"), ("program", "after the program"),
+    points = [("start", "after start()"), ("program", "after the program"), ("trimmed", "then malloc_trim"),
               ("threads", f"{args.threads} threads alive"), ("exited", "after they exited")]
     for suffix, what in (("", "RSS"), ("_anon", "anonymous RSS (RssAnon: RSS less the pages of mapped files)")):
         print(f"\n{what}: growth from before start() (median of {args.rounds}), and the tracker's part "
@@ -171,25 +182,35 @@ def main(argv=None):
             print(f"  {'tracker, ' + (mode.split(', ')[-1] if ',' in mode else 'default'):26}{cells}")
 
     x = runs["memscope"][-1]
-    static = x["static"]
+    # (the live filter is a static table that footprint_bytes counts as the live table's)
+    static = {name: n for name, n in x["static"].items() if name not in COUNTED_IN_FOOTPRINT}
     tracker_mb = (med["memscope"]["program"] - med["untracked"]["program"]) / MB
-    recognizer = (med["memscope"]["program"] - med["memscope, ADAPTIVE=false"]["program"]) / MB
+    in_use_mb = (med["memscope"]["trimmed"] - med["untracked"]["trimmed"]) / MB
+    recognizer = (med["memscope"]["trimmed"] - med["memscope, ADAPTIVE=false"]["trimmed"]) / MB
     parts = [
-        ("C pages (thread states, buffers, live table; footprint_bytes)", x["c_pages"] / MB),
+        ("C pages (states, buffers, live table, stage touched; footprint_bytes)", x["c_pages"] / MB),
         ("static tables of the library, resident", sum(static.values()) / MB),
         ("Python summary arrays, resident", x["summary"] / MB),
         ("drain buffer, resident", x["drain_buffer"] / MB),
-        ("workload recognizer (ADAPTIVE=true minus false)", recognizer),
+        ("workload recognizer's arrays (nbytes)", sum(x["recognizer"].values()) / MB),
     ]
     print("\nParts after the single-threaded program (last round):")
     for label, v in parts:
         print(f"  {label:66} {v:7.2f} MB")
-    for name, n in sorted(static.items(), key=lambda kv: -kv[1]):
-        if n:
-            print(f"      {name:24} {n / MB:7.2f} MB resident")
-    rest = tracker_mb - sum(v for _, v in parts)
-    print(f"  {'the rest: the RSS difference less the parts above (not broken down)':66} {rest:7.2f} MB")
-    print(f"  {'tracker total (RSS difference, median)':66} {tracker_mb:7.2f} MB   (target <= 6)")
+        if label.startswith("static"):
+            for name, n in sorted(static.items(), key=lambda kv: -kv[1]):
+                if n >= 5000:
+                    print(f"      {name:24} {n / MB:7.2f} MB resident")
+        if label.startswith("workload"):
+            for name, n in sorted(x["recognizer"].items(), key=lambda kv: -kv[1]):
+                print(f"      {name:24} {n / MB:7.2f} MB   (bound: {RECOGNIZER_BOUNDS[name]})")
+    rest = in_use_mb - sum(v for _, v in parts)
+    print(f"  {'the rest: the difference after malloc_trim less the parts above':66} {rest:7.2f} MB")
+    print(f"      (Python objects of the tracker and of its metric series, numpy's code pages the")
+    print(f"      recognizer reads, thread stacks; not broken down)")
+    print(f"  {'tracker total, RSS difference after malloc_trim (median)':66} {in_use_mb:7.2f} MB")
+    print(f"  {'  of which the recognizer (ADAPTIVE=true minus false)':66} {recognizer:7.2f} MB")
+    print(f"  {'tracker total, RSS difference (median)':66} {tracker_mb:7.2f} MB   (target <= 6)")
     anon_mb = (med["memscope"]["program_anon"] - med["untracked"]["program_anon"]) / MB
     print(f"  {'  of which anonymous (the rest: code pages of numpy, the library)':66} {anon_mb:7.2f} MB")
     with_threads = (med["memscope"]["threads"] - med["untracked"]["threads"]) / MB

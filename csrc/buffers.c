@@ -377,7 +377,7 @@ void ms_read_counters(ms_counters_t *out)
 
 uint64_t ms_buffers_footprint(void)
 {
-    return ms_pages_held();
+    return ms_pages_held() + ms_stage_footprint();
 }
 
 /* ---- fork ---- */

@@ -268,6 +268,7 @@ uint64_t ms_stage_pending(void);
 /* Adds what the mover reduced into summary and clears it; returns its records. */
 uint64_t ms_stage_fold(ms_summary_t *summary);
 void ms_stage_fork_child(void);
+uint64_t ms_stage_footprint(void); /* the stage's touched pages, bytes */
 uint64_t ms_buffers_footprint(void);
 /* Microseconds since the tracker's clock origin, for a CLOCK_MONOTONIC reading in ns. */
 uint64_t ms_clock_us(uint64_t now_ns);

@@ -71,6 +71,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -190,9 +191,26 @@ static void flush_ids(const ms_record_t *records, size_t n, ms_summary_t *s, id_
 
 /* ---------------------------------------------------------------- per-thread id scratch */
 
+#define SCRATCH_BYTES ((size_t)MS_MAX_IDS * sizeof(id_sums_t))
+
+static void scratch_unmap(void *rows)
+{
+    munmap(rows, SCRATCH_BYTES);
+}
+
 /* A build-time seam: the tests build with an allocator that fails, to run the fallback. */
 #ifndef SCRATCH_ALLOC
-#define SCRATCH_ALLOC(size) aligned_alloc(64, (size))
+#define SCRATCH_ALLOC(size) scratch_map(size)
+
+/* Fresh anonymous pages rather than malloc and memset: they read as zero already, and only the
+ * pages of the rows in use become resident (ids are handed out from 0 up), where a memset would
+ * make the whole 1 MiB resident on every thread that reduces (the drainer, the mover). Page
+ * alignment keeps a row inside one cache line. */
+static void *scratch_map(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
 #endif
 
 static pthread_key_t scratch_key;
@@ -201,10 +219,11 @@ static int scratch_key_ready;
 
 static void make_scratch_key(void)
 {
-    scratch_key_ready = pthread_key_create(&scratch_key, free) == 0;
+    scratch_key_ready = pthread_key_create(&scratch_key, scratch_unmap) == 0;
 }
 
-/* This thread's all-zero table of MS_MAX_IDS rows, or NULL if it cannot have one. */
+/* This thread's all-zero table of MS_MAX_IDS rows (flush_row leaves each row it used at zero),
+ * or NULL if it cannot have one. */
 static id_sums_t *id_scratch(void)
 {
     pthread_once(&scratch_once, make_scratch_key);
@@ -212,12 +231,9 @@ static id_sums_t *id_scratch(void)
         return NULL;
     id_sums_t *rows = pthread_getspecific(scratch_key);
     if (rows == NULL) {
-        /* 64-byte aligned: a row never straddles two cache lines */
-        rows = SCRATCH_ALLOC(MS_MAX_IDS * sizeof *rows);
-        if (rows != NULL)
-            memset(rows, 0, MS_MAX_IDS * sizeof *rows);
+        rows = SCRATCH_ALLOC(SCRATCH_BYTES);
         if (rows != NULL && pthread_setspecific(scratch_key, rows) != 0) {
-            free(rows);
+            scratch_unmap(rows);
             rows = NULL;
         }
     }

@@ -28,6 +28,8 @@
 
 #define STAGE_RECORDS 65536u /* 2 MiB; the drainer is woken at half */
 #define STAGE_CHUNKS 256u
+#define STAGE_BYTES ((uint64_t)STAGE_RECORDS * sizeof(ms_record_t))
+#define MOVE_STEP_RECORDS 2048u /* 64 KiB: as many as give_back_unused leaves touched */
 
 typedef struct {
     uint32_t start, n;
@@ -43,6 +45,8 @@ static uint32_t g_first_chunk, g_nchunks, g_staged;
 /* Records' worth of the stage touched since its pages were last given back, and how full it was
  * when last emptied (see give_back_unused). */
 static uint32_t g_touched, g_last_fill;
+/* The touched records' pages, in bytes, for ms_stage_footprint (which takes no lock). */
+static _Atomic uint64_t g_touched_bytes;
 static bool g_stopping;
 static pthread_t g_thread;
 static _Atomic bool g_running;
@@ -53,6 +57,43 @@ static double g_id_count[MS_MAX_IDS], g_id_bytes[MS_MAX_IDS], g_id_live_bytes[MS
 static ms_sums_t g_sums = MS_SUMS_INIT(g_id_count, g_id_bytes, g_id_live_bytes);
 /* ms_stage_keep's setting, read at every pass */
 static _Atomic int32_t g_keep = MS_STAGE_KEEP_ALL;
+
+/* Under g_stage_lock (or in a forked child): the stage's first `records` records are, or may
+ * be, in RAM. */
+static void set_touched(uint32_t records)
+{
+    g_touched = records;
+    atomic_store_explicit(&g_touched_bytes, ms_pages_size((uint64_t)records * sizeof(ms_record_t)),
+                          memory_order_relaxed);
+}
+
+static void touch(uint32_t records)
+{
+    if (records > g_touched)
+        set_touched(records);
+}
+
+/* The stage is address space that becomes memory as it is written: it is mapped apart from the
+ * pages of ms_pages_alloc (counted whole in ms_pages_held), and counted by its touched part. */
+static ms_record_t *stage_map(void)
+{
+    void *p = mmap(NULL, STAGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void stage_unmap(void)
+{
+    if (g_stage)
+        munmap(g_stage, STAGE_BYTES);
+    g_stage = NULL;
+    set_touched(0);
+    g_last_fill = 0;
+}
+
+uint64_t ms_stage_footprint(void)
+{
+    return atomic_load_explicit(&g_touched_bytes, memory_order_relaxed);
+}
 
 /* A semaphore for the same reason as the drainer's (buffers.c): a hook may post it. */
 static sem_t g_move;
@@ -75,19 +116,32 @@ void ms_wake_mover(void)
     sem_post(&g_move);
 }
 
-/* Under g_stage_lock: one pass. Wakes the drainer when the stage is half full, or full while
- * records are left in the rings. */
+/* Under g_stage_lock: moves what the rings hold, then wakes the drainer when the stage is half
+ * full, or full while records are left in the rings. Records a reader wants every one of are
+ * moved in one step; others are taken MOVE_STEP_RECORDS at a time, reduced and thinned in place,
+ * so that the stage's touched pages stay near what it keeps rather than what the rings held. */
 static void move_once(void)
 {
     if (atomic_load(&g_paused))
         return;
     bool wake = false;
-    if (g_stage && g_first_chunk + g_nchunks < STAGE_CHUNKS && g_staged < STAGE_RECORDS) {
+    int32_t keep = atomic_load_explicit(&g_keep, memory_order_relaxed);
+    /* At most a stage's worth a call, as in one step: a program that fills its rings as fast as
+     * they are read must not keep the lock (and the drainer, ms_mover_pause) waiting. */
+    for (size_t moved = 0;;) {
+        if (!g_stage || g_first_chunk + g_nchunks >= STAGE_CHUNKS || g_staged >= STAGE_RECORDS) {
+            wake = true;
+            break;
+        }
+        uint32_t room = STAGE_RECORDS - g_staged;
+        if (keep != MS_STAGE_KEEP_ALL && room > MOVE_STEP_RECORDS)
+            room = MOVE_STEP_RECORDS;
         ms_drain_info_t info;
         ms_record_t *at = g_stage + g_staged;
-        size_t n = ms_rings_drain_all(at, STAGE_RECORDS - g_staged, &info);
-        g_touched = g_staged + (uint32_t)n > g_touched ? g_staged + (uint32_t)n : g_touched;
-        int32_t keep = atomic_load_explicit(&g_keep, memory_order_relaxed);
+        size_t got = ms_rings_drain_all(at, room, &info);
+        size_t n = got;
+        moved += got;
+        touch(g_staged + (uint32_t)n);
         if (n > 0 && keep != MS_STAGE_KEEP_ALL) {
             ms_sums_add(&g_sums, at, n);
             n = keep >= MS_STAGE_KEEP_NONE ? 0 : ms_records_follow(at, n, (uint32_t)keep, at);
@@ -96,9 +150,11 @@ static void move_once(void)
             g_chunks[g_first_chunk + g_nchunks++] = (chunk_t){g_staged, (uint32_t)n, info.base_us, keep};
             g_staged += (uint32_t)n;
         }
-        wake = info.more != 0;
-    } else {
-        wake = true;
+        /* (more with nothing taken: a record pushed after the base was read leads the next pass) */
+        if (!info.more || got == 0 || keep == MS_STAGE_KEEP_ALL || moved >= STAGE_RECORDS) {
+            wake = info.more != 0;
+            break;
+        }
     }
     if (wake || g_staged >= STAGE_RECORDS / 2 || g_first_chunk + g_nchunks >= STAGE_CHUNKS / 2)
         ms_wake_drainer();
@@ -142,7 +198,7 @@ int ms_mover_start(void)
     int rc = 0;
     if (!atomic_load(&g_running)) {
         if (!g_stage)
-            g_stage = ms_pages_alloc((uint64_t)STAGE_RECORDS * sizeof(ms_record_t));
+            g_stage = stage_map();
         g_stopping = false;
         /* No signal is ever delivered to the mover: a handler of the application's (or a
          * profiler's) must not run on a thread it does not know. */
@@ -225,7 +281,7 @@ static void give_back_unused(uint32_t fill)
     uint64_t to = ((uint64_t)g_touched * sizeof(ms_record_t) + page - 1) / page * page;
     if (to > from)
         madvise((char *)g_stage + from, to - from, MADV_DONTNEED);
-    g_touched = need;
+    set_touched(need);
 }
 
 /* Under g_stage_lock: moves up to capacity staged records into out, their deltas rewritten
@@ -281,9 +337,7 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
         n = ms_rings_drain_all(out, capacity, info);
         if (!atomic_load(&g_running) && g_stage) {
             /* Stopped and drained: the pages go back until the next start. */
-            ms_pages_free(g_stage, (uint64_t)STAGE_RECORDS * sizeof(ms_record_t));
-            g_stage = NULL;
-            g_touched = g_last_fill = 0;
+            stage_unmap();
         }
     }
     pthread_mutex_unlock(&g_stage_lock);
@@ -310,19 +364,16 @@ uint64_t ms_stage_fold(ms_summary_t *summary)
 
 /* In the child, inside fork(): the mover is gone, maybe holding the lock; the child starts
  * from zero, so what the parent staged or reduced is dropped with the parent's records, and its pages
- * (not counted in the child's ms_pages_held, see ms_buffers_fork_child) go back. */
+ * go back. */
 void ms_stage_fork_child(void)
 {
     pthread_mutex_init(&g_stage_lock, NULL);
-    if (g_stage)
-        munmap(g_stage, ms_pages_size((uint64_t)STAGE_RECORDS * sizeof(ms_record_t)));
-    g_stage = NULL;
+    stage_unmap();
     pthread_once(&g_move_once, init_move);
     sem_init(&g_move, 0, 0);
     atomic_store(&g_running, false);
     atomic_store(&g_paused, 0);
     g_stopping = false;
     g_first_chunk = g_nchunks = g_staged = 0;
-    g_touched = g_last_fill = 0;
     ms_sums_clear(&g_sums);
 }

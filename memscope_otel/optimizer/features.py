@@ -15,9 +15,12 @@ NETWORK_MODULES = ("socket", "socketserver", "selectors", "ssl", "asyncio", "htt
 ARRAY_MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "sklearn", "pandas")
 
 _IDLE_GAP_US = 4000     # a gap between consecutive records longer than this counts as idle time
-_MAX_PENDING = 200_000  # sampled blocks whose free we wait for (a table of at most 16 MB)
-_MAX_TIMES = 500_000    # record times kept per window (4 MB); later records of the window are not timed
-_MAX_LIFETIMES = 200_000  # lifetimes kept per window (1.6 MB); later frees of the window are not timed
+# The window's bounds, sized to what the reading budget (4,096 records a second, recognizer.py)
+# brings in a 60 s window (about 250,000 records): the tracker's whole memory is to stay within
+# 6 MB on a small program, and these are its largest Python-side parts.
+_MAX_PENDING = 65_536    # sampled blocks whose free we wait for (a table of at most 4 MiB)
+_MAX_TIMES = 262_144     # record times kept per window (2 MiB); later records of the window are not timed
+_MAX_LIFETIMES = 131_072  # lifetimes kept per window (1 MiB); later frees of the window are not timed
 _THREAD_SLOTS = 1 << 16  # a record's thread index is a u16
 # Lifetimes are read from the blocks at a pseudo-random subset of addresses, about this many records
 # of each batch at most (a larger batch halves the subset until it fits, for the rest of the
@@ -84,6 +87,11 @@ class PendingAllocations:
         self._times = np.zeros(slots, dtype=np.int64)
         self._live = 0  # slots holding an address
         self._used = 0  # ... or a deletion mark (both lengthen probe chains)
+
+    @property
+    def nbytes(self):
+        """Bytes of the table's two arrays."""
+        return self._keys.nbytes + self._times.nbytes
 
     def items(self):
         """(addresses, allocation times) of the pending allocations, in no particular order."""

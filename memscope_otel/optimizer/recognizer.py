@@ -20,7 +20,7 @@ from .features import (_IDLE_GAP_US, _MAX_LIFETIMES, _MAX_TIMES, ARRAY_MODULES, 
 
 log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
 
-# Records waiting for the recognizer's worker (4 MiB): beyond it, batches skip the recognizer
+# Records waiting for the recognizer's worker (4 MiB, its largest part): beyond it, batches skip the recognizer
 # (counted) rather than hold up the drainer or grow without bound.
 _MAX_QUEUED_RECORDS = 131072
 # The worker reads the queue when it holds this many records, or when its oldest batch has waited
@@ -312,6 +312,20 @@ class WorkloadRecognizer:
             if len(lifetimes):
                 w.lifetimes.append(lifetimes)
                 w.n_lifetimes += len(lifetimes)
+
+    def nbytes(self):
+        """Bytes of the recognizer's arrays now, by part: ``queue`` (batches waiting for the worker,
+        at most 4 MiB), ``scratch`` (the subsample's buffer, a drain batch: 512 KiB), ``times`` and
+        ``lifetimes`` (the window's, at most 2 MiB and 1 MiB plus a batch), ``pending`` (allocations
+        whose free is awaited: a table of at most 4 MiB) and ``threads`` (64 KiB). For
+        benchmarks/memory.py."""
+        with self._queued:
+            queue = sum(r.nbytes for r, _, _ in self._queue)
+        with self._lock:
+            w = self._window
+            return {"queue": queue, "scratch": self._scratch.nbytes,
+                    "times": sum(t.nbytes for t in w.times), "lifetimes": sum(x.nbytes for x in w.lifetimes),
+                    "pending": self._pending.nbytes, "threads": w.threads.nbytes}
 
     def observe(self, counters):
         """Feeds one snapshot's exact counters."""

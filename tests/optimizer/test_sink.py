@@ -520,3 +520,22 @@ def test_batches_read_together_give_the_window_of_batches_read_one_by_one(gated_
     assert a.site_ids.tolist() == w.site_ids.tolist()
     assert np.allclose(a.site_weights, w.site_weights, rtol=1e-12)
     assert (a.threads == w.threads).all()
+
+
+def test_nbytes_counts_the_queue_and_then_the_window(paced_worker):
+    """memory.py's parts of the recognizer: queued batches, then the window's arrays once read."""
+    recognizer, reads = paced_worker
+    recognizer.read_every_s, recognizer.read_at_records = 3600.0, 1000
+    recognizer.start_worker()
+    before = recognizer.nbytes()
+    assert before["queue"] == 0 and before["times"] == 0 and before["lifetimes"] == 0
+    for seed in range(2):
+        recognizer.sink(_hundred_allocations(seed), 0)
+    queued = recognizer.nbytes()
+    assert queued["queue"] == 200 * RECORD_DTYPE.itemsize and queued["times"] == 0
+    recognizer.read_queued()
+    read = recognizer.nbytes()
+    assert read["queue"] == 0
+    assert read["times"] == 200 * 8  # one int64 time a record
+    assert read["pending"] == recognizer._pending._keys.nbytes * 2  # keys and times, 8 bytes a slot each
+    assert read["threads"] == features._THREAD_SLOTS
