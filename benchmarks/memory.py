@@ -16,11 +16,12 @@ memory in use.
 
 The parts, read inside the tracked process after the program:
   C pages          footprint_bytes: thread states with their buffers of records (mmap'd pages,
-                   given back when a thread exits), and the live table
+                   given back when a thread exits), the live table, the stage's touched pages
   static tables    the library's tables over 4 KiB (nm), resident pages only (mincore)
   Python arrays    summary arrays and drain buffer, resident pages only (mincore)
-  recognizer       the ADAPTIVE=true run minus the ADAPTIVE=false run
-and the rest is what the RSS difference leaves (not broken down). Thread churn at scale:
+  recognizer       its arrays by part (WorkloadRecognizer.nbytes()); its whole cost is the
+                   ADAPTIVE=true run minus the ADAPTIVE=false run
+and the rest is what the trimmed RSS difference leaves (not broken down). Thread churn at scale:
 benchmarks/thread_churn.py. Last, the stack table's memory (benchmarks/stack_table.py).
 
     python benchmarks/memory.py [--threads 500] [--rounds 3] [--scale 30] [--quick]
@@ -206,8 +207,8 @@ def main(argv=None):
                 print(f"      {name:24} {n / MB:7.2f} MB   (bound: {RECOGNIZER_BOUNDS[name]})")
     rest = in_use_mb - sum(v for _, v in parts)
     print(f"  {'the rest: the difference after malloc_trim less the parts above':66} {rest:7.2f} MB")
-    print(f"      (Python objects of the tracker and of its metric series, numpy's code pages the")
-    print(f"      recognizer reads, thread stacks; not broken down)")
+    print("      (Python objects of the tracker and of its metric series, numpy's code pages the")
+    print("      recognizer reads, thread stacks; not broken down)")
     print(f"  {'tracker total, RSS difference after malloc_trim (median)':66} {in_use_mb:7.2f} MB")
     print(f"  {'  of which the recognizer (ADAPTIVE=true minus false)':66} {recognizer:7.2f} MB")
     print(f"  {'tracker total, RSS difference (median)':66} {tracker_mb:7.2f} MB   (target <= 6)")

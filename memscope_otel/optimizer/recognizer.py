@@ -20,8 +20,8 @@ from .features import (_IDLE_GAP_US, _MAX_LIFETIMES, _MAX_TIMES, ARRAY_MODULES, 
 
 log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
 
-# Records waiting for the recognizer's worker (4 MiB, its largest part): beyond it, batches skip the recognizer
-# (counted) rather than hold up the drainer or grow without bound.
+# Records waiting for the recognizer's worker (4 MiB, its largest part): beyond it, batches skip
+# the recognizer (counted) rather than hold up the drainer or grow without bound.
 _MAX_QUEUED_RECORDS = 131072
 # The worker reads the queue when it holds this many records, or when its oldest batch has waited
 # this long: every read costs the application some hundred forced GIL switches whatever its size
