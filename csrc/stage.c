@@ -45,7 +45,8 @@ static uint32_t g_first_chunk, g_nchunks, g_staged;
 /* Records' worth of the stage touched since its pages were last given back, and how full it was
  * when last emptied (see give_back_unused). */
 static uint32_t g_touched, g_last_fill;
-/* The touched records' pages, in bytes, for ms_stage_footprint (which takes no lock). */
+/* The touched records' pages (at least a step's), in bytes, for ms_stage_footprint (which takes
+ * no lock); 0 while unmapped. */
 static _Atomic uint64_t g_touched_bytes;
 static bool g_stopping;
 static pthread_t g_thread;
@@ -59,11 +60,14 @@ static ms_sums_t g_sums = MS_SUMS_INIT(g_id_count, g_id_bytes, g_id_live_bytes);
 static _Atomic int32_t g_keep = MS_STAGE_KEEP_ALL;
 
 /* Under g_stage_lock (or in a forked child): the stage's first `records` records are, or may
- * be, in RAM. */
+ * be, in RAM. The footprint counts a mapped stage's first step whatever was touched: the mover's
+ * first passes touch it (all of it once a pass finds a step's worth of records), so a steady
+ * program's footprint does not move with the size of the mover's passes. */
 static void set_touched(uint32_t records)
 {
     g_touched = records;
-    atomic_store_explicit(&g_touched_bytes, ms_pages_size((uint64_t)records * sizeof(ms_record_t)),
+    uint32_t counted = records > MOVE_STEP_RECORDS ? records : MOVE_STEP_RECORDS;
+    atomic_store_explicit(&g_touched_bytes, g_stage ? ms_pages_size((uint64_t)counted * sizeof(ms_record_t)) : 0,
                           memory_order_relaxed);
 }
 
@@ -197,8 +201,10 @@ int ms_mover_start(void)
     pthread_mutex_lock(&g_stage_lock);
     int rc = 0;
     if (!atomic_load(&g_running)) {
-        if (!g_stage)
+        if (!g_stage) {
             g_stage = stage_map();
+            set_touched(0);
+        }
         g_stopping = false;
         /* No signal is ever delivered to the mover: a handler of the application's (or a
          * profiler's) must not run on a thread it does not know. */
