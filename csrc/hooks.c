@@ -393,10 +393,8 @@ __attribute__((noinline)) static void *general_malloc(int domain, int v, size_t 
     return p;
 }
 
-__attribute__((always_inline)) static inline void *hook_calloc(int domain, int v, size_t nelem, size_t elsize)
+__attribute__((noinline)) static void *general_calloc(int domain, int v, size_t nelem, size_t elsize)
 {
-    if (domain == MS_DOMAIN_RAW)
-        ms_tls.forwarded = 0; /* see hook_free */
     if (!tracking(domain))
         return next_calloc(domain, v, nelem, elsize);
     ms_tls_set_guard(MS_GUARD_HOOK);
@@ -411,10 +409,8 @@ __attribute__((always_inline)) static inline void *hook_calloc(int domain, int v
     return p;
 }
 
-__attribute__((always_inline)) static inline void *hook_realloc(int domain, int v, void *ptr, size_t size)
+__attribute__((noinline)) static void *general_realloc(int domain, int v, void *ptr, size_t size)
 {
-    if (domain == MS_DOMAIN_RAW)
-        ms_tls.forwarded = 0; /* see hook_free */
     if (!tracking(domain)) {
         if (ptr)
             untracked_free(domain, (uint64_t)(uintptr_t)ptr);
@@ -470,13 +466,28 @@ __attribute__((noinline, cold)) static void *uncount_small(int domain)
     return NULL;
 }
 
+/* What a fast path passes on: malloc(size), calloc(nelem, elsize) or realloc(ptr, size). */
+enum alloc_kind { KIND_MALLOC, KIND_CALLOC, KIND_REALLOC };
+
+/* The general path of a request of that kind. */
+__attribute__((always_inline)) static inline void *general_alloc(int domain, int v, size_t size, size_t nelem,
+                                                                 size_t elsize, void *ptr, enum alloc_kind kind)
+{
+    if (kind == KIND_CALLOC)
+        return general_calloc(domain, v, nelem, elsize);
+    if (kind == KIND_REALLOC)
+        return general_realloc(domain, v, ptr, size);
+    return general_malloc(domain, v, size);
+}
+
 /* A small allocation the fast path found due for a sample: its decrement is undone here, out of
  * line, so that the fast path needs the decremented count only for its sign (one instruction
  * that decrements memory and sets the flags). The general path counts it. */
-__attribute__((noinline, cold)) static void *small_due(int domain, int v, size_t size)
+__attribute__((noinline, cold)) static void *small_due(int domain, int v, size_t size, size_t nelem, size_t elsize,
+                                                      void *ptr, enum alloc_kind kind)
 {
     ms_tls_thread()->small_left++;
-    return general_malloc(domain, v, size);
+    return general_alloc(domain, v, size, nelem, elsize, ptr, kind);
 }
 
 /* The medium fast path's counterparts of the two above. */
@@ -491,23 +502,46 @@ __attribute__((noinline, cold)) static void *uncount_medium(int domain)
     return NULL;
 }
 
-__attribute__((noinline)) static void *medium_due(int domain, int v, size_t size)
+__attribute__((noinline)) static void *medium_due(int domain, int v, size_t size, size_t nelem, size_t elsize,
+                                                void *ptr, enum alloc_kind kind)
 {
     ms_tls_thread()->medium_left++;
-    return general_malloc(domain, v, size);
+    return general_alloc(domain, v, size, nelem, elsize, ptr, kind);
+}
+
+/* A realloc the fast path counted failed: the old block was not freed either (a NULL result is a
+ * failure: see general_realloc). */
+__attribute__((noinline, cold)) static void *realloc_failed(int domain, void *ptr, int cls)
+{
+    if (ptr)
+        ms_bump(&ms_tls_thread()->deallocations[domain], (uint64_t)-1);
+    return cls == MS_CLASS_SMALL ? uncount_small(domain) : uncount_medium(domain);
 }
 
 /* Counted before the call to the next allocator, with the guard set around it, as below. */
-__attribute__((always_inline)) static inline void *counted_call(int domain, int v, size_t size, uintptr_t w)
+__attribute__((always_inline)) static inline void *next_alloc(int domain, int v, size_t size, size_t nelem,
+                                                             size_t elsize, void *ptr, enum alloc_kind kind)
+{
+    if (kind == KIND_CALLOC)
+        return next_calloc(domain, v, nelem, elsize);
+    if (kind == KIND_REALLOC)
+        return next_realloc(domain, v, ptr, size);
+    return next_malloc(domain, v, size);
+}
+
+__attribute__((always_inline)) static inline void *counted_call(int domain, int v, size_t size, uintptr_t w,
+                                                               size_t nelem, size_t elsize, void *ptr,
+                                                               enum alloc_kind kind)
 {
     ms_tls.word = w + MS_GUARD_HOOK; /* w's guard bits are 0 */
     ms_tls.request = size;
-    void *p = next_malloc(domain, v, size);
+    void *p = next_alloc(domain, v, size, nelem, elsize, ptr, kind);
     ms_tls.word -= MS_GUARD_HOOK;
     return p;
 }
 
-/* The fast paths of every small and medium allocation that is not due for a sample: counted
+/* The fast paths of every small and medium allocation (malloc, calloc, realloc: kind, a constant
+ * where it is inlined, selects the call) that is not due for a sample: counted
  * before the call, so that nothing has to live across it (no register to save), and undone in
  * the rare case the allocator fails. The guard comes off by subtraction (nested calls leave the
  * word alone: they see the guard and pass through) and the size for the undo waits in a
@@ -515,40 +549,74 @@ __attribute__((always_inline)) static inline void *counted_call(int domain, int 
  * nested call (pymalloc handing a medium block on to the RAW allocator) passes straight through
  * without a call of its own. Everything else (large requests, an event due, a thread not set
  * up yet, an ignored thread, a domain switched off) takes the general path. */
-__attribute__((always_inline)) static inline void *hook_malloc(int domain, int v, size_t size)
+__attribute__((always_inline)) static inline void *fast_alloc(int domain, int v, size_t size, size_t nelem,
+                                                             size_t elsize, void *ptr, enum alloc_kind kind)
 {
-    if (domain == MS_DOMAIN_RAW)
-        ms_tls.forwarded = 0; /* see hook_free */
     uintptr_t w = ms_tls.word;
     ms_thread_t *t = (ms_thread_t *)w;
     if (MS_LIKELY(size - 1 < atomic_load_explicit(&g_small_span[domain], memory_order_relaxed) &&
                   !(w & MS_TLS_FLAGS))) {
         if (MS_LIKELY(--t->small_left >= 0)) {
+            if (kind == KIND_REALLOC && ptr)
+                ms_bump(&t->deallocations[domain], 1);
             ms_bump(&t->bytes[domain][MS_CLASS_SMALL], size);
             ms_bump(&t->small_by_size[domain][ms_bucket_of_nonzero(size)], 1);
-            void *p = counted_call(domain, v, size, w);
+            void *p = counted_call(domain, v, size, w, nelem, elsize, ptr, kind);
             if (MS_UNLIKELY(p == NULL))
-                return uncount_small(domain);
+                return kind == KIND_REALLOC ? realloc_failed(domain, ptr, MS_CLASS_SMALL) : uncount_small(domain);
             return p;
         }
-        return small_due(domain, v, size);
+        return small_due(domain, v, size, nelem, elsize, ptr, kind);
     }
     if (w & MS_GUARD_HOOK)
-        return next_malloc(domain, v, size);
+        return next_alloc(domain, v, size, nelem, elsize, ptr, kind);
     if (size - MS_MEDIUM_MIN < atomic_load_explicit(&g_medium_span[domain], memory_order_relaxed) &&
         !(w & MS_TLS_FLAGS)) {
         if (MS_LIKELY(--t->medium_left >= 0)) {
+            if (kind == KIND_REALLOC && ptr)
+                ms_bump(&t->deallocations[domain], 1);
             ms_bump(&t->bytes[domain][MS_CLASS_MEDIUM], size);
             ms_bump(&t->allocations[domain][MS_CLASS_MEDIUM], 1);
             ms_bump(&t->by_size[domain][ms_bucket_of_nonzero(size)], 1);
-            void *p = counted_call(domain, v, size, w);
+            void *p = counted_call(domain, v, size, w, nelem, elsize, ptr, kind);
             if (MS_UNLIKELY(p == NULL))
-                return uncount_medium(domain);
+                return kind == KIND_REALLOC ? realloc_failed(domain, ptr, MS_CLASS_MEDIUM) : uncount_medium(domain);
             return p;
         }
-        return medium_due(domain, v, size);
+        return medium_due(domain, v, size, nelem, elsize, ptr, kind);
     }
-    return general_malloc(domain, v, size);
+    return general_alloc(domain, v, size, nelem, elsize, ptr, kind);
+}
+
+__attribute__((always_inline)) static inline void *hook_malloc(int domain, int v, size_t size)
+{
+    if (domain == MS_DOMAIN_RAW)
+        ms_tls.forwarded = 0; /* see hook_free */
+    return fast_alloc(domain, v, size, 0, 0, NULL, KIND_MALLOC);
+}
+
+/* calloc takes malloc's fast paths by its total size; a total that overflows cannot succeed and
+ * takes the general path, which passes it on and counts what an allocator claims. */
+__attribute__((always_inline)) static inline void *hook_calloc(int domain, int v, size_t nelem, size_t elsize)
+{
+    if (domain == MS_DOMAIN_RAW)
+        ms_tls.forwarded = 0; /* see hook_free */
+    size_t size;
+    if (MS_UNLIKELY(__builtin_mul_overflow(nelem, elsize, &size)))
+        return general_calloc(domain, v, nelem, elsize);
+    return fast_alloc(domain, v, size, nelem, elsize, NULL, KIND_CALLOC);
+}
+
+/* realloc takes them too when the old block is not sampled (the live filter rules it out, or
+ * there is none): the old block's free and the new block are counted before the call, and both
+ * undone if it fails. A sampled old block, whose entry must move or go, takes the general path. */
+__attribute__((always_inline)) static inline void *hook_realloc(int domain, int v, void *ptr, size_t size)
+{
+    if (domain == MS_DOMAIN_RAW)
+        ms_tls.forwarded = 0; /* see hook_free */
+    if (ptr && ms_live_maybe((uint64_t)(uintptr_t)ptr))
+        return general_realloc(domain, v, ptr, size);
+    return fast_alloc(domain, v, size, 0, 0, ptr, KIND_REALLOC);
 }
 
 /* The fast path of a free: a counted thread, a pointer the live filter rules out (never NULL), the
