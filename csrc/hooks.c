@@ -518,7 +518,6 @@ __attribute__((noinline, cold)) static void *realloc_failed(int domain, void *pt
     return cls == MS_CLASS_SMALL ? uncount_small(domain) : uncount_medium(domain);
 }
 
-/* Counted before the call to the next allocator, with the guard set around it, as below. */
 __attribute__((always_inline)) static inline void *next_alloc(int domain, int v, size_t size, size_t nelem,
                                                              size_t elsize, void *ptr, enum alloc_kind kind)
 {
@@ -529,6 +528,7 @@ __attribute__((always_inline)) static inline void *next_alloc(int domain, int v,
     return next_malloc(domain, v, size);
 }
 
+/* Counted before the call to the next allocator, with the guard set around it, as below. */
 __attribute__((always_inline)) static inline void *counted_call(int domain, int v, size_t size, uintptr_t w,
                                                                size_t nelem, size_t elsize, void *ptr,
                                                                enum alloc_kind kind)
