@@ -38,7 +38,7 @@ def measure_features(module, seconds, tracker):
 
     recognizer = WorkloadRecognizer(tracker.resolver.resolve)
     tracker.drainer.drain()
-    tracker.drainer.sinks.append(recognizer.sink)
+    tracker.drainer.add_sink(recognizer.sink)
     try:
         recognizer.reset()
         module.run(seconds)
@@ -46,7 +46,7 @@ def measure_features(module, seconds, tracker):
         recognizer.observe(snap.counters)
         features = recognizer.features()
     finally:
-        tracker.drainer.sinks.remove(recognizer.sink)
+        tracker.drainer.remove_sink(recognizer.sink)
     kind, reasons = classify(features)
     return features, kind, reasons
 

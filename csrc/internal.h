@@ -281,6 +281,8 @@ void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us);
 void ms_rings_configure(uint64_t max_records, uint64_t max_bytes);
 /* Zeroed whole pages from the system, counted in ms_pages_held; NULL without memory. */
 void *ms_pages_alloc(uint64_t bytes);
+/* The same, not counted: for a caller that counts what it touches (the stage); munmap frees it. */
+void *ms_pages_map(uint64_t bytes);
 void ms_pages_free(void *p, uint64_t bytes);
 uint64_t ms_pages_size(uint64_t bytes); /* bytes rounded up to whole pages */
 uint64_t ms_pages_held(void);

@@ -247,8 +247,9 @@ int ms_site_info(uint32_t id, ms_site_t *out);
 /* Adds a batch of records to a cumulative summary (the SIMD or scalar reducer, see below). */
 void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
 /* The drainer's one call per drain: ms_drain, ms_reduce of the records it moved unless the
- * mover had reduced them (info->level), the mover's summary (info->folded), then the spill (the weighted totals of records that found no room in a ring, and the live table's own
- * adjustments) added into summary. First it checks that every hook is still in its allocator
+ * mover had reduced them (info->level), the mover's summary (info->folded), then the spill (the
+ * weighted totals of records that found no room in a ring, and the live table's own adjustments)
+ * added into summary. First it checks that every hook is still in its allocator
  * chain: one that another tool unlinked while running (tracemalloc.stop() when memscope started
  * over it) is installed again, taking the GIL for that (info->relinked says which). Python calls
  * it keeping the GIL (ctypes, see sampler.DrainBuffer): a background thread that gives the GIL
@@ -370,6 +371,12 @@ static inline unsigned ms_flags_domain(unsigned flags)
 {
     unsigned d = flags & MS_FLAG_DOMAIN_MASK;
     return d < MS_DOMAINS ? d : MS_DOMAINS - 1;
+}
+
+/* The summary row a record adds to: its site, or its domain's <overflow> row past MS_MAX_IDS. */
+static inline uint32_t ms_record_id(const ms_record_t *r)
+{
+    return r->site < MS_MAX_IDS ? r->site : (uint32_t)(MS_ID_OVERFLOW + ms_flags_domain(r->flags));
 }
 
 #endif

@@ -151,11 +151,6 @@ static void flush_dense(const dense_sums_t *p, ms_summary_t *s)
     }
 }
 
-static inline uint32_t clamped_site(const ms_record_t *r)
-{
-    return r->site < MS_MAX_IDS ? r->site : (uint32_t)(MS_ID_OVERFLOW + ms_flags_domain(r->flags));
-}
-
 /* Adds one row of per-id sums into the summary and zeroes it. */
 static inline void flush_row(id_sums_t *row, uint32_t site, ms_summary_t *s)
 {
@@ -183,7 +178,7 @@ static void flush_ids(const ms_record_t *records, size_t n, ms_summary_t *s, id_
             flush_row(&ids[site & id_mask], site, s);
     } else {
         for (size_t i = 0; i < n; i++) {
-            uint32_t site = clamped_site(&records[i]);
+            uint32_t site = ms_record_id(&records[i]);
             flush_row(&ids[site & id_mask], site, s);
         }
     }
@@ -205,7 +200,8 @@ static void scratch_unmap(void *rows)
 /* Fresh anonymous pages rather than malloc and memset: they read as zero already, and only the
  * pages of the rows in use become resident (ids are handed out from 0 up), where a memset would
  * make the whole 1 MiB resident on every thread that reduces (the drainer, the mover). Page
- * alignment keeps a row inside one cache line. */
+ * alignment keeps a row inside one cache line. (mmap here rather than rings.c's ms_pages_map:
+ * reduce.c builds alone for the reducer's tests and benchmark.) */
 static void *scratch_map(size_t size)
 {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -267,7 +263,7 @@ static unsigned class_of(unsigned flags)
 static void add_in_double(const ms_record_t *r, unsigned kind, ms_summary_t *s)
 {
     unsigned flags = r->flags, d = ms_flags_domain(flags);
-    uint32_t site = clamped_site(r);
+    uint32_t site = ms_record_id(r);
     double w = (double)r->weight;
     double wb = w * (double)r->size;
     if (kind == 1) {
@@ -328,7 +324,7 @@ static void reduce_block_scalar(const ms_record_t *records, size_t n, ms_summary
         unsigned d = ms_flags_domain(flags);
         id_sums_t *row = NULL;
         if (ids) {
-            uint32_t site = clamped_site(r);
+            uint32_t site = ms_record_id(r);
             hi = site > hi ? site : hi;
             row = &ids[site & id_mask];
         }

@@ -67,13 +67,18 @@ uint64_t ms_pages_size(uint64_t bytes)
     return (bytes + page - 1) / page * page;
 }
 
+void *ms_pages_map(uint64_t bytes)
+{
+    void *p = mmap(NULL, ms_pages_size(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
 void *ms_pages_alloc(uint64_t bytes)
 {
     bytes = ms_pages_size(bytes);
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return NULL;
-    atomic_fetch_add(&g_bytes, bytes);
+    void *p = ms_pages_map(bytes);
+    if (p != NULL)
+        atomic_fetch_add(&g_bytes, bytes);
     return p;
 }
 

@@ -77,14 +77,6 @@ static void touch(uint32_t records)
         set_touched(records);
 }
 
-/* The stage is address space that becomes memory as it is written: it is mapped apart from the
- * pages of ms_pages_alloc (counted whole in ms_pages_held), and counted by its touched part. */
-static ms_record_t *stage_map(void)
-{
-    void *p = mmap(NULL, STAGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
 static void stage_unmap(void)
 {
     if (g_stage)
@@ -202,7 +194,9 @@ int ms_mover_start(void)
     int rc = 0;
     if (!atomic_load(&g_running)) {
         if (!g_stage) {
-            g_stage = stage_map();
+            /* Address space that becomes memory as it is written: not counted whole in
+             * ms_pages_held (ms_pages_map), but by its touched part (set_touched). */
+            g_stage = ms_pages_map(STAGE_BYTES);
             set_touched(0);
         }
         g_stopping = false;

@@ -13,11 +13,6 @@
 
 #include "internal.h"
 
-static uint32_t id_of(const ms_record_t *rec)
-{
-    return rec->site < MS_MAX_IDS ? rec->site : (uint32_t)(MS_ID_OVERFLOW + ms_flags_domain(rec->flags));
-}
-
 static void widen(ms_sums_t *sums, uint32_t lo, uint32_t hi)
 {
     sums->lowest = lo < sums->lowest ? lo : sums->lowest;
@@ -28,7 +23,7 @@ static void widen(ms_sums_t *sums, uint32_t lo, uint32_t hi)
 void ms_sums_add_record(ms_sums_t *sums, const ms_record_t *rec)
 {
     ms_reduce_record(rec, &sums->s);
-    uint32_t id = id_of(rec);
+    uint32_t id = ms_record_id(rec);
     widen(sums, id, id);
 }
 
@@ -38,7 +33,7 @@ void ms_sums_add(ms_sums_t *sums, const ms_record_t *records, size_t n)
         return;
     uint32_t lo = MS_MAX_IDS, hi = 0;
     for (size_t i = 0; i < n; i++) {
-        uint32_t id = id_of(&records[i]);
+        uint32_t id = ms_record_id(&records[i]);
         lo = id < lo ? id : lo;
         hi = id > hi ? id : hi;
     }

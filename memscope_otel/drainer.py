@@ -56,38 +56,14 @@ class DrainLock:
         self.release()
 
 
-class _Sinks(list):
-    """The drainer's sinks: a list that tells the drainer when it changes (what the mover keeps
-    depends on whether any sink is there)."""
-
-    def __init__(self, items, changed):
-        super().__init__(items)
-        self._changed = changed
-
-
-def _telling(name):
-    method = getattr(list, name)
-
-    def changing(self, *args):
-        result = method(self, *args)
-        self._changed()
-        return result if name != "__iadd__" else self
-
-    changing.__name__ = name
-    return changing
-
-
-for _name in ("append", "extend", "insert", "remove", "pop", "clear", "__setitem__", "__delitem__", "__iadd__"):
-    setattr(_Sinks, _name, _telling(_name))
-
-
 class Drainer:
     def __init__(self, summary, interval_s, sinks=()):
         self.summary = summary
         self.interval_s = interval_s
         self._stage_keep = sampler.StageKeep()
         self._follower = None
-        self.sinks = sinks
+        self._sinks = tuple(sinks)
+        self._keep_changed()
         # Periodic drains with few records waiting are skipped (see ms_wait_for_work), unless a
         # sink given here (the dump writer) wants every interval's records.
         self.skip_below = 0 if self.sinks else sampler.drain_min_records()
@@ -114,12 +90,21 @@ class Drainer:
 
     @property
     def sinks(self):
-        """Callables (records, base_us) given every record, e.g. the dump writer: a list."""
+        """Callables (records, base_us) given every record, e.g. the dump writer (a tuple:
+        :meth:`add_sink` and :meth:`remove_sink` change it)."""
         return self._sinks
 
-    @sinks.setter
-    def sinks(self, sinks):
-        self._sinks = _Sinks(sinks, self._keep_changed)
+    def add_sink(self, sink):
+        """Gives ``sink`` the records drained from now on: the mover keeps every record,
+        unreduced, from its next pass (a pass under way finishes at the setting it began with)."""
+        self._sinks += (sink,)
+        self._keep_changed()
+
+    def remove_sink(self, sink):
+        """Stops giving ``sink`` records (ValueError if it is not one)."""
+        sinks = list(self._sinks)
+        sinks.remove(sink)
+        self._sinks = tuple(sinks)
         self._keep_changed()
 
     @property
@@ -234,7 +219,7 @@ class Drainer:
                 self._relinked(buffer.relinked)
             every = buffer.level == sampler.STAGE_KEEP_ALL
             if len(records):
-                for sink in list(self.sinks) if every else ():
+                for sink in self._sinks if every else ():
                     self._feed(sink, records, base_us)
                 if self._follower is not None:
                     self._feed(self._follower.sink, records, base_us, 0 if every else buffer.level)

@@ -133,7 +133,7 @@ def test_records_carry_the_time_they_were_made(start_tracker, system):
     try:
         sink = _Times()
         tracker.drainer.drain()
-        tracker.drainer.sinks.append(sink)
+        tracker.drainer.add_sink(sink)
         spans = []
         for _ in range(20):
             before = time.monotonic_ns() // 1000

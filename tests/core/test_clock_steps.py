@@ -41,7 +41,7 @@ import numpy as np
 import memscope_otel
 tracker = memscope_otel.start(adaptive=False, drain_interval_ms=60000)
 captured = []
-tracker.drainer.sinks.append(lambda records, base_us: captured.append(
+tracker.drainer.add_sink(lambda records, base_us: captured.append(
     base_us + records[records["size"] >= 300_000]["time_delta_us"].astype(np.int64)))
 memscope_otel.snapshot()
 first = bytearray(300_000)

@@ -22,7 +22,7 @@ def test_every_nth_allocation_is_sampled_whatever_its_class(start_tracker, th, d
     tracker = start_tracker(small_sample_rate=0.0, medium_sample_rate=0.0, frequency_sample_interval=INTERVAL,
                             critical_size_threshold=1 << 20)
     batches = []
-    tracker.drainer.sinks.append(lambda records, base_us: batches.append(records.copy()))
+    tracker.drainer.add_sink(lambda records, base_us: batches.append(records.copy()))
     tracker.drainer.drain()
     batches.clear()
     before = sampler.read_counters()

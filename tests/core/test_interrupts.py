@@ -70,7 +70,7 @@ tracker = memscope_otel.start(drain_interval_ms=60000, adaptive=False)
 def in_the_middle_of_a_drain(records, base_us):  # what a signal handler running here would do
     memscope_otel.stop()
     print("stopped inside a drain", flush=True)
-tracker.drainer.sinks.append(in_the_middle_of_a_drain)
+tracker.drainer.add_sink(in_the_middle_of_a_drain)
 keep = [bytearray(20000) for _ in range(10)]  # large: sampled, so the drain has records
 memscope_otel.snapshot()
 print("snapshot returned; running:", memscope_otel.is_running(), flush=True)

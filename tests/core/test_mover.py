@@ -85,7 +85,7 @@ def test_stop_gives_the_stage_back_and_start_maps_it_again(start_tracker):
     def staging_tracker():
         tracker = start_tracker(drain_interval_ms=60000, max_records_per_thread=1024, small_sample_rate=0.0,
                                 medium_sample_rate=0.0, frequency_sample_interval=0)
-        tracker.drainer.sinks.append(lambda records, base_us: None)  # (the stage keeps every record)
+        tracker.drainer.add_sink(lambda records, base_us: None)  # (the stage keeps every record)
         return tracker
 
     staged = 3000 * RECORD_BYTES

@@ -100,7 +100,7 @@ def test_allocations_without_a_python_frame_are_native(tracker, th):
         alloc = event_of(records["flags"]) == EVENTS.index("alloc")
         captured.append(records[alloc & ((records["size"] == pthread_size) | (records["size"] == released_size))].copy())
 
-    tracker.drainer.sinks.append(sink)
+    tracker.drainer.add_sink(sink)
     assert th.lib.th_native_threads(2, 10, pthread_size) == 0
     th.lib.th_free(RAW, th.lib.th_alloc(RAW, released_size))  # th_alloc(RAW) does not take the GIL
     memscope_otel.snapshot()  # drains

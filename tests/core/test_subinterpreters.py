@@ -28,7 +28,7 @@ from memscope_otel.records import EVENTS, event_of
 SIZE = 50_013
 tracker = memscope_otel.start(adaptive=False, drain_interval_ms=60000)
 captured = []
-tracker.drainer.sinks.append(lambda records, base: captured.append(records[records["size"] == SIZE + 1].copy()))  # bytearray(n) asks n + 1
+tracker.drainer.add_sink(lambda records, base: captured.append(records[records["size"] == SIZE + 1].copy()))  # bytearray(n) asks n + 1
 code = '''
 import threading
 def subfn():

@@ -20,7 +20,7 @@ def capture_marked(tracker):
         mine = records[(records["size"] == MARK) & (event_of(records["flags"]) == EVENTS.index("alloc"))]
         captured.append(mine.copy())
 
-    tracker.drainer.sinks.append(sink)
+    tracker.drainer.add_sink(sink)
     return captured
 
 

@@ -40,14 +40,14 @@ def run_program(tracker, name, seconds, runs):
     for _ in range(runs):
         recognizer = WorkloadRecognizer(tracker.resolver.resolve)
         tracker.drainer.drain()
-        tracker.drainer.sinks.append(recognizer.sink)
+        tracker.drainer.add_sink(recognizer.sink)
         try:
             recognizer.reset()
             module.run(seconds)
             recognizer.observe(tracker.refresh().counters)
             features = recognizer.features()
         finally:
-            tracker.drainer.sinks.remove(recognizer.sink)
+            tracker.drainer.remove_sink(recognizer.sink)
         kind, reasons = classify(features)
         print(json.dumps([name, kind, reasons, features]), flush=True)
 

@@ -131,11 +131,11 @@ def run_case(workload, case):
                   critical_size_threshold=CRITICAL, frequency_sample_interval=interval) as tracker:
         sink = RecordTotals()
         before = window.read(tracker)
-        tracker.drainer.sinks.append(sink)
+        tracker.drainer.add_sink(sink)
         for cls, (sizes, n) in plan.items():
             _churn_chunked(workload, tracker, case.domain, sizes, n, case.rate(cls), interval)
         after = window.read(tracker)
-        tracker.drainer.sinks.remove(sink)
+        tracker.drainer.remove_sink(sink)
     delta = after - before
     window.assert_clean(delta)
     known = {}

@@ -188,13 +188,13 @@ def run_round(workload, tracker, reader, rng, domain):
     # Everything the window needs is made before it: inside, only the helper calls run.
     first = collect(reader)
     before = window.read(tracker)
-    tracker.drainer.sinks.append(frees)
+    tracker.drainer.add_sink(frees)
     failed = short_lived_here(lib, d, short.ptr["sizes"], n, short.ptr["blocks"])
     lib.release_where(d, short.ptr["blocks"], short.ptr["mask"], n, 1)
     failed += long_lived_here(lib, d, long_.ptr["sizes"], n, long_.ptr["blocks"])
     lib.release_where(d, long_.ptr["blocks"], long_.ptr["mask"], n, 1)
     after = window.read(tracker)
-    tracker.drainer.sinks.remove(frees)
+    tracker.drainer.remove_sink(frees)
     last = collect(reader)
     for site in (short, long_):
         lib.release_where(d, site.ptr["blocks"], site.ptr["mask"], n, 0)
