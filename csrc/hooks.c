@@ -171,7 +171,7 @@ __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, u
     if (MS_UNLIKELY(live != MS_LIVE_IN)) {
         flags |= MS_FLAG_NOLIVE;
         if (live == MS_LIVE_SPILL)
-            ms_spill_live((uint32_t)domain, site, size, e.weight);
+            ms_spill_live((uint32_t)domain, site, size, 0.0f, e.weight);
         else if (live == MS_LIVE_OUT)
             ms_bump(&t->live_untracked, 1);
     }

@@ -380,8 +380,9 @@ void ms_sums_clear(ms_sums_t *sums);
 /* ---- spill.c: what could not be queued, kept as weighted totals ---- */
 /* Adds a record that found no room in any ring (ms_ring_push). */
 void ms_spill_record(const ms_record_t *rec);
-/* Adds weight * size to the live estimate of a domain and site (negative: takes it off). */
-void ms_spill_live(uint32_t domain, uint32_t site, uint64_t size, double weight);
+/* The live weight of a block of a domain and site changes from `from` to `to` (0: not counted
+ * live): its live estimate changes by (to - from) x size, rounded as the reducer rounds records. */
+void ms_spill_live(uint32_t domain, uint32_t site, uint64_t size, float from, float to);
 /* Adds everything spilled so far into s and starts the spill again from zero. */
 void ms_spill_fold(ms_summary_t *s);
 void ms_spill_clear(void);

@@ -259,7 +259,7 @@ static void rehash(live_table_t *from, live_table_t *to)
                 *slot = *e;
                 set_used(to, slot, true);
             } else {
-                ms_spill_live(e->domain, e->site, e->size, -(double)e->weight);
+                ms_spill_live(e->domain, e->site, e->size, e->weight, 0.0f);
                 filter_remove(e->address);
                 atomic_fetch_sub(&g_entries, 1);
             }
@@ -344,10 +344,10 @@ static bool thin(live_table_t *t, uint64_t *rng)
             if (kept == e->weight)
                 continue;
             if (kept > 0.0f) {
-                ms_spill_live(e->domain, e->site, e->size, (double)kept - (double)e->weight);
+                ms_spill_live(e->domain, e->site, e->size, e->weight, kept);
                 e->weight = kept;
             } else {
-                ms_spill_live(e->domain, e->site, e->size, -(double)e->weight);
+                ms_spill_live(e->domain, e->site, e->size, e->weight, 0.0f);
                 filter_remove(e->address);
                 e->address = 0;
                 set_used(t, e, false);

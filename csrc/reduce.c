@@ -258,14 +258,12 @@ static unsigned class_of(unsigned flags)
     return c < MS_CLASSES ? c : MS_CLASSES - 1;
 }
 
-/* The double route for a record outside the fixed-point bounds (kind 1 or 2): its
- * contributions go straight into the summary. A free adds the negated values. */
-static void add_in_double(const ms_record_t *r, unsigned kind, ms_summary_t *s)
+/* A record's contributions, w and w x size (kind 1 or 2), straight into the summary. A free
+ * adds the negated values. */
+static void add_values(const ms_record_t *r, unsigned kind, double w, double wb, ms_summary_t *s)
 {
     unsigned flags = r->flags, d = ms_flags_domain(flags);
     uint32_t site = ms_record_id(r);
-    double w = (double)r->weight;
-    double wb = w * (double)r->size;
     if (kind == 1) {
         unsigned c = class_of(flags);
         s->count[d][c] += w;
@@ -287,13 +285,29 @@ static void add_in_double(const ms_record_t *r, unsigned kind, ms_summary_t *s)
         s->id_live_bytes[site] += wb;
 }
 
-/* One record straight into a summary by the double route, whatever its size and weight: the
- * spill's way in (spill.c adds records one at a time, inside hooks, with no scratch). */
+/* The double route for a record outside the fixed-point bounds. */
+static void add_in_double(const ms_record_t *r, unsigned kind, ms_summary_t *s)
+{
+    double w = (double)r->weight;
+    add_values(r, kind, w, w * (double)r->size, s);
+}
+
+/* One record straight into a summary, one at a time: the spill's way in (spill.c adds records
+ * inside hooks, with no scratch). Within the bounds it adds what the block paths add, w and
+ * w x size rounded to their fixed-point units, so that a block's allocation and its free cancel
+ * exactly whichever way each came (a ring, the spill, the live table's corrections). */
 void ms_reduce_record(const ms_record_t *r, ms_summary_t *s)
 {
     unsigned kind = scalar_kind(r->flags);
-    if (kind != 0)
-        add_in_double(r, kind, s);
+    if (kind != 0) {
+        double w = (double)r->weight;
+        double wb = w * (double)r->size;
+        if (in_fixed_range(w, wb)) {
+            w = (double)to_fixed(w * COUNT_SCALE) * COUNT_UNIT;
+            wb = (double)to_fixed(wb * BYTES_SCALE) * BYTES_UNIT;
+        }
+        add_values(r, kind, w, wb, s);
+    }
     s->free_records += kind == 2;
     s->records++;
 }

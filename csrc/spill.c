@@ -26,20 +26,27 @@ void ms_spill_record(const ms_record_t *rec)
     ms_spin_unlock(&g_lock);
 }
 
-void ms_spill_live(uint32_t domain, uint32_t site, uint64_t size, double weight)
+void ms_spill_live(uint32_t domain, uint32_t site, uint64_t size, float from, float to)
 {
-    /* A free record of weight -w adds w to the live estimate and nothing else. */
-    ms_record_t rec = {
-        .size = size,
-        .site = site,
-        .weight = (float)-weight,
-        .flags = (uint16_t)(domain | (MS_EVENT_FREE << MS_FLAG_EVENT_SHIFT)),
-    };
+    /* As two free records, one of weight from (it takes from x size off) and one of weight -to
+     * (it adds to x size), each rounded as the reducer rounds a record: the block's free record
+     * later takes off to x size rounded the same way, to the bit. Neither is a record of the
+     * program's: only their live parts count. */
+    float weights[2] = {from, -to};
     ms_spin_lock(&g_lock);
-    ms_sums_add_record(&g_spill, &rec);
-    /* not a record of the program's: only its live part counts */
-    g_spill.s.records--;
-    g_spill.s.free_records--;
+    for (int i = 0; i < 2; i++) {
+        if (weights[i] == 0.0f)
+            continue;
+        ms_record_t rec = {
+            .size = size,
+            .site = site,
+            .weight = weights[i],
+            .flags = (uint16_t)(domain | (MS_EVENT_FREE << MS_FLAG_EVENT_SHIFT)),
+        };
+        ms_sums_add_record(&g_spill, &rec);
+        g_spill.s.records--;
+        g_spill.s.free_records--;
+    }
     ms_spin_unlock(&g_lock);
 }
 

@@ -5,13 +5,12 @@ thread the tracker ignores (a collection that lands on the drainer or inside a m
 and with rings far too small to hold the free records (they are counted as dropped and spilled):
 the live estimate of the sites that allocated the cycles comes back to zero.
 
-Why zero, and why that is not a tolerance chosen to pass: a block that is sampled adds w*s to its
-site's live estimate when allocated and takes exactly w*s off when its free record is reduced
-(the record carries the allocation's own weight and size), whatever the sampling rates. So once
-every block of the burst is freed, their sites' live estimate is a sum of exactly cancelling
-terms, whatever was sampled: only double rounding remains (below 1e-9 of the bytes allocated).
-A lost free leaves its whole w*s behind: at the default rates a single one is 200 bytes times a
-weight of 1,000 or 20, far above that bound. (The domain's live estimate also holds whatever else
+Why exactly zero: a block that is sampled adds w*s to its site's live estimate when allocated
+and takes exactly w*s off when its free record is reduced (the record carries the allocation's
+own weight and size), whatever the sampling rates, and every route rounds w*s to the same
+2^-10-byte grid (test_live_cancels). So once every block of the burst is freed, their sites'
+live estimate is a sum of exactly cancelling terms, whatever was sampled. A lost free leaves its
+whole w*s behind. (The domain's live estimate also holds whatever else
 the window left live, which depends on the tests run before in the process: the sites are the
 exact check.)
 """
@@ -83,7 +82,7 @@ def test_live_estimate_returns_after_a_burst_of_frees(start_tracker, settings, i
         live_after, _, snap = live_of_make_cycles(tracker)
     finally:
         gc.enable()
-    assert abs(live_after) <= 1e-9 * allocated, (live_made, live_after, snap.counters.dropped - before.dropped)
+    assert live_after == 0.0, (live_made, live_after, allocated, snap.counters.dropped - before.dropped)
     if settings.get("small_sample_rate") == 1.0 and (not ignored or settings.get("max_records_per_thread") == 256):
         # the free records really did not all fit in the rings: the spill carried them
         assert snap.counters.dropped > before.dropped
