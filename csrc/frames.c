@@ -107,20 +107,20 @@ void ms_frames_configure(int max_depth)
 
 /* Out of line, so that its 2 KiB frame is only taken on a thread that runs Python code (a thread
  * of a C library, which may have a small stack, calls the native domain's hooks too). */
-__attribute__((noinline)) static uint32_t capture(PyThreadState *tstate, int domain)
+__attribute__((noinline)) static uint32_t capture(PyThreadState *tstate, int domain, ms_stack_memo_t *memo)
 {
     /* On this thread's C stack: 16 bytes a frame, 2 KiB at the most (MS_MAX_STACK_DEPTH). */
     ms_frame_t frames[MS_MAX_STACK_DEPTH];
     int n = walk(tstate, frames, atomic_load_explicit(&g_max_depth, memory_order_relaxed));
     if (n == 0)
         return MS_ID_NATIVE + (uint32_t)domain;
-    return ms_stack_intern(frames, n, domain);
+    return ms_stack_intern(frames, n, domain, memo);
 }
 
-uint32_t ms_frame_site(int domain)
+uint32_t ms_frame_site(int domain, ms_stack_memo_t *memo)
 {
     PyThreadState *tstate = gil_holder_self();
     if (tstate == NULL)
         return MS_ID_NATIVE + (uint32_t)domain;
-    return capture(tstate, domain);
+    return capture(tstate, domain, memo);
 }

@@ -163,7 +163,7 @@ __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, u
     if (MS_UNLIKELY(atomic_load_explicit(&ms_child_start_armed, memory_order_relaxed)))
         ms_child_start_poll(t0);
     if (site == UINT32_MAX)
-        site = ms_frame_site(domain);
+        site = ms_frame_site(domain, &t->stack_memo);
     ms_live_entry_t e = {address, size, site, weight, (uint32_t)domain, 0}, stale;
     int live = ms_live_insert(&e, &t->rng, &stale);
     if (MS_UNLIKELY(stale.address != 0))

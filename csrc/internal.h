@@ -93,6 +93,33 @@ static inline uint64_t ms_bucket_of_nonzero(uint64_t size)
 /* A segment of a thread's buffer of records (rings.c). */
 typedef struct ms_ring ms_ring_t;
 
+/* One frame of a stack as the hook reads it: a borrowed code object and its byte offset. */
+typedef struct {
+    void *code;
+    int32_t offset;
+} ms_frame_t;
+
+/* The outer frames of the last stack a thread interned, with their node ids, and its leaf: a
+ * thread that samples in a loop sees the same outer frames again and again, and compares them
+ * here instead of looking each up in the shared table (sites.c). Valid while no node has been
+ * forgotten since it was filled (epoch): until then every id keeps its key. Seven frames keep
+ * nine records' room in the page of the thread's state (ms_rings_embed). */
+#define MS_STACK_MEMO 7
+typedef struct {
+    void *code;
+    int32_t offset;
+    uint32_t id;
+} ms_memo_frame_t;
+
+typedef struct {
+    uint64_t epoch;                  /* the sites' epoch when filled; 0: empty */
+    uint16_t n;                      /* outer frames held, outermost first */
+    uint16_t leaf_domain;
+    uint32_t leaf_caller;            /* the leaf's caller node (its key) */
+    ms_memo_frame_t leaf;            /* the innermost frame; id 0: none */
+    ms_memo_frame_t frames[MS_STACK_MEMO];
+} ms_stack_memo_t;
+
 typedef struct ms_thread {
     /* Exact counters, written by the owning thread only. Small allocations are counted once,
      * in small_by_size: their per-class count is its sum, taken at read time (ms_thread_add),
@@ -126,6 +153,7 @@ typedef struct ms_thread {
     _Atomic uint64_t slots;        /* records all its segments can hold (rings.c) */
     _Atomic int dead;              /* set by the thread's TLS destructor; drainer then frees */
     struct ms_thread *next;        /* registry list, under the registry lock */
+    ms_stack_memo_t stack_memo;    /* owning thread only, with the GIL (sites.c) */
 } ms_thread_t;
 
 /* The calling thread's tracker state in one thread-local word, so that the fast path decides
@@ -449,20 +477,14 @@ static inline bool ms_live_maybe(uint64_t address)
     return atomic_load_explicit(&ms_live_filter[ms_live_slot(address)], memory_order_relaxed) != 0;
 }
 
-/* ---- sites.c / frames.c ---- */
-/* One frame of a stack as the hook reads it: a borrowed code object and its byte offset. */
-typedef struct {
-    void *code;
-    int32_t offset;
-} ms_frame_t;
-
+/* ---- sites.c / frames.c (ms_frame_t and ms_stack_memo_t are above) ---- */
 /* The id of one key (a type: code NULL; a frame: code, offset, and the caller's node id as key),
  * or MS_ID_OVERFLOW + domain when every id is taken. */
 uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key);
 /* The id of a sampled stack (frames[0] innermost, n >= 1), interned node by node from the
  * outermost frame in (sites.c); a stack whose outer frames find no room is cut to its
  * innermost frame under MS_ID_STACK_OVERFLOW (counted). */
-uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain);
+uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain, ms_stack_memo_t *memo);
 /* Stacks cut by ms_stack_intern so far. */
 uint64_t ms_sites_stack_overflows(void);
 uint32_t ms_sites_used(void);
@@ -470,7 +492,7 @@ void ms_sites_fork_child(void);
 /* MAX_STACK_DEPTH (1 .. MS_MAX_STACK_DEPTH), from ms_start. */
 void ms_frames_configure(int max_depth);
 /* The id of the calling thread's Python stack (up to MAX_STACK_DEPTH frames, innermost first),
- * or MS_ID_NATIVE + domain when it runs no Python code. */
-uint32_t ms_frame_site(int domain);
+ * or MS_ID_NATIVE + domain when it runs no Python code. memo: the thread's own. */
+uint32_t ms_frame_site(int domain, ms_stack_memo_t *memo);
 
 #endif

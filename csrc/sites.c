@@ -76,6 +76,9 @@ static uint32_t g_callees[MS_MAX_IDS];
 static uint32_t g_forgotten[MS_MAX_IDS];
 static uint32_t g_forgotten_count;
 static _Atomic uint64_t g_stack_overflows;
+/* Moves on whenever a node is forgotten (under g_lock, with the GIL): the threads' stack memos
+ * filled before then no longer count (ms_stack_intern). Never 0, an empty memo's. */
+static _Atomic uint64_t g_epoch = 1;
 
 /* The drainer is woken (from inside the hook, like a half-full ring wakes it) when this many
  * sites hold their code objects: Python resolves them after the drain, and lets the code go. A
@@ -236,26 +239,72 @@ uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key)
     return id != 0 ? id : MS_ID_OVERFLOW + (uint32_t)domain;
 }
 
-uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain)
+static inline bool same_frame(const ms_memo_frame_t *m, const ms_frame_t *f)
+{
+    return m->code == f->code && m->offset == f->offset;
+}
+
+/* How many outer frames of a stack the memo holds (frames[n - 1] down to frames[n - k]). Their
+ * ids are what intern_key returned for the same keys, and no id has changed its key since (the
+ * epoch: an entry is rewritten only once its id has been forgotten and reclaimed). Every caller
+ * holds the GIL, as ms_site_forget's callers do, so the epoch cannot move meanwhile. */
+static int memo_matches(const ms_stack_memo_t *memo, const ms_frame_t *frames, int n)
+{
+    int limit = (int)memo->n < n - 1 ? (int)memo->n : n - 1, k = 0;
+    while (k < limit && same_frame(&memo->frames[k], &frames[n - 1 - k]))
+        k++;
+    return k;
+}
+
+static inline void memo_set(ms_memo_frame_t *m, const ms_frame_t *f, uint32_t id)
+{
+    m->code = f->code;
+    m->offset = f->offset;
+    m->id = id;
+}
+
+uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain, ms_stack_memo_t *memo)
 {
     /* From the outermost frame in: each node's key is its caller's id. A hot stack costs one
-     * lock-free lookup per frame; only new nodes take the lock. */
-    uint64_t caller = 0;
-    for (int i = n - 1; i > 0; i--) {
+     * lock-free lookup per frame the thread's memo does not hold; only new nodes take the lock. */
+    uint64_t epoch = atomic_load_explicit(&g_epoch, memory_order_relaxed);
+    if (memo->epoch != epoch) {
+        memo->epoch = epoch;
+        memo->n = 0;
+        memo->leaf.id = 0;
+    }
+    int k = memo_matches(memo, frames, n);
+    uint64_t caller = k > 0 ? memo->frames[k - 1].id : 0;
+    for (int i = n - 1 - k; i > 0; i--) {
         uint32_t id = intern_key(frames[i].code, frames[i].offset, MS_FRAME_DOMAIN, caller);
         if (MS_UNLIKELY(id == 0)) {
             caller = MS_ID_STACK_OVERFLOW;
             break;
         }
         caller = id;
+        /* the memo's chain now follows this stack: what it held past here was another's */
+        int at = n - 1 - i;
+        if (at < MS_STACK_MEMO) {
+            memo_set(&memo->frames[at], &frames[i], id);
+            memo->n = (uint16_t)(at + 1);
+        }
     }
+    if (memo->leaf.id != 0 && same_frame(&memo->leaf, &frames[0]) && memo->leaf_domain == (uint16_t)domain &&
+        memo->leaf_caller == caller)
+        return memo->leaf.id;
     uint32_t leaf = intern_key(frames[0].code, frames[0].offset, domain, caller);
     if (MS_UNLIKELY(leaf == 0 && caller != MS_ID_STACK_OVERFLOW)) {
         caller = MS_ID_STACK_OVERFLOW; /* the stack's own leaf found no room: keep the site at least */
         leaf = intern_key(frames[0].code, frames[0].offset, domain, caller);
     }
-    if (MS_UNLIKELY(caller == MS_ID_STACK_OVERFLOW || leaf == 0))
+    if (MS_UNLIKELY(caller == MS_ID_STACK_OVERFLOW || leaf == 0)) {
         atomic_fetch_add_explicit(&g_stack_overflows, 1, memory_order_relaxed);
+        memo->leaf.id = 0; /* a cut stack is counted each time: not held */
+    } else {
+        memo_set(&memo->leaf, &frames[0], leaf);
+        memo->leaf_domain = (uint16_t)domain;
+        memo->leaf_caller = (uint32_t)caller; /* a node id, below MS_MAX_IDS */
+    }
     return leaf != 0 ? leaf : MS_ID_OVERFLOW + (uint32_t)domain;
 }
 
@@ -384,6 +433,7 @@ static void forget_node(uint32_t id)
     }
     int state = atomic_load_explicit(&g_state[id], memory_order_relaxed);
     atomic_store_explicit(&g_state[id], state == ID_HELD ? ID_HELD_DEAD : ID_DEAD, memory_order_release);
+    atomic_fetch_add_explicit(&g_epoch, 1, memory_order_relaxed);
     /* Its caller is live (a live node's callers all are) or is being forgotten in this same
      * call: either way the count is the caller's own, not a reused id's. */
     uint32_t caller = caller_of(code, key);

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import types
 
 import pytest
 
@@ -212,6 +214,37 @@ def test_a_new_code_object_at_a_dead_ones_address_gets_a_new_id(start_tracker):
     counts = {k.function: v[1] for k, v in snap.per_site.items()
               if isinstance(k, Site) and k.function.startswith("same_address_")}
     assert counts == {f"same_address_{i}": 1 for i in range(300)}
+
+
+def test_a_threads_stack_memo_forgets_a_dead_code_object(start_tracker):
+    """The same as above where a thread remembers its last stack (sites.c, the stack memo): the
+    new code object at the dead one's address, called from the same line with no other sample in
+    between, must not be handed the dead one's id from the memo."""
+    tracker = start_tracker(small_sample_rate=0.0, medium_sample_rate=0.0, frequency_sample_interval=0)
+    template = _make("same_address_memo").__code__
+    names = [f"memo_{i}" for i in range(200)]  # made before: no allocation of their own below
+    QUALNAME = (lambda name: {"co_qualname": name}) if sys.version_info >= (3, 11) else (lambda name: {})
+    seen = {}
+
+    def run():
+        for name in names:
+            # a copy of the code under its own name (no compiler, so no large block of its own),
+            # of one size: most come at the address of the one before, which died at the drain
+            f = types.FunctionType(template.replace(co_name=name, **QUALNAME(name)), {})
+            seen.setdefault(id(f.__code__), []).append(name)
+            f()
+            del f
+            with sampler.ignored():
+                tracker.drainer.drain()  # its resolver takes the code over and lets it die
+
+    thread = threading.Thread(target=run)  # a short stack: the memo holds all its frames
+    thread.start()
+    thread.join()
+    assert max(len(v) for v in seen.values()) > 1, "no address was reused: the test shows nothing"
+    snap = memscope_otel.snapshot()
+    counts = {k.function: v[1] for k, v in snap.per_site.items()
+              if isinstance(k, Site) and k.function.startswith("memo_")}
+    assert counts == {name: 1 for name in names}
 
 
 def test_an_id_waits_while_a_live_block_carries_it(start_tracker):

@@ -8,6 +8,7 @@ Large blocks are always sampled (weight 1): a stack of them is seen exactly once
 import json
 import math
 import sys
+import threading
 import traceback
 
 import pytest
@@ -99,6 +100,38 @@ def recorded_stacks(tracker, since=None):
     if since is not None:
         found = {k: v - since.get(k, 0.0) for k, v in found.items() if v - since.get(k, 0.0) > 0}
     return found
+
+
+def test_stacks_that_take_turns_keep_their_own_counts(start_tracker):
+    """A thread remembers the outer frames of its last stack (sites.c, the stack memo): stacks
+    that take turns, sharing some outer frames and not others, deeper and shallower than what it
+    holds, each count exactly their own calls. Only large blocks are sampled (weight 1)."""
+    tracker = start_tracker(small_sample_rate=0.0, medium_sample_rate=0.0, frequency_sample_interval=0)
+    CAPTURED.clear()
+    before = recorded_stacks(tracker)
+
+    def take_turns():
+        for _ in range(30):  # one call a line: each call's own stack
+            keep = nested_a()
+            keep = recurse(2)
+            keep = recurse(12)
+            keep = comprehension()
+            keep = nested_c()
+            keep = recurse(2)
+        assert keep
+
+    # on a thread of its own, whose stacks are short enough for the memo to hold their outer
+    # frames (pytest's own go deeper than it)
+    thread = threading.Thread(target=take_turns)
+    thread.start()
+    thread.join()
+    found = recorded_stacks(tracker, before)
+    expected = {}
+    for summary in CAPTURED:
+        stack = tuple(expected_stack(summary, 64))
+        expected[stack] = expected.get(stack, 0) + 1
+    assert len(expected) == 6
+    assert found == expected
 
 
 @pytest.mark.parametrize("depth", [64, 5])
