@@ -102,22 +102,21 @@ typedef struct {
 /* The outer frames of the last stack a thread interned, with their node ids, and its leaf: a
  * thread that samples in a loop sees the same outer frames again and again, and compares them
  * here instead of looking each up in the shared table (sites.c). Valid while no node has been
- * forgotten since it was filled (epoch): until then every id keeps its key. Seven frames keep
- * nine records' room in the page of the thread's state (ms_rings_embed). */
-#define MS_STACK_MEMO 7
-typedef struct {
-    void *code;
-    int32_t offset;
-    uint32_t id;
-} ms_memo_frame_t;
-
+ * forgotten since it was filled (epoch): until then every id keeps its key. In arrays, ids in 16
+ * bits: 144 bytes, which leave nine records' room in the page of the thread's state
+ * (ms_rings_embed). */
+#define MS_STACK_MEMO 8
 typedef struct {
     uint64_t epoch;                  /* the sites' epoch when filled; 0: empty */
-    uint16_t n;                      /* outer frames held, outermost first */
+    void *code[MS_STACK_MEMO];       /* the outer frames, outermost first */
+    int32_t offset[MS_STACK_MEMO];
+    uint16_t id[MS_STACK_MEMO];
+    uint16_t n;                      /* outer frames held */
     uint16_t leaf_domain;
     uint32_t leaf_caller;            /* the leaf's caller node (its key) */
-    ms_memo_frame_t leaf;            /* the innermost frame; id 0: none */
-    ms_memo_frame_t frames[MS_STACK_MEMO];
+    void *leaf_code;                 /* the innermost frame */
+    int32_t leaf_offset;
+    uint32_t leaf_id;                /* 0: none */
 } ms_stack_memo_t;
 
 typedef struct ms_thread {

@@ -239,10 +239,7 @@ uint32_t ms_site_intern(void *code, int32_t offset, int domain, uint64_t key)
     return id != 0 ? id : MS_ID_OVERFLOW + (uint32_t)domain;
 }
 
-static inline bool same_frame(const ms_memo_frame_t *m, const ms_frame_t *f)
-{
-    return m->code == f->code && m->offset == f->offset;
-}
+_Static_assert(MS_MAX_IDS <= 1u << 16, "a stack memo holds node ids in 16 bits");
 
 /* How many outer frames of a stack the memo holds (frames[n - 1] down to frames[n - k]). Their
  * ids are what intern_key returned for the same keys, and no id has changed its key since (the
@@ -251,16 +248,9 @@ static inline bool same_frame(const ms_memo_frame_t *m, const ms_frame_t *f)
 static int memo_matches(const ms_stack_memo_t *memo, const ms_frame_t *frames, int n)
 {
     int limit = (int)memo->n < n - 1 ? (int)memo->n : n - 1, k = 0;
-    while (k < limit && same_frame(&memo->frames[k], &frames[n - 1 - k]))
+    while (k < limit && memo->code[k] == frames[n - 1 - k].code && memo->offset[k] == frames[n - 1 - k].offset)
         k++;
     return k;
-}
-
-static inline void memo_set(ms_memo_frame_t *m, const ms_frame_t *f, uint32_t id)
-{
-    m->code = f->code;
-    m->offset = f->offset;
-    m->id = id;
 }
 
 uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain, ms_stack_memo_t *memo)
@@ -271,10 +261,10 @@ uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain, ms_stack_m
     if (memo->epoch != epoch) {
         memo->epoch = epoch;
         memo->n = 0;
-        memo->leaf.id = 0;
+        memo->leaf_id = 0;
     }
     int k = memo_matches(memo, frames, n);
-    uint64_t caller = k > 0 ? memo->frames[k - 1].id : 0;
+    uint64_t caller = k > 0 ? memo->id[k - 1] : 0;
     for (int i = n - 1 - k; i > 0; i--) {
         uint32_t id = intern_key(frames[i].code, frames[i].offset, MS_FRAME_DOMAIN, caller);
         if (MS_UNLIKELY(id == 0)) {
@@ -285,13 +275,15 @@ uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain, ms_stack_m
         /* the memo's chain now follows this stack: what it held past here was another's */
         int at = n - 1 - i;
         if (at < MS_STACK_MEMO) {
-            memo_set(&memo->frames[at], &frames[i], id);
+            memo->code[at] = frames[i].code;
+            memo->offset[at] = frames[i].offset;
+            memo->id[at] = (uint16_t)id;
             memo->n = (uint16_t)(at + 1);
         }
     }
-    if (memo->leaf.id != 0 && same_frame(&memo->leaf, &frames[0]) && memo->leaf_domain == (uint16_t)domain &&
-        memo->leaf_caller == caller)
-        return memo->leaf.id;
+    if (memo->leaf_id != 0 && memo->leaf_code == frames[0].code && memo->leaf_offset == frames[0].offset &&
+        memo->leaf_domain == (uint16_t)domain && memo->leaf_caller == caller)
+        return memo->leaf_id;
     uint32_t leaf = intern_key(frames[0].code, frames[0].offset, domain, caller);
     if (MS_UNLIKELY(leaf == 0 && caller != MS_ID_STACK_OVERFLOW)) {
         caller = MS_ID_STACK_OVERFLOW; /* the stack's own leaf found no room: keep the site at least */
@@ -299,11 +291,13 @@ uint32_t ms_stack_intern(const ms_frame_t *frames, int n, int domain, ms_stack_m
     }
     if (MS_UNLIKELY(caller == MS_ID_STACK_OVERFLOW || leaf == 0)) {
         atomic_fetch_add_explicit(&g_stack_overflows, 1, memory_order_relaxed);
-        memo->leaf.id = 0; /* a cut stack is counted each time: not held */
+        memo->leaf_id = 0; /* a cut stack is counted each time: not held */
     } else {
-        memo_set(&memo->leaf, &frames[0], leaf);
+        memo->leaf_code = frames[0].code;
+        memo->leaf_offset = frames[0].offset;
         memo->leaf_domain = (uint16_t)domain;
         memo->leaf_caller = (uint32_t)caller; /* a node id, below MS_MAX_IDS */
+        memo->leaf_id = leaf;
     }
     return leaf != 0 ? leaf : MS_ID_OVERFLOW + (uint32_t)domain;
 }
