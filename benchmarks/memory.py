@@ -89,6 +89,20 @@ def static_tables():
     return tables
 
 
+def mapped_resident(part):
+    """Resident bytes of the file mappings whose path contains ``part`` (/proc/self/smaps): the
+    code and data pages of those shared objects that this process has touched."""
+    total, counting = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                counting = len(fields) >= 6 and part in fields[5]
+            elif counting and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
 def array_resident(array):
     return resident(array.__array_interface__["data"][0], array.nbytes)
 
@@ -120,6 +134,7 @@ def child(settings, threads, modules, scale):
     mark("program")
     ctypes.CDLL(None).malloc_trim(0)
     mark("trimmed")
+    out["numpy_pages"] = mapped_resident("numpy")
     if tracker is not None:
         counters = sampler.read_counters()
         out["c_pages"] = counters.footprint_bytes
@@ -205,10 +220,18 @@ def main(argv=None):
         if label.startswith("workload"):
             for name, n in sorted(x["recognizer"].items(), key=lambda kv: -kv[1]):
                 print(f"      {name:24} {n / MB:7.2f} MB   (bound: {RECOGNIZER_BOUNDS[name]})")
+    # numpy's pages (file-backed: shared with every process that runs the same code) that the
+    # recognizer's reads touch and the program's own use of numpy does not
+    numpy_pages = {mode: _common.median([r["numpy_pages"] for r in xs]) / MB for mode, xs in runs.items()}
+    recognizer_code = numpy_pages["memscope"] - numpy_pages["memscope, ADAPTIVE=false"]
+    label = "numpy code pages the recognizer runs (default - ADAPTIVE=false)"
+    parts.append((label, recognizer_code))
+    print(f"  {label:66} {recognizer_code:7.2f} MB")
+    print("      numpy's pages resident: " + ", ".join(f"{mode} {v:.2f} MB" for mode, v in numpy_pages.items()))
     rest = in_use_mb - sum(v for _, v in parts)
     print(f"  {'the rest: the difference after malloc_trim less the parts above':66} {rest:7.2f} MB")
-    print("      (Python objects of the tracker and of its metric series, numpy's code pages the")
-    print("      recognizer reads, thread stacks; not broken down)")
+    print("      (Python objects of the tracker and of its metric series, pymalloc arenas and heap")
+    print("      pages that they keep, thread stacks; not broken down)")
     print(f"  {'tracker total, RSS difference after malloc_trim (median)':66} {in_use_mb:7.2f} MB")
     print(f"  {'  of which the recognizer (ADAPTIVE=true minus false)':66} {recognizer:7.2f} MB")
     print(f"  {'tracker total, RSS difference (median)':66} {tracker_mb:7.2f} MB   (target <= 6)")

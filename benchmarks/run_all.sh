@@ -31,3 +31,4 @@ run background benchmarks/background.py $([ -n "$quick" ] && echo --seconds 2)
 run reduce benchmarks/reduce_throughput.py
 run memory benchmarks/memory.py $quick
 run thread_churn benchmarks/thread_churn.py $quick
+run collection_cost benchmarks/collection_cost.py
