@@ -19,11 +19,11 @@ import sys
 import pytest
 
 CHILD = r"""
-import gc, sys
+import ast, gc, sys
 import memscope_otel
 from memscope_otel import sampler
 
-settings = eval(sys.argv[1])
+settings = ast.literal_eval(sys.argv[1])
 n, keep_all = settings.pop("blocks"), settings.pop("keep_all")
 tracker = memscope_otel.start(adaptive=False, drain_interval_ms=60000, max_ring_memory=2**30, **settings)
 if keep_all:

@@ -223,14 +223,14 @@ def test_a_threads_stack_memo_forgets_a_dead_code_object(start_tracker):
     tracker = start_tracker(small_sample_rate=0.0, medium_sample_rate=0.0, frequency_sample_interval=0)
     template = _make("same_address_memo").__code__
     names = [f"memo_{i}" for i in range(200)]  # made before: no allocation of their own below
-    QUALNAME = (lambda name: {"co_qualname": name}) if sys.version_info >= (3, 11) else (lambda name: {})
+    qualname = (lambda name: {"co_qualname": name}) if sys.version_info >= (3, 11) else (lambda name: {})
     seen = {}
 
     def run():
         for name in names:
             # a copy of the code under its own name (no compiler, so no large block of its own),
             # of one size: most come at the address of the one before, which died at the drain
-            f = types.FunctionType(template.replace(co_name=name, **QUALNAME(name)), {})
+            f = types.FunctionType(template.replace(co_name=name, **qualname(name)), {})
             seen.setdefault(id(f.__code__), []).append(name)
             f()
             del f
