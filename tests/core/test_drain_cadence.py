@@ -55,11 +55,26 @@ def test_enough_waiting_records_are_drained_every_interval(start_tracker):
     assert drains >= bursts - 2, drains
 
 
+def _settle(tracker, quiet_s=0.5, timeout_s=20.0):
+    """Waits until the drainer has not drained for ``quiet_s``: what was left waiting (records of
+    the snapshot itself, threads of earlier tests that exited) is drained within MS_DRAIN_SKIPS + 1
+    intervals on an idle machine, later on a loaded one."""
+    deadline = time.monotonic() + timeout_s
+    last, since = tracker.drainer.drains, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if tracker.drainer.drains != last:
+            last, since = tracker.drainer.drains, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+    raise AssertionError(f"the drainer kept draining for {timeout_s} s")
+
+
 def test_a_quiet_program_is_not_woken_for(start_tracker):
     """No record waiting, no drain: the drainer would take the GIL back for nothing."""
     tracker = start_tracker(drain_interval_ms=20)
     memscope_otel.snapshot()
-    time.sleep(0.3)  # (what the snapshot itself left is drained within MS_DRAIN_SKIPS + 1 intervals)
+    _settle(tracker)
     drains = _drains_during(tracker, lambda: time.sleep(0.25), 1.5)
     # 75 intervals, 15 times the longest skip: none while nothing (next to nothing: a sampled
     # allocation is one in 1,000 at least) was allocated.
