@@ -109,6 +109,18 @@ static inline int64_t to_fixed(double x)
     return (int64_t)(bits & MANTISSA_MASK) - MAGIC_MANTISSA;
 }
 
+/* A record's count and weighted bytes in fixed-point units: the one rounding of every route (the
+ * block paths sum these; ms_reduce_record adds them one at a time). */
+static inline int64_t count_units(double w)
+{
+    return to_fixed(w * COUNT_SCALE);
+}
+
+static inline int64_t bytes_units(double wb)
+{
+    return to_fixed(wb * BYTES_SCALE);
+}
+
 /* 1 when a record's contributions go the integer route (see "Bounds"); 0 for NaN too. */
 static inline int in_fixed_range(double w, double wb)
 {
@@ -303,8 +315,8 @@ void ms_reduce_record(const ms_record_t *r, ms_summary_t *s)
         double w = (double)r->weight;
         double wb = w * (double)r->size;
         if (in_fixed_range(w, wb)) {
-            w = (double)to_fixed(w * COUNT_SCALE) * COUNT_UNIT;
-            wb = (double)to_fixed(wb * BYTES_SCALE) * BYTES_UNIT;
+            w = (double)count_units(w) * COUNT_UNIT;
+            wb = (double)bytes_units(wb) * BYTES_UNIT;
         }
         add_values(r, kind, w, wb, s);
     }
@@ -334,7 +346,7 @@ static void reduce_block_scalar(const ms_record_t *records, size_t n, ms_summary
             add_in_double(r, kind, s);
             continue;
         }
-        int64_t count = to_fixed(w * COUNT_SCALE), bytes = to_fixed(wb * BYTES_SCALE);
+        int64_t count = count_units(w), bytes = bytes_units(wb);
         unsigned d = ms_flags_domain(flags);
         id_sums_t *row = NULL;
         if (ids) {
@@ -575,7 +587,7 @@ __attribute__((target("avx2"), always_inline)) static inline void quad_avx2(
     *all_inside = _mm256_and_si256(*all_inside, _mm256_or_si256(used, ignored));
     *free_lanes = _mm256_sub_epi64(*free_lanes, is_free);
 
-    /* The integers, as to_fixed(w * 2^24) and to_fixed(w * size * 2^10) compute them: adding
+    /* The integers, as count_units(w) and bytes_units(w * size) compute them: adding
      * 1.5 * 2^28 (resp. 1.5 * 2^42) rounds to a multiple of 2^-24 (2^-10), the same rounding
      * scaled by a power of two, and the sum stays within [2^28, 2^29) (resp. [2^42, 2^43)),
      * so the difference of the bit patterns is the integer. Lanes outside the bounds give

@@ -96,7 +96,9 @@ class Drainer:
 
     def add_sink(self, sink):
         """Gives ``sink`` the records drained from now on: the mover keeps every record,
-        unreduced, from its next pass (a pass under way finishes at the setting it began with)."""
+        unreduced, from its next pass (a pass under way finishes at the setting it began with).
+        The drains' cadence stays as the drainer was made: only sinks given to the constructor
+        (the dump writer, whose chunks are intervals) stop periodic drains from being skipped."""
         self._sinks += (sink,)
         self._keep_changed()
 

@@ -112,13 +112,12 @@ def test_stacks_that_take_turns_keep_their_own_counts(start_tracker):
 
     def take_turns():
         for _ in range(30):  # one call a line: each call's own stack
-            keep = nested_a()
-            keep = recurse(2)
-            keep = recurse(12)
-            keep = comprehension()
-            keep = nested_c()
-            keep = recurse(2)
-        assert keep
+            nested_a()
+            recurse(2)
+            recurse(12)
+            comprehension()
+            nested_c()
+            recurse(2)
 
     # on a thread of its own, whose stacks are short enough for the memo to hold their outer
     # frames (pytest's own go deeper than it)

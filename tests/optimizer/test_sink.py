@@ -537,5 +537,7 @@ def test_nbytes_counts_the_queue_and_then_the_window(paced_worker):
     read = recognizer.nbytes()
     assert read["queue"] == 0
     assert read["times"] == 200 * 8  # one int64 time a record
-    assert read["pending"] == recognizer._pending._keys.nbytes * 2  # keys and times, 8 bytes a slot each
+    # 200 pending blocks stay under the smallest table's 3/8 load: its slots, a key and a time of
+    # 8 bytes each
+    assert read["pending"] == features.PendingAllocations._MIN_SLOTS * 16
     assert read["threads"] == features._THREAD_SLOTS
