@@ -263,7 +263,8 @@ size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info,
  * hash as memscope_otel.optimizer.features.followed), their weights times 2^level; returns how
  * many. out may be in. Short: Python calls it keeping the GIL. */
 size_t ms_records_follow(const ms_record_t *in, size_t n, uint32_t level, ms_record_t *out);
-/* What the mover keeps of the records it moves (read at its next pass). MS_STAGE_KEEP_ALL
+/* What the mover keeps of the records it moves, for every record made after this returns (it
+ * waits for a pass under way: a few milliseconds at most). MS_STAGE_KEEP_ALL
  * (the default): every record, unreduced, for a sink that wants them all (the dump writer).
  * 0..63: it reduces every record into a summary of its own, which ms_drain_reduce adds into the
  * drainer's, and stages only the records followed at that level (the workload recognizer's

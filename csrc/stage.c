@@ -56,7 +56,7 @@ static uint64_t g_cpu_done_ns; /* CPU time of movers that ended */
 /* What the mover reduced and no drain has added to the summary yet. */
 static double g_id_count[MS_MAX_IDS], g_id_bytes[MS_MAX_IDS], g_id_live_bytes[MS_MAX_IDS];
 static ms_sums_t g_sums = MS_SUMS_INIT(g_id_count, g_id_bytes, g_id_live_bytes);
-/* ms_stage_keep's setting, read at every pass */
+/* ms_stage_keep's setting, read at every pass (written under g_stage_lock) */
 static _Atomic int32_t g_keep = MS_STAGE_KEEP_ALL;
 
 /* Under g_stage_lock (or in a forked child): the stage's first `records` records are, or may
@@ -348,7 +348,12 @@ void ms_stage_keep(int32_t level)
 {
     if (level < MS_STAGE_KEEP_ALL)
         level = MS_STAGE_KEEP_ALL;
+    /* Under the lock of a pass: a pass under way (which reads the setting once, and may take a
+     * stage's worth of records made meanwhile) ends first, so every record made after this
+     * returns is moved under the new setting. */
+    pthread_mutex_lock(&g_stage_lock);
     atomic_store_explicit(&g_keep, level > MS_STAGE_KEEP_NONE ? MS_STAGE_KEEP_NONE : level, memory_order_relaxed);
+    pthread_mutex_unlock(&g_stage_lock);
 }
 
 uint64_t ms_stage_fold(ms_summary_t *summary)

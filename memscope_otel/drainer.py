@@ -61,6 +61,12 @@ class Drainer:
         self.summary = summary
         self.interval_s = interval_s
         self._stage_keep = sampler.StageKeep()
+        # The mover's setting is computed from the readers and set in one step under this lock:
+        # the drainer thread recomputes it after every drain, and a thread adding a sink meanwhile
+        # must not have its setting overwritten by one computed before the sink was there (the
+        # mover would reduce what the sink should get until the next drain). Re-entrant: a
+        # signal handler's snapshot may drain on a thread that holds it.
+        self._keep_lock = threading.RLock()
         self._follower = None
         self._sinks = tuple(sinks)
         self._keep_changed()
@@ -95,19 +101,21 @@ class Drainer:
         return self._sinks
 
     def add_sink(self, sink):
-        """Gives ``sink`` the records drained from now on: the mover keeps every record,
-        unreduced, from its next pass (a pass under way finishes at the setting it began with).
+        """Gives ``sink`` every record made from now on (and those drained from now on): the
+        mover keeps every record, unreduced, once a pass under way has ended (this waits for it).
         The drains' cadence stays as the drainer was made: only sinks given to the constructor
         (the dump writer, whose chunks are intervals) stop periodic drains from being skipped."""
-        self._sinks += (sink,)
-        self._keep_changed()
+        with self._keep_lock:
+            self._sinks += (sink,)
+            self._set_keep()
 
     def remove_sink(self, sink):
         """Stops giving ``sink`` records (ValueError if it is not one)."""
-        sinks = list(self._sinks)
-        sinks.remove(sink)
-        self._sinks = tuple(sinks)
-        self._keep_changed()
+        with self._keep_lock:
+            sinks = list(self._sinks)
+            sinks.remove(sink)
+            self._sinks = tuple(sinks)
+            self._set_keep()
 
     @property
     def follower(self):
@@ -118,8 +126,9 @@ class Drainer:
 
     @follower.setter
     def follower(self, follower):
-        self._follower = follower
-        self._keep_changed()
+        with self._keep_lock:
+            self._follower = follower
+            self._set_keep()
 
     def _keep_level(self):
         if self.sinks:
@@ -128,8 +137,12 @@ class Drainer:
             return self._follower.keep_level()
         return sampler.STAGE_KEEP_NONE
 
-    def _keep_changed(self):
+    def _set_keep(self):  # (with _keep_lock)
         self._stage_keep(self._keep_level())
+
+    def _keep_changed(self):
+        with self._keep_lock:
+            self._set_keep()
 
     @property
     def ring_passes(self):

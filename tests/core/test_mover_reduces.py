@@ -1,6 +1,8 @@
 """The mover reduces the records it moves (csrc/stage.c, ms_stage_keep) and stages only what a
 reader wants: every record for a sink, the follower's subsample at its level, or none. Every
 record still reaches the summary exactly once, whoever reduced it."""
+import time
+
 import numpy as np
 
 from memscope_otel import sampler
@@ -140,3 +142,36 @@ def test_the_follower_gets_the_mover_subsample_reduced_once(start_tracker):
     follower.batches.clear()
     tracker.drainer.drain()
     assert follower.batches == []
+
+
+def test_a_setting_computed_before_a_sink_was_added_does_not_outlive_it(tracker):
+    """The drainer thread recomputes the mover's setting after every drain; add_sink on another
+    thread at that moment must not be overwritten by the setting computed without its sink (the
+    mover would then reduce, and the sink miss, every record until the next drain). Here the
+    drainer-side call is held between computing its setting and applying it while the sink is
+    added: the setting applied last must be the one with the sink."""
+    import threading
+
+    drainer = tracker.drainer
+    applied, inside = [], threading.Event()
+    real = drainer._stage_keep
+
+    def held(level):
+        if threading.current_thread() is not threading.main_thread() and not inside.is_set():
+            inside.set()
+            time.sleep(0.3)  # the sink is being added meanwhile
+        applied.append(level)
+        real(level)
+
+    drainer._stage_keep = held
+    try:
+        other = threading.Thread(target=drainer._keep_changed)
+        other.start()
+        assert inside.wait(5)
+        sink = lambda records, base_us: None  # noqa: E731
+        drainer.add_sink(sink)
+        other.join()
+        assert applied[-1] == sampler.STAGE_KEEP_ALL, applied
+        drainer.remove_sink(sink)
+    finally:
+        drainer._stage_keep = real

@@ -70,6 +70,9 @@ class RecordTotals:
     other (wrong) estimators can be computed from the very records the summary reduced."""
 
     def __init__(self):
+        self.clear()
+
+    def clear(self):
         self.weighted_bytes = np.zeros((len(DOMAINS), 3))
         self.weighted_count = np.zeros((len(DOMAINS), 3))
         self.bytes = np.zeros((len(DOMAINS), 3))
@@ -130,8 +133,12 @@ def run_case(workload, case):
     with tracking(case.seed, small_sample_rate=case.small_rate, medium_sample_rate=case.medium_rate,
                   critical_size_threshold=CRITICAL, frequency_sample_interval=interval) as tracker:
         sink = RecordTotals()
-        before = window.read(tracker)
+        # Attached before the window opens, so that the mover keeps (and the drains hand the sink)
+        # every record from the window's first drain on; what that drain hands it is not the
+        # window's, and is forgotten.
         tracker.drainer.add_sink(sink)
+        before = window.read(tracker)
+        sink.clear()
         for cls, (sizes, n) in plan.items():
             _churn_chunked(workload, tracker, case.domain, sizes, n, case.rate(cls), interval)
         after = window.read(tracker)
