@@ -79,7 +79,6 @@ class WorkloadRecognizer:
         # Under _queued.
         self._sink_level = 0
         self._sink_offered = 0
-        self._scratch = np.zeros(0, dtype=RECORD_DTYPE)
         ffi, lib = sampler._lib()
         self._follow_c = sampler.keeping_the_gil(ffi, lib, "ms_records_follow", ctypes.c_size_t, ctypes.c_void_p,
                                                  ctypes.c_size_t, ctypes.c_uint32, ctypes.c_void_p)
@@ -190,16 +189,15 @@ class WorkloadRecognizer:
     def _followed_copy(self, records, level, given=0):
         """A new array of the records followed at ``level``, weights scaled (csrc/follow.c), from
         records followed at ``given`` <= ``level`` already."""
+        records = concatenate_records([records])
         if level == given:
-            return concatenate_records([records])
+            return records
         if given:  # (the hash is nested: followed at `level` is a subset of followed at `given`)
-            records = concatenate_records([records])
             records["weight"] *= np.float32(2.0 ** -given)  # (a power of two: exact)
-        records = np.ascontiguousarray(records, dtype=RECORD_DTYPE)
-        if len(self._scratch) < len(records):  # (once, at a drain's largest batch)
-            self._scratch = np.empty(max(len(records), sampler.DRAIN_BATCH), dtype=RECORD_DTYPE)
-        kept = self._follow_c(records.ctypes.data, len(records), level, self._scratch.ctypes.data)
-        return concatenate_records([self._scratch[:kept]])
+        # Subsampled in place, in the copy (out may be in: see ms_records_follow), rather than
+        # through a scratch array that would stay allocated between drains.
+        kept = self._follow_c(records.ctypes.data, len(records), level, records.ctypes.data)
+        return records if kept == len(records) else concatenate_records([records[:kept]])
 
     def start_worker(self):
         """Starts the worker thread, once: thread start-up allocates before the thread can tell the
@@ -315,15 +313,14 @@ class WorkloadRecognizer:
 
     def nbytes(self):
         """Bytes of the recognizer's arrays now, by part: ``queue`` (batches waiting for the worker,
-        at most 4 MiB), ``scratch`` (the subsample's buffer, a drain batch: 512 KiB), ``times`` and
-        ``lifetimes`` (the window's, at most 2 MiB and 1 MiB plus a batch), ``pending`` (allocations
-        whose free is awaited: a table of at most 4 MiB) and ``threads`` (64 KiB). For
-        benchmarks/memory.py."""
+        at most 4 MiB), ``times`` and ``lifetimes`` (the window's, at most 2 MiB and 1 MiB plus a
+        batch), ``pending`` (allocations whose free is awaited: a table of at most 4 MiB) and
+        ``threads`` (64 KiB). For benchmarks/memory.py."""
         with self._queued:
             queue = sum(r.nbytes for r, _, _ in self._queue)
         with self._lock:
             w = self._window
-            return {"queue": queue, "scratch": self._scratch.nbytes,
+            return {"queue": queue,
                     "times": sum(t.nbytes for t in w.times), "lifetimes": sum(x.nbytes for x in w.lifetimes),
                     "pending": self._pending.nbytes, "threads": w.threads.nbytes}
 

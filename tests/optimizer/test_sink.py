@@ -171,6 +171,34 @@ def test_the_c_subsample_is_features_followed(rng=np.random.default_rng(11)):
         assert n == len(expected) and 0 < n <= len(records)
         assert out[:n]["address"].tolist() == expected["address"].tolist()
         assert out[:n]["weight"].tolist() == (expected["weight"] * np.float32(2**level)).tolist()
+        # In place, as the sink subsamples its copy of a batch: the same records.
+        inplace = records.copy()
+        pointer = ffi.cast("ms_record_t *", ffi.from_buffer(inplace))
+        assert lib.ms_records_follow(pointer, len(inplace), level, pointer) == n
+        assert inplace[:n].tobytes() == out[:n].tobytes()
+
+
+def test_the_sink_keeps_no_buffer_between_batches():
+    """The subsample is made in the queued copy itself: what the recognizer holds after a batch is
+    that copy (in its queue), not a scratch array the size of the largest batch."""
+    recognizer = WorkloadRecognizer()
+    recognizer.start_worker()
+    try:
+        recognizer.read_every_s, recognizer.read_at_records = 1e9, 1 << 40  # the worker never reads
+        # Past the window's first records, twice over the budget or more: read at a level > 0.
+        recognizer._sink_offered, recognizer.read_budget_per_s = recognizer_module._READ_ALL_FIRST, 8192
+        rng = np.random.default_rng(3)
+        addresses = rng.integers(1, 2**40, 16384, dtype=np.uint64) << np.uint64(4)
+        recognizer.sink(records_from(addresses, np.arange(16384), np.zeros(16384, bool), 0, rng), 0)
+        level = recognizer._sink_level
+        assert level > 0
+        parts = recognizer.nbytes()
+        kept = int(np.count_nonzero(followed(addresses, level)))
+        assert parts["queue"] == kept * RECORD_DTYPE.itemsize < 16384 * RECORD_DTYPE.itemsize
+        held = [a for a in vars(recognizer).values() if isinstance(a, np.ndarray)]
+        assert all(a.nbytes < kept * RECORD_DTYPE.itemsize for a in held)
+    finally:
+        recognizer.close()
 
 
 def test_the_first_records_of_a_window_are_all_read():
