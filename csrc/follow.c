@@ -10,17 +10,14 @@
  */
 #include "internal.h"
 
-#define ADDRESS_MIX 0x9E3779B97F4A7C15ull /* 2^64 / golden ratio: spreads addresses over the high bits */
-
 size_t ms_records_follow(const ms_record_t *in, size_t n, uint32_t level, ms_record_t *out)
 {
     if (level > 63)
         level = 63;
-    uint64_t below = level ? 1ull << (64 - level) : 0;
     float scale = (float)(1ull << level);
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
-        if (level && (in[i].address >> 4) * ADDRESS_MIX >= below)
+        if (!ms_followed(in[i].address, level))
             continue;
         out[kept] = in[i];
         out[kept].weight *= scale;

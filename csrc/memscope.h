@@ -363,6 +363,78 @@ void ms_reduce_use_simd(int enabled);
 /* 1 when ms_reduce currently takes the vector path. */
 int ms_reduce_simd_active(void);
 
+/* --- window.c: the workload recognizer's window ---
+ * What the recognizer keeps of the records it reads during one recognition window
+ * (memscope_otel/optimizer/recognizer.py), and the features it computes from them, in C: no
+ * Python object and no numpy call per read, so a read costs the application no GIL handoff
+ * beyond its own call, and the memory is these arrays alone. A window keeps the records' times,
+ * the threads that wrote them, the sampled weight of allocations by site, and the lifetimes of
+ * blocks at followed addresses (follow.c's hash) whose allocation and free it read, matched
+ * through a table of the allocations whose free it awaits. Bounded: once it holds max_times
+ * times it times no more records (the batch that crosses it is kept whole); at most
+ * max_lifetimes lifetimes (the earliest frees); at most max_pending awaited allocations (one
+ * beyond it is not followed; those already awaited stay). Its arrays are mapped pages, grown by
+ * doubling as they fill and unmapped by ms_window_free. Calls on one window are serialized by
+ * its own lock; ms_window_free must not run beside another call on it. */
+#define MS_WINDOW_IDLE_GAP_US 4000        /* a gap between consecutive records longer than this is idle time */
+#define MS_WINDOW_SHORT_LIVED_US 1000     /* a lifetime shorter than this is short */
+#define MS_WINDOW_FOLLOWED_PER_BATCH 8192 /* a read follows about this many of its records at most */
+#define MS_WINDOW_MIN_PERIOD_US 5000      /* frame periods looked for: 5 ms (200 fps) ... */
+#define MS_WINDOW_MAX_PERIOD_US 100000    /* ... to 100 ms (10 fps), exclusive, */
+#define MS_WINDOW_PERIOD_STEP_US 50       /* in steps of 50 us */
+#define MS_WINDOW_FRAME_SPAN_US 10000000  /* the frame clock is read from the last 10 s of records */
+#define MS_WINDOW_MIN_STARTS 8            /* fewer burst starts than this: no frame clock */
+#define MS_WINDOW_PENDING_MIN_SLOTS 4096  /* the awaited allocations' table starts this large */
+#define MS_WINDOW_THREADS 65536           /* a record's thread index is a u16 */
+
+typedef struct ms_window ms_window_t;
+
+typedef struct {
+    uint64_t n_times;          /* record times kept */
+    uint64_t n_lifetimes;      /* lifetimes kept */
+    uint64_t allocs_followed;  /* allocation records read at followed addresses */
+    uint64_t n_pending;        /* allocations whose free is awaited */
+    uint64_t n_sites;          /* sites with sampled allocation weight */
+    uint64_t threads_active;   /* threads that wrote a record read */
+    uint64_t failures;         /* reads that could not keep everything: no memory for a table */
+    uint32_t follow_level;     /* lifetimes are followed at 1 in 2^level addresses */
+    uint32_t unused;
+    /* bytes of the arrays now (mapped, whole pages) */
+    uint64_t times_bytes, lifetimes_bytes, pending_bytes, sites_bytes, threads_bytes;
+    /* features, from ms_window_features only (0 from ms_window_stats): */
+    double span_us;            /* from the earliest kept time to the latest */
+    double idle_us;            /* sum of the gaps between consecutive times longer than IDLE_GAP */
+    double frame_period_us;    /* the frame clock's period (0: none), see window.c */
+    double frame_clock;        /* its strength in [0, 1] */
+    double short_lived;        /* fraction of the lifetimes shorter than SHORT_LIVED_US */
+    double median_lifetime_us; /* numpy.median's definition; 0 without lifetimes */
+} ms_window_stats_t;
+
+/* A new empty window, or NULL without memory. */
+ms_window_t *ms_window_new(uint64_t max_times, uint64_t max_lifetimes, uint64_t max_pending);
+void ms_window_free(ms_window_t *w);
+/* Reads n records drained at base_us, followed at `level` already (weights scaled): their
+ * times, threads and allocation weights by site; lifetimes at the window's follow level (the
+ * highest of its own, `level`, and what keeps a read to about FOLLOWED_PER_BATCH records: once
+ * raised, the awaited allocations no longer followed are forgotten). Events of one address are
+ * taken in time order, records of the same microsecond in batch order. Returns 0, or -1 when a
+ * table could not grow (what did not fit is not kept; counted in failures). */
+int ms_window_read(ms_window_t *w, const ms_record_t *records, size_t n, int64_t base_us, uint32_t level);
+/* Counts and bytes (cheap); the feature fields are 0. */
+void ms_window_stats(ms_window_t *w, ms_window_stats_t *out);
+/* Counts, bytes and features. Sorts the kept times and reorders the lifetimes in place;
+ * its temporary (as large as the times) is unmapped before it returns. */
+void ms_window_features(ms_window_t *w, ms_window_stats_t *out);
+/* Copies out (at most capacity): sites ascending with their summed weights; the kept times
+ * (in no particular order); the lifetimes (us, in no particular order); the awaited allocations
+ * (address, time allocated); threads[i] = 1 when thread i wrote a record read
+ * (MS_WINDOW_THREADS bytes). Each returns how many it wrote. */
+size_t ms_window_sites(ms_window_t *w, uint32_t *ids, double *weights, size_t capacity);
+size_t ms_window_times(ms_window_t *w, int64_t *times, size_t capacity);
+size_t ms_window_lifetimes(ms_window_t *w, int64_t *lifetimes, size_t capacity);
+size_t ms_window_pending(ms_window_t *w, uint64_t *addresses, int64_t *times, size_t capacity);
+void ms_window_threads(ms_window_t *w, uint8_t *threads);
+
 /* MEMSCOPE_CDEF_END */
 
 /* The domain that record flags name. Three bits hold up to eight values: one past the last

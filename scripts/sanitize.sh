@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the C sampler with -fsanitize=address,undefined into .venv-asan and runs the stress and
-# core tests on it (--capture=sys: a sanitizer report must reach the log even when it aborts). Python itself is not instrumented, so the ASan runtime is preloaded; leak checking is
+# core tests and the recognizer window's tests on it (--capture=sys: a sanitizer report must reach the log even when it aborts). Python itself is not instrumented, so the ASan runtime is preloaded; leak checking is
 # off because the interpreter keeps objects alive until exit by design. A calloc whose size
 # overflows must return NULL as the C library's does (the native domain's tests make one), not
 # abort.
@@ -27,4 +27,5 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=lib
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 cd tests
-"../$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider -q --capture=sys core stress
+"../$VENV/bin/python" -m pytest -c ../pyproject.toml --rootdir .. -p no:cacheprovider -q --capture=sys core stress \
+    optimizer/test_sink.py optimizer/test_window_features.py

@@ -14,9 +14,7 @@ import numpy as np
 from .. import sampler
 from ..cpu_meter import CpuMeter
 from ..records import DOMAINS, EVENT_MASK, EVENT_SHIFT, RECORD_DTYPE, concatenate_records
-from .features import (_IDLE_GAP_US, _MAX_LIFETIMES, _MAX_TIMES, ARRAY_MODULES, NETWORK_MODULES,
-                       PendingAllocations, _add_site_weights, _frame_clock, _module_parts, _rusage,
-                       _warm_numpy, _Window, follow_level, followed, match_lifetimes)
+from .features import ARRAY_MODULES, NETWORK_MODULES, Window, _module_parts, _rusage
 
 log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
 
@@ -24,16 +22,16 @@ log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole o
 # the recognizer (counted) rather than hold up the drainer or grow without bound.
 _MAX_QUEUED_RECORDS = 131072
 # The worker reads the queue when it holds this many records, or when its oldest batch has waited
-# this long: every read costs the application some hundred forced GIL switches whatever its size
-# (see WorkloadRecognizer: 8 to 12 a second more with a read every 10 s, benchmarks/background.py),
-# and a classification asks for a read itself (read_soon) right after it has used the window.
+# this long: every read costs the application a forced GIL switch or two whatever its size (the
+# worker's wake-up, and taking the GIL back after the read, which runs in C without it; see
+# WorkloadRecognizer), and a classification asks for a read itself (read_soon) right after it has
+# used the window.
 _READ_AT_RECORDS = _MAX_QUEUED_RECORDS // 2
 _READ_EVERY_S = 30.0
 # Records a second the recognizer reads, at most: past it, the records of 1 in 2**level of all
 # addresses, the level rising (within a window) until the stream fits (see csrc/follow.c). Its
-# features are shares, gaps and lifetimes, which this many estimate well; reading is some 80 ns
-# a record, which at the 470,000 records a second of a busy text-processing loop was 4 % of its
-# CPU.
+# features are shares, gaps and lifetimes, which this many estimate well; the queue's copies and
+# the reads grow with the records, which reach 470,000 a second in a busy text-processing loop.
 _READ_BUDGET_PER_S = 4096
 # ... but the first records of a window are all read, however fast they come: a short window (a
 # test's, or the first seconds of a process) keeps enough of them to be classified (MIN_RECORDS).
@@ -57,14 +55,13 @@ class WorkloadRecognizer:
 
     While :meth:`start_worker` has a worker thread running (the optimizer starts it with itself),
     the sink only queues a copy of each batch and the worker reads them; otherwise sink() reads the
-    batch itself. Reading a batch is a few
-    dozen numpy calls, and each may release the GIL; while the application keeps the GIL busy,
-    getting it back costs up to the interpreter's switch interval (5 ms) every time, so a batch read
-    on the drainer's thread took the drainer away from the rings for 100-200 ms, long enough for a
-    busy thread to fill its ring and drop records. The worker itself pays that price at every
-    wake-up and every numpy call, and the application pays a forced switch each time, so it reads
-    the queue only every :attr:`read_every_s` seconds (30), or as soon as the queue holds
-    :attr:`read_at_records` records (65,536), not after every drain (5 per second). :attr:`window`
+    batch itself. Reading is one call into C (the window, csrc/window.c) that gives the GIL up
+    while it runs; while the application keeps the GIL busy, getting it back costs up to the
+    interpreter's switch interval (5 ms), and the application a forced switch. On the drainer's
+    thread that would be at every drain (5 a second), and the drainer would be away from the rings
+    meanwhile; the worker pays it at each wake-up and read instead, and reads the queue only
+    every :attr:`read_every_s` seconds (30), or as soon as the queue holds
+    :attr:`read_at_records` records (65,536). :attr:`window`
     and :meth:`features` first read whatever is queued, so they see every batch drained before
     the call (``features(read_queue=False)``, the optimizer's classification inside a collection,
     does not)."""
@@ -72,10 +69,9 @@ class WorkloadRecognizer:
     def __init__(self, resolve=None, clock=None):
         self._resolve = resolve
         self._clock = clock or time.monotonic
-        self._pending = PendingAllocations()
-        self._follow_level = 0  # lifetimes are read at 1 in 2**level addresses (see followed())
-        # The sink's level (it queues the records of 1 in 2**level addresses; _follow_level rises
-        # to it as its batches are read), and the records offered to it since the window started.
+        # The sink's level (it queues the records of 1 in 2**level addresses; the window's follow
+        # level rises to it as its batches are read), and the records offered to it since the
+        # window started.
         # Under _queued.
         self._sink_level = 0
         self._sink_offered = 0
@@ -83,8 +79,9 @@ class WorkloadRecognizer:
         self._follow_c = sampler.keeping_the_gil(ffi, lib, "ms_records_follow", ctypes.c_size_t, ctypes.c_void_p,
                                                  ctypes.c_size_t, ctypes.c_uint32, ctypes.c_void_p)
         self._last_counters = None
-        self._window = _Window(self._clock(), rusage=_rusage())
+        self._window = Window(self._clock(), rusage=_rusage())
         self.batches_skipped = 0  # batches the queue had no room for
+        self._read_failed = False  # a read could not keep everything (reported once)
         self.read_every_s = _READ_EVERY_S  # the worker's cadence (see _READ_AT_RECORDS)
         self.read_at_records = _READ_AT_RECORDS
         self.read_budget_per_s = _READ_BUDGET_PER_S  # (see _reading_level)
@@ -92,7 +89,6 @@ class WorkloadRecognizer:
         # it grows with the records, so with the rates; and memscope.tracker.cpu's "recognizer").
         self.cpu = CpuMeter()
         self._new_locks()
-        _warm_numpy()
 
     def _new_locks(self):
         self._lock = threading.Lock()          # the window and the pending allocations
@@ -124,9 +120,7 @@ class WorkloadRecognizer:
                 self._queue, self._queue_records = [], 0
                 self._sink_level, self._sink_offered = 0, 0
             with self._lock:
-                self._window = _Window(self._clock(), counters, rusage=_rusage())
-                self._pending.clear()
-                self._follow_level = 0
+                self._window = Window(self._clock(), counters, rusage=_rusage())
                 self._last_counters = counters
 
     def after_fork_child(self):
@@ -255,8 +249,8 @@ class WorkloadRecognizer:
     def read_queued(self):
         """Reads every queued batch into the window, as one batch: in the order they were drained,
         with their times on the earliest batch's base. Batches that queued up while the previous
-        read ran are thus read together, and a read's fixed cost (a few dozen numpy calls, each a
-        possible GIL handoff) is paid once for them, without making any batch wait longer."""
+        read ran are thus read together, and a read's GIL handoff is paid once for them, without
+        making any batch wait longer."""
         with self.cpu.measure():
             self._read_queued()
 
@@ -279,50 +273,26 @@ class WorkloadRecognizer:
 
     def _read_batch(self, records, base_us, level=0):
         """Reads one batch, of the records followed at ``level`` (weights scaled already; see
-        sink). Vectorized: its cost is a few numpy passes and sorts of the batch and a few probe
-        rounds of the pending allocations, a bounded number of Python operations whatever the
-        batch size."""
-        times = base_us + records["time_delta_us"].astype(np.int64)
-        frees = (records["flags"] & EVENT_MASK) == (1 << EVENT_SHIFT)  # every other event allocates
-        allocs = np.flatnonzero(~frees)  # (indices: .take() is several times faster than a mask)
+        sink), into the window: one call into C (csrc/window.c), which gives the GIL up while it
+        runs (one handoff per read, whatever its size)."""
         with self._lock:
-            w = self._window
-            if w.n_times < _MAX_TIMES:
-                w.times.append(times)
-                w.n_times += len(times)
-            seen = np.bincount(records["thread"]) > 0
-            w.threads[:len(seen)] |= seen
-            w.site_ids, w.site_weights = _add_site_weights(
-                w.site_ids, w.site_weights, records["site"].take(allocs), records["weight"].take(allocs))
-            addresses = records["address"]
-            level = max(self._follow_level, level, follow_level(len(records)))
-            if level > self._follow_level:
-                self._follow_level = level
-                self._pending.keep_followed(level)
-            if level:
-                kept = np.flatnonzero(followed(addresses, level))
-                addresses, times, frees = addresses.take(kept), times.take(kept), frees.take(kept)
-            w.allocs_followed += len(frees) - int(np.count_nonzero(frees))
-            lifetimes, freed_at = match_lifetimes(addresses, times, frees, self._pending)
-            room = _MAX_LIFETIMES - w.n_lifetimes
-            if len(lifetimes) > room:  # keep the earliest frees, as a record-by-record pass would
-                lifetimes = lifetimes[np.argsort(freed_at, kind="stable")[:max(room, 0)]]
-            if len(lifetimes):
-                w.lifetimes.append(lifetimes)
-                w.n_lifetimes += len(lifetimes)
+            window = self._window
+        if not window.read(records, base_us, level) and not self._read_failed:
+            self._read_failed = True
+            log.warning("memscope workload recognizer: no memory to keep all of a batch of records; "
+                        "its features may miss some (reported once)")
 
     def nbytes(self):
-        """Bytes of the recognizer's arrays now, by part: ``queue`` (batches waiting for the worker,
-        at most 4 MiB), ``times`` and ``lifetimes`` (the window's, at most 2 MiB and 1 MiB plus a
-        batch), ``pending`` (allocations whose free is awaited: a table of at most 4 MiB) and
-        ``threads`` (64 KiB). For benchmarks/memory.py."""
+        """Bytes of the recognizer's memory now, by part: ``queue`` (batches waiting for the worker,
+        at most 4 MiB), and the window's arrays (csrc/window.c, mapped pages): ``times`` and
+        ``lifetimes`` (at most 2 MiB plus a batch and 1 MiB), ``pending`` (allocations whose free
+        is awaited: a table of at most 2 MiB), ``sites`` (a table of the sites read) and
+        ``threads`` (8 KiB). For benchmarks/memory.py."""
         with self._queued:
             queue = sum(r.nbytes for r, _, _ in self._queue)
         with self._lock:
-            w = self._window
-            return {"queue": queue,
-                    "times": sum(t.nbytes for t in w.times), "lifetimes": sum(x.nbytes for x in w.lifetimes),
-                    "pending": self._pending.nbytes, "threads": w.threads.nbytes}
+            window = self._window
+        return {"queue": queue, **window.nbytes()}
 
     def observe(self, counters):
         """Feeds one snapshot's exact counters."""
@@ -353,22 +323,17 @@ class WorkloadRecognizer:
             nbytes = c1.bytes.astype(np.float64) - c0.bytes
             by_size = (c1.by_size.astype(np.float64) - c0.by_size).sum(axis=0)
             frees = float((c1.deallocations.astype(np.float64) - c0.deallocations).sum())
-            times = np.sort(np.concatenate(w.times)) if w.times else np.zeros(0, np.int64)
-            lifetimes = np.concatenate(w.lifetimes).astype(np.float64) if w.lifetimes else np.zeros(0)
-            site_weight = dict(zip(w.site_ids.tolist(), w.site_weights.tolist()))
-            threads = int(np.count_nonzero(w.threads))
-            allocs_followed = w.allocs_followed
             max_threads_live = max(w.max_threads_live, c1.threads_live)
             rusage0 = w.rusage
         rusage1 = _rusage()
+        stats = w.stats(features=True)  # (in C, the GIL given up: a sort and the frame-clock search)
+        site_ids, site_weights = w.sites()
+        site_weight = dict(zip(site_ids.tolist(), site_weights.tolist()))
         total = max(allocations.sum(), 1.0)
         total_bytes = max(nbytes.sum(), 1.0)
         object_allocations = max(allocations[_OBJECT_DOMAINS].sum(), 1.0)
         buckets = np.arange(len(by_size))
-        span_us = float(times[-1] - times[0]) if len(times) > 1 else 0.0
-        gaps = np.diff(times) if len(times) > 1 else np.zeros(0)
-        idle = float(gaps[gaps > _IDLE_GAP_US].sum()) / span_us if span_us > 0 else 0.0
-        period_ms, frame_clock = _frame_clock(times)
+        n_lifetimes = int(stats.n_lifetimes)
         network = array = 0.0
         weight_total = sum(site_weight.values()) or 1.0
         if self._resolve is not None:
@@ -395,14 +360,14 @@ class WorkloadRecognizer:
             "raw_fraction": float(allocations[DOMAINS.index("raw")].sum()) / total,
             "native_byte_fraction": float(nbytes[DOMAINS.index("native")].sum()) / total_bytes,
             "free_ratio": frees / total,
-            "threads_active": float(threads),
+            "threads_active": float(stats.threads_active),
             "threads_live": float(max_threads_live),
-            "idle_fraction": idle,
-            "frame_period_ms": period_ms,
-            "frame_clock": frame_clock,
-            "short_lived_fraction": float((lifetimes < 1000).mean()) if len(lifetimes) else 0.0,
-            "median_lifetime_us": float(np.median(lifetimes)) if len(lifetimes) else 0.0,
-            "freed_fraction": len(lifetimes) / max(allocs_followed, 1),
+            "idle_fraction": stats.idle_us / stats.span_us if stats.span_us > 0 else 0.0,
+            "frame_period_ms": stats.frame_period_us / 1000.0,
+            "frame_clock": stats.frame_clock,
+            "short_lived_fraction": stats.short_lived,
+            "median_lifetime_us": stats.median_lifetime_us,
+            "freed_fraction": n_lifetimes / max(int(stats.allocs_followed), 1),
             "network_site_fraction": network / weight_total,
             "array_site_fraction": array / weight_total,
             "sites": float(len(site_weight)),
@@ -417,7 +382,7 @@ class WorkloadRecognizer:
             # near 0 for a busy loop, even on a machine so loaded that it runs only half the time.
             "voluntary_fraction": (rusage1[0] - rusage0[0])
             / max((rusage1[0] - rusage0[0]) + (rusage1[1] - rusage0[1]), 1),
-            "records": float(len(times)),
+            "records": float(stats.n_times),
         }
 
 

@@ -1,9 +1,10 @@
-"""The recognizer's vectorized record sink against straightforward record-by-record references.
+"""The recognizer's record sink and window (csrc/window.c) against straightforward
+record-by-record references.
 
-The sink matches frees to allocations with sorts and array passes (no Python step per record); a
-plain dict walk over the records in time order is the reference it must equal, on random batches
-that repeat addresses, tie on microseconds, free blocks allocated in earlier batches and free
-blocks never allocated.
+The window matches frees to allocations in C, through a hash table of the allocations whose free
+it awaits; a plain dict walk over the records in time order is the reference it must equal, on
+random batches that repeat addresses, tie on microseconds, free blocks allocated in earlier
+batches and free blocks never allocated.
 """
 import subprocess
 import sys
@@ -14,10 +15,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from memscope_otel.optimizer import features, recognizer as recognizer_module
-from memscope_otel.optimizer import (PendingAllocations, WorkloadRecognizer, follow_level, followed,
-                                     match_lifetimes)
+from memscope_otel import sampler
+from memscope_otel.optimizer import Window, WorkloadRecognizer, features, follow_level, followed
+from memscope_otel.optimizer import recognizer as recognizer_module
 from memscope_otel.records import EVENT_SHIFT, RECORD_DTYPE
+
+LIB = sampler._lib()[1]
 
 FREE, ALLOC, REALLOC = 1, 0, 2
 
@@ -40,9 +43,11 @@ def reference_match(batches, capacity=None):
     return per_batch, pending
 
 
-def as_dict(pending):
-    addresses, times = pending.items()
-    return dict(zip(addresses.tolist(), times.tolist()))
+def read_lifetimes(window, addresses, times, frees):
+    """Reads one batch (times absolute, base 0) into ``window``; returns the lifetimes it added."""
+    before = window.n_lifetimes
+    assert window.read(records_from(addresses, times, frees, 0, np.random.default_rng(0)), 0)
+    return window.lifetimes()[before:]
 
 
 def random_batches(rng, n_batches, size, pool, span_us=2000):
@@ -58,7 +63,7 @@ def random_batches(rng, n_batches, size, pool, span_us=2000):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_match_lifetimes_equals_a_record_by_record_walk(seed):
+def test_window_lifetimes_equal_a_record_by_record_walk(seed):
     rng = np.random.default_rng(seed)
     batches = random_batches(rng, n_batches=8, size=int(rng.integers(1, 400)), pool=int(rng.integers(2, 300)),
                              span_us=int(rng.integers(1, 3000)))
@@ -68,16 +73,14 @@ def test_match_lifetimes_equals_a_record_by_record_walk(seed):
     batches[3] = (np.concatenate((a, strays)), np.concatenate((t, t[:5] if len(t) >= 5 else np.full(5, t[0]))),
                   np.concatenate((f, np.ones(5, bool))))
     expected, expected_pending = reference_match(batches)
-    pending = PendingAllocations()
+    window = Window(0.0)
     carried_over = 0
     for (addresses, times, frees), want in zip(batches, expected):
-        before = as_dict(pending)
+        before = window.pending()
         carried_over += sum(1 for x, fr in zip(addresses.tolist(), frees) if fr and x in before)
-        lifetimes, freed_at = match_lifetimes(addresses, times, frees, pending)
-        assert sorted(lifetimes.tolist()) == want
-        assert len(freed_at) == len(lifetimes)
-        assert len(pending) == len(as_dict(pending))
-    assert as_dict(pending) == expected_pending
+        assert sorted(read_lifetimes(window, addresses, times, frees).tolist()) == want
+        assert int(window.stats().n_pending) == len(window.pending())
+    assert window.pending() == expected_pending
     assert carried_over > 0  # the batches did free blocks allocated in earlier batches
 
 
@@ -85,64 +88,55 @@ def test_many_batches_over_a_large_pool_grow_and_rebuild_the_table():
     rng = np.random.default_rng(11)
     batches = random_batches(rng, n_batches=12, size=6000, pool=40_000, span_us=50)
     expected, expected_pending = reference_match(batches)
-    pending = PendingAllocations()
+    window = Window(0.0)
     for (addresses, times, frees), want in zip(batches, expected):
-        lifetimes, _ = match_lifetimes(addresses, times, frees, pending)
-        assert sorted(lifetimes.tolist()) == want
-    assert as_dict(pending) == expected_pending
-    assert len(pending._keys) > PendingAllocations._MIN_SLOTS  # it grew
+        assert sorted(read_lifetimes(window, addresses, times, frees).tolist()) == want
+    assert window.pending() == expected_pending
+    assert window.nbytes()["pending"] > LIB.MS_WINDOW_PENDING_MIN_SLOTS * 16  # it grew
 
 
-def test_pending_table_finds_what_a_dict_holds():
-    """Inserts, removals and re-inserts into deleted slots, against a dict."""
+def test_the_awaited_table_stays_exact_through_long_probe_chains():
+    """Allocations and frees over a pool that keeps the table near half full, with addresses that
+    share their home slots' neighbourhoods: every removal shifts its chain back, and every lookup
+    after it must still find what a dict holds."""
     rng = np.random.default_rng(5)
-    pending, reference = PendingAllocations(), {}
-    universe = rng.choice(2**44, 30_000, replace=False).astype(np.uint64) * np.uint64(16)
-    for step in range(40):
-        present = np.array(sorted(reference), dtype=np.uint64)
-        if len(present) and step % 3:
-            gone = rng.choice(present, min(len(present), int(rng.integers(1, 2000))), replace=False)
-            pending.remove(pending.find(gone))
-            for address in gone.tolist():
-                del reference[address]
-        absent = np.array([a for a in rng.choice(universe, 1500, replace=False).tolist() if a not in reference],
-                          dtype=np.uint64)
-        times = rng.integers(0, 10**9, len(absent))
-        pending.insert(absent, times)
-        reference.update(zip(absent.tolist(), times.tolist()))
-        assert as_dict(pending) == reference and len(pending) == len(reference)
-        probe = rng.choice(universe, 3000, replace=False)
-        slots = pending.find(probe)
-        assert [s >= 0 for s in slots.tolist()] == [a in reference for a in probe.tolist()]
-        held = slots >= 0
-        assert pending.times_at(slots[held]).tolist() == [reference[a] for a in probe[held].tolist()]
+    pool = LIB.MS_WINDOW_PENDING_MIN_SLOTS // 2 - 1  # never grows: the table stays at its fullest
+    batches = random_batches(rng, n_batches=30, size=3000, pool=pool, span_us=400)
+    expected, expected_pending = reference_match(batches)
+    window = Window(0.0)
+    for (addresses, times, frees), want in zip(batches, expected):
+        assert sorted(read_lifetimes(window, addresses, times, frees).tolist()) == want
+    assert window.pending() == expected_pending
+    assert window.nbytes()["pending"] == LIB.MS_WINDOW_PENDING_MIN_SLOTS * 16
+    assert len(expected_pending) > pool // 3
 
 
 def test_same_microsecond_events_keep_batch_order():
     # free(p); p = malloc() in one microsecond (pymalloc hands the block straight back): the
     # block allocated first lives 3 µs; the new one is still pending.
-    addresses = np.array([16, 16, 16], np.uint64)
-    pending = PendingAllocations()
-    lifetimes, _ = match_lifetimes(addresses, np.array([7, 10, 10]), np.array([False, True, False]), pending)
+    window = Window(0.0)
+    lifetimes = read_lifetimes(window, np.array([16, 16, 16], np.uint64), np.array([7, 10, 10]),
+                               np.array([False, True, False]))
     assert lifetimes.tolist() == [3]
-    assert as_dict(pending) == {16: 10}
-    # Realloc records allocate too; a second free of a block gives nothing.
-    lifetimes, _ = match_lifetimes(np.array([16, 16, 16], np.uint64), np.array([12, 15, 16]),
-                                   np.array([True, True, False]), pending)
-    assert lifetimes.tolist() == [2] and as_dict(pending) == {16: 16}
+    assert window.pending() == {16: 10}
+    # Realloc records allocate too (records_from makes some of them reallocs); a second free of
+    # a block gives nothing.
+    lifetimes = read_lifetimes(window, np.array([16, 16, 16], np.uint64), np.array([12, 15, 16]),
+                               np.array([True, True, False]))
+    assert lifetimes.tolist() == [2] and window.pending() == {16: 16}
 
 
 def test_pending_allocations_stay_within_capacity():
     rng = np.random.default_rng(7)
-    pending = PendingAllocations(capacity=50)
-    unbounded = PendingAllocations(capacity=10**9)
+    window = Window(0.0, max_pending=50)
+    unbounded = Window(0.0, max_pending=10**9)
     for addresses, times, frees in random_batches(rng, n_batches=6, size=300, pool=400):
-        old = as_dict(pending)
+        old = window.pending()
         touched = set(addresses.tolist())
-        match_lifetimes(addresses, times, frees, pending)
-        match_lifetimes(addresses, times, frees, unbounded)
-        assert len(pending) <= 50
-        now = as_dict(pending)
+        read_lifetimes(window, addresses, times, frees)
+        read_lifetimes(unbounded, addresses, times, frees)
+        assert len(window.pending()) <= 50
+        now = window.pending()
         # Allocations already pending and untouched by the batch are never pushed out by new ones.
         assert {a: t for a, t in old.items() if a not in touched}.items() <= now.items()
         # Whatever is pending is a block whose last event was an allocation at that time.
@@ -152,7 +146,24 @@ def test_pending_allocations_stay_within_capacity():
         for address, t in now.items():
             if address in last_event:
                 assert last_event[address] == (False, t)
-    assert len(unbounded) > 50  # the cap did bind
+    assert len(unbounded.pending()) > 50  # the cap did bind
+
+
+def test_times_and_lifetimes_stop_at_their_bounds():
+    """A window times records until it holds max_times (the batch that crosses it whole) and keeps
+    the lifetimes of the earliest frees up to max_lifetimes."""
+    window = Window(0.0, max_times=250, max_lifetimes=40)
+    addresses = np.arange(1, 101, dtype=np.uint64) * np.uint64(16)
+    for b in range(4):  # each batch: 100 allocations at 10 µs steps, then their frees in reverse
+        times = b * 10_000 + np.arange(200)
+        batch = np.concatenate((addresses, addresses[::-1]))
+        frees = np.arange(200) >= 100
+        read_lifetimes(window, batch, times, frees)
+    assert window.n_times == 400  # 200 records a batch: the second crossed 250 and was kept whole
+    lifetimes = window.lifetimes()
+    assert len(lifetimes) == 40
+    # The first batch's 40 earliest frees: addresses 100, 99, ... freed at 100, 101, ...
+    assert lifetimes.tolist() == [(100 + k) - (99 - k) for k in range(40)]
 
 
 def test_the_c_subsample_is_features_followed(rng=np.random.default_rng(11)):
@@ -259,8 +270,9 @@ def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased(monkey
         for site, weight, free in zip(r["site"].tolist(), r["weight"].tolist(), f):
             if not free:
                 site_weight[site] += weight * 2**level
-    assert w.site_ids.tolist() == sorted(site_weight)
-    assert np.allclose(w.site_weights, [site_weight[s] for s in sorted(site_weight)], rtol=1e-6)
+    site_ids, site_weights = w.sites()
+    assert site_ids.tolist() == sorted(site_weight)
+    assert np.allclose(site_weights, [site_weight[s] for s in sorted(site_weight)], rtol=1e-6)
     # Unbiased: each address is kept with probability p = 2**-level (a fixed hash of it, which
     # spreads these addresses like independent draws); a site's estimate sum(w/p over the kept)
     # has variance sum(w**2) (1 - p) / p. Within 4 standard deviations of the full sums:
@@ -270,7 +282,7 @@ def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased(monkey
         sd = np.sqrt(sum(float((x.astype(np.float64) ** 2).sum()) for x in weights) * (1 - p) / p)
         assert abs(site_weight[site] - full_weight[site]) <= 4 * sd, (site, site_weight[site], full_weight[site], sd)
     expected, _ = reference_match([(a, t, f) for _, a, f, t in kept])
-    assert sorted(np.concatenate(w.lifetimes).tolist()) == sorted(x for batch in expected for x in batch)
+    assert sorted(w.lifetimes().tolist()) == sorted(x for batch in expected for x in batch)
     recognizer.reset(counters=object())
     assert recognizer._sink_level == 0
 
@@ -301,10 +313,10 @@ def test_batches_followed_already_read_as_the_full_batches_would_be(monkeypatch)
         assert full.keep_level() == 2
     a, b = full.window, given.window
     assert a.n_times == b.n_times > 0
-    assert a.site_ids.tolist() == b.site_ids.tolist()
-    assert a.site_weights.tolist() == b.site_weights.tolist()  # (powers of two: exact)
+    assert a.sites()[0].tolist() == b.sites()[0].tolist()
+    assert a.sites()[1].tolist() == b.sites()[1].tolist()  # (powers of two: exact)
     assert a.n_lifetimes == b.n_lifetimes > 0
-    assert np.concatenate(a.lifetimes).tolist() == np.concatenate(b.lifetimes).tolist()
+    assert a.lifetimes().tolist() == b.lifetimes().tolist()
 
 
 def records_from(addresses, times_us, frees, base_us, rng):
@@ -319,14 +331,14 @@ def records_from(addresses, times_us, frees, base_us, rng):
     return records
 
 
-@pytest.mark.parametrize("size", [500, 3 * features._MAX_FOLLOWED_PER_BATCH])
+@pytest.mark.parametrize("size", [500, 3 * LIB.MS_WINDOW_FOLLOWED_PER_BATCH])
 def test_sink_equals_record_by_record_reference(size):
     """Small batches follow every address; large ones a fixed subset of addresses, whose lifetimes
     are then exactly the reference's lifetimes of those addresses."""
     rng = np.random.default_rng(size)
     batches = random_batches(rng, n_batches=4, size=size, pool=size // 3, span_us=5000)
     level = follow_level(size)
-    assert (level > 0) == (size > features._MAX_FOLLOWED_PER_BATCH)
+    assert (level > 0) == (size > LIB.MS_WINDOW_FOLLOWED_PER_BATCH)
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
     recognizer.read_budget_per_s = float("inf")  # every record read (the reading level: below)
     recognizer.reset(counters=object())
@@ -343,11 +355,12 @@ def test_sink_equals_record_by_record_reference(size):
     w = recognizer.window
     followed_batches = [(a[k], t[k], f[k]) for a, t, f in batches for k in [followed(a, level)]]
     expected, _ = reference_match(followed_batches)
-    assert sorted(np.concatenate(w.lifetimes).tolist()) == sorted(x for batch in expected for x in batch)
+    assert sorted(w.lifetimes().tolist()) == sorted(x for batch in expected for x in batch)
     assert w.allocs_followed == allocs
-    assert set(np.flatnonzero(w.threads).tolist()) == threads
-    assert w.site_ids.tolist() == sorted(site_weight)
-    assert np.allclose(w.site_weights, [site_weight[s] for s in sorted(site_weight)], rtol=1e-12)
+    assert set(np.flatnonzero(w.threads()).tolist()) == threads
+    site_ids, site_weights = w.sites()
+    assert site_ids.tolist() == sorted(site_weight)
+    assert np.allclose(site_weights, [site_weight[s] for s in sorted(site_weight)], rtol=1e-12)
     assert w.n_times == 4 * size
 
 
@@ -362,13 +375,13 @@ def test_followed_subsets_nest_and_have_the_expected_share():
         p = 2.0 ** -level
         assert abs(now.mean() - p) <= 6 * np.sqrt(p * (1 - p) / len(addresses))
         previous = now
-    assert follow_level(features._MAX_FOLLOWED_PER_BATCH) == 0
-    assert follow_level(features._MAX_FOLLOWED_PER_BATCH + 1) == 1
+    assert follow_level(LIB.MS_WINDOW_FOLLOWED_PER_BATCH) == 0
+    assert follow_level(LIB.MS_WINDOW_FOLLOWED_PER_BATCH + 1) == 1
     assert follow_level(65536) == 3
 
 
 def test_first_drain_imports_nothing():
-    """numpy's lazy imports happen when the recognizer is built, not in the first sink call."""
+    """Nothing is imported by the first sink call (a drain's): the recognizer reads in C."""
     code = (
         "import sys, numpy as np\n"
         "from memscope_otel.optimizer import WorkloadRecognizer\n"
@@ -378,8 +391,6 @@ def test_first_drain_imports_nothing():
         "rec = np.zeros(64, RECORD_DTYPE); rec['address'] = np.arange(64) % 5 * 16\n"
         "rec['flags'] = (np.arange(64) % 2) << 2; rec['time_delta_us'] = np.arange(64) * 5000\n"
         "r.sink(rec, 1); r.observe(type('C', (), {'threads_live': 1})())\n"
-        "import numpy\n"
-        "numpy.median(np.arange(3.0))\n"
         "print(sorted(set(sys.modules) - before))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -418,7 +429,7 @@ def gated_worker(monkeypatch):
 
 def _hundred_allocations(seed):
     rng = np.random.default_rng(seed)
-    return records_from(np.arange(100, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
+    return records_from(np.arange(1, 101, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
 
 
 def test_sink_queues_and_the_worker_thread_reads(gated_worker):
@@ -433,7 +444,7 @@ def test_sink_queues_and_the_worker_thread_reads(gated_worker):
     gate.set()
     assert recognizer.window.allocs_followed == 100  # the window waits for the batch in flight
     assert readers == ["memscope-recognizer"]
-    assert len(recognizer._pending) == 100  # allocations waiting for their frees
+    assert len(recognizer.window.pending()) == 100  # allocations waiting for their frees
 
 
 def test_a_full_queue_skips_batches_and_counts_them(gated_worker, monkeypatch):
@@ -542,12 +553,12 @@ def test_batches_read_together_give_the_window_of_batches_read_one_by_one(gated_
     a, w = one_by_one.window, together.window
     assert len(readers) == 2  # the first batch, then the three that queued up meanwhile
     assert a.n_times == w.n_times == 6000
-    assert sorted(np.concatenate(a.times).tolist()) == sorted(np.concatenate(w.times).tolist())
-    assert sorted(np.concatenate(a.lifetimes).tolist()) == sorted(np.concatenate(w.lifetimes).tolist())
+    assert sorted(a.times().tolist()) == sorted(w.times().tolist())
+    assert sorted(a.lifetimes().tolist()) == sorted(w.lifetimes().tolist())
     assert a.allocs_followed == w.allocs_followed
-    assert a.site_ids.tolist() == w.site_ids.tolist()
-    assert np.allclose(a.site_weights, w.site_weights, rtol=1e-12)
-    assert (a.threads == w.threads).all()
+    assert a.sites()[0].tolist() == w.sites()[0].tolist()
+    assert np.allclose(a.sites()[1], w.sites()[1], rtol=1e-12)
+    assert (a.threads() == w.threads()).all()
 
 
 def test_nbytes_counts_the_queue_and_then_the_window(paced_worker):
@@ -564,8 +575,10 @@ def test_nbytes_counts_the_queue_and_then_the_window(paced_worker):
     recognizer.read_queued()
     read = recognizer.nbytes()
     assert read["queue"] == 0
-    assert read["times"] == 200 * 8  # one int64 time a record
-    # 200 pending blocks stay under the smallest table's 3/8 load: its slots, a key and a time of
-    # 8 bytes each
-    assert read["pending"] == features.PendingAllocations._MIN_SLOTS * 16
-    assert read["threads"] == features._THREAD_SLOTS
+    # The window's arrays are mapped pages: the times' first 1,024 slots (8 bytes each) hold the
+    # 200 times; the 200 awaited blocks stay under half of the smallest table's slots (16 bytes
+    # each: an address and a time); a thread is a bit.
+    assert read["times"] == 1024 * 8
+    assert read["pending"] == LIB.MS_WINDOW_PENDING_MIN_SLOTS * 16
+    assert read["threads"] == LIB.MS_WINDOW_THREADS // 8
+    assert read["sites"] > 0 and read["lifetimes"] == 0

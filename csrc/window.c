@@ -1,0 +1,624 @@
+/*
+ * window.c: the workload recognizer's window (see memscope.h for the interface).
+ *
+ * The recognizer used to read batches with a few dozen numpy calls each: every one a possible
+ * GIL handoff on a busy application, its temporaries some ten arrays the batch's length, and
+ * numpy's sorting and complex-exponential code (about 1.5 MB of pages) resident for it alone.
+ * Here a read is one pass over the batch and one sort of its followed records; the window's
+ * memory is its arrays, mapped pages that grow by doubling and go back when it is freed.
+ *
+ * Lifetimes: the followed records of a read are taken in (time, batch position) order, each
+ * free ending the block that the previous event of its address allocated, if any (an awaited
+ * allocation from an earlier read, or one of this read). The table of awaited allocations is
+ * open addressing with linear probing, kept at most half full, and deletions shift the chain
+ * back (no tombstones), so a lookup ends at the first empty slot.
+ */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+typedef struct {
+    uint64_t address; /* 0: empty (never a block's address) */
+    int64_t time;     /* when it was allocated, us */
+} pending_slot_t;
+
+typedef struct {
+    uint32_t id;
+    uint32_t used;
+    double weight;
+} site_slot_t;
+
+struct ms_window {
+    pthread_mutex_t lock;
+    uint64_t max_times, max_lifetimes, max_pending;
+    int64_t *times;
+    size_t n_times, times_cap;
+    int64_t *lifetimes;
+    size_t n_lifetimes, lifetimes_cap;
+    pending_slot_t *pending;
+    size_t n_pending, pending_slots; /* slots: a power of two */
+    site_slot_t *sites;
+    size_t n_sites, site_slots; /* a power of two */
+    uint64_t allocs_followed, failures;
+    uint32_t follow_level;
+    uint64_t threads[MS_WINDOW_THREADS / 64];
+};
+
+/* ---- mapped arrays ---- */
+
+static size_t page_round(size_t bytes)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return (bytes + page - 1) / page * page;
+}
+
+#ifdef __SANITIZE_ADDRESS__
+/* Under AddressSanitizer, heap blocks of the exact size: their redzones catch an overrun that the
+ * slack of a whole page would hide. (Zeroed, as fresh pages are.) */
+static void *map_bytes(size_t bytes)
+{
+    return calloc(1, bytes);
+}
+
+static void unmap_bytes(void *p, size_t bytes)
+{
+    (void)bytes;
+    free(p);
+}
+#else
+static void *map_bytes(size_t bytes)
+{
+    void *p = mmap(NULL, page_round(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void unmap_bytes(void *p, size_t bytes)
+{
+    if (p != NULL)
+        munmap(p, page_round(bytes));
+}
+#endif
+
+/* Makes room for `needed` elements of `size` bytes in *array (capacity *cap, `used` of them in
+ * use): doubled (not past `bound` unless needed), copied, the old pages unmapped. false without
+ * memory (unchanged). */
+static bool reserve(void **array, size_t *cap, size_t used, size_t needed, size_t bound, size_t size)
+{
+    if (needed <= *cap)
+        return true;
+    size_t grown = *cap ? *cap : 1024;
+    while (grown < needed)
+        grown *= 2;
+    if (grown > bound)
+        grown = needed > bound ? needed : bound;
+    void *p = map_bytes(grown * size);
+    if (p == NULL)
+        return false;
+    if (used)
+        memcpy(p, *array, used * size);
+    unmap_bytes(*array, *cap * size);
+    *array = p;
+    *cap = grown;
+    return true;
+}
+
+/* ---- the awaited allocations ---- */
+
+static size_t home(uint64_t key, size_t slots)
+{
+    /* splitmix64's finalizer: every bit of the key reaches the top bits that pick the slot */
+    key ^= key >> 30;
+    key *= 0xBF58476D1CE4E5B9ull;
+    key ^= key >> 27;
+    key *= 0x94D049BB133111EBull;
+    key ^= key >> 31;
+    return (size_t)(key >> (64 - __builtin_ctzll(slots)));
+}
+
+static pending_slot_t *pending_find(ms_window_t *w, uint64_t address)
+{
+    size_t mask = w->pending_slots - 1;
+    for (size_t i = home(address, w->pending_slots);; i = (i + 1) & mask) {
+        if (w->pending[i].address == address)
+            return &w->pending[i];
+        if (w->pending[i].address == 0)
+            return NULL;
+    }
+}
+
+static void pending_put(pending_slot_t *table, size_t slots, uint64_t address, int64_t time)
+{
+    size_t mask = slots - 1, i = home(address, slots);
+    while (table[i].address != 0)
+        i = (i + 1) & mask;
+    table[i] = (pending_slot_t){address, time};
+}
+
+/* A table of `slots` with the entries of the current one at followed addresses. */
+static bool pending_rebuild(ms_window_t *w, size_t slots, uint32_t level)
+{
+    pending_slot_t *table = map_bytes(slots * sizeof *table);
+    if (table == NULL)
+        return false;
+    size_t kept = 0;
+    for (size_t i = 0; i < w->pending_slots; i++) {
+        pending_slot_t e = w->pending[i];
+        if (e.address != 0 && ms_followed(e.address, level)) {
+            pending_put(table, slots, e.address, e.time);
+            kept++;
+        }
+    }
+    unmap_bytes(w->pending, w->pending_slots * sizeof *w->pending);
+    w->pending = table;
+    w->pending_slots = slots;
+    w->n_pending = kept;
+    return true;
+}
+
+/* Removes *e, shifting back the entries of its chain that would no longer be found. */
+static void pending_remove(ms_window_t *w, pending_slot_t *e)
+{
+    size_t mask = w->pending_slots - 1, hole = (size_t)(e - w->pending);
+    for (size_t i = (hole + 1) & mask; w->pending[i].address != 0; i = (i + 1) & mask) {
+        size_t h = home(w->pending[i].address, w->pending_slots);
+        /* it may fill the hole when its home is not in (hole, i] (cyclically) */
+        if (((i - h) & mask) >= ((i - hole) & mask)) {
+            w->pending[hole] = w->pending[i];
+            hole = i;
+        }
+    }
+    w->pending[hole].address = 0;
+    w->n_pending--;
+}
+
+/* An allocation at `address` (awaited or not) at `time`: awaited from now on, if there is room. */
+static void pending_allocated(ms_window_t *w, uint64_t address, int64_t time)
+{
+    pending_slot_t *e = pending_find(w, address);
+    if (e != NULL) {
+        e->time = time; /* its free was not read: the block allocated now is the one awaited */
+        return;
+    }
+    if (w->n_pending >= w->max_pending)
+        return;
+    if (2 * (w->n_pending + 1) > w->pending_slots && !pending_rebuild(w, 2 * w->pending_slots, 0)) {
+        w->failures++;
+        return;
+    }
+    pending_put(w->pending, w->pending_slots, address, time);
+    w->n_pending++;
+}
+
+/* ---- sampled weight by site ---- */
+
+static bool sites_grow(ms_window_t *w)
+{
+    size_t slots = w->site_slots * 2;
+    site_slot_t *table = map_bytes(slots * sizeof *table);
+    if (table == NULL)
+        return false;
+    for (size_t i = 0; i < w->site_slots; i++) {
+        if (!w->sites[i].used)
+            continue;
+        size_t j = home(w->sites[i].id, slots);
+        while (table[j].used)
+            j = (j + 1) & (slots - 1);
+        table[j] = w->sites[i];
+    }
+    unmap_bytes(w->sites, w->site_slots * sizeof *w->sites);
+    w->sites = table;
+    w->site_slots = slots;
+    return true;
+}
+
+static void site_add(ms_window_t *w, uint32_t id, double weight)
+{
+    size_t mask = w->site_slots - 1, i = home(id, w->site_slots);
+    while (w->sites[i].used && w->sites[i].id != id)
+        i = (i + 1) & mask;
+    if (!w->sites[i].used) {
+        if (2 * (w->n_sites + 1) > w->site_slots) {
+            if (!sites_grow(w)) {
+                w->failures++;
+                return;
+            }
+            site_add(w, id, weight);
+            return;
+        }
+        w->sites[i] = (site_slot_t){id, 1, 0.0};
+        w->n_sites++;
+    }
+    w->sites[i].weight += weight;
+}
+
+/* ---- the window ---- */
+
+ms_window_t *ms_window_new(uint64_t max_times, uint64_t max_lifetimes, uint64_t max_pending)
+{
+    ms_window_t *w = map_bytes(sizeof *w);
+    if (w == NULL)
+        return NULL;
+    /* (mapped pages are zero: every count, array pointer and thread bit starts at 0) */
+    w->max_times = max_times;
+    w->max_lifetimes = max_lifetimes;
+    w->max_pending = max_pending;
+    w->pending_slots = MS_WINDOW_PENDING_MIN_SLOTS;
+    w->pending = map_bytes(w->pending_slots * sizeof *w->pending);
+    w->site_slots = 256;
+    w->sites = map_bytes(w->site_slots * sizeof *w->sites);
+    if (w->pending == NULL || w->sites == NULL || pthread_mutex_init(&w->lock, NULL) != 0) {
+        unmap_bytes(w->pending, w->pending_slots * sizeof *w->pending);
+        unmap_bytes(w->sites, w->site_slots * sizeof *w->sites);
+        unmap_bytes(w, sizeof *w);
+        return NULL;
+    }
+    return w;
+}
+
+/* No lock taken nor destroyed: in a forked child the lock may be held by a thread that the
+ * child does not have, and the window is dropped whole. */
+void ms_window_free(ms_window_t *w)
+{
+    if (w == NULL)
+        return;
+    unmap_bytes(w->times, w->times_cap * sizeof *w->times);
+    unmap_bytes(w->lifetimes, w->lifetimes_cap * sizeof *w->lifetimes);
+    unmap_bytes(w->pending, w->pending_slots * sizeof *w->pending);
+    unmap_bytes(w->sites, w->site_slots * sizeof *w->sites);
+    unmap_bytes(w, sizeof *w);
+}
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The lowest level at which about FOLLOWED_PER_BATCH of n records are followed. */
+static uint32_t level_for(size_t n)
+{
+    size_t over = n > 0 ? (n - 1) / MS_WINDOW_FOLLOWED_PER_BATCH : 0;
+    return over ? 64 - (uint32_t)__builtin_clzll(over) : 0;
+}
+
+static int read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t base_us, uint32_t level)
+{
+    int result = 0;
+    if (w->n_times < w->max_times) {
+        if (reserve((void **)&w->times, &w->times_cap, w->n_times, w->n_times + n, w->max_times, sizeof *w->times)) {
+            for (size_t i = 0; i < n; i++)
+                w->times[w->n_times + i] = base_us + r[i].time_delta_us;
+            w->n_times += n;
+        } else {
+            result = -1;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        w->threads[r[i].thread >> 6] |= 1ull << (r[i].thread & 63);
+        if ((r[i].flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT != MS_EVENT_FREE)
+            site_add(w, r[i].site, (double)r[i].weight);
+    }
+
+    uint32_t followed_at = level_for(n);
+    if (level > followed_at)
+        followed_at = level;
+    if (followed_at > 63)
+        followed_at = 63;
+    if (followed_at > w->follow_level) {
+        w->follow_level = followed_at;
+        if (!pending_rebuild(w, w->pending_slots, followed_at)) {
+            /* cannot forget selectively: forget them all (what was awaited gives no lifetime) */
+            memset(w->pending, 0, w->pending_slots * sizeof *w->pending);
+            w->n_pending = 0;
+            result = -1;
+        }
+    }
+    followed_at = w->follow_level;
+
+    /* The followed records by (time, position): time in the high half, position in the low. */
+    uint64_t *order = map_bytes((n ? n : 1) * sizeof *order);
+    if (order == NULL)
+        return -1;
+    size_t m = 0;
+    for (size_t i = 0; i < n && i <= UINT32_MAX; i++) {
+        if (r[i].address == 0 || !ms_followed(r[i].address, followed_at))
+            continue; /* (0 marks an empty slot: never a sampled block's address, not followed) */
+        order[m++] = (uint64_t)r[i].time_delta_us << 32 | i;
+        if ((r[i].flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT != MS_EVENT_FREE)
+            w->allocs_followed++;
+    }
+    qsort(order, m, sizeof *order, compare_u64);
+    for (size_t k = 0; k < m; k++) {
+        const ms_record_t *e = &r[order[k] & UINT32_MAX];
+        int64_t t = base_us + e->time_delta_us;
+        if ((e->flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT == MS_EVENT_FREE) {
+            pending_slot_t *p = pending_find(w, e->address);
+            if (p == NULL)
+                continue; /* allocated before the window, not followed, or freed twice */
+            int64_t lifetime = t - p->time;
+            pending_remove(w, p);
+            if (w->n_lifetimes < w->max_lifetimes) {
+                if (reserve((void **)&w->lifetimes, &w->lifetimes_cap, w->n_lifetimes, w->n_lifetimes + 1,
+                            w->max_lifetimes, sizeof *w->lifetimes))
+                    w->lifetimes[w->n_lifetimes++] = lifetime;
+                else
+                    result = -1;
+            }
+        } else {
+            pending_allocated(w, e->address, t); /* a realloc's record allocates too */
+        }
+    }
+    unmap_bytes(order, (n ? n : 1) * sizeof *order);
+    return result;
+}
+
+int ms_window_read(ms_window_t *w, const ms_record_t *records, size_t n, int64_t base_us, uint32_t level)
+{
+    pthread_mutex_lock(&w->lock);
+    uint64_t failures = w->failures;
+    int result = read_locked(w, records, n, base_us, level);
+    if (result != 0 || w->failures != failures) {
+        w->failures = failures + 1; /* one read, one failure, however many tables it missed */
+        result = -1;
+    }
+    pthread_mutex_unlock(&w->lock);
+    return result;
+}
+
+static void stats_locked(ms_window_t *w, ms_window_stats_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->n_times = w->n_times;
+    out->n_lifetimes = w->n_lifetimes;
+    out->allocs_followed = w->allocs_followed;
+    out->n_pending = w->n_pending;
+    out->n_sites = w->n_sites;
+    for (size_t i = 0; i < MS_WINDOW_THREADS / 64; i++)
+        out->threads_active += (uint64_t)__builtin_popcountll(w->threads[i]);
+    out->failures = w->failures;
+    out->follow_level = w->follow_level;
+    out->times_bytes = w->times ? page_round(w->times_cap * sizeof *w->times) : 0;
+    out->lifetimes_bytes = w->lifetimes ? page_round(w->lifetimes_cap * sizeof *w->lifetimes) : 0;
+    out->pending_bytes = page_round(w->pending_slots * sizeof *w->pending);
+    out->sites_bytes = page_round(w->site_slots * sizeof *w->sites);
+    out->threads_bytes = sizeof w->threads;
+}
+
+void ms_window_stats(ms_window_t *w, ms_window_stats_t *out)
+{
+    pthread_mutex_lock(&w->lock);
+    stats_locked(w, out);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Sorts a[0..n) (offsets from the smallest, below 2^bits) by LSD radix, 8 bits a pass, through
+ * tmp (n elements). */
+static void radix_sort(uint64_t *a, uint64_t *tmp, size_t n, unsigned bits)
+{
+    for (unsigned shift = 0; shift < bits; shift += 8) {
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; i++)
+            count[((a[i] >> shift) & 255) + 1]++;
+        for (int d = 0; d < 256; d++)
+            count[d + 1] += count[d];
+        for (size_t i = 0; i < n; i++)
+            tmp[count[(a[i] >> shift) & 255]++] = a[i];
+        uint64_t *swap = a;
+        a = tmp;
+        tmp = swap;
+    }
+    if ((bits + 7) / 8 % 2) /* an odd number of passes left the result in tmp */
+        memcpy(tmp, a, n * sizeof *a);
+}
+
+/* The k-th smallest of a[0..n) (k < n), partially reordering a (Hoare's selection). */
+static int64_t select_kth(int64_t *a, size_t n, size_t k)
+{
+    size_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int64_t pivot = a[lo + (hi - lo) / 2];
+        size_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < pivot)
+                i++;
+            while (a[j] > pivot)
+                j--;
+            if (i <= j) {
+                int64_t t = a[i];
+                a[i] = a[j];
+                a[j] = t;
+                i++;
+                if (j == 0)
+                    break;
+                j--;
+            }
+        }
+        if (k <= j)
+            hi = j;
+        else if (k >= i)
+            lo = i;
+        else
+            return a[k];
+    }
+    return a[k];
+}
+
+/* The frame clock: for each candidate period P the strength is the phase concentration of the
+ * burst starts t (|mean(exp(2 pi i t / P))|, the Rayleigh statistic): a loop that sleeps to fixed
+ * frame deadlines scores near 1 at its period even when some wake-ups are late; starts at random
+ * moments score about sqrt(ln(candidates) / starts). Starts locked to P are as locked to P/2,
+ * P/3...: the largest period nearly as strong as the best (0.9) is the frame itself. */
+static bool frame_clock(const uint64_t *starts, size_t n, ms_window_stats_t *out)
+{
+    double best = 0.0, period = 0.0;
+    size_t n_periods = (MS_WINDOW_MAX_PERIOD_US - MS_WINDOW_MIN_PERIOD_US) / MS_WINDOW_PERIOD_STEP_US;
+    double *strengths = map_bytes(n_periods * sizeof *strengths); /* (15 KB: not on a thread's stack) */
+    if (strengths == NULL)
+        return false;
+    for (size_t p = 0; p < n_periods; p++) {
+        double omega = 2.0 * M_PI / (double)(MS_WINDOW_MIN_PERIOD_US + p * MS_WINDOW_PERIOD_STEP_US);
+        double c = 0.0, s = 0.0;
+        for (size_t j = 0; j < n; j++) {
+            double phase = omega * (double)(starts[j] - starts[0]);
+            c += cos(phase);
+            s += sin(phase);
+        }
+        strengths[p] = hypot(c, s) / (double)n;
+        if (strengths[p] > best)
+            best = strengths[p];
+    }
+    for (size_t p = 0; p < n_periods; p++)
+        if (strengths[p] >= 0.9 * best)
+            period = (double)(MS_WINDOW_MIN_PERIOD_US + p * MS_WINDOW_PERIOD_STEP_US);
+    unmap_bytes(strengths, n_periods * sizeof *strengths);
+    out->frame_period_us = period;
+    out->frame_clock = best;
+    return true;
+}
+
+static void time_features(ms_window_t *w, ms_window_stats_t *out)
+{
+    size_t n = w->n_times;
+    if (n < 2)
+        return;
+    int64_t lowest = w->times[0], highest = w->times[0];
+    for (size_t i = 1; i < n; i++) {
+        lowest = w->times[i] < lowest ? w->times[i] : lowest;
+        highest = w->times[i] > highest ? w->times[i] : highest;
+    }
+    out->span_us = (double)(highest - lowest);
+    /* Sorted as offsets from the earliest: their span needs fewer radix passes than 64 bits. */
+    uint64_t *tmp = map_bytes(n * sizeof *tmp), range = (uint64_t)(highest - lowest);
+    if (tmp == NULL) {
+        w->failures++; /* no idle time nor frame clock this time; the times stay */
+        return;
+    }
+    uint64_t *offsets = (uint64_t *)w->times; /* (int64_t and uint64_t may alias) */
+    for (size_t i = 0; i < n; i++)
+        offsets[i] = (uint64_t)(w->times[i] - lowest);
+    radix_sort(offsets, tmp, n, range ? 64 - (unsigned)__builtin_clzll(range) : 0);
+    /* Burst starts: a record after an idle gap. */
+    size_t n_starts = 0;
+    double idle = 0.0;
+    for (size_t i = 1; i < n; i++) {
+        uint64_t gap = offsets[i] - offsets[i - 1];
+        if (gap > MS_WINDOW_IDLE_GAP_US) {
+            idle += (double)gap;
+            tmp[n_starts++] = offsets[i];
+        }
+    }
+    out->idle_us = idle;
+    if (n_starts > 0) {
+        size_t first = 0; /* the starts of the last FRAME_SPAN */
+        while (tmp[first] + MS_WINDOW_FRAME_SPAN_US < tmp[n_starts - 1])
+            first++;
+        if (n_starts - first >= MS_WINDOW_MIN_STARTS && !frame_clock(tmp + first, n_starts - first, out))
+            w->failures++;
+    }
+    for (size_t i = 0; i < n; i++) /* back to times, now in order */
+        w->times[i] = (int64_t)offsets[i] + lowest;
+    unmap_bytes(tmp, n * sizeof *tmp);
+}
+
+static void lifetime_features(ms_window_t *w, ms_window_stats_t *out)
+{
+    size_t n = w->n_lifetimes, short_lived = 0;
+    if (n == 0)
+        return;
+    for (size_t i = 0; i < n; i++)
+        short_lived += w->lifetimes[i] < MS_WINDOW_SHORT_LIVED_US;
+    out->short_lived = (double)short_lived / (double)n;
+    double upper = (double)select_kth(w->lifetimes, n, n / 2);
+    if (n % 2) {
+        out->median_lifetime_us = upper;
+    } else { /* the mean of the two middle ones: the lower is the largest below position n/2 */
+        int64_t lower = w->lifetimes[0];
+        for (size_t i = 1; i < n / 2; i++)
+            lower = w->lifetimes[i] > lower ? w->lifetimes[i] : lower;
+        out->median_lifetime_us = ((double)lower + upper) / 2.0;
+    }
+}
+
+void ms_window_features(ms_window_t *w, ms_window_stats_t *out)
+{
+    pthread_mutex_lock(&w->lock);
+    stats_locked(w, out);
+    time_features(w, out);
+    lifetime_features(w, out);
+    out->n_times = w->n_times;
+    out->failures = w->failures;
+    pthread_mutex_unlock(&w->lock);
+}
+
+static int compare_site(const void *a, const void *b)
+{
+    uint32_t x = ((const site_slot_t *)a)->id, y = ((const site_slot_t *)b)->id;
+    return (x > y) - (x < y);
+}
+
+size_t ms_window_sites(ms_window_t *w, uint32_t *ids, double *weights, size_t capacity)
+{
+    pthread_mutex_lock(&w->lock);
+    size_t n = 0;
+    site_slot_t *sorted = map_bytes((w->n_sites ? w->n_sites : 1) * sizeof *sorted);
+    if (sorted != NULL) {
+        for (size_t i = 0; i < w->site_slots; i++)
+            if (w->sites[i].used)
+                sorted[n++] = w->sites[i];
+        qsort(sorted, n, sizeof *sorted, compare_site);
+        n = n < capacity ? n : capacity;
+        for (size_t i = 0; i < n; i++) {
+            ids[i] = sorted[i].id;
+            weights[i] = sorted[i].weight;
+        }
+        unmap_bytes(sorted, (w->n_sites ? w->n_sites : 1) * sizeof *sorted);
+    }
+    pthread_mutex_unlock(&w->lock);
+    return n;
+}
+
+size_t ms_window_times(ms_window_t *w, int64_t *times, size_t capacity)
+{
+    pthread_mutex_lock(&w->lock);
+    size_t n = w->n_times < capacity ? w->n_times : capacity;
+    if (n)
+        memcpy(times, w->times, n * sizeof *times);
+    pthread_mutex_unlock(&w->lock);
+    return n;
+}
+
+size_t ms_window_lifetimes(ms_window_t *w, int64_t *lifetimes, size_t capacity)
+{
+    pthread_mutex_lock(&w->lock);
+    size_t n = w->n_lifetimes < capacity ? w->n_lifetimes : capacity;
+    if (n)
+        memcpy(lifetimes, w->lifetimes, n * sizeof *lifetimes);
+    pthread_mutex_unlock(&w->lock);
+    return n;
+}
+
+size_t ms_window_pending(ms_window_t *w, uint64_t *addresses, int64_t *times, size_t capacity)
+{
+    pthread_mutex_lock(&w->lock);
+    size_t n = 0;
+    for (size_t i = 0; i < w->pending_slots && n < capacity; i++) {
+        if (w->pending[i].address != 0) {
+            addresses[n] = w->pending[i].address;
+            times[n++] = w->pending[i].time;
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+    return n;
+}
+
+void ms_window_threads(ms_window_t *w, uint8_t *threads)
+{
+    pthread_mutex_lock(&w->lock);
+    for (size_t i = 0; i < MS_WINDOW_THREADS; i++)
+        threads[i] = (uint8_t)(w->threads[i >> 6] >> (i & 63) & 1);
+    pthread_mutex_unlock(&w->lock);
+}
