@@ -581,24 +581,26 @@ size_t ms_window_sites(ms_window_t *w, uint32_t *ids, double *weights, size_t ca
     return n;
 }
 
-size_t ms_window_times(ms_window_t *w, int64_t *times, size_t capacity)
+/* The first (at most capacity) of the *n elements of *array, read under the lock: a read may
+ * move the array as it grows. */
+static size_t copy_out(ms_window_t *w, int64_t *const *array, const size_t *n, int64_t *out, size_t capacity)
 {
     pthread_mutex_lock(&w->lock);
-    size_t n = w->n_times < capacity ? w->n_times : capacity;
-    if (n)
-        memcpy(times, w->times, n * sizeof *times);
+    size_t k = *n < capacity ? *n : capacity;
+    if (k)
+        memcpy(out, *array, k * sizeof *out);
     pthread_mutex_unlock(&w->lock);
-    return n;
+    return k;
+}
+
+size_t ms_window_times(ms_window_t *w, int64_t *times, size_t capacity)
+{
+    return copy_out(w, &w->times, &w->n_times, times, capacity);
 }
 
 size_t ms_window_lifetimes(ms_window_t *w, int64_t *lifetimes, size_t capacity)
 {
-    pthread_mutex_lock(&w->lock);
-    size_t n = w->n_lifetimes < capacity ? w->n_lifetimes : capacity;
-    if (n)
-        memcpy(lifetimes, w->lifetimes, n * sizeof *lifetimes);
-    pthread_mutex_unlock(&w->lock);
-    return n;
+    return copy_out(w, &w->lifetimes, &w->n_lifetimes, lifetimes, capacity);
 }
 
 size_t ms_window_pending(ms_window_t *w, uint64_t *addresses, int64_t *times, size_t capacity)
