@@ -18,16 +18,18 @@ from .features import ARRAY_MODULES, NETWORK_MODULES, Window, _module_parts, _ru
 
 log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
 
-# Records waiting for the recognizer's worker (1 MiB): beyond it, batches skip the recognizer
-# (counted) rather than hold up the drainer or grow without bound.
-_MAX_QUEUED_RECORDS = 32768
-# The worker reads the queue when it holds this many records (256 KiB), or when its oldest batch
-# has waited this long: every read costs the application a forced GIL switch or two whatever its
-# size (the worker's wake-up, and taking the GIL back after the read, which runs in C without it;
-# see WorkloadRecognizer): at the reading budget, a read every 2 s. A classification asks for a
-# read itself (read_soon) right after it has used the window. (When a read was a few dozen numpy
-# calls, each a handoff, it waited for 65,536 records or 30 s, and the queue held up to 4 MiB.)
-_READ_AT_RECORDS = 8192
+# Records waiting for the recognizer's worker (4 MiB, its largest part): beyond it, batches skip
+# the recognizer (counted) rather than hold up the drainer or grow without bound.
+_MAX_QUEUED_RECORDS = 131072
+# The worker reads the queue when it holds this many records, or when its oldest batch has waited
+# this long: every read costs the application a forced GIL switch or two whatever its size (the
+# worker's wake-up, and taking the GIL back after the read, which runs in C without it; see
+# WorkloadRecognizer), and a classification asks for a read itself (read_soon) right after it has
+# used the window. Reading at 8,192 records instead (a read every 2 s at the budget) was tried
+# with the reads in C: the tracker's RSS after benchmarks/memory.py's program came out higher
+# (+9.5 MB against +5.5 and +6.8 in two runs at 65,536), as its allocations interleaved more with
+# the program's.
+_READ_AT_RECORDS = _MAX_QUEUED_RECORDS // 2
 _READ_EVERY_S = 30.0
 # Records a second the recognizer reads, at most: past it, the records of 1 in 2**level of all
 # addresses, the level rising (within a window) until the stream fits (see csrc/follow.c). Its
@@ -62,7 +64,7 @@ class WorkloadRecognizer:
     thread that would be at every drain (5 a second), and the drainer would be away from the rings
     meanwhile; the worker pays it at each wake-up and read instead, and reads the queue only
     every :attr:`read_every_s` seconds (30), or as soon as the queue holds
-    :attr:`read_at_records` records (8,192). :attr:`window`
+    :attr:`read_at_records` records (65,536). :attr:`window`
     and :meth:`features` first read whatever is queued, so they see every batch drained before
     the call (``features(read_queue=False)``, the optimizer's classification inside a collection,
     does not)."""
@@ -285,7 +287,7 @@ class WorkloadRecognizer:
 
     def nbytes(self):
         """Bytes of the recognizer's memory now, by part: ``queue`` (batches waiting for the worker,
-        at most 1 MiB), and the window's arrays (csrc/window.c, mapped pages): ``times`` and
+        at most 4 MiB), and the window's arrays (csrc/window.c, mapped pages): ``times`` and
         ``lifetimes`` (at most 2 MiB plus a batch and 1 MiB), ``pending`` (allocations whose free
         is awaited: a table of at most 2 MiB), ``sites`` (a table of the sites read) and
         ``threads`` (8 KiB). For benchmarks/memory.py."""
