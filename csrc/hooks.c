@@ -100,10 +100,7 @@ static void set_active(int mask)
 uint64_t ms_rng_next(uint64_t *state)
 {
     /* splitmix64: tiny state, good enough for geometric draws, no locks, no libc. */
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+    return ms_mix64(*state += 0x9E3779B97F4A7C15ull);
 }
 
 /* A countdown with the geometric distribution of the number of trials up to the first success

@@ -335,6 +335,14 @@ uint64_t ms_rings_fork_reset(ms_thread_t *t, ms_ring_t *oldest);
 
 /* ---- hooks.c: sampling parameters shared with buffers.c ---- */
 uint64_t ms_rng_next(uint64_t *state);
+/* splitmix64's finalizer: every bit of z reaches every bit of the result (ms_rng_next's output
+ * step; the recognizer window's hash tables pick slots by its top bits). */
+static inline uint64_t ms_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
 void ms_draw_countdown(ms_thread_t *t, int cls);
 int64_t ms_frequency_interval(void);
 uint64_t ms_rate_epoch(void);

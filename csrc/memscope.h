@@ -446,6 +446,12 @@ static inline unsigned ms_flags_domain(unsigned flags)
     return d < MS_DOMAINS ? d : MS_DOMAINS - 1;
 }
 
+/* The event (MS_EVENT_*) that record flags name. */
+static inline unsigned ms_flags_event(unsigned flags)
+{
+    return (flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT;
+}
+
 /* The summary row a record adds to: its site, or its domain's <overflow> row past MS_MAX_IDS. */
 static inline uint32_t ms_record_id(const ms_record_t *r)
 {

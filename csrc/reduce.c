@@ -253,7 +253,7 @@ static id_sums_t *id_scratch(void)
 /* Event kind of a record: 0 ignore (kind 3), 1 allocation, 2 free. */
 static unsigned scalar_kind(unsigned flags)
 {
-    unsigned event = (flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT;
+    unsigned event = ms_flags_event(flags);
     if (event == MS_EVENT_ALLOC || event == MS_EVENT_REALLOC)
         return 1;
     return event == MS_EVENT_FREE ? 2 : 0;

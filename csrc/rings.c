@@ -221,7 +221,7 @@ void ms_ring_push(ms_thread_t *t, ms_record_t *rec, uint64_t time_us)
 
 static bool is_epoch(const ms_record_t *rec)
 {
-    return (rec->flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT == MS_EVENT_EPOCH;
+    return ms_flags_event(rec->flags) == MS_EVENT_EPOCH;
 }
 
 static uint32_t step(const ms_ring_t *r, uint32_t pos)

@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 typedef struct {
     uint64_t address; /* 0: empty (never a block's address) */
@@ -50,12 +49,6 @@ struct ms_window {
 
 /* ---- mapped arrays ---- */
 
-static size_t page_round(size_t bytes)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    return (bytes + page - 1) / page * page;
-}
-
 #ifdef __SANITIZE_ADDRESS__
 /* Under AddressSanitizer, heap blocks of the exact size: their redzones catch an overrun that the
  * slack of a whole page would hide. (Zeroed, as fresh pages are.) */
@@ -70,16 +63,16 @@ static void unmap_bytes(void *p, size_t bytes)
     free(p);
 }
 #else
+/* Whole pages, not counted in ms_pages_held (the window is not the sampler's footprint). */
 static void *map_bytes(size_t bytes)
 {
-    void *p = mmap(NULL, page_round(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    return ms_pages_map(bytes);
 }
 
 static void unmap_bytes(void *p, size_t bytes)
 {
     if (p != NULL)
-        munmap(p, page_round(bytes));
+        munmap(p, ms_pages_size(bytes));
 }
 #endif
 
@@ -108,15 +101,10 @@ static bool reserve(void **array, size_t *cap, size_t used, size_t needed, size_
 
 /* ---- the awaited allocations ---- */
 
+/* A key's home slot among `slots` (a power of two): the top bits of its mix. */
 static size_t home(uint64_t key, size_t slots)
 {
-    /* splitmix64's finalizer: every bit of the key reaches the top bits that pick the slot */
-    key ^= key >> 30;
-    key *= 0xBF58476D1CE4E5B9ull;
-    key ^= key >> 27;
-    key *= 0x94D049BB133111EBull;
-    key ^= key >> 31;
-    return (size_t)(key >> (64 - __builtin_ctzll(slots)));
+    return (size_t)(ms_mix64(key) >> (64 - __builtin_ctzll(slots)));
 }
 
 static pending_slot_t *pending_find(ms_window_t *w, uint64_t address)
@@ -175,22 +163,22 @@ static void pending_remove(ms_window_t *w, pending_slot_t *e)
     w->n_pending--;
 }
 
-/* An allocation at `address` (awaited or not) at `time`: awaited from now on, if there is room. */
-static void pending_allocated(ms_window_t *w, uint64_t address, int64_t time)
+/* An allocation at `address` (awaited or not) at `time`: awaited from now on, if there is room.
+ * false when the table could not grow (not awaited). */
+static bool pending_allocated(ms_window_t *w, uint64_t address, int64_t time)
 {
     pending_slot_t *e = pending_find(w, address);
     if (e != NULL) {
         e->time = time; /* its free was not read: the block allocated now is the one awaited */
-        return;
+        return true;
     }
     if (w->n_pending >= w->max_pending)
-        return;
-    if (2 * (w->n_pending + 1) > w->pending_slots && !pending_rebuild(w, 2 * w->pending_slots, 0)) {
-        w->failures++;
-        return;
-    }
+        return true; /* the bound: by design, not a failure */
+    if (2 * (w->n_pending + 1) > w->pending_slots && !pending_rebuild(w, 2 * w->pending_slots, 0))
+        return false;
     pending_put(w->pending, w->pending_slots, address, time);
     w->n_pending++;
+    return true;
 }
 
 /* ---- sampled weight by site ---- */
@@ -215,24 +203,20 @@ static bool sites_grow(ms_window_t *w)
     return true;
 }
 
-static void site_add(ms_window_t *w, uint32_t id, double weight)
+/* Adds weight to site id's sum; false when the table could not grow (the weight is lost). */
+static bool site_add(ms_window_t *w, uint32_t id, double weight)
 {
     size_t mask = w->site_slots - 1, i = home(id, w->site_slots);
     while (w->sites[i].used && w->sites[i].id != id)
         i = (i + 1) & mask;
     if (!w->sites[i].used) {
-        if (2 * (w->n_sites + 1) > w->site_slots) {
-            if (!sites_grow(w)) {
-                w->failures++;
-                return;
-            }
-            site_add(w, id, weight);
-            return;
-        }
+        if (2 * (w->n_sites + 1) > w->site_slots)
+            return sites_grow(w) && site_add(w, id, weight);
         w->sites[i] = (site_slot_t){id, 1, 0.0};
         w->n_sites++;
     }
     w->sites[i].weight += weight;
+    return true;
 }
 
 /* ---- the window ---- */
@@ -285,22 +269,23 @@ static uint32_t level_for(size_t n)
     return over ? 64 - (uint32_t)__builtin_clzll(over) : 0;
 }
 
-static int read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t base_us, uint32_t level)
+/* false when something of the batch could not be kept (a table or array could not grow). */
+static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t base_us, uint32_t level)
 {
-    int result = 0;
+    bool kept_all = true;
     if (w->n_times < w->max_times) {
         if (reserve((void **)&w->times, &w->times_cap, w->n_times, w->n_times + n, w->max_times, sizeof *w->times)) {
             for (size_t i = 0; i < n; i++)
                 w->times[w->n_times + i] = base_us + r[i].time_delta_us;
             w->n_times += n;
         } else {
-            result = -1;
+            kept_all = false;
         }
     }
     for (size_t i = 0; i < n; i++) {
         w->threads[r[i].thread >> 6] |= 1ull << (r[i].thread & 63);
-        if ((r[i].flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT != MS_EVENT_FREE)
-            site_add(w, r[i].site, (double)r[i].weight);
+        if (ms_flags_event(r[i].flags) != MS_EVENT_FREE)
+            kept_all &= site_add(w, r[i].site, (double)r[i].weight);
     }
 
     uint32_t followed_at = level_for(n);
@@ -314,7 +299,7 @@ static int read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t b
             /* cannot forget selectively: forget them all (what was awaited gives no lifetime) */
             memset(w->pending, 0, w->pending_slots * sizeof *w->pending);
             w->n_pending = 0;
-            result = -1;
+            kept_all = false;
         }
     }
     followed_at = w->follow_level;
@@ -322,20 +307,20 @@ static int read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t b
     /* The followed records by (time, position): time in the high half, position in the low. */
     uint64_t *order = map_bytes((n ? n : 1) * sizeof *order);
     if (order == NULL)
-        return -1;
+        return false;
     size_t m = 0;
     for (size_t i = 0; i < n && i <= UINT32_MAX; i++) {
         if (r[i].address == 0 || !ms_followed(r[i].address, followed_at))
             continue; /* (0 marks an empty slot: never a sampled block's address, not followed) */
         order[m++] = (uint64_t)r[i].time_delta_us << 32 | i;
-        if ((r[i].flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT != MS_EVENT_FREE)
+        if (ms_flags_event(r[i].flags) != MS_EVENT_FREE)
             w->allocs_followed++;
     }
     qsort(order, m, sizeof *order, compare_u64);
     for (size_t k = 0; k < m; k++) {
         const ms_record_t *e = &r[order[k] & UINT32_MAX];
         int64_t t = base_us + e->time_delta_us;
-        if ((e->flags & MS_FLAG_EVENT_MASK) >> MS_FLAG_EVENT_SHIFT == MS_EVENT_FREE) {
+        if (ms_flags_event(e->flags) == MS_EVENT_FREE) {
             pending_slot_t *p = pending_find(w, e->address);
             if (p == NULL)
                 continue; /* allocated before the window, not followed, or freed twice */
@@ -346,27 +331,23 @@ static int read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t b
                             w->max_lifetimes, sizeof *w->lifetimes))
                     w->lifetimes[w->n_lifetimes++] = lifetime;
                 else
-                    result = -1;
+                    kept_all = false;
             }
         } else {
-            pending_allocated(w, e->address, t); /* a realloc's record allocates too */
+            kept_all &= pending_allocated(w, e->address, t); /* a realloc's record allocates too */
         }
     }
     unmap_bytes(order, (n ? n : 1) * sizeof *order);
-    return result;
+    return kept_all;
 }
 
 int ms_window_read(ms_window_t *w, const ms_record_t *records, size_t n, int64_t base_us, uint32_t level)
 {
     pthread_mutex_lock(&w->lock);
-    uint64_t failures = w->failures;
-    int result = read_locked(w, records, n, base_us, level);
-    if (result != 0 || w->failures != failures) {
-        w->failures = failures + 1; /* one read, one failure, however many tables it missed */
-        result = -1;
-    }
+    bool kept_all = read_locked(w, records, n, base_us, level);
+    w->failures += !kept_all; /* one read, one failure, however many tables it missed */
     pthread_mutex_unlock(&w->lock);
-    return result;
+    return kept_all ? 0 : -1;
 }
 
 static void stats_locked(ms_window_t *w, ms_window_stats_t *out)
@@ -381,10 +362,10 @@ static void stats_locked(ms_window_t *w, ms_window_stats_t *out)
         out->threads_active += (uint64_t)__builtin_popcountll(w->threads[i]);
     out->failures = w->failures;
     out->follow_level = w->follow_level;
-    out->times_bytes = w->times ? page_round(w->times_cap * sizeof *w->times) : 0;
-    out->lifetimes_bytes = w->lifetimes ? page_round(w->lifetimes_cap * sizeof *w->lifetimes) : 0;
-    out->pending_bytes = page_round(w->pending_slots * sizeof *w->pending);
-    out->sites_bytes = page_round(w->site_slots * sizeof *w->sites);
+    out->times_bytes = w->times ? ms_pages_size(w->times_cap * sizeof *w->times) : 0;
+    out->lifetimes_bytes = w->lifetimes ? ms_pages_size(w->lifetimes_cap * sizeof *w->lifetimes) : 0;
+    out->pending_bytes = ms_pages_size(w->pending_slots * sizeof *w->pending);
+    out->sites_bytes = ms_pages_size(w->site_slots * sizeof *w->sites);
     out->threads_bytes = sizeof w->threads;
 }
 
@@ -549,8 +530,7 @@ void ms_window_features(ms_window_t *w, ms_window_stats_t *out)
     stats_locked(w, out);
     time_features(w, out);
     lifetime_features(w, out);
-    out->n_times = w->n_times;
-    out->failures = w->failures;
+    out->failures = w->failures; /* (time_features counts one when it finds no memory) */
     pthread_mutex_unlock(&w->lock);
 }
 
