@@ -6,7 +6,7 @@
  * thousands of records a second would have it spend more than the drainer. It reads the records
  * of a fixed pseudo-random 1 in 2^level of all addresses, so that a block's allocation and its
  * free are kept or left together, with weights scaled by 2^level so that sums stay unbiased.
- * The hash is features.followed's; done here, the copy keeps the GIL (see ms_records_follow).
+ * The hash is ms_followed (internal.h); done here, the copy keeps the GIL (see ms_records_follow).
  */
 #include "internal.h"
 

@@ -21,7 +21,6 @@ ARRAY_MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "sklearn", "pan
 _MAX_PENDING = 65_536    # sampled blocks whose free we wait for (a table of at most 2 MiB)
 _MAX_TIMES = 262_144     # record times kept per window (2 MiB); later records of the window are not timed
 _MAX_LIFETIMES = 131_072  # lifetimes kept per window (1 MiB); later frees of the window are not timed
-_ADDRESS_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: spreads addresses over the high bits
 
 
 def _module_parts(path):
@@ -29,21 +28,19 @@ def _module_parts(path):
     return {p[:-3] if p.endswith(".py") else p for p in parts}
 
 
-def follow_level(n):
-    """The smallest level at which about MS_WINDOW_FOLLOWED_PER_BATCH of ``n`` records are followed
-    (a window follows the lifetimes of a read of ``n`` records at this level or higher)."""
-    return ((n - 1) // sampler._lib()[1].MS_WINDOW_FOLLOWED_PER_BATCH).bit_length() if n > 0 else 0
-
-
 def followed(addresses, level):
-    """Which of ``addresses`` are followed at ``level``: a fixed pseudo-random 1 in 2**level of all
-    addresses (those followed at a level are followed at every lower one). The hash of
-    ``ms_followed`` (csrc/internal.h), which the sink's subsample and the window use."""
+    """Which of ``addresses`` (a uint64 array) are followed at ``level``: a fixed pseudo-random 1
+    in 2**level of all addresses (those followed at a level are followed at every lower one), the
+    records the recognizer's subsample keeps. ms_followed (csrc/internal.h) is the hash the C side
+    applies; this is its statement in numpy, which the tests hold the C side to."""
     if level == 0:
         return np.ones(len(addresses), dtype=bool)
     mixed = addresses >> np.uint64(4)
-    np.multiply(mixed, _ADDRESS_MIX, out=mixed)  # wraps mod 2^64, as meant
+    np.multiply(mixed, np.uint64(0x9E3779B97F4A7C15), out=mixed)  # 2^64 / golden ratio; wraps mod 2^64, as meant
     return mixed < np.uint64(1 << (64 - level))
+
+
+_C_TYPES = {np.int64: "int64_t *", np.uint64: "uint64_t *", np.uint32: "uint32_t *", np.float64: "double *"}
 
 
 class Window:
@@ -93,35 +90,31 @@ class Window:
         """Allocation records read at followed addresses."""
         return int(self.stats().allocs_followed)
 
-    def _int64s(self, copy, n):
-        out = np.empty(n, np.int64)
-        return out[:copy(self._c, self._ffi.cast("int64_t *", self._ffi.from_buffer(out)), n)]
+    def _copy(self, copy, n, *dtypes):
+        """Arrays of ``dtypes`` filled by the C function ``copy`` (window, one pointer a dtype,
+        capacity ``n``), cut to how many it wrote."""
+        arrays = [np.empty(n, dtype) for dtype in dtypes]
+        pointers = [self._ffi.cast(_C_TYPES[dtype], self._ffi.from_buffer(a)) for dtype, a in zip(dtypes, arrays)]
+        written = copy(self._c, *pointers, n)
+        return [a[:written] for a in arrays]
 
     def times(self):
         """The kept record times (µs, int64), in no particular order."""
-        return self._int64s(self._lib.ms_window_times, self.n_times)
+        return self._copy(self._lib.ms_window_times, self.n_times, np.int64)[0]
 
     def lifetimes(self):
         """The kept lifetimes (µs, int64), in no particular order."""
-        return self._int64s(self._lib.ms_window_lifetimes, self.n_lifetimes)
+        return self._copy(self._lib.ms_window_lifetimes, self.n_lifetimes, np.int64)[0]
 
     def sites(self):
         """(site ids ascending, their summed sampled allocation weights) as two arrays."""
-        n = int(self.stats().n_sites)
-        ids, weights = np.empty(n, np.uint32), np.empty(n, np.float64)
-        ffi = self._ffi
-        n = self._lib.ms_window_sites(self._c, ffi.cast("uint32_t *", ffi.from_buffer(ids)),
-                                      ffi.cast("double *", ffi.from_buffer(weights)), n)
-        return ids[:n], weights[:n]
+        ids, weights = self._copy(self._lib.ms_window_sites, int(self.stats().n_sites), np.uint32, np.float64)
+        return ids, weights
 
     def pending(self):
         """{address: time allocated} of the allocations whose free the window awaits."""
-        n = int(self.stats().n_pending)
-        addresses, times = np.empty(n, np.uint64), np.empty(n, np.int64)
-        ffi = self._ffi
-        n = self._lib.ms_window_pending(self._c, ffi.cast("uint64_t *", ffi.from_buffer(addresses)),
-                                        ffi.cast("int64_t *", ffi.from_buffer(times)), n)
-        return dict(zip(addresses[:n].tolist(), times[:n].tolist()))
+        addresses, times = self._copy(self._lib.ms_window_pending, int(self.stats().n_pending), np.uint64, np.int64)
+        return dict(zip(addresses.tolist(), times.tolist()))
 
     def threads(self):
         """threads[i]: thread index i wrote a record read (a bool array, one per u16 index)."""

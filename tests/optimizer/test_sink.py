@@ -16,11 +16,17 @@ import numpy as np
 import pytest
 
 from memscope_otel import sampler
-from memscope_otel.optimizer import Window, WorkloadRecognizer, features, follow_level, followed
+from memscope_otel.optimizer import Window, WorkloadRecognizer, followed
 from memscope_otel.optimizer import recognizer as recognizer_module
 from memscope_otel.records import EVENT_SHIFT, RECORD_DTYPE
 
 LIB = sampler._lib()[1]
+
+
+def follow_level(n):
+    """The level at which a window follows a read of ``n`` records: the lowest that keeps about
+    MS_WINDOW_FOLLOWED_PER_BATCH of them (the reference for window.c's level_for)."""
+    return ((n - 1) // LIB.MS_WINDOW_FOLLOWED_PER_BATCH).bit_length() if n > 0 else 0
 
 FREE, ALLOC, REALLOC = 1, 0, 2
 

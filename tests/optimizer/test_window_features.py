@@ -76,7 +76,12 @@ def test_features_equal_their_numpy_definitions(case):
     span, idle, period, strength, short, median = reference_features(all_times, lifetimes)
     assert (stats.span_us, stats.idle_us) == (span, idle)
     assert stats.frame_period_us == period
-    assert stats.frame_clock == pytest.approx(strength, abs=1e-9)
+    # The two phases 2 pi t / P differ by a few roundings of the largest one (t within the last
+    # FRAME_SPAN, P at least MIN_PERIOD): at most 6 ulp of it a term, and the sums of the at most
+    # len(times) cosines and sines by one rounding a term.
+    eps = np.finfo(np.float64).eps
+    largest_phase = 2 * np.pi * LIB.MS_WINDOW_FRAME_SPAN_US / LIB.MS_WINDOW_MIN_PERIOD_US
+    assert abs(stats.frame_clock - strength) <= 6 * eps * largest_phase + (2 + len(all_times)) * eps
     assert stats.short_lived == short
     assert stats.median_lifetime_us == median
     if case in ("60fps", "long"):  # found near the frame period (the grid is 50 µs)
