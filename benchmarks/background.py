@@ -1,8 +1,9 @@
 """Background benchmark: what the tracker's own threads cost a busy application.
 
-The drainer and the workload recognizer run beside the application. Their CPU time is the direct
-cost; the indirect one is the GIL: every time one of them comes back from C or numpy (which give
-the GIL up) it must take the GIL back from the application's thread, which the interpreter forces
+The mover (a native thread that never takes the GIL; the workload recognizer's window is given
+the records in it) and the drainer run beside the application. Their CPU time is the direct
+cost; the indirect one is the GIL: every time the drainer comes back from C (which gives the
+GIL up) it must take the GIL back from the application's thread, which the interpreter forces
 to switch (the voluntary context switches of the application's thread count these handoffs).
 
 Each program of ``benchmarks/programs.py`` runs in a loop for ``--seconds`` in one interpreter,
@@ -53,7 +54,6 @@ def child(name, seconds, tracked):
 
         tracker = memscope_otel.start(meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
         threads["drainer"] = tracker.drainer._thread
-        threads["recognizer"] = tracker.optimizer.recognizer._worker if tracker.optimizer else None
     step = max(1, programs.SCALE[name] // 4)
     before = {k: _thread_cpu(t) for k, t in threads.items()}
     if tracked:
@@ -92,7 +92,7 @@ def main(argv=None):
     print("memscope-otel background benchmark:", _common.machine())
     print(f"\n{args.seconds:g} s of each program per mode; tracker threads' CPU as % of the application "
           "thread's CPU; switches = voluntary context switches of the application thread per second")
-    head = (f"{'program':16} {'app cpu s':>9} {'mover %':>7} {'drainer %':>9} {'recognizer %':>12} {'total %':>8} "
+    head = (f"{'program':16} {'app cpu s':>9} {'mover %':>7} {'drainer %':>9} {'total %':>8} "
             f"{'switches/s untracked':>20} {'switches/s tracked':>18}")
     print(head)
     print("-" * len(head))
@@ -101,9 +101,8 @@ def main(argv=None):
         base, tr = run_child(n, args.seconds, False), run_child(n, args.seconds, True)
         mover = 100 * tr["mover_cpu_s"] / tr["app_cpu_s"]
         drainer = 100 * tr["drainer_cpu_s"] / tr["app_cpu_s"]
-        recognizer = 100 * tr.get("recognizer_cpu_s", 0.0) / tr["app_cpu_s"]
-        totals.append(mover + drainer + recognizer)
-        print(f"{n:16} {tr['app_cpu_s']:9.2f} {mover:7.2f} {drainer:9.2f} {recognizer:12.2f} {totals[-1]:8.2f} "
+        totals.append(mover + drainer)
+        print(f"{n:16} {tr['app_cpu_s']:9.2f} {mover:7.2f} {drainer:9.2f} {totals[-1]:8.2f} "
               f"{base['switches'] / base['wall_s']:20.1f} {tr['switches'] / tr['wall_s']:18.1f}", flush=True)
     print(f"\nmedian tracker-thread CPU: {_common.median(totals):.2f}% of the application's; "
           f"max {max(totals):.2f}%")

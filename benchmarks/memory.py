@@ -43,7 +43,7 @@ from _wave import rss, rss_anon, wave
 
 MB = 1e6
 COUNTED_IN_FOOTPRINT = ("ms_live_filter",)
-RECOGNIZER_BOUNDS = {"queue": "4 MiB", "times": "2 MiB + a batch", "lifetimes": "1 MiB", "pending": "2 MiB",
+RECOGNIZER_BOUNDS = {"times": "2 MiB + a batch", "lifetimes": "1 MiB", "pending": "2 MiB",
                      "sites": "32 B a site read", "threads": "8 KiB"}
 MODES = {"untracked": None, "memscope, ADAPTIVE=false": {"adaptive": False}, "memscope": {}}
 

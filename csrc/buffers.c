@@ -308,10 +308,9 @@ size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info,
 {
     info->relinked = ms_hooks_moved() ? (uint32_t)ms_hooks_relink() : 0;
     size_t n = ms_drain(out, capacity, info);
-    if (n > 0 && info->level == MS_STAGE_KEEP_ALL)
+    if (n > 0)
         ms_reduce(out, n, summary);
-    /* After ms_drain: the mover may have reduced more meanwhile, whose kept records (marked
-     * reduced) wait in the stage for the next call. */
+    /* After ms_drain: the mover may have reduced more meanwhile. */
     info->folded = ms_stage_fold(summary);
     ms_spill_fold(summary);
     return n;

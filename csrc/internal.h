@@ -484,16 +484,6 @@ static inline bool ms_live_maybe(uint64_t address)
     return atomic_load_explicit(&ms_live_filter[ms_live_slot(address)], memory_order_relaxed) != 0;
 }
 
-/* ---- follow.c / window.c ---- */
-/* Whether `address` is among the fixed pseudo-random 1 in 2^level of all addresses that the
- * recognizer follows (level <= 63; those followed at a level are followed at every lower one):
- * the address's 16-byte granule times 2^64 / golden ratio, below 2^(64 - level). The same hash
- * as memscope_otel.optimizer.features.followed. */
-static inline bool ms_followed(uint64_t address, uint32_t level)
-{
-    return level == 0 || (address >> 4) * 0x9E3779B97F4A7C15ull < 1ull << (64 - level);
-}
-
 /* ---- sites.c / frames.c (ms_frame_t and ms_stack_memo_t are above) ---- */
 /* The id of one key (a type: code NULL; a frame: code, offset, and the caller's node id as key),
  * or MS_ID_OVERFLOW + domain when every id is taken. */

@@ -224,9 +224,6 @@ typedef struct {
                            after the earliest one): drain again */
     uint32_t relinked;  /* bit 1 << MS_DOMAIN_*: that domain's hook had been unlinked by another
                            tool while running and was installed again during this call */
-    int32_t level;      /* MS_STAGE_KEEP_ALL: the records are every record, not reduced before
-                           this call; 0..63: the mover reduced them already (they are in folded),
-                           and they are those followed at this level (ms_records_follow) */
 } ms_drain_info_t;
 
 /* Moves up to capacity records out of the stage (stage.c), or when it is empty out of every
@@ -246,10 +243,9 @@ void ms_wake_drainer(void);
 int ms_site_info(uint32_t id, ms_site_t *out);
 /* Adds a batch of records to a cumulative summary (the SIMD or scalar reducer, see below). */
 void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
-/* The drainer's one call per drain: ms_drain, ms_reduce of the records it moved unless the
- * mover had reduced them (info->level), the mover's summary (info->folded), then the spill (the
- * weighted totals of records that found no room in a ring, and the live table's own adjustments)
- * added into summary. First it checks that every hook is still in its allocator
+/* The drainer's one call per drain: ms_drain, ms_reduce of the records it moved, the mover's
+ * summary (info->folded), then the spill (the weighted totals of records that found no room in a
+ * ring, and the live table's own adjustments) added into summary. First it checks that every hook is still in its allocator
  * chain: one that another tool unlinked while running (tracemalloc.stop() when memscope started
  * over it) is installed again, taking the GIL for that (info->relinked says which). Python calls
  * it keeping the GIL (ctypes, see sampler.DrainBuffer): a background thread that gives the GIL
@@ -258,21 +254,12 @@ void ms_reduce(const ms_record_t *records, size_t n, ms_summary_t *summary);
  * waits only for locks whose holders never wait for the GIL (not the loader's: the native
  * domain's poll is apart, see ms_native_poll). */
 size_t ms_drain_reduce(ms_record_t *out, size_t capacity, ms_drain_info_t *info, ms_summary_t *summary);
-/* Copies into out the records of in[0..n) whose address is among a fixed pseudo-random 1 in
- * 2^level of all addresses (the workload recognizer's subsample, see csrc/follow.c; the same
- * hash as memscope_otel.optimizer.features.followed), their weights times 2^level; returns how
- * many. out may be in. Short: Python calls it keeping the GIL. */
-size_t ms_records_follow(const ms_record_t *in, size_t n, uint32_t level, ms_record_t *out);
 /* What the mover keeps of the records it moves, for every record made after this returns (it
- * waits for a pass under way: a few milliseconds at most). MS_STAGE_KEEP_ALL
- * (the default): every record, unreduced, for a sink that wants them all (the dump writer).
- * 0..63: it reduces every record into a summary of its own, which ms_drain_reduce adds into the
- * drainer's, and stages only the records followed at that level (the workload recognizer's
- * subsample, weights times 2^level); MS_STAGE_KEEP_NONE: it stages none. Out-of-range values
- * are clamped. Short: Python calls it keeping the GIL. */
-#define MS_STAGE_KEEP_ALL -1
-#define MS_STAGE_KEEP_NONE 64
-void ms_stage_keep(int32_t level);
+ * waits for a pass under way: a few milliseconds at most). 1 (the default): every record,
+ * unreduced, for a sink that wants them all (the dump writer); 0: it reduces every record into a
+ * summary of its own, which ms_drain_reduce adds into the drainer's, and stages none. Short:
+ * Python calls it keeping the GIL. */
+void ms_stage_keep(int all);
 /* The mover (csrc/stage.c): a native thread, started and stopped with the drainer, that moves
  * records out of rings that fill into a staging buffer without the GIL, so that the drainer is
  * woken only when the stage is half full (ms_drain and ms_drain_reduce take the staged records
@@ -369,8 +356,9 @@ int ms_reduce_simd_active(void);
  * Python object and no numpy call per read, so a read costs the application no GIL handoff
  * beyond its own call, and the memory is these arrays alone. A window keeps the records' times,
  * the threads that wrote them, the sampled weight of allocations by site, and the lifetimes of
- * blocks at followed addresses (follow.c's hash) whose allocation and free it read, matched
- * through a table of the allocations whose free it awaits. Bounded: once it holds max_times
+ * blocks at followed addresses (a fixed pseudo-random 1 in 2^level of them) whose allocation
+ * and free it read, matched through a table of the allocations whose free it awaits. The
+ * tracker's window is given the records as they leave the rings (ms_window_attach). Bounded: once it holds max_times
  * times it times no more records (the batch that crosses it is kept whole); at most
  * max_lifetimes lifetimes (the earliest frees); at most max_pending awaited allocations (one
  * beyond it is not followed; those already awaited stay). Its arrays are mapped pages, grown by
@@ -398,7 +386,7 @@ typedef struct {
     uint64_t threads_active;   /* threads that wrote a record read */
     uint64_t failures;         /* reads that could not keep everything: no memory for a table */
     uint32_t follow_level;     /* lifetimes are followed at 1 in 2^level addresses */
-    uint32_t unused;
+    uint32_t reading_level;    /* ms_window_take reads the records of 1 in 2^level addresses */
     /* bytes of the arrays now (mapped, whole pages) */
     uint64_t times_bytes, lifetimes_bytes, pending_bytes, sites_bytes, threads_bytes;
     /* features, from ms_window_features only (0 from ms_window_stats): */
@@ -413,13 +401,28 @@ typedef struct {
 /* A new empty window, or NULL without memory. */
 ms_window_t *ms_window_new(uint64_t max_times, uint64_t max_lifetimes, uint64_t max_pending);
 void ms_window_free(ms_window_t *w);
-/* Reads n records drained at base_us, followed at `level` already (weights scaled): their
- * times, threads and allocation weights by site; lifetimes at the window's follow level (the
- * highest of its own, `level`, and what keeps a read to about FOLLOWED_PER_BATCH records: once
- * raised, the awaited allocations no longer followed are forgotten). Events of one address are
- * taken in time order, records of the same microsecond in batch order. Returns 0, or -1 when a
- * table could not grow (what did not fit is not kept; counted in failures). */
+/* Reads, of n records drained at base_us, those at the addresses followed at `level` (1 in
+ * 2^level: ms_followed), their weights times 2^level: their times, threads and allocation
+ * weights by site; lifetimes at the window's follow level (the highest of its own, `level`, and
+ * what keeps a read to about FOLLOWED_PER_BATCH records: once raised, the awaited allocations no
+ * longer followed are forgotten). Events of one address are taken in time order, records of
+ * the same microsecond in batch order. Returns 0, or -1 when a table could not grow (what did
+ * not fit is not kept; counted in failures). */
 int ms_window_read(ms_window_t *w, const ms_record_t *records, size_t n, int64_t base_us, uint32_t level);
+/* ms_window_read at the window's reading level, raised first as these n records require: the
+ * first read_all_first records offered to the window are all read; past them, the level is the
+ * lowest that keeps the records offered since the first one, over their span of time (a second
+ * at least), within budget_per_s records a second of those read, and it never comes down (a
+ * block allocated in one call and freed in a later one is kept or left whole). */
+int ms_window_take(ms_window_t *w, const ms_record_t *records, size_t n, int64_t base_us);
+/* Sets the reading budget of ms_window_take (a new window reads every record). */
+void ms_window_budget(ms_window_t *w, double budget_per_s, uint64_t read_all_first);
+/* From now on the records that leave the threads' rings (the mover's passes and every drain,
+ * whoever takes them: stage.c) are given to w by ms_window_take, in the order they leave, before
+ * they are reduced or staged; NULL: to none. When it returns, no call gives records to the
+ * window set before. A forked child starts with none. Call without the GIL (it waits for a
+ * pass of the mover). */
+void ms_window_attach(ms_window_t *w);
 /* Counts and bytes (cheap); the feature fields are 0. */
 void ms_window_stats(ms_window_t *w, ms_window_stats_t *out);
 /* Counts, bytes and features. Sorts the kept times and reorders the lifetimes in place;

@@ -8,12 +8,15 @@
  * application's thread, and the drainer's own fixed cost per drain). The mover never takes the
  * GIL and runs no Python: it moves records (ms_drain), and it frees the rings and states of
  * exited threads on the way. Unless a sink wants every record (the dump writer: ms_stage_keep
- * -1), it also reduces what it moves into a summary of its own (sums.c) and keeps in the stage
- * only the records the workload recognizer follows (ms_records_follow at the level it asks for,
- * none without it), so a busy program's records no longer fill the stage: the drainer comes back
- * at its interval, not at every half stage. Sites and the readers stay with the Python drain,
- * which takes the staged records first and adds the mover's summary (ms_drain_reduce): a
- * complete drain still sees every record made before it began, wherever the record waited.
+ * 1), it reduces what it moves into a summary of its own (sums.c) and stages none of it, so a
+ * busy program's records no longer fill the stage: the drainer comes back at its interval, not
+ * at every half stage. Sites and the sinks stay with the Python drain, which takes the staged
+ * records first and adds the mover's summary (ms_drain_reduce): a complete drain still sees
+ * every record made before it began, wherever the record waited.
+ *
+ * Records leave the rings here alone, by the mover's passes or by a drain's (under
+ * g_stage_lock both), so this is where the workload recognizer's window is given them
+ * (ms_window_attach): in C, without the GIL on the mover, and with no copy of them kept for it.
  *
  * The stage is a sequence of chunks, one per pass of the mover, each with the base time that its
  * records' 32-bit time deltas count from (ms_drain's info->base_us). It is mapped when the mover
@@ -34,7 +37,6 @@
 typedef struct {
     uint32_t start, n;
     uint64_t base_us;
-    int32_t level; /* -1: not reduced yet; else reduced, and the records followed at this level */
 } chunk_t;
 
 /* Everything below under g_stage_lock, but g_running (read by the hooks' wake-ups). */
@@ -57,7 +59,9 @@ static uint64_t g_cpu_done_ns; /* CPU time of movers that ended */
 static double g_id_count[MS_MAX_IDS], g_id_bytes[MS_MAX_IDS], g_id_live_bytes[MS_MAX_IDS];
 static ms_sums_t g_sums = MS_SUMS_INIT(g_id_count, g_id_bytes, g_id_live_bytes);
 /* ms_stage_keep's setting, read at every pass (written under g_stage_lock) */
-static _Atomic int32_t g_keep = MS_STAGE_KEEP_ALL;
+static _Atomic bool g_keep_all = true;
+/* The window given the records that leave the rings (ms_window_attach), or NULL. */
+static ms_window_t *g_window;
 
 /* Under g_stage_lock (or in a forked child): the stage's first `records` records are, or may
  * be, in RAM. The footprint counts a mapped stage's first step whatever was touched: the mover's
@@ -112,16 +116,24 @@ void ms_wake_mover(void)
     sem_post(&g_move);
 }
 
+/* Under g_stage_lock: records that just left the rings go to the recognizer's window first. */
+static void leave(const ms_record_t *records, size_t n, uint64_t base_us)
+{
+    if (g_window != NULL && n > 0)
+        ms_window_take(g_window, records, n, (int64_t)base_us);
+}
+
 /* Under g_stage_lock: moves what the rings hold, then wakes the drainer when the stage is half
- * full, or full while records are left in the rings. Records a reader wants every one of are
- * moved in one step; others are taken MOVE_STEP_RECORDS at a time, reduced and thinned in place,
- * so that the stage's touched pages stay near what it keeps rather than what the rings held. */
+ * full, or full while records are left in the rings. Records a sink wants every one of are
+ * moved in one step; others are taken MOVE_STEP_RECORDS at a time and reduced, through the
+ * stage's free part, so that its touched pages stay near what it keeps rather than what the
+ * rings held. */
 static void move_once(void)
 {
     if (atomic_load(&g_paused))
         return;
     bool wake = false;
-    int32_t keep = atomic_load_explicit(&g_keep, memory_order_relaxed);
+    bool keep_all = atomic_load_explicit(&g_keep_all, memory_order_relaxed);
     /* At most a stage's worth a call, as in one step: a program that fills its rings as fast as
      * they are read must not keep the lock (and the drainer, ms_mover_pause) waiting. */
     for (size_t moved = 0;;) {
@@ -130,24 +142,22 @@ static void move_once(void)
             break;
         }
         uint32_t room = STAGE_RECORDS - g_staged;
-        if (keep != MS_STAGE_KEEP_ALL && room > MOVE_STEP_RECORDS)
+        if (!keep_all && room > MOVE_STEP_RECORDS)
             room = MOVE_STEP_RECORDS;
         ms_drain_info_t info;
         ms_record_t *at = g_stage + g_staged;
-        size_t got = ms_rings_drain_all(at, room, &info);
-        size_t n = got;
-        moved += got;
+        size_t n = ms_rings_drain_all(at, room, &info);
+        moved += n;
         touch(g_staged + (uint32_t)n);
-        if (n > 0 && keep != MS_STAGE_KEEP_ALL) {
-            ms_sums_add(&g_sums, at, n);
-            n = keep >= MS_STAGE_KEEP_NONE ? 0 : ms_records_follow(at, n, (uint32_t)keep, at);
-        }
-        if (n > 0) {
-            g_chunks[g_first_chunk + g_nchunks++] = (chunk_t){g_staged, (uint32_t)n, info.base_us, keep};
+        leave(at, n, info.base_us);
+        if (n > 0 && keep_all) {
+            g_chunks[g_first_chunk + g_nchunks++] = (chunk_t){g_staged, (uint32_t)n, info.base_us};
             g_staged += (uint32_t)n;
+        } else if (n > 0) {
+            ms_sums_add(&g_sums, at, n);
         }
         /* (more with nothing taken: a record pushed after the base was read leads the next pass) */
-        if (!info.more || got == 0 || keep == MS_STAGE_KEEP_ALL || moved >= STAGE_RECORDS) {
+        if (!info.more || n == 0 || keep_all || moved >= STAGE_RECORDS) {
             wake = info.more != 0;
             break;
         }
@@ -285,18 +295,15 @@ static void give_back_unused(uint32_t fill)
 }
 
 /* Under g_stage_lock: moves up to capacity staged records into out, their deltas rewritten
- * against the first chunk's base; stops before a record 2^32 us or more after it, and where
- * chunks' levels change (a call's records are all reduced or not, followed at one level). */
+ * against the first chunk's base; stops before a record 2^32 us or more after it. */
 static size_t take_staged(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
 {
     size_t n = 0;
     uint64_t base = g_chunks[g_first_chunk].base_us;
-    int32_t level = g_chunks[g_first_chunk].level;
     while (g_nchunks > 0 && n < capacity) {
         chunk_t *c = &g_chunks[g_first_chunk];
-        if (c->base_us < base /* (a record pushed late can make a later pass start earlier) */
-            || c->level != level)
-            break; /* its own call rebases it */
+        if (c->base_us < base) /* (a record pushed late can make a later pass start earlier) */
+            break;                /* its own call rebases it */
         uint64_t shift = c->base_us - base;
         uint32_t k = 0;
         for (; k < c->n && n < capacity; k++) {
@@ -320,7 +327,6 @@ static size_t take_staged(ms_record_t *out, size_t capacity, ms_drain_info_t *in
         g_first_chunk = g_staged = 0;
     }
     info->base_us = base;
-    info->level = level;
     return n;
 }
 
@@ -329,12 +335,12 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
     pthread_mutex_lock(&g_stage_lock);
     size_t n;
     info->more = 0;
-    info->level = MS_STAGE_KEEP_ALL;
     if (g_nchunks > 0) {
-        n = take_staged(out, capacity, info);
+        n = take_staged(out, capacity, info); /* (given to the window when they were moved) */
         info->more = 1; /* the rings, and what may be left of the stage */
     } else {
         n = ms_rings_drain_all(out, capacity, info);
+        leave(out, n, info->base_us);
         if (!atomic_load(&g_running) && g_stage) {
             /* Stopped and drained: the pages go back until the next start. */
             stage_unmap();
@@ -344,15 +350,20 @@ size_t ms_drain(ms_record_t *out, size_t capacity, ms_drain_info_t *info)
     return n;
 }
 
-void ms_stage_keep(int32_t level)
+void ms_stage_keep(int all)
 {
-    if (level < MS_STAGE_KEEP_ALL)
-        level = MS_STAGE_KEEP_ALL;
     /* Under the lock of a pass: a pass under way (which reads the setting once, and may take a
      * stage's worth of records made meanwhile) ends first, so every record made after this
      * returns is moved under the new setting. */
     pthread_mutex_lock(&g_stage_lock);
-    atomic_store_explicit(&g_keep, level > MS_STAGE_KEEP_NONE ? MS_STAGE_KEEP_NONE : level, memory_order_relaxed);
+    atomic_store_explicit(&g_keep_all, all != 0, memory_order_relaxed);
+    pthread_mutex_unlock(&g_stage_lock);
+}
+
+void ms_window_attach(ms_window_t *w)
+{
+    pthread_mutex_lock(&g_stage_lock);
+    g_window = w;
     pthread_mutex_unlock(&g_stage_lock);
 }
 
@@ -369,7 +380,8 @@ uint64_t ms_stage_fold(ms_summary_t *summary)
 
 /* In the child, inside fork(): the mover is gone, maybe holding the lock; the child starts
  * from zero, so what the parent staged or reduced is dropped with the parent's records, and its pages
- * go back. */
+ * go back. The window is let go too: the mover may have held its lock (the Python side gives the
+ * child a new one). */
 void ms_stage_fork_child(void)
 {
     pthread_mutex_init(&g_stage_lock, NULL);
@@ -380,5 +392,6 @@ void ms_stage_fork_child(void)
     atomic_store(&g_paused, 0);
     g_stopping = false;
     g_first_chunk = g_nchunks = g_staged = 0;
+    g_window = NULL;
     ms_sums_clear(&g_sums);
 }

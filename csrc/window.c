@@ -44,8 +44,24 @@ struct ms_window {
     size_t n_sites, site_slots; /* a power of two */
     uint64_t allocs_followed, failures;
     uint32_t follow_level;
+    /* The reading level (ms_window_take): records offered since the first one, made at first_us;
+     * the budget they are read within. */
+    uint32_t reading_level;
+    uint64_t offered, read_all_first;
+    int64_t first_us;
+    double budget_per_s;
     uint64_t threads[MS_WINDOW_THREADS / 64];
 };
+
+/* Whether `address` is among the fixed pseudo-random 1 in 2^level of all addresses that the
+ * window follows (level <= 63; those followed at a level are followed at every lower one): the
+ * address's 16-byte granule times 2^64 / golden ratio, below 2^(64 - level). The same hash as
+ * memscope_otel.optimizer.features.followed. A block's allocation and its free are kept or left
+ * together, so lifetimes of the subsample are lifetimes. */
+static inline bool followed(uint64_t address, uint32_t level)
+{
+    return level == 0 || (address >> 4) * 0x9E3779B97F4A7C15ull < 1ull << (64 - level);
+}
 
 /* ---- mapped arrays ---- */
 
@@ -135,7 +151,7 @@ static bool pending_rebuild(ms_window_t *w, size_t slots, uint32_t level)
     size_t kept = 0;
     for (size_t i = 0; i < w->pending_slots; i++) {
         pending_slot_t e = w->pending[i];
-        if (e.address != 0 && ms_followed(e.address, level)) {
+        if (e.address != 0 && followed(e.address, level)) {
             pending_put(table, slots, e.address, e.time);
             kept++;
         }
@@ -230,6 +246,7 @@ ms_window_t *ms_window_new(uint64_t max_times, uint64_t max_lifetimes, uint64_t 
     w->max_times = max_times;
     w->max_lifetimes = max_lifetimes;
     w->max_pending = max_pending;
+    w->budget_per_s = INFINITY; /* (ms_window_budget) */
     w->pending_slots = MS_WINDOW_PENDING_MIN_SLOTS;
     w->pending = map_bytes(w->pending_slots * sizeof *w->pending);
     w->site_slots = 256;
@@ -269,30 +286,35 @@ static uint32_t level_for(size_t n)
     return over ? 64 - (uint32_t)__builtin_clzll(over) : 0;
 }
 
-/* false when something of the batch could not be kept (a table or array could not grow). */
+/* false when something of the batch could not be kept (a table or array could not grow). The
+ * records read are those of r[0..n) followed at `level`, weights times 2^level. */
 static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t base_us, uint32_t level)
 {
     bool kept_all = true;
+    level = level > 63 ? 63 : level;
+    double scale = (double)(1ull << level);
+    size_t read = 0;
+    for (size_t i = 0; i < n; i++)
+        read += followed(r[i].address, level);
+    bool timed = false;
     if (w->n_times < w->max_times) {
-        if (reserve((void **)&w->times, &w->times_cap, w->n_times, w->n_times + n, w->max_times, sizeof *w->times)) {
-            for (size_t i = 0; i < n; i++)
-                w->times[w->n_times + i] = base_us + r[i].time_delta_us;
-            w->n_times += n;
-        } else {
-            kept_all = false;
-        }
+        timed = reserve((void **)&w->times, &w->times_cap, w->n_times, w->n_times + read, w->max_times,
+                        sizeof *w->times);
+        kept_all = timed;
     }
     for (size_t i = 0; i < n; i++) {
+        if (!followed(r[i].address, level))
+            continue;
+        if (timed)
+            w->times[w->n_times++] = base_us + r[i].time_delta_us;
         w->threads[r[i].thread >> 6] |= 1ull << (r[i].thread & 63);
         if (ms_flags_event(r[i].flags) != MS_EVENT_FREE)
-            kept_all &= site_add(w, r[i].site, (double)r[i].weight);
+            kept_all &= site_add(w, r[i].site, (double)r[i].weight * scale);
     }
 
-    uint32_t followed_at = level_for(n);
+    uint32_t followed_at = level_for(read);
     if (level > followed_at)
         followed_at = level;
-    if (followed_at > 63)
-        followed_at = 63;
     if (followed_at > w->follow_level) {
         w->follow_level = followed_at;
         if (!pending_rebuild(w, w->pending_slots, followed_at)) {
@@ -305,12 +327,12 @@ static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t 
     followed_at = w->follow_level;
 
     /* The followed records by (time, position): time in the high half, position in the low. */
-    uint64_t *order = map_bytes((n ? n : 1) * sizeof *order);
+    uint64_t *order = map_bytes((read ? read : 1) * sizeof *order);
     if (order == NULL)
         return false;
     size_t m = 0;
-    for (size_t i = 0; i < n && i <= UINT32_MAX; i++) {
-        if (r[i].address == 0 || !ms_followed(r[i].address, followed_at))
+    for (size_t i = 0; i < n && i <= UINT32_MAX && m < read; i++) {
+        if (r[i].address == 0 || !followed(r[i].address, followed_at))
             continue; /* (0 marks an empty slot: never a sampled block's address, not followed) */
         order[m++] = (uint64_t)r[i].time_delta_us << 32 | i;
         if (ms_flags_event(r[i].flags) != MS_EVENT_FREE)
@@ -337,7 +359,7 @@ static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t 
             kept_all &= pending_allocated(w, e->address, t); /* a realloc's record allocates too */
         }
     }
-    unmap_bytes(order, (n ? n : 1) * sizeof *order);
+    unmap_bytes(order, (read ? read : 1) * sizeof *order);
     return kept_all;
 }
 
@@ -348,6 +370,48 @@ int ms_window_read(ms_window_t *w, const ms_record_t *records, size_t n, int64_t
     w->failures += !kept_all; /* one read, one failure, however many tables it missed */
     pthread_mutex_unlock(&w->lock);
     return kept_all ? 0 : -1;
+}
+
+/* Under the lock: the reading level for n more records offered, the latest made at last_us. */
+static uint32_t offer(ms_window_t *w, size_t n, int64_t first_us, int64_t last_us)
+{
+    if (w->offered == 0)
+        w->first_us = first_us;
+    w->offered += n;
+    if (w->offered <= w->read_all_first)
+        return w->reading_level;
+    double elapsed_s = (double)(last_us - w->first_us) / 1e6;
+    double over = (double)w->offered / (elapsed_s > 1.0 ? elapsed_s : 1.0) / w->budget_per_s;
+    uint32_t needed = over > 1.0 ? (uint32_t)ceil(log2(over)) : 0;
+    needed = needed > 32 ? 32 : needed;
+    if (needed > w->reading_level)
+        w->reading_level = needed;
+    return w->reading_level;
+}
+
+int ms_window_take(ms_window_t *w, const ms_record_t *records, size_t n, int64_t base_us)
+{
+    if (n == 0)
+        return 0;
+    uint32_t earliest = UINT32_MAX, latest = 0;
+    for (size_t i = 0; i < n; i++) {
+        earliest = records[i].time_delta_us < earliest ? records[i].time_delta_us : earliest;
+        latest = records[i].time_delta_us > latest ? records[i].time_delta_us : latest;
+    }
+    pthread_mutex_lock(&w->lock);
+    uint32_t level = offer(w, n, base_us + earliest, base_us + latest);
+    bool kept_all = read_locked(w, records, n, base_us, level);
+    w->failures += !kept_all;
+    pthread_mutex_unlock(&w->lock);
+    return kept_all ? 0 : -1;
+}
+
+void ms_window_budget(ms_window_t *w, double per_s, uint64_t read_all_first)
+{
+    pthread_mutex_lock(&w->lock);
+    w->budget_per_s = per_s > 0.0 ? per_s : 1.0;
+    w->read_all_first = read_all_first;
+    pthread_mutex_unlock(&w->lock);
 }
 
 static void stats_locked(ms_window_t *w, ms_window_stats_t *out)
@@ -362,6 +426,7 @@ static void stats_locked(ms_window_t *w, ms_window_stats_t *out)
         out->threads_active += (uint64_t)__builtin_popcountll(w->threads[i]);
     out->failures = w->failures;
     out->follow_level = w->follow_level;
+    out->reading_level = w->reading_level;
     out->times_bytes = w->times ? ms_pages_size(w->times_cap * sizeof *w->times) : 0;
     out->lifetimes_bytes = w->lifetimes ? ms_pages_size(w->lifetimes_cap * sizeof *w->lifetimes) : 0;
     out->pending_bytes = ms_pages_size(w->pending_slots * sizeof *w->pending);

@@ -14,7 +14,7 @@ from cffi import FFI
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
-SOURCES = ["hooks.c", "buffers.c", "rings.c", "live.c", "spill.c", "sites.c", "frames.c", "reduce.c", "child.c", "native.c", "stage.c", "follow.c", "clock.c", "sums.c", "window.c"]
+SOURCES = ["hooks.c", "buffers.c", "rings.c", "live.c", "spill.c", "sites.c", "frames.c", "reduce.c", "child.c", "native.c", "stage.c", "clock.c", "sums.c", "window.c"]
 
 
 def cdef_text():

@@ -10,9 +10,10 @@ what is left in the rings, in calls into C that keep the GIL (short: giving it u
 back would force a switch on the application each time). Its own allocations are never tracked.
 
 Who reads records decides what the mover keeps of them: with a sink (the dump writer, a test's
-collector) every record, reduced here; otherwise the mover reduces them itself and stages only
-the subsample that the ``follower`` (the workload recognizer) asks for, or none, so a busy
-program's records no longer fill the stage and wake the drainer.
+collector) every record, reduced here; otherwise the mover reduces them itself and stages none,
+so a busy program's records no longer fill the stage and wake the drainer. The workload
+recognizer is not a reader here: its window is given the records in C as they leave the rings
+(sampler.attach_window).
 """
 import ctypes
 import logging
@@ -61,13 +62,12 @@ class Drainer:
         self.summary = summary
         self.interval_s = interval_s
         self._stage_keep = sampler.StageKeep()
-        # The mover's setting is computed from the readers and set in one step under this lock:
-        # the drainer thread recomputes it after every drain, and a thread adding a sink meanwhile
-        # must not have its setting overwritten by one computed before the sink was there (the
-        # mover would reduce what the sink should get until the next drain). Re-entrant: a
-        # signal handler's snapshot may drain on a thread that holds it.
+        # The mover's setting is computed from the sinks and set in one step under this lock: a
+        # thread adding a sink must not have its setting overwritten by one computed before the
+        # sink was there on another (start(), or one removing a sink: the mover would reduce
+        # what the sink should get). Re-entrant: a signal handler may add or remove a sink on a
+        # thread that holds it.
         self._keep_lock = threading.RLock()
-        self._follower = None
         self._sinks = tuple(sinks)
         self._keep_changed()
         # Periodic drains with few records waiting are skipped (see ms_wait_for_work), unless a
@@ -117,28 +117,8 @@ class Drainer:
             self._sinks = tuple(sinks)
             self._set_keep()
 
-    @property
-    def follower(self):
-        """The workload recognizer, or None: given the mover's subsample of the records at the
-        level its ``keep_level()`` asks for (``sink(records, base_us, level)``, weights scaled by
-        2**level), or every record while a sink is attached."""
-        return self._follower
-
-    @follower.setter
-    def follower(self, follower):
-        with self._keep_lock:
-            self._follower = follower
-            self._set_keep()
-
-    def _keep_level(self):
-        if self.sinks:
-            return sampler.STAGE_KEEP_ALL
-        if self._follower is not None:
-            return self._follower.keep_level()
-        return sampler.STAGE_KEEP_NONE
-
     def _set_keep(self):  # (with _keep_lock)
-        self._stage_keep(self._keep_level())
+        self._stage_keep(bool(self._sinks))
 
     def _keep_changed(self):
         with self._keep_lock:
@@ -232,16 +212,12 @@ class Drainer:
             records, base_us = buffer.drain(self.summary)  # drained and reduced
             if buffer.relinked:
                 self._relinked(buffer.relinked)
-            every = buffer.level == sampler.STAGE_KEEP_ALL
             if len(records):
-                for sink in self._sinks if every else ():
+                for sink in self._sinks:
                     self._feed(sink, records, base_us)
-                if self._follower is not None:
-                    self._feed(self._follower.sink, records, base_us, 0 if every else buffer.level)
-            moved += buffer.folded + (len(records) if every else 0)
+            moved += buffer.folded + len(records)
             if not buffer.more:
                 break
-        self._keep_changed()  # (the follower's level follows the records it was given)
         return moved
 
     @staticmethod

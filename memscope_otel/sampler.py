@@ -174,7 +174,6 @@ def read_counters():
 
 
 DRAIN_BATCH = 16384  # records a drain's call into C moves at most (DrainBuffer's default)
-STAGE_KEEP_ALL, STAGE_KEEP_NONE = -1, 64  # (see StageKeep; MS_STAGE_KEEP_* in csrc/memscope.h)
 
 
 class DrainBuffer:
@@ -197,31 +196,44 @@ class DrainBuffer:
         time in µs). Then ``more`` says whether records were left behind (drain again),
         ``relinked`` which domains' hooks had been unlinked by another tool and were installed
         again (a mask of 1 << domain index), ``folded`` how many records the mover had reduced
-        (added to ``summary`` by this call), and ``level`` what the records are: STAGE_KEEP_ALL,
-        every record (reduced by this call); 0 to 63, the mover's subsample at that level,
-        reduced already (see ``stage_keep``)."""
+        (added to ``summary`` by this call)."""
         info = self._info
         n = self._drain_reduce(*self._args, summary.c_summary_address)
         self.more, self.relinked = bool(info.more), int(info.relinked)
-        self.folded, self.level = int(info.folded), int(info.level)
+        self.folded = int(info.folded)
         return self.array[:n], int(info.base_us)
 
 
 class StageKeep:
-    """Sets what the mover keeps of the records it moves (ms_stage_keep): STAGE_KEEP_ALL, every
-    record for the drainer to reduce; a level 0..63, it reduces them itself and keeps those
-    followed at that level; STAGE_KEEP_NONE, it reduces them and keeps none. A call into C only
-    when the setting changes, keeping the GIL (it is a store)."""
+    """Sets whether the mover keeps every record it moves, unreduced, for the drainer's sinks
+    (ms_stage_keep), or reduces them itself and keeps none. A call into C only when the setting
+    changes, keeping the GIL (it is a store)."""
 
     def __init__(self):
         ffi, lib = _lib()
-        self._set = keeping_the_gil(ffi, lib, "ms_stage_keep", None, ctypes.c_int32)
-        self.level = None
+        self._set = keeping_the_gil(ffi, lib, "ms_stage_keep", None, ctypes.c_int)
+        self.all = None
 
-    def __call__(self, level):
-        if level != self.level:
-            self._set(level)
-            self.level = level
+    def __call__(self, all_records):
+        if all_records != self.all:
+            self._set(int(all_records))
+            self.all = all_records
+
+
+_attached_window = None
+
+
+def attach_window(window):
+    """Gives the records that leave the threads' rings from now on to ``window`` (a cffi
+    ``ms_window_t *`` that frees it when collected; None: to no window), in C: the workload
+    recognizer's (ms_window_attach). Once it returns, no record goes to the window attached
+    before. The window attached is referenced here until another replaces it, so that it cannot
+    be freed while the mover may read into it (its owner may be collected without detaching
+    it). Callers serialize their calls (the recognizer's lock)."""
+    global _attached_window
+    ffi, lib = _lib()
+    lib.ms_window_attach(ffi.NULL if window is None else window)
+    _attached_window = window
 
 
 def site_info(site_id):

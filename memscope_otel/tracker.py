@@ -364,7 +364,7 @@ class Tracker:
         self.drainer = Drainer(self.summary, self.config.drain_interval_ms / 1000.0, sinks)
         self.drainer.sites = self.resolver
         if self.optimizer is not None:
-            self.optimizer.after_fork_child(self.drainer)
+            self.optimizer.after_fork_child()
         if self.profiles is not None:
             # The child's estimates start from zero, and the parent's threads and connection
             # are not the child's: a pusher of its own, under the same resource.

@@ -47,10 +47,13 @@ class Window:
     """One recognition window: when it started, the counters and resource usage at its start and
     the most threads seen live (kept here), and what the records read into it left (kept in C:
     csrc/window.c, bounded by _MAX_TIMES, _MAX_LIFETIMES and _MAX_PENDING). Reads and feature
-    computations give the GIL up while they run; the window's own lock orders them."""
+    computations give the GIL up while they run; the window's own lock orders them, and those of
+    the mover or a drain giving it records in C once it is attached (sampler.attach_window).
+    ``budget_per_s`` and ``read_all_first``: what :meth:`take` reads (ms_window_take)."""
 
     def __init__(self, started, counters=None, rusage=(0, 0, 0.0), max_times=_MAX_TIMES,
-                 max_lifetimes=_MAX_LIFETIMES, max_pending=_MAX_PENDING):
+                 max_lifetimes=_MAX_LIFETIMES, max_pending=_MAX_PENDING, budget_per_s=float("inf"),
+                 read_all_first=0):
         self.started = started
         self.counters = counters
         self.rusage = rusage
@@ -59,22 +62,36 @@ class Window:
         window = self._lib.ms_window_new(max_times, max_lifetimes, max_pending)
         if window == self._ffi.NULL:
             raise MemoryError("memscope: no memory for the workload recognizer's window")
-        self._c = self._ffi.gc(window, self._lib.ms_window_free)
+        self.c = self._ffi.gc(window, self._lib.ms_window_free)  # (the ms_window_t *)
+        self.budget(budget_per_s, read_all_first)
+
+    def budget(self, per_s, read_all_first):
+        """Sets what :meth:`take` reads: every one of the first ``read_all_first`` records, then
+        within ``per_s`` records a second (see ms_window_take)."""
+        self._lib.ms_window_budget(self.c, float(per_s), int(read_all_first))
 
     def read(self, records, base_us, level=0):
-        """Reads ``records`` (a contiguous RECORD_DTYPE array drained at ``base_us``, followed at
-        ``level`` already, weights scaled). False when a table could not grow (what did not fit
-        was not kept)."""
+        """Reads, of ``records`` (a contiguous RECORD_DTYPE array drained at ``base_us``), those
+        at the addresses :func:`followed` at ``level``, weights times 2**level. False when a
+        table could not grow (what did not fit was not kept)."""
         if len(records) == 0:
             return True
         pointer = self._ffi.cast("ms_record_t *", self._ffi.from_buffer(records))
-        return self._lib.ms_window_read(self._c, pointer, len(records), int(base_us), int(level)) == 0
+        return self._lib.ms_window_read(self.c, pointer, len(records), int(base_us), int(level)) == 0
+
+    def take(self, records, base_us):
+        """:meth:`read` at the window's reading level, raised first as these records require
+        (ms_window_take): what the mover and the drains give an attached window."""
+        if len(records) == 0:
+            return True
+        pointer = self._ffi.cast("ms_record_t *", self._ffi.from_buffer(records))
+        return self._lib.ms_window_take(self.c, pointer, len(records), int(base_us)) == 0
 
     def stats(self, features=False):
         """The window's counts and its arrays' bytes (an ``ms_window_stats_t``); with ``features``,
         its time and lifetime features too (a sort of the times and the frame-clock search)."""
         out = self._ffi.new("ms_window_stats_t *")
-        (self._lib.ms_window_features if features else self._lib.ms_window_stats)(self._c, out)
+        (self._lib.ms_window_features if features else self._lib.ms_window_stats)(self.c, out)
         return out
 
     @property
@@ -95,7 +112,7 @@ class Window:
         capacity ``n``), cut to how many it wrote."""
         arrays = [np.empty(n, dtype) for dtype in dtypes]
         pointers = [self._ffi.cast(_C_TYPES[dtype], self._ffi.from_buffer(a)) for dtype, a in zip(dtypes, arrays)]
-        written = copy(self._c, *pointers, n)
+        written = copy(self.c, *pointers, n)
         return [a[:written] for a in arrays]
 
     def times(self):
@@ -119,7 +136,7 @@ class Window:
     def threads(self):
         """threads[i]: thread index i wrote a record read (a bool array, one per u16 index)."""
         out = np.zeros(self._lib.MS_WINDOW_THREADS, np.uint8)
-        self._lib.ms_window_threads(self._c, self._ffi.cast("uint8_t *", self._ffi.from_buffer(out)))
+        self._lib.ms_window_threads(self.c, self._ffi.cast("uint8_t *", self._ffi.from_buffer(out)))
         return out.astype(bool)
 
     def nbytes(self):

@@ -93,15 +93,10 @@ class PerformanceOptimizer:
         self._running = True
         self.monitor.start()
         self.recognizer.reset()
-        self.attach_drainer(self.tracker.drainer)
+        self.recognizer.follow_records()
         self.tracker.listeners.append(self.on_snapshot)
 
-    def attach_drainer(self, drainer):
-        """Makes the recognizer ``drainer``'s follower (given the mover's subsample of records)."""
-        self.recognizer.start_worker()
-        drainer.follower = self.recognizer
-
-    def after_fork_child(self, drainer):
+    def after_fork_child(self):
         """In a forked child: the counters start again from zero and the drainer is new. The lock
         is made anew: a snapshot in another thread of the parent may have held it at fork()."""
         self._lock = threading.Lock()
@@ -109,7 +104,7 @@ class PerformanceOptimizer:
         self._last = None
         self.recognizer.after_fork_child()
         self.recognizer.reset()
-        self.attach_drainer(drainer)
+        self.recognizer.follow_records()
 
     def stop(self):
         """Stops observing (a later start of the sampler begins again at the configured rates)."""
@@ -119,8 +114,6 @@ class PerformanceOptimizer:
         self.monitor.stop()
         if self.on_snapshot in self.tracker.listeners:
             self.tracker.listeners.remove(self.on_snapshot)
-        if self.tracker.drainer.follower is self.recognizer:
-            self.tracker.drainer.follower = None
         self.recognizer.close()
         self._running = False
 
@@ -182,11 +175,7 @@ class PerformanceOptimizer:
         if age < self.RECOGNITION_MIN_S or now - self._classified_at < self.RECOGNITION_EVERY_S:
             return
         self._classified_at = now
-        # From the batches the worker has read: a read here would run inside the collection (its
-        # numpy calls each a possible GIL take-back, in the collection's time). The worker
-        # then reads what is queued, for the next classification.
-        features = self.recognizer.features(counters, read_queue=False)
-        self.recognizer.read_soon()
+        features = self.recognizer.features(counters)
         if features is not None and features["records"] >= MIN_RECORDS:
             workload, reasons = classify(features)
             if workload != self.workload:
@@ -197,7 +186,7 @@ class PerformanceOptimizer:
 
     def recognize(self):
         """Classifies the current window now: (workload, features, reasons)."""
-        self.tracker.refresh()  # drains, so the sink has seen every record
+        self.tracker.refresh()  # drains: the window has seen every record made before
         features = self.recognizer.features()
         workload, reasons = classify(features)
         self.workload, self.features, self.reasons = workload, features, reasons

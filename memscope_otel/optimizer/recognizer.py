@@ -1,11 +1,9 @@
-"""The workload recognizer: features from the counters and the record stream (its own worker
-thread reads the drained batches), classified by :data:`RULES` (see :func:`classify`)."""
+"""The workload recognizer: features from the counters and the record stream (a window in C that
+is given the records as they leave the rings), classified by :data:`RULES` (see :func:`classify`)."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import math
 import threading
 import time
 
@@ -13,28 +11,15 @@ import numpy as np
 
 from .. import sampler
 from ..cpu_meter import CpuMeter
-from ..records import DOMAINS, EVENT_MASK, EVENT_SHIFT, RECORD_DTYPE, concatenate_records
+from ..records import DOMAINS
 from .features import ARRAY_MODULES, NETWORK_MODULES, Window, _module_parts, _rusage
 
 log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole optimizer
 
-# Records waiting for the recognizer's worker (4 MiB, its largest part): beyond it, batches skip
-# the recognizer (counted) rather than hold up the drainer or grow without bound.
-_MAX_QUEUED_RECORDS = 131072
-# The worker reads the queue when it holds this many records, or when its oldest batch has waited
-# this long: every read costs the application a forced GIL switch or two whatever its size (the
-# worker's wake-up, and taking the GIL back after the read, which runs in C without it; see
-# WorkloadRecognizer), and a classification asks for a read itself (read_soon) right after it has
-# used the window. Reading at 8,192 records instead (a read every 2 s at the budget) was tried
-# with the reads in C: the tracker's RSS after benchmarks/memory.py's program came out higher
-# (+9.5 MB against +5.5 and +6.8 in two runs at 65,536), as its allocations interleaved more with
-# the program's.
-_READ_AT_RECORDS = _MAX_QUEUED_RECORDS // 2
-_READ_EVERY_S = 30.0
 # Records a second the recognizer reads, at most: past it, the records of 1 in 2**level of all
-# addresses, the level rising (within a window) until the stream fits (see csrc/follow.c). Its
-# features are shares, gaps and lifetimes, which this many estimate well; the queue's copies and
-# the reads grow with the records, which reach 470,000 a second in a busy text-processing loop.
+# addresses, the level rising (within a window) until the stream fits (ms_window_take in
+# csrc/window.c). Its features are shares, gaps and lifetimes, which this many estimate well; the
+# reads grow with the records, which reach 470,000 a second in a busy text-processing loop.
 _READ_BUDGET_PER_S = 4096
 # ... but the first records of a window are all read, however fast they come: a short window (a
 # test's, or the first seconds of a process) keeps enough of them to be classified (MIN_RECORDS).
@@ -51,251 +36,108 @@ _OBJECT_DOMAINS = [DOMAINS.index("obj"), DOMAINS.index("mem")]
 class WorkloadRecognizer:
     """Collects workload features from the exact counters and the record stream, and classifies.
 
-    Make it the drainer's ``follower`` (or attach :meth:`sink` as a sink: it then sees every
-    drained record) and call :meth:`observe` with
-    each snapshot's counters; :meth:`features` and :meth:`classify` read the current window, which
-    :meth:`reset` restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`.
+    :meth:`follow_records` has the tracker's records given to its window in C as they leave the
+    threads' rings (csrc/stage.c: on the mover's native thread, or in a drain), or attach
+    :meth:`sink` to a drainer as a sink; call :meth:`observe` with each snapshot's counters.
+    :meth:`features` and :meth:`classify` read the current window, which :meth:`reset`
+    restarts. ``resolve`` maps a site id to a :class:`memscope_otel.sites.Site`.
 
-    While :meth:`start_worker` has a worker thread running (the optimizer starts it with itself),
-    the sink only queues a copy of each batch and the worker reads them; otherwise sink() reads the
-    batch itself. Reading is one call into C (the window, csrc/window.c) that gives the GIL up
-    while it runs; while the application keeps the GIL busy, getting it back costs up to the
-    interpreter's switch interval (5 ms), and the application a forced switch. On the drainer's
-    thread that would be at every drain (5 a second), and the drainer would be away from the rings
-    meanwhile; the worker pays it at each wake-up and read instead, and reads the queue only
-    every :attr:`read_every_s` seconds (30), or as soon as the queue holds
-    :attr:`read_at_records` records (65,536). :attr:`window`
-    and :meth:`features` first read whatever is queued, so they see every batch drained before
-    the call (``features(read_queue=False)``, the optimizer's classification inside a collection,
-    does not)."""
+    No Python code runs per batch of records: there is no queue to hold copies of them, no
+    thread to read it, and the GIL is not taken for them (the mover runs without it). The window
+    reads every one of a window's first 16,384 records, then the records of a fixed
+    pseudo-random 1 in 2**level of all addresses, the level rising until they fit in
+    :attr:`read_budget_per_s` records a second (see ms_window_take)."""
 
     def __init__(self, resolve=None, clock=None):
         self._resolve = resolve
         self._clock = clock or time.monotonic
-        # The sink's level (it queues the records of 1 in 2**level addresses; the window's follow
-        # level rises to it as its batches are read), and the records offered to it since the
-        # window started.
-        # Under _queued.
-        self._sink_level = 0
-        self._sink_offered = 0
-        ffi, lib = sampler._lib()
-        self._follow_c = sampler.keeping_the_gil(ffi, lib, "ms_records_follow", ctypes.c_size_t, ctypes.c_void_p,
-                                                 ctypes.c_size_t, ctypes.c_uint32, ctypes.c_void_p)
         self._last_counters = None
-        self._window = Window(self._clock(), rusage=_rusage())
-        self.batches_skipped = 0  # batches the queue had no room for
-        self._read_failed = False  # a read could not keep everything (reported once)
-        self.read_every_s = _READ_EVERY_S  # the worker's cadence (see _READ_AT_RECORDS)
-        self.read_at_records = _READ_AT_RECORDS
-        self.read_budget_per_s = _READ_BUDGET_PER_S  # (see _reading_level)
-        # CPU time reading batches and computing features, on any thread (a pressure signal:
-        # it grows with the records, so with the rates; and memscope.tracker.cpu's "recognizer").
+        self._read_budget_per_s = _READ_BUDGET_PER_S
+        self._lock = threading.Lock()  # the window, and whether it is attached
+        self._attached = False
+        self._window = self._new_window()
+        self._read_failed = False  # a read of sink() could not keep everything (reported once)
+        # CPU time computing features and reading sink()'s batches, on any thread (a pressure
+        # signal, and memscope.tracker.cpu's "recognizer"). The reads of what leaves the rings
+        # are the mover's CPU or the drain's.
         self.cpu = CpuMeter()
-        self._new_locks()
 
-    def _new_locks(self):
-        self._lock = threading.Lock()          # the window and the pending allocations
-        self._read_lock = threading.Lock()     # one reader of the queue at a time: batches in order
-        self._queued = threading.Condition()   # the queue of drained batches
-        self._queue = []
-        self._queue_records = 0
-        self._queued_since = 0.0  # time.monotonic() when the oldest queued batch came
-        self._read_now = False  # read_soon() was called
-        self._worker = None
+    def _new_window(self, counters=None):
+        return Window(self._clock(), counters, rusage=_rusage(), budget_per_s=self._read_budget_per_s,
+                      read_all_first=_READ_ALL_FIRST)
+
+    @property
+    def read_budget_per_s(self):
+        """Records a second the window reads at most, past its first 16,384 (4,096)."""
+        return self._read_budget_per_s
+
+    @read_budget_per_s.setter
+    def read_budget_per_s(self, per_s):
+        with self._lock:
+            self._read_budget_per_s = per_s
+            self._window.budget(per_s, _READ_ALL_FIRST)
 
     @property
     def window(self):
-        """The current window, with every batch queued so far read into it."""
-        self.read_queued()
+        """The current window."""
         return self._window
 
     @property
     def window_started(self):
-        """When the current window started (clock seconds), without reading the queue."""
+        """When the current window started (clock seconds)."""
         return self._window.started
 
     def reset(self, counters=None):
-        """Starts a new window (from ``counters``, or the counters read now); batches still queued
-        belonged to the previous one."""
+        """Starts a new window (from ``counters``, or the counters read now); an attached one is
+        replaced where the records go (the old one is read no more once this returns)."""
         counters = counters if counters is not None else sampler.read_counters()
-        with self._read_lock:
-            with self._queued:
-                self._queue, self._queue_records = [], 0
-                self._sink_level, self._sink_offered = 0, 0
-            with self._lock:
-                self._window = Window(self._clock(), counters, rusage=_rusage())
-                self._last_counters = counters
+        with self._lock:
+            self._window = self._new_window(counters)
+            self._last_counters = counters
+            if self._attached:
+                sampler.attach_window(self._window.c)
 
-    def after_fork_child(self):
-        """In a forked child: no worker thread, and the locks may have been held by a thread the
-        child does not have."""
-        self._new_locks()
-
-    def sink(self, records, base_us, level=0):
-        """Drainer sink: queues a copy of the batch (at most _READ_BUDGET_PER_S records a second
-        of it, see _reading_level) for the worker thread, or reads it when none runs. ``level``:
-        the batch is the records followed at that level already, weights scaled (the mover's
-        subsample, see keep_level)."""
-        if len(records) == 0:
-            return
-        given = level
-        with self._queued:
-            level = max(self._reading_level(len(records) << given), given)
-        records = self._followed_copy(records, level, given)
-        with self._queued:
-            if self._worker is not None:
-                if self._queue_records + len(records) > _MAX_QUEUED_RECORDS:
-                    self.batches_skipped += 1
-                    return
-                first = not self._queue
-                if first:
-                    self._queued_since = time.monotonic()
-                self._queue.append((records, base_us, level))
-                before, self._queue_records = self._queue_records, self._queue_records + len(records)
-                # Wake the worker only when that changes what it waits for: the first batch sets
-                # its deadline, crossing the size threshold ends the wait. (Each wake-up of a
-                # thread that needs the GIL is a forced switch of the application's thread.)
-                if first or before < self.read_at_records <= self._queue_records:
-                    self._queued.notify()
-                return
-        self.read_queued()
-        with self._read_lock:
-            self._read_batch(records, base_us, level)
-
-    def _reading_level(self, n):
-        """The level to read a batch of ``n`` records at: 0 for the first _READ_ALL_FIRST records of
-        the window, then the lowest that keeps the records offered since the window started (over
-        a second at least) within ``read_budget_per_s``, and never
-        lower than an earlier batch's of the window (a block allocated in one batch and freed in
-        a later one is kept or left whole). Call with ``_queued`` held."""
-        self._sink_offered += n
-        if self._sink_offered <= _READ_ALL_FIRST:
-            return self._sink_level
-        elapsed = max(self._clock() - self._window.started, 1.0)
-        over = self._sink_offered / elapsed / self.read_budget_per_s
-        needed = math.ceil(math.log2(over)) if over > 1.0 else 0
-        self._sink_level = max(self._sink_level, min(needed, 32))
-        return self._sink_level
-
-    def keep_level(self):
-        """The level of the subsample the drainer's mover should keep for this recognizer's sink
-        (see Drainer.follower): its reading level now, 0 at the start of a window."""
-        with self._queued:
-            return self._sink_level
-
-    def _followed_copy(self, records, level, given=0):
-        """A new array of the records followed at ``level``, weights scaled (csrc/follow.c), from
-        records followed at ``given`` <= ``level`` already."""
-        records = concatenate_records([records])
-        if level == given:
-            return records
-        if given:  # (the hash is nested: followed at `level` is a subset of followed at `given`)
-            records["weight"] *= np.float32(2.0 ** -given)  # (a power of two: exact)
-        # Subsampled in place, in the copy (out may be in: see ms_records_follow), rather than
-        # through a scratch array that would stay allocated between drains.
-        kept = self._follow_c(records.ctypes.data, len(records), level, records.ctypes.data)
-        return records if kept == len(records) else concatenate_records([records[:kept]])
-
-    def start_worker(self):
-        """Starts the worker thread, once: thread start-up allocates before the thread can tell the
-        sampler to ignore it, so it happens here, with the optimizer, not whenever a batch comes."""
-        with self._queued:
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="memscope-recognizer", daemon=True)
-                self._worker.start()
+    def follow_records(self):
+        """Has the records that leave the threads' rings from now on given to the window, in C
+        (sampler.attach_window), until :meth:`close`."""
+        with self._lock:
+            self._attached = True
+            sampler.attach_window(self._window.c)
 
     def close(self):
-        """Ends the worker thread after it has read the queue; later batches are read by sink()."""
-        with self._queued:
-            worker, self._worker = self._worker, None
-            self._queued.notify_all()
-        if worker is not None and worker is not threading.current_thread():
-            try:
-                worker.join(10.0)
-            except RuntimeError:  # start_worker() was interrupted before the thread said it runs:
-                pass              # it finds itself closed when it looks and ends
-
-    def _work(self):
-        sampler.ignore_this_thread()
-        me = threading.current_thread()
-        while True:
-            with self._queued:
-                while self._worker is me:
-                    wait_s = self._read_due_in()
-                    if wait_s == 0.0:
-                        break
-                    self._queued.wait(wait_s)
-                if not self._queue:  # closed
-                    return
-            try:
-                self.read_queued()
-            except Exception:  # the tracked application must never see our failures
-                log.exception("memscope workload recognizer failed on a batch of records")
-
-    def read_soon(self):
-        """Makes the worker read what is queued now, on its own thread (no wait here)."""
-        with self._queued:
-            self._read_now = True
-            self._queued.notify()
-
-    def _read_due_in(self):
-        """Seconds until the queue is due for the worker's read: 0.0 now, None while it is empty.
-        Call with ``_queued`` held."""
-        if not self._queue:
-            self._read_now = False
-            return None
-        if self._queue_records >= self.read_at_records or self._read_now:
-            self._read_now = False
-            return 0.0
-        return max(0.0, self._queued_since + self.read_every_s - time.monotonic())
-
-    def read_queued(self):
-        """Reads every queued batch into the window, as one batch: in the order they were drained,
-        with their times on the earliest batch's base. Batches that queued up while the previous
-        read ran are thus read together, and a read's GIL handoff is paid once for them, without
-        making any batch wait longer."""
-        with self.cpu.measure():
-            self._read_queued()
-
-    def _read_queued(self):
-        with self._read_lock:
-            with self._queued:
-                batches, self._queue, self._queue_records = self._queue, [], 0
-            if not batches:
-                return
-            bases = [base for _, base, _ in batches]
-            base_us = min(bases)
-            if len(batches) == 1 or max(bases) - base_us >= 1 << 31:  # (u32 deltas: 35 minutes)
-                for records, base, level in batches:
-                    self._read_batch(records, base, level)
-                return
-            records = concatenate_records([r for r, _, _ in batches])
-            shift = np.repeat(np.array(bases, np.int64) - base_us, [len(r) for r, _, _ in batches])
-            records["time_delta_us"] = (records["time_delta_us"].astype(np.int64) + shift).astype(np.uint32)
-            self._read_batch(records, base_us, max(level for _, _, level in batches))
-
-    def _read_batch(self, records, base_us, level=0):
-        """Reads one batch, of the records followed at ``level`` (weights scaled already; see
-        sink), into the window: one call into C (csrc/window.c), which gives the GIL up while it
-        runs (one handoff per read, whatever its size)."""
+        """Stops the records going to the window."""
         with self._lock:
-            window = self._window
-        if not window.read(records, base_us, level) and not self._read_failed:
-            self._read_failed = True
-            log.warning("memscope workload recognizer: no memory to keep all of a batch of records; "
-                        "its features may miss some (reported once)")
+            if self._attached:
+                self._attached = False
+                sampler.attach_window(None)
+
+    def after_fork_child(self):
+        """In a forked child: the C side has let the window go (the mover may have held its
+        lock), and this lock may have been held by a thread the child does not have."""
+        self._lock = threading.Lock()
+        self._attached = False
+
+    def sink(self, records, base_us):
+        """Drainer sink (``Drainer.add_sink``: every drained record): reads the batch into the
+        window at its reading level, in one call into C that gives the GIL up."""
+        if len(records) == 0:
+            return
+        with self.cpu.measure():
+            with self._lock:
+                window = self._window
+            if not window.take(records, base_us) and not self._read_failed:
+                self._read_failed = True
+                log.warning("memscope workload recognizer: no memory to keep all of a batch of records; "
+                            "its features may miss some (reported once)")
 
     def nbytes(self):
-        """Bytes of the recognizer's memory now, by part: ``queue`` (batches waiting for the worker,
-        at most 4 MiB), and the window's arrays (csrc/window.c, mapped pages): ``times`` and
-        ``lifetimes`` (at most 2 MiB plus a batch and 1 MiB), ``pending`` (allocations whose free
-        is awaited: a table of at most 2 MiB), ``sites`` (a table of the sites read) and
-        ``threads`` (8 KiB). For benchmarks/memory.py."""
-        with self._queued:
-            queue = sum(r.nbytes for r, _, _ in self._queue)
+        """Bytes of the recognizer's memory now, by part: the window's arrays (csrc/window.c,
+        mapped pages): ``times`` and ``lifetimes`` (at most 2 MiB plus a batch and 1 MiB),
+        ``pending`` (allocations whose free is awaited: a table of at most 2 MiB), ``sites`` (a
+        table of the sites read) and ``threads`` (8 KiB). For benchmarks/memory.py."""
         with self._lock:
             window = self._window
-        return {"queue": queue, **window.nbytes()}
+        return window.nbytes()
 
     def observe(self, counters):
         """Feeds one snapshot's exact counters."""
@@ -305,16 +147,14 @@ class WorkloadRecognizer:
             self._last_counters = counters
             self._window.max_threads_live = max(self._window.max_threads_live, counters.threads_live)
 
-    def features(self, counters=None, read_queue=True):
-        """The window's features (a dict of floats), from ``counters`` (default: the last observed).
-        With ``read_queue`` false, from the batches read so far (the worker's are at most
-        :attr:`read_every_s` behind): no read on the caller's thread."""
+    def features(self, counters=None):
+        """The window's features (a dict of floats), from ``counters`` (default: the last
+        observed), and the records that have left the rings (a drain first takes what waits
+        in them)."""
         with self.cpu.measure():
-            return self._features(counters, read_queue)
+            return self._features(counters)
 
-    def _features(self, counters, read_queue):
-        if read_queue:
-            self.read_queued()
+    def _features(self, counters):
         with self._lock:
             w = self._window
             c1 = counters if counters is not None else self._last_counters

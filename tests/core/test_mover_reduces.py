@@ -1,12 +1,14 @@
 """The mover reduces the records it moves (csrc/stage.c, ms_stage_keep) and stages only what a
-reader wants: every record for a sink, the follower's subsample at its level, or none. Every
-record still reaches the summary exactly once, whoever reduced it."""
+reader wants: every record for a sink, or none. Every record still reaches the summary exactly
+once, whoever reduced it; and every record that leaves the rings, whoever takes it out, is given
+to the attached window (ms_window_attach) once."""
 import time
 
 import numpy as np
+import pytest
 
 from memscope_otel import sampler
-from memscope_otel.optimizer import followed
+from memscope_otel.optimizer import Window
 from memscope_otel.records import EVENT_MASK, EVENT_SHIFT, SIZE_CLASSES
 
 from test_mover import _bursts
@@ -14,20 +16,6 @@ from test_mover import _bursts
 LARGE = SIZE_CLASSES.index("large")
 QUIET_LARGE = dict(drain_interval_ms=60000, max_records_per_thread=1024, small_sample_rate=0.0,
                    medium_sample_rate=0.0, frequency_sample_interval=0)
-
-
-class Follower:
-    """A follower asking for ``level``; keeps what it is given."""
-
-    def __init__(self, level):
-        self.level = level
-        self.batches = []
-
-    def keep_level(self):
-        return self.level
-
-    def sink(self, records, base_us, level=0):
-        self.batches.append((records.copy(), level))
 
 
 def _large_allocations(counters):
@@ -66,7 +54,7 @@ def _reduced_once(tracker, primed):
 
 def test_without_readers_the_mover_reduces_and_keeps_nothing(start_tracker):
     tracker = start_tracker(**QUIET_LARGE)
-    assert tracker.drainer.follower is None and not tracker.drainer.sinks
+    assert not tracker.drainer.sinks
     primed = _primed(tracker)
     drains, drained0 = tracker.drainer.drains, tracker.drainer.records_drained
     _bursts(40, 150)  # 12,000 records through rings of 1,024
@@ -103,53 +91,47 @@ def test_a_sink_gets_every_record_and_keeps_them_unreduced(start_tracker):
     assert len(seen) == batches
 
 
-def test_the_follower_gets_the_mover_subsample_reduced_once(start_tracker):
-    """At level 0 the follower is given every record (reduced by the mover: the summary counts
-    each once); at level 3 only records followed at 3, weights times 8."""
+@pytest.mark.parametrize("with_sink", [False, True])
+def test_the_attached_window_is_given_every_record_that_leaves_the_rings(start_tracker, with_sink):
+    """Moved by the mover (reduced there, or staged for a sink) or taken by a drain, each record
+    that leaves the rings is read into the attached window once: its times are as many as the
+    records drained; once detached, it is given none."""
     tracker = start_tracker(**QUIET_LARGE)
-    follower = Follower(0)
-    tracker.drainer.follower = follower
-    primed = _primed(tracker)
-    follower.batches.clear()
-    _bursts(20, 150)
-    made, reduced = _reduced_once(tracker, primed)
-    given = sum(int((_allocations(r)["size"] == 9001).sum()) for r, _ in follower.batches)
-    assert 3000 <= made <= given <= reduced
-    assert {level for _, level in follower.batches} == {0}
-
-    follower.level = 3
-    primed = _primed(tracker)  # (the level is pushed to the mover after a drain or a change)
-    follower.batches.clear()
-    # Many addresses at once (a freed block's address comes back at once: one address a burst).
-    for _ in range(30):
-        blocks = [bytearray(9000) for _ in range(200)]
-        del blocks
-    made, reduced = _reduced_once(tracker, primed)
-    assert made >= 6000
-    mover_batches = [r for r, level in follower.batches if level == 3]
-    assert mover_batches, [level for _, level in follower.batches]
-    kept = np.concatenate(mover_batches)
-    assert followed(kept["address"], 3).all()
-    allocs = _allocations(kept)
-    assert (allocs[allocs["size"] == 9001]["weight"] == 8.0).all()
-    # About 1 in 8 of the allocations: of the 200 addresses a round reuses, each followed or not
-    # (a binomial share over 200 addresses, 6 sigma).
-    share = len(allocs[allocs["size"] == 9001]) / reduced
-    assert abs(share - 1 / 8) < 6 * (1 / 8 * 7 / 8 / 200) ** 0.5
-
-    tracker.drainer.follower = None  # none: nothing kept
-    _bursts(10, 150)
-    follower.batches.clear()
+    if tracker.optimizer is not None:
+        tracker.optimizer.stop()  # (the window here is the test's)
+    sink = (lambda records, base_us: None) if with_sink else None
+    if sink:
+        tracker.drainer.add_sink(sink)
+    window = Window(0.0)  # (no budget: every record read)
+    try:
+        with tracker.drainer.lock:  # (the mover moves nothing until the window is attached)
+            tracker.drainer.drain()
+            sampler.attach_window(window.c)
+            drained0 = tracker.drainer.records_drained
+        _bursts(20, 150)  # 6,000 records through rings of 1,024: most moved by the mover
+        tracker.drainer.drain()
+        drained = tracker.drainer.records_drained - drained0
+        assert drained >= 6000
+        assert window.n_times == drained
+        allocations = window.allocs_followed
+        assert allocations >= 3000
+        sites, weights = window.sites()
+        assert weights.sum() >= 3000  # (large blocks: sampled always, weight 1)
+    finally:
+        sampler.attach_window(None)
+        if sink:
+            tracker.drainer.remove_sink(sink)
+    _bursts(5, 150)
     tracker.drainer.drain()
-    assert follower.batches == []
+    assert window.n_times == drained
 
 
 def test_a_setting_computed_before_a_sink_was_added_does_not_outlive_it(tracker):
-    """The drainer thread recomputes the mover's setting after every drain; add_sink on another
-    thread at that moment must not be overwritten by the setting computed without its sink (the
-    mover would then reduce, and the sink miss, every record until the next drain). Here the
-    drainer-side call is held between computing its setting and applying it while the sink is
-    added: the setting applied last must be the one with the sink."""
+    """Another thread recomputing the mover's setting (start(), a sink removed) while add_sink
+    runs must not overwrite it with the setting computed without the new sink (the mover would
+    then reduce, and the sink miss, every record). Here the other thread's call is held between
+    computing its setting and applying it while the sink is added: the setting applied last must
+    be the one with the sink."""
     import threading
 
     drainer = tracker.drainer
@@ -171,7 +153,7 @@ def test_a_setting_computed_before_a_sink_was_added_does_not_outlive_it(tracker)
         sink = lambda records, base_us: None  # noqa: E731
         drainer.add_sink(sink)
         other.join()
-        assert applied[-1] == sampler.STAGE_KEEP_ALL, applied
+        assert applied[-1] is True, applied
         drainer.remove_sink(sink)
     finally:
         drainer._stage_keep = real

@@ -8,8 +8,6 @@ batches and free blocks never allocated.
 """
 import subprocess
 import sys
-import threading
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -172,50 +170,44 @@ def test_times_and_lifetimes_stop_at_their_bounds():
     assert lifetimes.tolist() == [(100 + k) - (99 - k) for k in range(40)]
 
 
-def test_the_c_subsample_is_features_followed(rng=np.random.default_rng(11)):
-    """csrc/follow.c keeps the records of the addresses features.followed names, in order, their
-    weights times 2**level; level 0 keeps all."""
-    from memscope_otel import sampler
+@pytest.mark.parametrize("level", [0, 1, 3, 7])
+def test_a_read_at_a_level_is_the_read_of_the_followed_records_weights_scaled(level):
+    """ms_window_read at ``level`` reads the records of the addresses features.followed names, as
+    if given only those with their weights times 2**level."""
+    rng = np.random.default_rng(11)
+    batches = random_batches(rng, n_batches=3, size=8000, pool=20000, span_us=3000)
+    at_level, given = Window(0.0), Window(0.0)
+    for b, (addresses, times, frees) in enumerate(batches):
+        records = records_from(addresses, times, frees, b * 3000, rng)
+        assert at_level.read(records, b * 3000, level)
+        kept = records[followed(addresses, level)].copy()
+        kept["weight"] *= np.float32(2**level)
+        assert given.read(kept, b * 3000)
+    assert 0 < at_level.n_times == given.n_times
+    assert sorted(at_level.times().tolist()) == sorted(given.times().tolist())
+    assert at_level.sites()[0].tolist() == given.sites()[0].tolist()
+    assert at_level.sites()[1].tolist() == given.sites()[1].tolist()  # (powers of two: exact)
+    assert sorted(at_level.lifetimes().tolist()) == sorted(given.lifetimes().tolist())
+    assert at_level.n_lifetimes > 0 and at_level.allocs_followed == given.allocs_followed
+    assert at_level.pending() == given.pending()
+    assert (at_level.threads() == given.threads()).all()
+    if level:
+        assert at_level.n_times < sum(len(a) for a, _, _ in batches)
 
-    ffi, lib = sampler._lib()
-    addresses = rng.integers(0, 2**48, 20000, dtype=np.uint64) & ~np.uint64(15)
-    records = records_from(addresses, np.arange(20000), rng.random(20000) < 0.5, 0, rng)
-    for level in (0, 1, 3, 7):
-        out = np.zeros(len(records), RECORD_DTYPE)
-        n = lib.ms_records_follow(ffi.cast("ms_record_t *", ffi.from_buffer(records)), len(records), level,
-                                  ffi.cast("ms_record_t *", ffi.from_buffer(out)))
-        expected = records[followed(addresses, level)]
-        assert n == len(expected) and 0 < n <= len(records)
-        assert out[:n]["address"].tolist() == expected["address"].tolist()
-        assert out[:n]["weight"].tolist() == (expected["weight"] * np.float32(2**level)).tolist()
-        # In place, as the sink subsamples its copy of a batch: the same records.
-        inplace = records.copy()
-        pointer = ffi.cast("ms_record_t *", ffi.from_buffer(inplace))
-        assert lib.ms_records_follow(pointer, len(inplace), level, pointer) == n
-        assert inplace[:n].tobytes() == out[:n].tobytes()
 
-
-def test_the_sink_keeps_no_buffer_between_batches():
-    """The subsample is made in the queued copy itself: what the recognizer holds after a batch is
-    that copy (in its queue), not a scratch array the size of the largest batch."""
-    recognizer = WorkloadRecognizer()
-    recognizer.start_worker()
-    try:
-        recognizer.read_every_s, recognizer.read_at_records = 1e9, 1 << 40  # the worker never reads
-        # Past the window's first records, twice over the budget or more: read at a level > 0.
-        recognizer._sink_offered, recognizer.read_budget_per_s = recognizer_module._READ_ALL_FIRST, 8192
-        rng = np.random.default_rng(3)
+def test_the_sink_keeps_no_array_between_batches():
+    """A batch is read where it lies (one call into C): the recognizer keeps no copy of it, no
+    queue and no scratch array; what it holds after a batch is the window's arrays."""
+    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
+    recognizer.read_budget_per_s = 100.0  # past the first records: read at a level > 0
+    rng = np.random.default_rng(3)
+    for b in range(3):
         addresses = rng.integers(1, 2**40, 16384, dtype=np.uint64) << np.uint64(4)
-        recognizer.sink(records_from(addresses, np.arange(16384), np.zeros(16384, bool), 0, rng), 0)
-        level = recognizer._sink_level
-        assert level > 0
-        parts = recognizer.nbytes()
-        kept = int(np.count_nonzero(followed(addresses, level)))
-        assert parts["queue"] == kept * RECORD_DTYPE.itemsize < 16384 * RECORD_DTYPE.itemsize
-        held = [a for a in vars(recognizer).values() if isinstance(a, np.ndarray)]
-        assert all(a.nbytes < kept * RECORD_DTYPE.itemsize for a in held)
-    finally:
-        recognizer.close()
+        recognizer.sink(records_from(addresses, np.arange(16384), np.zeros(16384, bool), 0, rng), b)
+    assert recognizer.window.stats().reading_level > 0
+    held = [a for a in vars(recognizer).values() if isinstance(a, np.ndarray)]
+    assert held == []
+    assert set(recognizer.nbytes()) == {"times", "lifetimes", "pending", "sites", "threads"}
 
 
 def test_the_first_records_of_a_window_are_all_read():
@@ -227,22 +219,22 @@ def test_the_first_records_of_a_window_are_all_read():
     first = recognizer_module._READ_ALL_FIRST
     records = records_from(np.arange(first, dtype=np.uint64) * 16, np.arange(first), np.zeros(first, bool), 0, rng)
     recognizer.sink(records, 0)
-    assert recognizer._sink_level == 0 and recognizer.window.n_times == first
+    assert recognizer.window.stats().reading_level == 0 and recognizer.window.n_times == first
     recognizer.sink(records[:100], 0)  # one more batch: now past the budget
-    assert recognizer._sink_level > 0
+    assert recognizer.window.stats().reading_level > 0
 
 
 def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased(monkeypatch):
-    """Offered more than read_budget_per_s, the sink reads the records of 1 in 2**level addresses
-    (the level rising until the stream fits, never falling within a window): the window is then
-    exactly the window of those records with their weights scaled, so site sums stay unbiased
-    (checked against the full sums), and lifetimes are exactly those of the followed addresses."""
+    """Offered more than read_budget_per_s (over the records' own span of time), the window reads
+    the records of 1 in 2**level addresses (the level rising until the stream fits, never
+    falling within a window): it is then exactly the window of those records with their weights
+    scaled, so site sums stay unbiased (checked against the full sums), and lifetimes are
+    exactly those of the followed addresses."""
     monkeypatch.setattr(recognizer_module, "_READ_ALL_FIRST", 0)  # (the budget from the first record on)
     rng = np.random.default_rng(5)
-    now = [0.0]
-    recognizer = WorkloadRecognizer(clock=lambda: now[0])
+    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
     recognizer.reset(counters=object())
-    recognizer.read_budget_per_s = 4000.0
+    recognizer.read_budget_per_s = 4500.0
     n_batches, size = 8, 16000
     # Each address is allocated once and freed once, in the same or a later batch.
     addresses = (np.arange(n_batches * size // 2, dtype=np.uint64) * np.uint64(64)) + np.uint64(0x7F00_0000_0000)
@@ -255,17 +247,19 @@ def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased(monkey
     full_weight = defaultdict(float)
     levels, read = [], []
     for b in range(n_batches):
-        now[0] = 1.0 * (b + 1)  # 16,000 records a second offered: 4x the budget from the first batch on
+        # A batch a second, its records 62 us apart: 16,000 records a second offered, 3.6x the
+        # budget from the first batch on.
+        times = b * 1_000_000 + np.arange(size) * 62
         chunk = events[b * size:(b + 1) * size]
         frees = chunk[:, 1].astype(bool)
-        records = records_from(chunk[:, 0], b * 100000 + np.arange(size), frees, b * 100000, rng)
+        records = records_from(chunk[:, 0], times, frees, b * 1_000_000, rng)
         for site, weight, free in zip(records["site"].tolist(), records["weight"].tolist(), frees):
             if not free:
                 full_weight[site] += weight
-        recognizer.sink(records, b * 100000)
-        levels.append(recognizer._sink_level)
-        read.append((records, chunk[:, 0], frees, b * 100000 + np.arange(size)))
-    assert levels == [2] * n_batches  # 4x over the budget: 1 in 4 addresses, from the first batch on
+        recognizer.sink(records, b * 1_000_000)
+        levels.append(int(recognizer.window.stats().reading_level))
+        read.append((records, chunk[:, 0], frees, times))
+    assert levels == [2] * n_batches  # 1 in 4 addresses, from the first batch on
     level = levels[-1]
     w = recognizer.window
     kept = [(r[followed(a, level)], a[followed(a, level)], f[followed(a, level)], t[followed(a, level)])
@@ -290,39 +284,21 @@ def test_past_its_budget_the_sink_reads_a_subsample_of_addresses_unbiased(monkey
     expected, _ = reference_match([(a, t, f) for _, a, f, t in kept])
     assert sorted(w.lifetimes().tolist()) == sorted(x for batch in expected for x in batch)
     recognizer.reset(counters=object())
-    assert recognizer._sink_level == 0
+    assert recognizer.window.stats().reading_level == 0
 
 
-def test_batches_followed_already_read_as_the_full_batches_would_be(monkeypatch):
-    """The mover's subsample (Drainer.follower): batches followed at level 1 already, weights
-    doubled, read at the recognizer's level 2 give the window the full batches give."""
-    from memscope_otel import sampler
-
-    ffi, lib = sampler._lib()
-    monkeypatch.setattr(recognizer_module, "_READ_ALL_FIRST", 0)
-    rng = np.random.default_rng(11)
-    now = [0.0]
-    full, given = WorkloadRecognizer(clock=lambda: now[0]), WorkloadRecognizer(clock=lambda: now[0])
-    for recognizer in (full, given):
-        recognizer.reset(counters=object())
-        recognizer.read_budget_per_s = 5000.0  # 16,000 records a second: 3.2x, level 2
-    batches = random_batches(rng, n_batches=4, size=16000, pool=40000, span_us=1_000_000)
-    for b, (addresses, times, frees) in enumerate(batches):
-        now[0] = 1.0 * (b + 1)
-        records = records_from(addresses, times, frees, 0, rng)
-        full.sink(records, 0)
-        out = np.zeros(len(records), RECORD_DTYPE)
-        n = lib.ms_records_follow(ffi.cast("ms_record_t *", ffi.from_buffer(records)), len(records), 1,
-                                  ffi.cast("ms_record_t *", ffi.from_buffer(out)))
-        given.sink(out[:n], 0, level=1)
-        assert full._sink_level == given._sink_level == 2
-        assert full.keep_level() == 2
-    a, b = full.window, given.window
-    assert a.n_times == b.n_times > 0
-    assert a.sites()[0].tolist() == b.sites()[0].tolist()
-    assert a.sites()[1].tolist() == b.sites()[1].tolist()  # (powers of two: exact)
-    assert a.n_lifetimes == b.n_lifetimes > 0
-    assert a.lifetimes().tolist() == b.lifetimes().tolist()
+def test_the_reading_level_counts_from_the_records_times():
+    """The rate against the budget is the records offered over their own span of time (at least
+    a second), not the wall clock's: the same records give the same level whenever read."""
+    rng = np.random.default_rng(8)
+    levels = []
+    for span_s in (1, 4, 16):
+        window = Window(0.0, budget_per_s=1100.0, read_all_first=0)
+        times = np.linspace(0, span_s * 1_000_000 - 1, 16000).astype(np.int64)
+        records = records_from(np.arange(16000, dtype=np.uint64) * 16 + 16, times, np.zeros(16000, bool), 0, rng)
+        assert window.take(records, 0)
+        levels.append(int(window.stats().reading_level))
+    assert levels == [4, 2, 0]  # 16,000, 4,000 and 1,000 records a second against 1,100
 
 
 def records_from(addresses, times_us, frees, base_us, rng):
@@ -403,184 +379,15 @@ def test_first_drain_imports_nothing():
     assert done.stdout.strip() == "[]"
 
 
-def _wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
-
-
-@pytest.fixture
-def gated_worker(monkeypatch):
-    """A recognizer with its worker on (as the optimizer sets it), whose batch reads wait for
-    ``gate``; ``readers`` names the thread of each read. Closed after the test."""
+def test_nbytes_counts_the_window():
+    """memory.py's parts of the recognizer: the window's arrays."""
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
-    recognizer.reset(counters=object())
-    recognizer.read_every_s = 0.0  # these tests are about the queue: every batch is due at once
-    recognizer.start_worker()
-    gate, readers, original = threading.Event(), [], recognizer._read_batch
-
-    def read(records, base_us, level=0):
-        gate.wait(30)
-        readers.append(threading.current_thread().name)
-        original(records, base_us, level)
-
-    monkeypatch.setattr(recognizer, "_read_batch", read)
-    yield recognizer, gate, readers
-    gate.set()
-    worker = recognizer._worker
-    recognizer.close()
-    assert not worker.is_alive()
-
-
-def _hundred_allocations(seed):
-    rng = np.random.default_rng(seed)
-    return records_from(np.arange(1, 101, dtype=np.uint64) * 16, np.arange(100) * 10, np.zeros(100, bool), 0, rng)
-
-
-def test_sink_queues_and_the_worker_thread_reads(gated_worker):
-    """The drainer's thread only queues a batch: a batch read can take the drainer away from the
-    rings for as long as the application keeps the GIL (see WorkloadRecognizer)."""
-    recognizer, gate, readers = gated_worker
-    records = _hundred_allocations(7)
-    recognizer.sink(records, 0)
-    records["address"] = 0  # the sink kept a copy: the drainer reuses its buffer
-    _wait_until(lambda: recognizer._queue_records == 0)  # the worker took the batch...
-    assert readers == []  # ...and is still reading it, while sink() has long returned
-    gate.set()
-    assert recognizer.window.allocs_followed == 100  # the window waits for the batch in flight
-    assert readers == ["memscope-recognizer"]
-    assert len(recognizer.window.pending()) == 100  # allocations waiting for their frees
-
-
-def test_a_full_queue_skips_batches_and_counts_them(gated_worker, monkeypatch):
-    monkeypatch.setattr(recognizer_module, "_MAX_QUEUED_RECORDS", 250)
-    recognizer, gate, readers = gated_worker
-    batch = _hundred_allocations(8)
-    recognizer.sink(batch, 0)
-    _wait_until(lambda: recognizer._queue_records == 0)  # in flight: no longer counts against the bound
-    for _ in range(4):
-        recognizer.sink(batch, 0)  # two fit (200 <= 250), two do not
-    assert recognizer.batches_skipped == 2
-    gate.set()
-    assert recognizer.window.n_times == 300
-    assert len(readers) == 2  # the batch in flight, then the two queued ones read as one
-
-
-@pytest.fixture
-def paced_worker(monkeypatch):
-    """A recognizer with its worker on at its own cadence; ``reads`` lists (thread name, records)
-    of each batch read. Closed after the test."""
-    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
-    recognizer.reset(counters=object())
-    reads, original = [], recognizer._read_batch
-
-    def read(records, base_us, level=0):
-        reads.append((threading.current_thread().name, len(records)))
-        original(records, base_us, level)
-
-    monkeypatch.setattr(recognizer, "_read_batch", read)
-    yield recognizer, reads
-    worker = recognizer._worker
-    recognizer.close()
-    assert not worker.is_alive()
-
-
-def test_the_worker_waits_for_a_full_enough_queue(paced_worker):
-    """Each read costs the application forced GIL switches whatever its size: the worker leaves
-    a small queue alone until it holds read_at_records, then reads it whole."""
-    recognizer, reads = paced_worker
-    recognizer.read_every_s, recognizer.read_at_records = 3600.0, 250
-    recognizer.start_worker()
-    for seed in range(2):
-        recognizer.sink(_hundred_allocations(seed), 0)
-    time.sleep(0.2)
-    assert reads == [] and recognizer._queue_records == 200  # below the threshold: not due
-    recognizer.sink(_hundred_allocations(2), 0)  # 300 >= 250
-    _wait_until(lambda: reads)
-    assert reads == [("memscope-recognizer", 300)] and recognizer._queue_records == 0
-
-
-def test_the_worker_reads_a_small_queue_after_read_every_s(paced_worker):
-    recognizer, reads = paced_worker
-    recognizer.read_every_s = 0.3
-    recognizer.start_worker()
-    queued_at = time.monotonic()
-    recognizer.sink(_hundred_allocations(3), 0)
-    _wait_until(lambda: reads)
-    assert time.monotonic() - queued_at >= 0.3
-    assert reads == [("memscope-recognizer", 100)]
-
-
-def test_the_window_reads_what_the_worker_has_not_read_yet(paced_worker):
-    """features() and window do not wait for the worker's cadence: they read the queue."""
-    recognizer, reads = paced_worker
-    recognizer.read_every_s = 3600.0
-    recognizer.start_worker()
-    recognizer.sink(_hundred_allocations(4), 0)
-    recognizer.sink(_hundred_allocations(5), 0)
-    assert recognizer.window.allocs_followed == 200
-    assert reads == [(threading.current_thread().name, 200)]  # read here, as one batch
-
-
-def test_a_classification_leaves_the_read_to_the_worker(paced_worker):
-    """The optimizer classifies inside a collection: features(read_queue=False) reads nothing on
-    the calling thread, and read_soon() has the worker read the queue at once."""
-    recognizer, reads = paced_worker
-    recognizer.read_every_s = 3600.0
-    recognizer.start_worker()
-    from memscope_otel import sampler
-
-    recognizer.reset(counters=sampler.read_counters())
-    recognizer.sink(_hundred_allocations(6), 0)
-    assert recognizer.features(sampler.read_counters(), read_queue=False)["records"] == 0
-    assert reads == [] and recognizer._queue_records == 100
-    recognizer.read_soon()
-    _wait_until(lambda: reads)
-    assert reads == [("memscope-recognizer", 100)]
-
-
-def test_batches_read_together_give_the_window_of_batches_read_one_by_one(gated_worker):
-    """Batches queued while a read runs are read as one, times rebased on the earliest base."""
-    together, gate, readers = gated_worker
-    one_by_one = WorkloadRecognizer(clock=lambda: 0.0)
-    one_by_one.reset(counters=object())
-    for r in (together, one_by_one):
-        r.read_budget_per_s = float("inf")  # every record read (6,000 in under the 1 s the budget counts from)
-    rng = np.random.default_rng(9)
-    batches = random_batches(rng, n_batches=4, size=1500, pool=500, span_us=5000)
-    for b, (addresses, times, frees) in enumerate(batches):
-        records = records_from(addresses, times, frees, b * 5000, rng)
-        one_by_one.sink(records, b * 5000)
-        together.sink(records, b * 5000)
-        if b == 0:
-            _wait_until(lambda: together._queue_records == 0)  # the worker holds the first batch
-    gate.set()
-    a, w = one_by_one.window, together.window
-    assert len(readers) == 2  # the first batch, then the three that queued up meanwhile
-    assert a.n_times == w.n_times == 6000
-    assert sorted(a.times().tolist()) == sorted(w.times().tolist())
-    assert sorted(a.lifetimes().tolist()) == sorted(w.lifetimes().tolist())
-    assert a.allocs_followed == w.allocs_followed
-    assert a.sites()[0].tolist() == w.sites()[0].tolist()
-    assert np.allclose(a.sites()[1], w.sites()[1], rtol=1e-12)
-    assert (a.threads() == w.threads()).all()
-
-
-def test_nbytes_counts_the_queue_and_then_the_window(paced_worker):
-    """memory.py's parts of the recognizer: queued batches, then the window's arrays once read."""
-    recognizer, reads = paced_worker
-    recognizer.read_every_s, recognizer.read_at_records = 3600.0, 1000
-    recognizer.start_worker()
     before = recognizer.nbytes()
-    assert before["queue"] == 0 and before["times"] == 0 and before["lifetimes"] == 0
-    for seed in range(2):
-        recognizer.sink(_hundred_allocations(seed), 0)
-    queued = recognizer.nbytes()
-    assert queued["queue"] == 200 * RECORD_DTYPE.itemsize and queued["times"] == 0
-    recognizer.read_queued()
+    assert before["times"] == 0 and before["lifetimes"] == 0
+    rng = np.random.default_rng(0)
+    recognizer.sink(records_from(np.arange(1, 201, dtype=np.uint64) * 16, np.arange(200) * 10,
+                                 np.zeros(200, bool), 0, rng), 0)
     read = recognizer.nbytes()
-    assert read["queue"] == 0
     # The window's arrays are mapped pages: the times' first 1,024 slots (8 bytes each) hold the
     # 200 times; the 200 awaited blocks stay under half of the smallest table's slots (16 bytes
     # each: an address and a time); a thread is a bit.
