@@ -31,6 +31,8 @@ typedef struct {
     double weight;
 } site_slot_t;
 
+#define ORDER_IN_PLACE 2048u /* see struct ms_window's order */
+
 struct ms_window {
     pthread_mutex_t lock;
     uint64_t max_times, max_lifetimes, max_pending;
@@ -51,6 +53,10 @@ struct ms_window {
     int64_t first_us;
     double budget_per_s;
     uint64_t threads[MS_WINDOW_THREADS / 64];
+    /* A read's sort keys when they fit: the mover reads at most MOVE_STEP_RECORDS (2,048) a
+     * call, several times a second on a busy program, and mapping pages for each read would
+     * unmap them again (a TLB shootdown on the application's CPUs) as often. */
+    uint64_t order[ORDER_IN_PLACE];
 };
 
 /* Whether `address` is among the fixed pseudo-random 1 in 2^level of all addresses that the
@@ -327,7 +333,7 @@ static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t 
     followed_at = w->follow_level;
 
     /* The followed records by (time, position): time in the high half, position in the low. */
-    uint64_t *order = map_bytes((read ? read : 1) * sizeof *order);
+    uint64_t *order = read <= ORDER_IN_PLACE ? w->order : map_bytes(read * sizeof *order);
     if (order == NULL)
         return false;
     size_t m = 0;
@@ -359,7 +365,8 @@ static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t 
             kept_all &= pending_allocated(w, e->address, t); /* a realloc's record allocates too */
         }
     }
-    unmap_bytes(order, (read ? read : 1) * sizeof *order);
+    if (order != w->order)
+        unmap_bytes(order, read * sizeof *order);
     return kept_all;
 }
 

@@ -157,3 +157,36 @@ def test_a_setting_computed_before_a_sink_was_added_does_not_outlive_it(tracker)
         drainer.remove_sink(sink)
     finally:
         drainer._stage_keep = real
+
+
+def test_a_reset_hands_the_records_to_the_new_window_and_close_to_none(start_tracker):
+    """WorkloadRecognizer.follow_records attaches its window; reset() attaches the new one (the
+    old is given nothing more once it returns); close() detaches it."""
+    from memscope_otel.optimizer import WorkloadRecognizer
+
+    tracker = start_tracker(**QUIET_LARGE)
+    if tracker.optimizer is not None:
+        tracker.optimizer.stop()  # (its recognizer would be attached)
+    recognizer = WorkloadRecognizer()
+    recognizer.read_budget_per_s = float("inf")  # every record read
+    recognizer.reset()
+    with tracker.drainer.lock:
+        tracker.drainer.drain()
+        recognizer.follow_records()
+    try:
+        _bursts(10, 150)
+        tracker.drainer.drain()
+        first = recognizer.window
+        read = first.n_times
+        assert read >= 3000
+        recognizer.reset()
+        _bursts(10, 150)
+        tracker.drainer.drain()
+        assert first.n_times == read
+        assert recognizer.window.n_times >= 3000
+    finally:
+        recognizer.close()
+    second = recognizer.window.n_times
+    _bursts(5, 150)
+    tracker.drainer.drain()
+    assert recognizer.window.n_times == second
