@@ -370,7 +370,8 @@ int ms_reduce_simd_active(void);
 #define MS_WINDOW_MIN_PERIOD_US 5000      /* frame periods looked for: 5 ms (200 fps) ... */
 #define MS_WINDOW_MAX_PERIOD_US 100000    /* ... to 100 ms (10 fps), exclusive, */
 #define MS_WINDOW_PERIOD_STEP_US 50       /* in steps of 50 us */
-#define MS_WINDOW_FRAME_SPAN_US 10000000  /* the frame clock is read from the last 10 s of records */
+#define MS_WINDOW_FRAME_SPAN_US 10000000  /* the frame clock is read from the last 10 s of records, */
+#define MS_WINDOW_FRAME_STARTS 128        /* ... at most their last 128 burst starts */
 #define MS_WINDOW_MIN_STARTS 8            /* fewer burst starts than this: no frame clock */
 #define MS_WINDOW_PENDING_MIN_SLOTS 4096  /* the awaited allocations' table starts this large */
 #define MS_WINDOW_THREADS 65536           /* a record's thread index is a u16 */

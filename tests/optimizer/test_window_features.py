@@ -23,7 +23,7 @@ def reference_features(times, lifetimes):
     period = strength = 0.0
     starts = times[1:][gaps > LIB.MS_WINDOW_IDLE_GAP_US] if len(times) > 1 else times[:0]
     if len(starts):
-        starts = starts[starts >= starts[-1] - LIB.MS_WINDOW_FRAME_SPAN_US]
+        starts = starts[starts >= starts[-1] - LIB.MS_WINDOW_FRAME_SPAN_US][-LIB.MS_WINDOW_FRAME_STARTS:]
     if len(starts) >= LIB.MS_WINDOW_MIN_STARTS:
         t = (starts - starts[0]).astype(np.float64)
         periods = np.arange(LIB.MS_WINDOW_MIN_PERIOD_US, LIB.MS_WINDOW_MAX_PERIOD_US, LIB.MS_WINDOW_PERIOD_STEP_US,
@@ -60,7 +60,7 @@ def frame_loop(rng, frames, period_us, jitter_us, per_frame=20):
     return (starts[:, None] + np.arange(per_frame) * 100).ravel()
 
 
-@pytest.mark.parametrize("case", ["60fps", "144fps_late", "uniform", "few_bursts", "one", "long"])
+@pytest.mark.parametrize("case", ["60fps", "144fps_late", "uniform", "few_bursts", "one", "long", "slow"])
 def test_features_equal_their_numpy_definitions(case):
     rng = np.random.default_rng(zlib.crc32(case.encode()))
     times = {"60fps": lambda: frame_loop(rng, 300, 16_667, 500),
@@ -68,8 +68,10 @@ def test_features_equal_their_numpy_definitions(case):
              "uniform": lambda: np.sort(rng.integers(0, 5_000_000, 3000)),
              "few_bursts": lambda: frame_loop(rng, 7, 20_000, 0),
              "one": lambda: np.array([5]),
-             # 30 s of frames: only the last 10 s make the clock
-             "long": lambda: frame_loop(rng, 1500, 20_000, 1_000, per_frame=2)}[case]()
+             # 30 s of frames: only the last 128 make the clock
+             "long": lambda: frame_loop(rng, 1500, 20_000, 1_000, per_frame=2),
+             # frames 1 s apart: only those of the last 10 s make it
+             "slow": lambda: frame_loop(rng, 40, 1_000_000, 0, per_frame=2)}[case]()
     lifetimes = rng.integers(0, 3000, int(rng.integers(0, 400)))
     window, all_times = window_of(times, lifetimes)
     stats = window.stats(features=True)
@@ -90,6 +92,15 @@ def test_features_equal_their_numpy_definitions(case):
     assert sorted(window.times().tolist()) == sorted((all_times + 10**12).tolist())
     assert sorted(window.lifetimes().tolist()) == sorted(lifetimes.tolist())
     assert window.stats(features=True).frame_clock == stats.frame_clock
+
+
+def test_a_long_frame_loop_keeps_a_strong_clock():
+    """Read over all its frames, a 60 fps loop's peak would be narrower than the grid's steps (its
+    strength fell to about 0.5 over 10 s): over its last FRAME_STARTS starts it is found."""
+    rng = np.random.default_rng(60)
+    window, _ = window_of(frame_loop(rng, 1200, 16_667, 500), [])
+    stats = window.stats(features=True)
+    assert stats.frame_clock > 0.8 and abs(stats.frame_period_us - 16_667) <= 50
 
 
 def test_median_of_an_even_and_an_odd_count():
