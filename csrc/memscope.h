@@ -399,11 +399,12 @@ typedef struct {
     double median_lifetime_us; /* numpy.median's definition; 0 without lifetimes */
 } ms_window_stats_t;
 
-/* A new empty window, or NULL without memory. */
+/* A new empty window, or NULL without memory. ms_window_free detaches it first (see
+ * ms_window_attach). */
 ms_window_t *ms_window_new(uint64_t max_times, uint64_t max_lifetimes, uint64_t max_pending);
 void ms_window_free(ms_window_t *w);
 /* Reads, of n records drained at base_us, those at the addresses followed at `level` (1 in
- * 2^level: ms_followed), their weights times 2^level: their times, threads and allocation
+ * 2^level: window.c's followed), their weights times 2^level: their times, threads and allocation
  * weights by site; lifetimes at the window's follow level (the highest of its own, `level`, and
  * what keeps a read to about FOLLOWED_PER_BATCH records: once raised, the awaited allocations no
  * longer followed are forgotten). Events of one address are taken in time order, records of
@@ -421,13 +422,17 @@ void ms_window_budget(ms_window_t *w, double budget_per_s, uint64_t read_all_fir
 /* From now on the records that leave the threads' rings (the mover's passes and every drain,
  * whoever takes them: stage.c) are given to w by ms_window_take, in the order they leave, before
  * they are reduced or staged; NULL: to none. When it returns, no call gives records to the
- * window set before. A forked child starts with none. Call without the GIL (it waits for a
- * pass of the mover). */
+ * window set before. ms_window_detach(w): to none if w is the one attached (ms_window_free does
+ * it). A forked child starts with none. Call both without the GIL (they wait for a pass of the
+ * mover). */
 void ms_window_attach(ms_window_t *w);
+void ms_window_detach(ms_window_t *w);
 /* Counts and bytes (cheap); the feature fields are 0. */
 void ms_window_stats(ms_window_t *w, ms_window_stats_t *out);
-/* Counts, bytes and features. Sorts the kept times and reorders the lifetimes in place;
- * its temporary (as large as the times) is unmapped before it returns. */
+/* Counts, bytes and features, computed on copies of the times and lifetimes taken under the
+ * window's lock and given back before the sort and the frame-clock search (a read waits for the
+ * copies only); the copies and temporaries (about three times the times' bytes) are unmapped
+ * before it returns. */
 void ms_window_features(ms_window_t *w, ms_window_stats_t *out);
 /* Copies out (at most capacity): sites ascending with their summed weights; the kept times
  * (in no particular order); the lifetimes (us, in no particular order); the awaited allocations

@@ -367,6 +367,14 @@ void ms_window_attach(ms_window_t *w)
     pthread_mutex_unlock(&g_stage_lock);
 }
 
+void ms_window_detach(ms_window_t *w)
+{
+    pthread_mutex_lock(&g_stage_lock);
+    if (g_window == w)
+        g_window = NULL;
+    pthread_mutex_unlock(&g_stage_lock);
+}
+
 uint64_t ms_stage_fold(ms_summary_t *summary)
 {
     if (!atomic_load_explicit(&g_sums.dirty, memory_order_relaxed))

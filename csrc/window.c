@@ -54,8 +54,9 @@ struct ms_window {
     double budget_per_s;
     uint64_t threads[MS_WINDOW_THREADS / 64];
     /* A read's sort keys when they fit: the mover reads at most MOVE_STEP_RECORDS (2,048) a
-     * call, several times a second on a busy program, and mapping pages for each read would
-     * unmap them again (a TLB shootdown on the application's CPUs) as often. */
+     * call unless a dump is written, several times a second on a busy program, and mapping pages
+     * for each read would unmap them again (a TLB shootdown on the application's CPUs) as often;
+     * a larger read (a drain's, or a pass while a dump is written) maps its own. */
     uint64_t order[ORDER_IN_PLACE];
 };
 
@@ -266,12 +267,15 @@ ms_window_t *ms_window_new(uint64_t max_times, uint64_t max_lifetimes, uint64_t 
     return w;
 }
 
-/* No lock taken nor destroyed: in a forked child the lock may be held by a thread that the
- * child does not have, and the window is dropped whole. */
+/* Detached first, if attached: whoever frees it (Python's collector, when its owner is gone)
+ * never leaves the mover a window to read into. Its own lock is neither taken nor destroyed: in
+ * a forked child it may be held by a thread that the child does not have, and the window is
+ * dropped whole. */
 void ms_window_free(ms_window_t *w)
 {
     if (w == NULL)
         return;
+    ms_window_detach(w);
     unmap_bytes(w->times, w->times_cap * sizeof *w->times);
     unmap_bytes(w->lifetimes, w->lifetimes_cap * sizeof *w->lifetimes);
     unmap_bytes(w->pending, w->pending_slots * sizeof *w->pending);
@@ -389,8 +393,8 @@ static uint32_t offer(ms_window_t *w, size_t n, int64_t first_us, int64_t last_u
         return w->reading_level;
     double elapsed_s = (double)(last_us - w->first_us) / 1e6;
     double over = (double)w->offered / (elapsed_s > 1.0 ? elapsed_s : 1.0) / w->budget_per_s;
-    uint32_t needed = over > 1.0 ? (uint32_t)ceil(log2(over)) : 0;
-    needed = needed > 32 ? 32 : needed;
+    double needed_d = over > 1.0 ? ceil(log2(over)) : 0.0; /* (+inf with a tiny budget: clamped) */
+    uint32_t needed = needed_d > 32.0 ? 32 : (uint32_t)needed_d;
     if (needed > w->reading_level)
         w->reading_level = needed;
     return w->reading_level;
@@ -500,12 +504,11 @@ static int64_t select_kth(int64_t *a, size_t n, size_t k)
     return a[k];
 }
 
-/* Rounds x to the nearest integer (ties to even; |x| < 2^51) without a call into libm: adding
- * and taking away 1.5 * 2^52 leaves no fraction bits. */
+/* x rounded to an integer, halves away from zero (|x| < 2^62), without a call into libm: a
+ * truncating conversion, which no floating-point optimization setting (MEMSCOPE_CFLAGS) folds. */
 static inline double round_near(double x)
 {
-    const double shift = 0x1.8p52;
-    return (x + shift) - shift;
+    return (double)(int64_t)(x + (x < 0.0 ? -0.5 : 0.5));
 }
 
 /* The sine and cosine of 2 pi turns, to about 1e-16 past the rounding of turns itself: the
@@ -565,26 +568,23 @@ static bool frame_clock(const uint64_t *starts, size_t n, ms_window_stats_t *out
     return true;
 }
 
-static void time_features(ms_window_t *w, ms_window_stats_t *out)
+/* Span, idle time and frame clock of n >= 2 times (a copy: sorted and overwritten here); false
+ * without memory for the temporaries (then no idle time nor frame clock). */
+static bool time_features(int64_t *times, size_t n, ms_window_stats_t *out)
 {
-    size_t n = w->n_times;
-    if (n < 2)
-        return;
-    int64_t lowest = w->times[0], highest = w->times[0];
+    int64_t lowest = times[0], highest = times[0];
     for (size_t i = 1; i < n; i++) {
-        lowest = w->times[i] < lowest ? w->times[i] : lowest;
-        highest = w->times[i] > highest ? w->times[i] : highest;
+        lowest = times[i] < lowest ? times[i] : lowest;
+        highest = times[i] > highest ? times[i] : highest;
     }
     out->span_us = (double)(highest - lowest);
     /* Sorted as offsets from the earliest: their span needs fewer radix passes than 64 bits. */
     uint64_t *tmp = map_bytes(n * sizeof *tmp), range = (uint64_t)(highest - lowest);
-    if (tmp == NULL) {
-        w->failures++; /* no idle time nor frame clock this time; the times stay */
-        return;
-    }
-    uint64_t *offsets = (uint64_t *)w->times; /* (int64_t and uint64_t may alias) */
+    if (tmp == NULL)
+        return false;
+    uint64_t *offsets = (uint64_t *)times; /* (int64_t and uint64_t may alias) */
     for (size_t i = 0; i < n; i++)
-        offsets[i] = (uint64_t)(w->times[i] - lowest);
+        offsets[i] = (uint64_t)(times[i] - lowest);
     radix_sort(offsets, tmp, n, range ? 64 - (unsigned)__builtin_clzll(range) : 0);
     /* Burst starts: a record after an idle gap. */
     size_t n_starts = 0;
@@ -597,48 +597,69 @@ static void time_features(ms_window_t *w, ms_window_stats_t *out)
         }
     }
     out->idle_us = idle;
+    bool ok = true;
     if (n_starts > 0) {
         /* The last FRAME_STARTS starts of the last FRAME_SPAN: over n starts of a loop of period
          * P, the strength's peak is about P / n wide, and past 128 starts it falls between the
-         * grid's 50 us steps (a 60 fps loop read over 10 s scored 0.5 instead of 0.9). */
+         * grid's 50 us steps (a 60 fps loop read over 10 s scored 0.5 instead of 0.97). */
         size_t first = n_starts > MS_WINDOW_FRAME_STARTS ? n_starts - MS_WINDOW_FRAME_STARTS : 0;
         while (tmp[first] + MS_WINDOW_FRAME_SPAN_US < tmp[n_starts - 1])
             first++;
-        if (n_starts - first >= MS_WINDOW_MIN_STARTS && !frame_clock(tmp + first, n_starts - first, out))
-            w->failures++;
+        if (n_starts - first >= MS_WINDOW_MIN_STARTS)
+            ok = frame_clock(tmp + first, n_starts - first, out);
     }
-    for (size_t i = 0; i < n; i++) /* back to times, now in order */
-        w->times[i] = (int64_t)offsets[i] + lowest;
     unmap_bytes(tmp, n * sizeof *tmp);
+    return ok;
 }
 
-static void lifetime_features(ms_window_t *w, ms_window_stats_t *out)
+/* Short-lived fraction and median of n >= 1 lifetimes (a copy: reordered here). */
+static void lifetime_features(int64_t *lifetimes, size_t n, ms_window_stats_t *out)
 {
-    size_t n = w->n_lifetimes, short_lived = 0;
-    if (n == 0)
-        return;
+    size_t short_lived = 0;
     for (size_t i = 0; i < n; i++)
-        short_lived += w->lifetimes[i] < MS_WINDOW_SHORT_LIVED_US;
+        short_lived += lifetimes[i] < MS_WINDOW_SHORT_LIVED_US;
     out->short_lived = (double)short_lived / (double)n;
-    double upper = (double)select_kth(w->lifetimes, n, n / 2);
+    double upper = (double)select_kth(lifetimes, n, n / 2);
     if (n % 2) {
         out->median_lifetime_us = upper;
     } else { /* the mean of the two middle ones: the lower is the largest below position n/2 */
-        int64_t lower = w->lifetimes[0];
+        int64_t lower = lifetimes[0];
         for (size_t i = 1; i < n / 2; i++)
-            lower = w->lifetimes[i] > lower ? w->lifetimes[i] : lower;
+            lower = lifetimes[i] > lower ? lifetimes[i] : lower;
         out->median_lifetime_us = ((double)lower + upper) / 2.0;
     }
 }
 
+/* A copy of n elements of array, or NULL (also for n == 0). */
+static int64_t *copy_of(const int64_t *array, size_t n)
+{
+    int64_t *copy = n ? map_bytes(n * sizeof *copy) : NULL;
+    if (copy != NULL)
+        memcpy(copy, array, n * sizeof *copy);
+    return copy;
+}
+
 void ms_window_features(ms_window_t *w, ms_window_stats_t *out)
 {
+    /* Computed on copies, the lock given back first: the mover's read, or a drain's that keeps
+     * the GIL, waits for two copies at most, not for the sort and the frame-clock search. */
     pthread_mutex_lock(&w->lock);
     stats_locked(w, out);
-    time_features(w, out);
-    lifetime_features(w, out);
-    out->failures = w->failures; /* (time_features counts one when it finds no memory) */
+    size_t n = w->n_times, n_lifetimes = w->n_lifetimes;
+    int64_t *times = n >= 2 ? copy_of(w->times, n) : NULL;
+    int64_t *lifetimes = copy_of(w->lifetimes, n_lifetimes);
     pthread_mutex_unlock(&w->lock);
+    bool ok = n < 2 || (times != NULL && time_features(times, n, out));
+    if (n_lifetimes > 0 && lifetimes != NULL)
+        lifetime_features(lifetimes, n_lifetimes, out);
+    ok &= n_lifetimes == 0 || lifetimes != NULL;
+    unmap_bytes(times, n * sizeof *times);
+    unmap_bytes(lifetimes, n_lifetimes * sizeof *lifetimes);
+    if (!ok) { /* no memory for a copy or a temporary: those features read 0 this time */
+        pthread_mutex_lock(&w->lock);
+        out->failures = ++w->failures;
+        pthread_mutex_unlock(&w->lock);
+    }
 }
 
 static int compare_site(const void *a, const void *b)

@@ -220,20 +220,19 @@ class StageKeep:
             self.all = all_records
 
 
-_attached_window = None
-
-
 def attach_window(window):
     """Gives the records that leave the threads' rings from now on to ``window`` (a cffi
-    ``ms_window_t *`` that frees it when collected; None: to no window), in C: the workload
-    recognizer's (ms_window_attach). Once it returns, no record goes to the window attached
-    before. The window attached is referenced here until another replaces it, so that it cannot
-    be freed while the mover may read into it (its owner may be collected without detaching
-    it). Callers serialize their calls (the recognizer's lock)."""
-    global _attached_window
+    ``ms_window_t *``), in C: the workload recognizer's (ms_window_attach). Once it returns, no
+    record goes to the window attached before. Freeing a window detaches it first
+    (ms_window_free), so a window whose owner is collected is never read into."""
     ffi, lib = _lib()
-    lib.ms_window_attach(ffi.NULL if window is None else window)
-    _attached_window = window
+    lib.ms_window_attach(window)
+
+
+def detach_window(window):
+    """Gives the records to no window, if ``window`` is the one attached (ms_window_detach)."""
+    ffi, lib = _lib()
+    lib.ms_window_detach(window)
 
 
 def site_info(site_id):

@@ -31,7 +31,7 @@ def _module_parts(path):
 def followed(addresses, level):
     """Which of ``addresses`` (a uint64 array) are followed at ``level``: a fixed pseudo-random 1
     in 2**level of all addresses (those followed at a level are followed at every lower one), the
-    records the recognizer's subsample keeps. ms_followed (csrc/internal.h) is the hash the C side
+    records the recognizer's subsample keeps. followed() in csrc/window.c is the hash the C side
     applies; this is its statement in numpy, which the tests hold the C side to."""
     if level == 0:
         return np.ones(len(addresses), dtype=bool)

@@ -53,10 +53,12 @@ class WorkloadRecognizer:
         self._clock = clock or time.monotonic
         self._last_counters = None
         self._read_budget_per_s = _READ_BUDGET_PER_S
-        self._lock = threading.Lock()  # the window, and whether it is attached
+        # The window, and whether it is attached. Re-entrant: a signal handler that stops the
+        # tracker (close()) may run on a thread inside observe() or features().
+        self._lock = threading.RLock()
         self._attached = False
         self._window = self._new_window()
-        self._read_failed = False  # a read of sink() could not keep everything (reported once)
+        self._read_failed = False  # a read could not keep everything (reported once)
         # CPU time computing features and reading sink()'s batches, on any thread (a pressure
         # signal, and memscope.tracker.cpu's "recognizer"). The reads of what leaves the rings
         # are the mover's CPU or the drain's.
@@ -105,16 +107,16 @@ class WorkloadRecognizer:
             sampler.attach_window(self._window.c)
 
     def close(self):
-        """Stops the records going to the window."""
+        """Stops the records going to the window (if it is still the one attached)."""
         with self._lock:
             if self._attached:
                 self._attached = False
-                sampler.attach_window(None)
+                sampler.detach_window(self._window.c)
 
     def after_fork_child(self):
         """In a forked child: the C side has let the window go (the mover may have held its
         lock), and this lock may have been held by a thread the child does not have."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._attached = False
 
     def sink(self, records, base_us):
@@ -125,10 +127,14 @@ class WorkloadRecognizer:
         with self.cpu.measure():
             with self._lock:
                 window = self._window
-            if not window.take(records, base_us) and not self._read_failed:
-                self._read_failed = True
-                log.warning("memscope workload recognizer: no memory to keep all of a batch of records; "
-                            "its features may miss some (reported once)")
+            if not window.take(records, base_us):
+                self._report_read_failure()
+
+    def _report_read_failure(self):
+        if not self._read_failed:
+            self._read_failed = True
+            log.warning("memscope workload recognizer: no memory to keep all of a batch of records; "
+                        "its features may miss some (reported once)")
 
     def nbytes(self):
         """Bytes of the recognizer's memory now, by part: the window's arrays (csrc/window.c,
@@ -170,6 +176,8 @@ class WorkloadRecognizer:
             rusage0 = w.rusage
         rusage1 = _rusage()
         stats = w.stats(features=True)  # (in C, the GIL given up: a sort and the frame-clock search)
+        if stats.failures:  # (reads by the mover or a drain, or these features, lacked memory)
+            self._report_read_failure()
         site_ids, site_weights = w.sites()
         site_weight = dict(zip(site_ids.tolist(), site_weights.tolist()))
         total = max(allocations.sum(), 1.0)

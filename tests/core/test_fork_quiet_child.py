@@ -1,5 +1,5 @@
 """A forked child that only execs or exits finds no thread or file of memscope's (DESIGN trap 11):
-the drainer, the recognizer's worker and the child's dump file start when first needed."""
+the drainer, the recognizer's window and the child's dump file start when first needed."""
 import json
 import os
 import subprocess
@@ -12,7 +12,7 @@ import memscope_otel
 from memscope_otel import sampler
 
 
-def _child_right_after_fork(write_end):
+def _child_right_after_fork(write_end, tracker):
     frames = len(sys._current_frames())
     threads = [t.name for t in threading.enumerate()]
     report = {"frames": frames, "threads": threads, "forking": threading.current_thread().name}
@@ -22,6 +22,10 @@ def _child_right_after_fork(write_end):
     report["large"] = int(snap.counters.allocations[:, 2].sum())
     report["sampled_large"] = sum(c for _, _, c, _ in snap.per_id)
     report["threads_after_need"] = sorted(t.name for t in threading.enumerate())
+    # With the optimizer, the child's own window is attached when it starts: the records the
+    # snapshot drained were given to it (the parent's was let go inside fork()).
+    optimizer = tracker.optimizer
+    report["window_times"] = optimizer.recognizer.window.n_times if optimizer is not None else None
     memscope_otel.stop()
     del keep
     os.write(write_end, json.dumps(report).encode())
@@ -31,7 +35,7 @@ def _child_right_after_fork(write_end):
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_forked_child_has_only_the_forking_thread_until_needed(start_tracker, tmp_path, adaptive):
     dump = tmp_path / "memscope.dump"
-    start_tracker(adaptive=adaptive, dump_path=str(dump), drain_interval_ms=10, wait_idle=False)
+    tracker = start_tracker(adaptive=adaptive, dump_path=str(dump), drain_interval_ms=10, wait_idle=False)
     stop = threading.Event()
     busy = threading.Thread(target=lambda: stop.wait(30), name="app-worker")
     busy.start()
@@ -40,7 +44,7 @@ def test_forked_child_has_only_the_forking_thread_until_needed(start_tracker, tm
         pid = os.fork()
         if pid == 0:
             try:
-                _child_right_after_fork(write_end)
+                _child_right_after_fork(write_end, tracker)
             finally:
                 os._exit(0)
         os.close(write_end)
@@ -58,6 +62,8 @@ def test_forked_child_has_only_the_forking_thread_until_needed(start_tracker, tm
     assert child["large"] >= 40, child
     assert child["sampled_large"] >= 40, child  # large blocks are always sampled
     assert "memscope-drainer" in child["threads_after_need"], child
+    if adaptive:
+        assert child["window_times"] >= 40, child
     assert os.path.exists(f"{dump}.{pid}")  # its own dump, made when needed
 
 

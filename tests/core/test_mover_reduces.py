@@ -109,6 +109,11 @@ def test_the_attached_window_is_given_every_record_that_leaves_the_rings(start_t
             sampler.attach_window(window.c)
             drained0 = tracker.drainer.records_drained
         _bursts(20, 150)  # 6,000 records through rings of 1,024: most moved by the mover
+        # Given to the window as the mover moved them, before any drain:
+        deadline = time.monotonic() + 10
+        while window.n_times == 0:
+            assert time.monotonic() < deadline, "the mover gave the window nothing"
+            time.sleep(0.01)
         tracker.drainer.drain()
         drained = tracker.drainer.records_drained - drained0
         assert drained >= 6000
@@ -118,7 +123,7 @@ def test_the_attached_window_is_given_every_record_that_leaves_the_rings(start_t
         sites, weights = window.sites()
         assert weights.sum() >= 3000  # (large blocks: sampled always, weight 1)
     finally:
-        sampler.attach_window(None)
+        sampler.detach_window(window.c)
         if sink:
             tracker.drainer.remove_sink(sink)
     _bursts(5, 150)
@@ -190,3 +195,25 @@ def test_a_reset_hands_the_records_to_the_new_window_and_close_to_none(start_tra
     _bursts(5, 150)
     tracker.drainer.drain()
     assert recognizer.window.n_times == second
+
+
+def test_a_window_freed_while_attached_is_detached_first(start_tracker):
+    """Its owner gone, a window is freed by the collector (ms_window_free): it detaches itself
+    first, so the mover and the drains give records to no window (under the sanitizer, reading
+    into a freed one would be caught)."""
+    import gc
+
+    tracker = start_tracker(**QUIET_LARGE)
+    if tracker.optimizer is not None:
+        tracker.optimizer.stop()
+    window = Window(0.0)
+    sampler.attach_window(window.c)
+    _bursts(5, 150)
+    tracker.drainer.drain()
+    assert window.n_times > 0
+    del window
+    gc.collect()
+    _bursts(20, 150)  # moved by the mover and drained: no window to give them to
+    tracker.drainer.drain()
+    counters = sampler.read_counters()
+    assert counters.samples > 0

@@ -195,21 +195,6 @@ def test_a_read_at_a_level_is_the_read_of_the_followed_records_weights_scaled(le
         assert at_level.n_times < sum(len(a) for a, _, _ in batches)
 
 
-def test_the_sink_keeps_no_array_between_batches():
-    """A batch is read where it lies (one call into C): the recognizer keeps no copy of it, no
-    queue and no scratch array; what it holds after a batch is the window's arrays."""
-    recognizer = WorkloadRecognizer(clock=lambda: 0.0)
-    recognizer.read_budget_per_s = 100.0  # past the first records: read at a level > 0
-    rng = np.random.default_rng(3)
-    for b in range(3):
-        addresses = rng.integers(1, 2**40, 16384, dtype=np.uint64) << np.uint64(4)
-        recognizer.sink(records_from(addresses, np.arange(16384), np.zeros(16384, bool), 0, rng), b)
-    assert recognizer.window.stats().reading_level > 0
-    held = [a for a in vars(recognizer).values() if isinstance(a, np.ndarray)]
-    assert held == []
-    assert set(recognizer.nbytes()) == {"times", "lifetimes", "pending", "sites", "threads"}
-
-
 def test_the_first_records_of_a_window_are_all_read():
     """However fast they come: a short window keeps enough records to be classified."""
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
