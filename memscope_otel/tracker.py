@@ -136,7 +136,9 @@ class Tracker:
         try:
             if dump.unlinked():
                 raise OSError("the file was deleted; its disk space comes back only once it is closed")
-            ids = set(self._unlabelled).union(np.unique(records["site"]).tolist())
+            # Not np.unique: numpy 2 imports numpy.ma at its first call, on the drainer's thread;
+            # a fork meanwhile left the child's import lock held, and its first dump write hung.
+            ids = set(self._unlabelled).union(records["site"].tolist())
             self._write_labels(dump, ids, final=False)
             dump.write_chunk(base_us, records)
         except OSError as exc:

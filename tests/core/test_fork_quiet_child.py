@@ -120,3 +120,23 @@ def test_a_child_that_runs_on_gets_its_drainer_without_a_collection():
     result = subprocess.run([sys.executable, "-c", GC_STARTED_CHILD], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "drainer: True" in result.stdout, result.stdout
+
+
+LAZY_IMPORT_CHILD = r"""
+import os, sys, tempfile
+import memscope_otel
+memscope_otel.start(dump_path=os.path.join(tempfile.mkdtemp(), "m.dump"), adaptive=False)
+keep = [bytearray(100_000) for _ in range(50)]
+memscope_otel.snapshot()  # a drain that writes a dump chunk
+print(sorted(m for m in sys.modules if m == "numpy.ma" or m.startswith("numpy.ma.")))
+memscope_otel.stop()
+"""
+
+
+def test_a_dump_write_imports_nothing_a_fork_could_leave_locked():
+    """A drain imports no module on its thread: a fork while it held the import lock of one (numpy
+    imports numpy.ma at np.unique's first call) left the child's lock held, and the child hung at
+    its first dump write."""
+    result = subprocess.run([sys.executable, "-c", LAZY_IMPORT_CHILD], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
