@@ -44,7 +44,7 @@ from _wave import rss, rss_anon, wave
 MB = 1e6
 COUNTED_IN_FOOTPRINT = ("ms_live_filter",)
 RECOGNIZER_BOUNDS = {"times": "2 MiB + a batch", "lifetimes": "1 MiB", "pending": "2 MiB",
-                     "sites": "32 B a site read", "threads": "8 KiB"}
+                     "sites": "32 B a site read", "threads": "8 KiB", "order": "8 B a record of the largest read"}
 MODES = {"untracked": None, "memscope, ADAPTIVE=false": {"adaptive": False}, "memscope": {}}
 
 

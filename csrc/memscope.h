@@ -389,7 +389,7 @@ typedef struct {
     uint32_t follow_level;     /* lifetimes are followed at 1 in 2^level addresses */
     uint32_t reading_level;    /* ms_window_take reads the records of 1 in 2^level addresses */
     /* bytes of the arrays now (mapped, whole pages) */
-    uint64_t times_bytes, lifetimes_bytes, pending_bytes, sites_bytes, threads_bytes;
+    uint64_t times_bytes, lifetimes_bytes, pending_bytes, sites_bytes, threads_bytes, order_bytes;
     /* features, from ms_window_features only (0 from ms_window_stats): */
     double span_us;            /* from the earliest kept time to the latest */
     double idle_us;            /* sum of the gaps between consecutive times longer than IDLE_GAP */

@@ -31,8 +31,6 @@ typedef struct {
     double weight;
 } site_slot_t;
 
-#define ORDER_IN_PLACE 2048u /* see struct ms_window's order */
-
 struct ms_window {
     pthread_mutex_t lock;
     uint64_t max_times, max_lifetimes, max_pending;
@@ -53,17 +51,18 @@ struct ms_window {
     int64_t first_us;
     double budget_per_s;
     uint64_t threads[MS_WINDOW_THREADS / 64];
-    /* A read's sort keys when they fit: the mover reads at most MOVE_STEP_RECORDS (2,048) a
-     * call unless a dump is written, several times a second on a busy program, and mapping pages
-     * for each read would unmap them again (a TLB shootdown on the application's CPUs) as often;
-     * a larger read (a drain's, or a pass while a dump is written) maps its own. */
-    uint64_t order[ORDER_IN_PLACE];
+    /* The sort keys of a read, kept for the next: the mover reads several times a second on a
+     * busy program, and pages mapped and unmapped per read would cost a TLB shootdown each. As
+     * large as the largest read's followed records (2,048 per mover step, 16,384 per drain while
+     * the window reads every record; a pass while a dump is written, up to 65,536). */
+    uint64_t *order;
+    size_t order_cap;
 };
 
 /* Whether `address` is among the fixed pseudo-random 1 in 2^level of all addresses that the
  * window follows (level <= 63; those followed at a level are followed at every lower one): the
- * address's 16-byte granule times 2^64 / golden ratio, below 2^(64 - level). The same hash as
- * memscope_otel.optimizer.features.followed. A block's allocation and its free are kept or left
+ * address's 16-byte granule times 2^64 / golden ratio, below 2^(64 - level) (its reference in
+ * numpy: tests/optimizer/test_sink.py). A block's allocation and its free are kept or left
  * together, so lifetimes of the subsample are lifetimes. */
 static inline bool followed(uint64_t address, uint32_t level)
 {
@@ -280,6 +279,7 @@ void ms_window_free(ms_window_t *w)
     unmap_bytes(w->lifetimes, w->lifetimes_cap * sizeof *w->lifetimes);
     unmap_bytes(w->pending, w->pending_slots * sizeof *w->pending);
     unmap_bytes(w->sites, w->site_slots * sizeof *w->sites);
+    unmap_bytes(w->order, w->order_cap * sizeof *w->order);
     unmap_bytes(w, sizeof *w);
 }
 
@@ -337,9 +337,9 @@ static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t 
     followed_at = w->follow_level;
 
     /* The followed records by (time, position): time in the high half, position in the low. */
-    uint64_t *order = read <= ORDER_IN_PLACE ? w->order : map_bytes(read * sizeof *order);
-    if (order == NULL)
+    if (!reserve((void **)&w->order, &w->order_cap, 0, read, SIZE_MAX, sizeof *w->order))
         return false;
+    uint64_t *order = w->order;
     size_t m = 0;
     for (size_t i = 0; i < n && i <= UINT32_MAX && m < read; i++) {
         if (r[i].address == 0 || !followed(r[i].address, followed_at))
@@ -348,7 +348,8 @@ static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t 
         if (ms_flags_event(r[i].flags) != MS_EVENT_FREE)
             w->allocs_followed++;
     }
-    qsort(order, m, sizeof *order, compare_u64);
+    if (m > 1)
+        qsort(order, m, sizeof *order, compare_u64);
     for (size_t k = 0; k < m; k++) {
         const ms_record_t *e = &r[order[k] & UINT32_MAX];
         int64_t t = base_us + e->time_delta_us;
@@ -369,8 +370,6 @@ static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t 
             kept_all &= pending_allocated(w, e->address, t); /* a realloc's record allocates too */
         }
     }
-    if (order != w->order)
-        unmap_bytes(order, read * sizeof *order);
     return kept_all;
 }
 
@@ -443,6 +442,7 @@ static void stats_locked(ms_window_t *w, ms_window_stats_t *out)
     out->pending_bytes = ms_pages_size(w->pending_slots * sizeof *w->pending);
     out->sites_bytes = ms_pages_size(w->site_slots * sizeof *w->sites);
     out->threads_bytes = sizeof w->threads;
+    out->order_bytes = w->order ? ms_pages_size(w->order_cap * sizeof *w->order) : 0;
 }
 
 void ms_window_stats(ms_window_t *w, ms_window_stats_t *out)

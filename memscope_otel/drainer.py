@@ -61,7 +61,7 @@ class Drainer:
     def __init__(self, summary, interval_s, sinks=()):
         self.summary = summary
         self.interval_s = interval_s
-        self._stage_keep = sampler.StageKeep()
+        self._stage_keep = sampler.stage_keep
         # The mover's setting is computed from the sinks and set in one step under this lock: a
         # thread adding a sink must not have its setting overwritten by one computed before the
         # sink was there on another (start(), or one removing a sink: the mover would reduce

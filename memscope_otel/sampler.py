@@ -204,20 +204,12 @@ class DrainBuffer:
         return self.array[:n], int(info.base_us)
 
 
-class StageKeep:
-    """Sets whether the mover keeps every record it moves, unreduced, for the drainer's sinks
-    (ms_stage_keep), or reduces them itself and keeps none. A call into C only when the setting
-    changes, keeping the GIL (it is a store)."""
-
-    def __init__(self):
-        ffi, lib = _lib()
-        self._set = keeping_the_gil(ffi, lib, "ms_stage_keep", None, ctypes.c_int)
-        self.all = None
-
-    def __call__(self, all_records):
-        if all_records != self.all:
-            self._set(int(all_records))
-            self.all = all_records
+def stage_keep(all_records):
+    """Sets whether the mover keeps every record it moves, unreduced, for the drainer's sinks, or
+    reduces them itself and keeps none (ms_stage_keep). Keeps the GIL (a store, after a pass
+    under way). Called when the sinks change, not per drain."""
+    ffi, lib = _lib()
+    keeping_the_gil(ffi, lib, "ms_stage_keep", None, ctypes.c_int)(int(all_records))
 
 
 def attach_window(window):
@@ -225,14 +217,12 @@ def attach_window(window):
     ``ms_window_t *``), in C: the workload recognizer's (ms_window_attach). Once it returns, no
     record goes to the window attached before. Freeing a window detaches it first
     (ms_window_free), so a window whose owner is collected is never read into."""
-    ffi, lib = _lib()
-    lib.ms_window_attach(window)
+    _lib()[1].ms_window_attach(window)
 
 
 def detach_window(window):
     """Gives the records to no window, if ``window`` is the one attached (ms_window_detach)."""
-    ffi, lib = _lib()
-    lib.ms_window_detach(window)
+    _lib()[1].ms_window_detach(window)
 
 
 def site_info(site_id):

@@ -26,7 +26,7 @@ Four parts, each usable alone and each in its own module (``pressure``, ``contro
 
 from .controller import (CALM_COLLECTIONS, DOWN_FACTOR, FUTILE_CUTS, RELIEF, SMOOTHING, UP_FACTOR, RateChange,
                          RateController)
-from .features import ARRAY_MODULES, NETWORK_MODULES, Window, followed
+from .features import ARRAY_MODULES, NETWORK_MODULES, Window
 from .performance_optimizer import PerformanceOptimizer
 from .pressure import (CADENCE_DRIFT_BUDGET, DRAIN_COST_BUDGET, DROP_BUDGET, DUMP_BACKLOG_BUDGET, DUMP_BUSY_BUDGET,
                        FAST_PATH_NOTE, RECOGNIZER_BUDGET, RING_FILL_BUDGET, SAMPLED_PATH_BUDGET,
@@ -41,5 +41,5 @@ __all__ = [
     "SAMPLED_PATH_BUDGET", "SERIES_BUDGET", "SMOOTHING", "UP_FACTOR", "WORKLOADS",
     "ExportFailureCounter", "PerformanceOptimizer", "Pressure", "PressureMonitor",
     "RateChange", "RateController", "Recommendation", "Window", "WorkloadRecognizer", "classify",
-    "export_interval_from_env", "followed", "relative_error",
+    "export_interval_from_env", "relative_error",
 ]

@@ -28,18 +28,6 @@ def _module_parts(path):
     return {p[:-3] if p.endswith(".py") else p for p in parts}
 
 
-def followed(addresses, level):
-    """Which of ``addresses`` (a uint64 array) are followed at ``level``: a fixed pseudo-random 1
-    in 2**level of all addresses (those followed at a level are followed at every lower one), the
-    records the recognizer's subsample keeps. followed() in csrc/window.c is the hash the C side
-    applies; this is its statement in numpy, which the tests hold the C side to."""
-    if level == 0:
-        return np.ones(len(addresses), dtype=bool)
-    mixed = addresses >> np.uint64(4)
-    np.multiply(mixed, np.uint64(0x9E3779B97F4A7C15), out=mixed)  # 2^64 / golden ratio; wraps mod 2^64, as meant
-    return mixed < np.uint64(1 << (64 - level))
-
-
 _C_TYPES = {np.int64: "int64_t *", np.uint64: "uint64_t *", np.uint32: "uint32_t *", np.float64: "double *"}
 
 
@@ -72,20 +60,18 @@ class Window:
 
     def read(self, records, base_us, level=0):
         """Reads, of ``records`` (a contiguous RECORD_DTYPE array drained at ``base_us``), those
-        at the addresses :func:`followed` at ``level``, weights times 2**level. False when a
-        table could not grow (what did not fit was not kept)."""
-        if len(records) == 0:
-            return True
-        pointer = self._ffi.cast("ms_record_t *", self._ffi.from_buffer(records))
-        return self._lib.ms_window_read(self.c, pointer, len(records), int(base_us), int(level)) == 0
+        at the fixed pseudo-random 1 in 2**level of all addresses (csrc/window.c's followed),
+        weights times 2**level. False when a table could not grow (what did not fit was not
+        kept)."""
+        return self._lib.ms_window_read(self.c, self._records(records), len(records), int(base_us), int(level)) == 0
 
     def take(self, records, base_us):
         """:meth:`read` at the window's reading level, raised first as these records require
         (ms_window_take): what the mover and the drains give an attached window."""
-        if len(records) == 0:
-            return True
-        pointer = self._ffi.cast("ms_record_t *", self._ffi.from_buffer(records))
-        return self._lib.ms_window_take(self.c, pointer, len(records), int(base_us)) == 0
+        return self._lib.ms_window_take(self.c, self._records(records), len(records), int(base_us)) == 0
+
+    def _records(self, records):
+        return self._ffi.cast("ms_record_t *", self._ffi.from_buffer(records))
 
     def stats(self, features=False):
         """The window's counts and its arrays' bytes (an ``ms_window_stats_t``); with ``features``,
@@ -143,7 +129,7 @@ class Window:
         """Bytes of its arrays now (mapped pages), by part."""
         s = self.stats()
         return {"times": int(s.times_bytes), "lifetimes": int(s.lifetimes_bytes), "pending": int(s.pending_bytes),
-                "sites": int(s.sites_bytes), "threads": int(s.threads_bytes)}
+                "sites": int(s.sites_bytes), "threads": int(s.threads_bytes), "order": int(s.order_bytes)}
 
 
 def _rusage():

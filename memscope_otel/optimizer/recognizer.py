@@ -140,7 +140,8 @@ class WorkloadRecognizer:
         """Bytes of the recognizer's memory now, by part: the window's arrays (csrc/window.c,
         mapped pages): ``times`` and ``lifetimes`` (at most 2 MiB plus a batch and 1 MiB),
         ``pending`` (allocations whose free is awaited: a table of at most 2 MiB), ``sites`` (a
-        table of the sites read) and ``threads`` (8 KiB). For benchmarks/memory.py."""
+        table of the sites read), ``threads`` (8 KiB) and ``order`` (the largest read's sort keys,
+        8 B a followed record). For benchmarks/memory.py."""
         with self._lock:
             window = self._window
         return window.nbytes()

@@ -199,8 +199,9 @@ def test_a_reset_hands_the_records_to_the_new_window_and_close_to_none(start_tra
 
 def test_a_window_freed_while_attached_is_detached_first(start_tracker):
     """Its owner gone, a window is freed by the collector (ms_window_free): it detaches itself
-    first, so the mover and the drains give records to no window (under the sanitizer, reading
-    into a freed one would be caught)."""
+    first, so the mover and the drains give records to no window. Reading into a freed one would
+    fault here (its pages are unmapped) or be caught by the sanitizer (scripts/sanitize.sh runs
+    these tests; there a window is a heap block)."""
     import gc
 
     tracker = start_tracker(**QUIET_LARGE)
@@ -213,7 +214,7 @@ def test_a_window_freed_while_attached_is_detached_first(start_tracker):
     assert window.n_times > 0
     del window
     gc.collect()
+    drained = tracker.drainer.records_drained
     _bursts(20, 150)  # moved by the mover and drained: no window to give them to
     tracker.drainer.drain()
-    counters = sampler.read_counters()
-    assert counters.samples > 0
+    assert tracker.drainer.records_drained - drained >= 6000  # (they did leave the rings)

@@ -96,11 +96,23 @@ def test_features_equal_their_numpy_definitions(case):
 
 def test_a_long_frame_loop_keeps_a_strong_clock():
     """Read over all its frames, a 60 fps loop's peak would be narrower than the grid's steps (its
-    strength fell to about 0.5 over 10 s): over its last FRAME_STARTS starts it is found."""
+    strength fell to about 0.5 over 10 s): over its last FRAME_STARTS starts it is found, as
+    strong as a grid period half a step off the loop's own and the late wake-ups allow."""
+    period, jitter = 16_667, 500
     rng = np.random.default_rng(60)
-    window, _ = window_of(frame_loop(rng, 1200, 16_667, 500), [])
+    window, _ = window_of(frame_loop(rng, 1200, period, jitter), [])
     stats = window.stats(features=True)
-    assert stats.frame_clock > 0.8 and abs(stats.frame_period_us - 16_667) <= 50
+    n = LIB.MS_WINDOW_FRAME_STARTS
+    # Starts k P + u_k read at a grid period off by d: phases drift by phi = 2 pi d / P a frame,
+    # which leaves |sum of e^(i k phi)| / n (the Dirichlet kernel; d at most half a step); wake-ups
+    # late by u uniform in [0, jitter] multiply it by E e^(2 pi i u / P) = sinc(jitter / P); the
+    # mean of n such terms strays from its expectation by sqrt((1 - sinc^2) / n), 6 of these.
+    phi = 2 * np.pi * (LIB.MS_WINDOW_PERIOD_STEP_US / 2) / period
+    dirichlet = abs(np.sin(n * phi / 2) / (n * np.sin(phi / 2)))
+    late = np.sinc(jitter / period)
+    lowest = dirichlet * late - 6 * np.sqrt((1 - late**2) / n)
+    assert stats.frame_clock >= lowest > 0.9
+    assert abs(stats.frame_period_us - period) <= LIB.MS_WINDOW_PERIOD_STEP_US
 
 
 def test_median_of_an_even_and_an_odd_count():

@@ -1,0 +1,107 @@
+"""Where a tracked game loop's CPU goes, per second of the loop (issue 16's mostly idle program).
+
+The demo's game loop (examples/workloads/game_loop.py: 60 frames a second, 96 % idle) runs for
+``--seconds`` untracked and then tracked, each in a fresh interpreter, exporting every
+``--interval-ms`` through a PeriodicExportingMetricReader to an exporter that drops the points
+(the SDK's aggregation and batch are built, nothing is sent). Printed per second of the loop:
+the process's CPU in both runs, and of the tracked one the parts the tracker measures itself:
+the loop's own thread, the SDK's work on the exporting thread outside memscope's callbacks
+(Producer.export_ns), memscope's collections (Producer.collection_ns), the workload
+recognizer's features (WorkloadRecognizer.cpu), the drainer and the mover (Drainer.cpu_ns, of
+which the mover), and the sampled path (slow_path_ns, wall clock). Last, one classification's
+features computed after the run (the sort of the window's times and the frame-clock search).
+
+    python benchmarks/game_loop_cost.py [--seconds 6] [--interval-ms 500]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import _common
+
+sys.path.insert(0, os.path.join(_common.ROOT, "examples"))
+
+
+def child(seconds, interval_ms, tracked):
+    from workloads import game_loop
+
+    if not tracked:
+        game_loop.run(duration_s=1.0)  # the same warm-up as the tracked run
+        c0 = time.process_time()
+        game_loop.run(duration_s=seconds)
+        return {"process_ms": (time.process_time() - c0) / seconds * 1e3}
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+
+    import memscope_otel
+    from memscope_otel import sampler
+
+    class Dropping(MetricExporter):
+        def export(self, metrics_data, timeout_millis=10_000, **kwargs):
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=10_000):
+            return True
+
+        def shutdown(self, timeout_millis=30_000, **kwargs):
+            pass
+
+    reader = PeriodicExportingMetricReader(Dropping(), export_interval_millis=interval_ms)
+    tracker = memscope_otel.start(meter_provider=MeterProvider(metric_readers=[reader]))
+    try:
+        game_loop.run(duration_s=1.0)  # warm-up: sites resolved, the first collections made
+        producer, drainer, recognizer = tracker.producer, tracker.drainer, tracker.optimizer.recognizer
+
+        def figures():
+            c = sampler.read_counters()
+            return (time.process_time(), time.thread_time(), producer.export_ns, producer.collection_ns,
+                    recognizer.cpu.ns, drainer.cpu_ns, sampler.mover_cpu_ns(), c.slow_path_ns)
+
+        before = figures()
+        game_loop.run(duration_s=seconds)
+        after = figures()
+        tracker.refresh()
+        t0 = time.thread_time()
+        recognizer.features()
+        features_ms = (time.thread_time() - t0) * 1e3
+    finally:
+        memscope_otel.stop()
+    d = [(a - b) / seconds for a, b in zip(after, before)]
+    return {"process_ms": d[0] * 1e3, "loop_thread_ms": d[1] * 1e3, "sdk_export_ms": d[2] / 1e6,
+            "collections_ms": d[3] / 1e6, "recognizer_ms": d[4] / 1e6, "drainer_and_mover_ms": d[5] / 1e6,
+            "mover_ms": d[6] / 1e6, "sampled_path_ms": d[7] / 1e6, "features_ms": features_ms}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--interval-ms", type=int, default=500)
+    ap.add_argument("--child", choices=["untracked", "tracked"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.seconds, args.interval_ms, args.child == "tracked")))
+        return
+    print("memscope-otel game loop cost:", _common.machine())
+    runs = {}
+    for mode in ("untracked", "tracked"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--seconds", str(args.seconds),
+               "--interval-ms", str(args.interval_ms)]
+        runs[mode] = _common.run_json_child(cmd, f"game loop ({mode})")
+    base, t = runs["untracked"]["process_ms"], runs["tracked"]
+    print(f"{args.seconds:g} s of the game loop, exporting every {args.interval_ms} ms; ms of CPU per second:")
+    print(f"  process, untracked                 {base:7.2f}")
+    print(f"  process, tracked                   {t['process_ms']:7.2f}   (+{100 * (t['process_ms'] / base - 1):.0f} %)")
+    print(f"    the loop's own thread            {t['loop_thread_ms']:7.2f}")
+    print(f"      of which the sampled path      {t['sampled_path_ms']:7.2f}   (wall clock)")
+    print(f"    the SDK's aggregation and export {t['sdk_export_ms']:7.2f}")
+    print(f"    memscope's collections           {t['collections_ms']:7.2f}")
+    print(f"    the recognizer's features        {t['recognizer_ms']:7.2f}")
+    print(f"    the drainer and the mover        {t['drainer_and_mover_ms']:7.2f}   (the mover {t['mover_ms']:.2f})")
+    print(f"one classification's features after the run: {t['features_ms']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
