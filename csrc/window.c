@@ -341,14 +341,17 @@ static bool read_locked(ms_window_t *w, const ms_record_t *r, size_t n, int64_t 
         return false;
     uint64_t *order = w->order;
     size_t m = 0;
+    bool in_order = true; /* one ring's records mostly are: the sort is then skipped */
     for (size_t i = 0; i < n && i <= UINT32_MAX && m < read; i++) {
         if (r[i].address == 0 || !followed(r[i].address, followed_at))
             continue; /* (0 marks an empty slot: never a sampled block's address, not followed) */
-        order[m++] = (uint64_t)r[i].time_delta_us << 32 | i;
+        uint64_t key = (uint64_t)r[i].time_delta_us << 32 | i;
+        in_order &= m == 0 || order[m - 1] < key;
+        order[m++] = key;
         if (ms_flags_event(r[i].flags) != MS_EVENT_FREE)
             w->allocs_followed++;
     }
-    if (m > 1)
+    if (m > 1 && !in_order)
         qsort(order, m, sizeof *order, compare_u64);
     for (size_t k = 0; k < m; k++) {
         const ms_record_t *e = &r[order[k] & UINT32_MAX];

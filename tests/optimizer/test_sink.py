@@ -66,23 +66,27 @@ def read_lifetimes(window, addresses, times, frees):
     return window.lifetimes()[before:]
 
 
-def random_batches(rng, n_batches, size, pool, span_us=2000):
+def random_batches(rng, n_batches, size, pool, span_us=2000, in_time_order=False):
     """Batches over a small pool of addresses (so they repeat within and across batches), with
-    times drawn from a short span (many ties) and shuffled (rings are concatenated, not merged)."""
+    times drawn from a short span (many ties) and shuffled (rings are concatenated, not merged),
+    or in time order (one ring's batch: the window then skips its sort)."""
     batches = []
     for b in range(n_batches):
         addresses = (rng.integers(0, pool, size).astype(np.uint64) * np.uint64(16)) + np.uint64(0x7F00_0000_0000)
         times = np.int64(b * span_us) + rng.integers(0, span_us, size).astype(np.int64)
+        if in_time_order:
+            times.sort()
         frees = rng.random(size) < 0.5
         batches.append((addresses, times, frees))
     return batches
 
 
+@pytest.mark.parametrize("in_time_order", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_window_lifetimes_equal_a_record_by_record_walk(seed):
+def test_window_lifetimes_equal_a_record_by_record_walk(seed, in_time_order):
     rng = np.random.default_rng(seed)
     batches = random_batches(rng, n_batches=8, size=int(rng.integers(1, 400)), pool=int(rng.integers(2, 300)),
-                             span_us=int(rng.integers(1, 3000)))
+                             span_us=int(rng.integers(1, 3000)), in_time_order=in_time_order)
     # Frees of addresses never allocated anywhere: they must give no lifetime.
     strays = np.uint64(0x10_0000) + np.arange(5, dtype=np.uint64) * np.uint64(16)
     a, t, f = batches[3]
@@ -312,12 +316,13 @@ def records_from(addresses, times_us, frees, base_us, rng):
     return records
 
 
+@pytest.mark.parametrize("in_time_order", [False, True])
 @pytest.mark.parametrize("size", [500, 3 * LIB.MS_WINDOW_FOLLOWED_PER_BATCH])
-def test_sink_equals_record_by_record_reference(size):
+def test_sink_equals_record_by_record_reference(size, in_time_order):
     """Small batches follow every address; large ones a fixed subset of addresses, whose lifetimes
     are then exactly the reference's lifetimes of those addresses."""
     rng = np.random.default_rng(size)
-    batches = random_batches(rng, n_batches=4, size=size, pool=size // 3, span_us=5000)
+    batches = random_batches(rng, n_batches=4, size=size, pool=size // 3, span_us=5000, in_time_order=in_time_order)
     level = follow_level(size)
     assert (level > 0) == (size > LIB.MS_WINDOW_FOLLOWED_PER_BATCH)
     recognizer = WorkloadRecognizer(clock=lambda: 0.0)
