@@ -6,7 +6,7 @@ For each workload (a WSGI app under load from client threads, a data pipeline, a
 a numpy training loop; see examples/workloads) it:
 
 1. runs it untracked, to get its CPU cost per unit of work (requests, batches, frames, steps);
-2. runs it tracked (metrics exported every 500 ms), then shows the recognized workload with the
+2. runs it tracked (metrics exported every 500 ms; a run lasts at least two export intervals), then shows the recognized workload with the
    features behind it, the tracker's CPU overhead, and the error of the estimated allocation
    count against the exact counters;
 3. asks the optimizer for recommendations, applies those that cost no CPU (the live ones to
@@ -156,9 +156,16 @@ def spends_cpu(rec):
     return not rec.advice and (rec.predicted_cpu or 0.0) > 0.0
 
 
+def run_seconds(seconds, interval_ms):
+    """A tracked run's length: at least two export intervals (and a little), so that a longer
+    interval's exports are measured inside the run rather than left to the shutdown after it."""
+    return max(seconds, 2 * interval_ms / 1000.0 + 0.25)
+
+
 def tracked_run(name, module, unit, seconds, apply_from=None, label="before"):
     exporter = CountingExporter()
     settings, interval_ms = restart_settings(apply_from)
+    seconds = run_seconds(seconds, interval_ms)
     provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms),
                                              InMemoryMetricReader()])
     os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = str(interval_ms)
@@ -181,7 +188,7 @@ def tracked_run(name, module, unit, seconds, apply_from=None, label="before"):
     return {"units": units, "cpu": cpu, "error": error, "predicted": predicted, "workload": workload,
             "domains": tuple(tracker.config.domains),
             "features": features, "reasons": reasons, "recs": recs, "rates": snap_rates, "records": records,
-            "points": exporter.points / max(exporter.exports, 1)}
+            "seconds": seconds, "points": exporter.points / max(exporter.exports, 1)}
 
 
 def predicted(recs, field):
@@ -230,12 +237,13 @@ def main(argv=None):
         summary = {}
         for label, done in runs.items():
             overheads = [r["cpu"] / max(r["units"], 1) / base_cost - 1 for r in done]
-            records = sorted(r["records"] / args.seconds for r in done)[len(done) // 2]
+            records = sorted(r["records"] / r["seconds"] for r in done)[len(done) // 2]
             z = [r["error"] / r["predicted"] for r in done if r["predicted"] > 0]
             summary[label] = {"overhead": min(overheads), "overheads": overheads, "records": records, "run": done[0],
                               "error": _rms([r["error"] for r in done]), "predicted": _rms([r["predicted"] for r in done]),
                               "z": _rms(z) if z else float("nan")}
-        work_cpu_per_s = base_cost * runs["before"][0]["units"] / args.seconds  # the workload's own CPU, cores
+        first = runs["before"][0]
+        work_cpu_per_s = base_cost * first["units"] / first["seconds"]  # the workload's own CPU, cores
         for label in runs:
             change = None
             if label != "before":

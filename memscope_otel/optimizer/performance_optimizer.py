@@ -26,6 +26,23 @@ log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole o
 # collection interval without a failure), and at most this often: the SDK logs each failure itself.
 EXPORT_WARNING_EVERY_S = 600.0
 
+def longer_export_interval_ms(interval_s, export_share, of_app):
+    """The export interval (ms) to recommend over ``interval_s`` when collecting and exporting take
+    ``export_share`` of a core and ``of_app`` of the application's CPU: an export costs the same
+    whatever the interval, so both shares fall in proportion to it. The result is the first step of
+    the 1-2-5 series at or past the interval that brings both under their notes (EXPORT_NOTE,
+    EXPORT_OF_APP_NOTE), at least twice the interval (so one recommendation does it, rather than
+    halving it again every window), and never past the SDK's default of 60 s."""
+    factor = max(2.0, export_share / EXPORT_NOTE, of_app / EXPORT_OF_APP_NOTE)
+    wanted = interval_s * 1000.0 * factor
+    cap = int(DEFAULT_EXPORT_INTERVAL_S * 1000)
+    decade = 10 ** max(0, math.floor(math.log10(max(wanted, 1.0))))
+    for step in (1, 2, 5, 10):
+        if step * decade >= wanted - 1e-9 * wanted:
+            return min(int(step * decade), cap)
+    return cap  # (not reached: 10 * decade >= wanted)
+
+
 class PerformanceOptimizer:
     """Runs the pressure monitor, the rate controller and the workload recognizer on a tracker.
 
@@ -37,7 +54,8 @@ class PerformanceOptimizer:
 
     RECOGNITION_WINDOW_S = 60.0   # features are read over windows this long
     RECOGNITION_MIN_S = 1.0       # ... and a window this young is not classified yet
-    RECOGNITION_EVERY_S = 5.0     # classify at most this often
+    RECOGNITION_EVERY_S = 5.0     # classify at most this often, at first and after a change of workload,
+    RECOGNITION_STEADY_S = 30.0   # ... and while it stays the same, twice as long each time, up to this
 
     def __init__(self, tracker, export_interval_s=None, adaptive=None):
         config = tracker.config
@@ -62,6 +80,7 @@ class PerformanceOptimizer:
         self._rates_per_s = None  # exact allocation rates by class over the last collection
         self._last = None
         self._classified_at = -math.inf
+        self._classify_every = self.RECOGNITION_EVERY_S
         self._running = False
         self._lock = threading.Lock()  # a snapshot() call can race a collection
         self._export_trouble = False  # in an episode of failing exports
@@ -171,8 +190,9 @@ class PerformanceOptimizer:
     def _update_workload(self, counters):
         now = time.monotonic()
         age = now - self.recognizer.window_started
-        # Classifying costs a few ms (the frame-clock search): not at every collection.
-        if age < self.RECOGNITION_MIN_S or now - self._classified_at < self.RECOGNITION_EVERY_S:
+        # Classifying costs a few ms (the frame-clock search): not at every collection, and less
+        # often while the answer stays the same (a long-running service pays for it all day).
+        if age < self.RECOGNITION_MIN_S or now - self._classified_at < self._classify_every:
             return
         self._classified_at = now
         features = self.recognizer.features(counters)
@@ -180,6 +200,9 @@ class PerformanceOptimizer:
             workload, reasons = classify(features)
             if workload != self.workload:
                 log.debug("memscope workload: %s -> %s (%s)", self.workload, workload, "; ".join(reasons))
+                self._classify_every = self.RECOGNITION_EVERY_S
+            else:
+                self._classify_every = min(2 * self._classify_every, self.RECOGNITION_STEADY_S)
             self.workload, self.features, self.reasons = workload, features, reasons
         if age >= self.RECOGNITION_WINDOW_S:
             self.recognizer.reset(counters)
@@ -312,16 +335,18 @@ class PerformanceOptimizer:
         export_share, app_s = export_s / max(gap, 1e-9), figures.get("app_cpu_s", 0.0)
         of_app = export_s / app_s if app_s > 0 else 0.0
         if 0 < interval < DEFAULT_EXPORT_INTERVAL_S and (export_share > EXPORT_NOTE or of_app > EXPORT_OF_APP_NOTE):
+            new_ms = longer_export_interval_ms(interval, export_share, of_app)
+            saved = export_share * (1 - interval * 1000 / new_ms)
             recs.append(Recommendation(
-                "export_interval", int(interval * 1000), int(interval * 2000),
-                "export metrics half as often",
+                "export_interval", int(interval * 1000), new_ms,
+                f"export metrics every {new_ms / 1000:g} s instead of every {interval:g} s",
                 f"each export costs CPU whatever the sampling rates: memscope's collections took "
                 f"{figures.get('collection_s', 0.0) * 1000:.1f} ms and the SDK's aggregation and export on its "
                 f"exporting thread {figures.get('export_s', 0.0) * 1000:.1f} ms in {gap:.2f} s, {export_share:.2%} "
                 f"of a core and {of_app:.1%} of the application's own CPU",
-                f"about {-export_share / 2:+.2%} of a core",
-                "none: the counters are cumulative; the series get half as many points",
-                live=False, predicted_cpu=-export_share / 2, env="OTEL_METRIC_EXPORT_INTERVAL"))
+                f"about {-saved:+.2%} of a core",
+                f"none: the counters are cumulative; the series get {new_ms / (interval * 1000):.3g} times fewer points",
+                live=False, predicted_cpu=-saved, env="OTEL_METRIC_EXPORT_INTERVAL"))
         # Exports failing, or slow enough to stretch the collections: outside memscope.
         failures, drift = figures.get("export_failures", 0), figures.get("drift", 0.0)
         if failures or drift >= CADENCE_DRIFT_BUDGET:

@@ -11,12 +11,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from memscope_otel.optimizer import classify
+from memscope_otel.optimizer import PerformanceOptimizer, classify
+from memscope_otel.optimizer.recognizer import MIN_RECORDS
 
 CHILD = Path(__file__).resolve().parent / "recognize_child.py"
 RUNS = 10
@@ -91,3 +93,48 @@ def test_classify_names_the_conditions_that_held():
     assert kind == "web_server" and reasons == ["network_site_fraction 0.5 >= 0.25"]
     kind, reasons = classify({"records": 1000, "alloc_rate": 10})
     assert kind == "generic"
+
+
+def test_classification_backs_off_while_the_workload_stays_the_same(monkeypatch):
+    """Every 5 s at first; while the answer stays the same, 10, 20, then every 30 s; back to every
+    5 s from the first change."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import memscope_otel
+    from memscope_otel.optimizer import performance_optimizer
+
+    now = [0.0]
+    answers = iter(["game_loop"] * 6 + ["web_server"] * 10)
+    classified = []
+
+    class Recognizer:  # stands in for the window: old enough, with enough records
+        window_started = -10.0
+
+        def features(self, counters=None):
+            classified.append(now[0])
+            return {"records": MIN_RECORDS}
+
+        def reset(self, counters=None):
+            pass
+
+    class Clock:  # the module's time, with its clock scripted (time.monotonic itself left alone)
+        def __getattr__(self, name):
+            return (lambda: now[0]) if name == "monotonic" else getattr(time, name)
+
+    monkeypatch.setattr(performance_optimizer, "time", Clock())
+    monkeypatch.setattr(performance_optimizer, "classify", lambda features: (next(answers), ["scripted"]))
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    tracker = memscope_otel.start(provider)
+    optimizer = PerformanceOptimizer(tracker, adaptive=False)
+    optimizer.recognizer = Recognizer()
+    try:
+        for t in range(0, 200):
+            now[0] = float(t)
+            optimizer._update_workload(None)
+    finally:
+        memscope_otel.stop()
+        provider.shutdown()
+    # game_loop at 0 (a change from "generic"), then the same at 5, 15, 35, 65, 95; web_server at
+    # 125 (a change): 5 s again; the same at 130, then 10 s.
+    assert classified[:9] == [0, 5, 15, 35, 65, 95, 125, 130, 140], classified

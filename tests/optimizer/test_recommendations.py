@@ -9,12 +9,36 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 import memscope_otel
 from memscope_otel import sampler
 from memscope_otel.optimizer import relative_error
+from memscope_otel.optimizer.performance_optimizer import longer_export_interval_ms
+from memscope_otel.optimizer.pressure import EXPORT_NOTE, EXPORT_OF_APP_NOTE
 
 
 def test_relative_error_matches_the_binomial_formula():
     assert relative_error(10_000, 0.01, 0) == pytest.approx(np.sqrt(0.99 / 100))
     assert relative_error(10_000, 1.0, 1000) == 0.0
     assert relative_error(0, 0.5, 1000) == float("inf")
+
+
+@pytest.mark.parametrize("interval_s, export_share, of_app, expected_ms", [
+    (0.1, 0.021, 0.0, 200),     # just over a note: the least step, twice the interval
+    (0.5, 0.02, 0.50, 5000),    # half the application's CPU: 10x, the step 5 s
+    (0.5, 0.09, 0.21, 5000),    # 4.5x of a core, 4.2x of the application: 2.25 s wanted, 5 s given
+    (1.0, 0.10, 0.0, 5000),     # exactly 5x: the step itself
+    (2.0, 0.001, 0.06, 5000),   # 1.2x would do: twice, 4 s, is the 5 s step
+    (10.0, 0.5, 0.0, 60000),    # 25x would be 250 s: never past the SDK's default
+    (45.0, 0.03, 0.0, 60000),
+])
+def test_a_longer_export_interval_brings_both_shares_under_their_notes(interval_s, export_share, of_app, expected_ms):
+    """Both shares fall in proportion to the interval: one step of the 1-2-5 series, at least
+    twice the interval, under both notes unless capped at 60 s."""
+    new_ms = longer_export_interval_ms(interval_s, export_share, of_app)
+    assert new_ms == expected_ms
+    factor = new_ms / (interval_s * 1000)
+    assert factor >= 2 or new_ms == 60000
+    if new_ms < 60000:
+        assert export_share / factor <= EXPORT_NOTE and of_app / factor <= EXPORT_OF_APP_NOTE
+    digits = str(new_ms).rstrip("0")
+    assert digits in ("1", "2", "5") or new_ms == 60000
 
 
 @pytest.fixture
