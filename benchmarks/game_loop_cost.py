@@ -11,11 +11,17 @@ recognizer's features (WorkloadRecognizer.cpu), the drainer and the mover (Drain
 which the mover), and the sampled path (slow_path_ns, wall clock). Last, one classification's
 features computed after the run (the sort of the window's times and the frame-clock search).
 
-    python benchmarks/game_loop_cost.py [--seconds 6] [--interval-ms 500]
+The untracked and tracked runs alternate ``--rounds`` times (a fresh pair of interpreters each
+round: one machine's CPU per frame drifts by several per cent from one run to the next); every
+figure is the median of the rounds, and the overhead is the median of each round's tracked run
+against its own untracked run.
+
+    python benchmarks/game_loop_cost.py [--seconds 6] [--interval-ms 500] [--rounds 3]
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -79,21 +85,29 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--interval-ms", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=3, help="untracked and tracked runs, alternating")
     ap.add_argument("--child", choices=["untracked", "tracked"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.seconds, args.interval_ms, args.child == "tracked")))
         return
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     print("memscope-otel game loop cost:", _common.machine())
-    runs = {}
-    for mode in ("untracked", "tracked"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--seconds", str(args.seconds),
-               "--interval-ms", str(args.interval_ms)]
-        runs[mode] = _common.run_json_child(cmd, f"game loop ({mode})")
-    base, t = runs["untracked"]["process_ms"], runs["tracked"]
-    print(f"{args.seconds:g} s of the game loop, exporting every {args.interval_ms} ms; ms of CPU per second:")
+    runs = {"untracked": [], "tracked": []}
+    for round_ in range(args.rounds):
+        for mode in runs:
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--seconds", str(args.seconds),
+                   "--interval-ms", str(args.interval_ms)]
+            runs[mode].append(_common.run_json_child(cmd, f"game loop ({mode}, round {round_ + 1})"))
+    base = statistics.median(r["process_ms"] for r in runs["untracked"])
+    t = {key: statistics.median(r[key] for r in runs["tracked"]) for key in runs["tracked"][0]}
+    overheads = [100 * (tr["process_ms"] / un["process_ms"] - 1) for un, tr in zip(runs["untracked"], runs["tracked"])]
+    print(f"{args.seconds:g} s of the game loop, exporting every {args.interval_ms} ms; ms of CPU per second "
+          f"(medians of {args.rounds} rounds):")
     print(f"  process, untracked                 {base:7.2f}")
-    print(f"  process, tracked                   {t['process_ms']:7.2f}   (+{100 * (t['process_ms'] / base - 1):.0f} %)")
+    print(f"  process, tracked                   {t['process_ms']:7.2f}   ({statistics.median(overheads):+.0f} %; "
+          f"rounds: {', '.join(f'{o:+.0f} %' for o in overheads)})")
     print(f"    the loop's own thread            {t['loop_thread_ms']:7.2f}")
     print(f"      of which the sampled path      {t['sampled_path_ms']:7.2f}   (wall clock)")
     print(f"    the SDK's aggregation and export {t['sdk_export_ms']:7.2f}")
