@@ -6,9 +6,9 @@ For each workload (a WSGI app under load from client threads, a data pipeline, a
 a numpy training loop; see examples/workloads) it:
 
 1. runs it untracked, to get its CPU cost per unit of work (requests, batches, frames, steps);
-2. runs it tracked (metrics exported every 500 ms; a run lasts at least two export intervals), then shows the recognized workload with the
-   features behind it, the tracker's CPU overhead, and the error of the estimated allocation
-   count against the exact counters;
+2. runs it tracked (metrics exported every 500 ms; a tracked run lasts two export intervals at
+   least), then shows the recognized workload with the features behind it, the tracker's CPU
+   overhead, and the error of the estimated allocation count against the exact counters;
 3. asks the optimizer for recommendations, applies those that cost no CPU (the live ones to
    the running tracker, the restart-only ones as settings of the next start; advice is only
    shown), runs again ("after") and shows the same figures, with the change the recommendations

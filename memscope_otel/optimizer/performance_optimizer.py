@@ -26,6 +26,7 @@ log = logging.getLogger("memscope_otel.optimizer")  # one logger for the whole o
 # collection interval without a failure), and at most this often: the SDK logs each failure itself.
 EXPORT_WARNING_EVERY_S = 600.0
 
+
 def longer_export_interval_ms(interval_s, export_share, of_app):
     """The export interval (ms) to recommend over ``interval_s`` when collecting and exporting take
     ``export_share`` of a core and ``of_app`` of the application's CPU: an export costs the same
@@ -191,8 +192,10 @@ class PerformanceOptimizer:
         now = time.monotonic()
         age = now - self.recognizer.window_started
         # Classifying costs a few ms (the frame-clock search): not at every collection, and less
-        # often while the answer stays the same (a long-running service pays for it all day).
-        if age < self.RECOGNITION_MIN_S or now - self._classified_at < self._classify_every:
+        # often while the answer stays the same (a long-running service pays for it all day). A
+        # full window is always classified before the next one starts.
+        full = age >= self.RECOGNITION_WINDOW_S
+        if age < self.RECOGNITION_MIN_S or (now - self._classified_at < self._classify_every and not full):
             return
         self._classified_at = now
         features = self.recognizer.features(counters)
@@ -204,7 +207,7 @@ class PerformanceOptimizer:
             else:
                 self._classify_every = min(2 * self._classify_every, self.RECOGNITION_STEADY_S)
             self.workload, self.features, self.reasons = workload, features, reasons
-        if age >= self.RECOGNITION_WINDOW_S:
+        if full:
             self.recognizer.reset(counters)
 
     def recognize(self):

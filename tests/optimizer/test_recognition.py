@@ -97,7 +97,7 @@ def test_classify_names_the_conditions_that_held():
 
 def test_classification_backs_off_while_the_workload_stays_the_same(monkeypatch):
     """Every 5 s at first; while the answer stays the same, 10, 20, then every 30 s; back to every
-    5 s from the first change."""
+    5 s from the first change. A window is still classified when it is full (60 s), then reset."""
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -106,9 +106,9 @@ def test_classification_backs_off_while_the_workload_stays_the_same(monkeypatch)
 
     now = [0.0]
     answers = iter(["game_loop"] * 6 + ["web_server"] * 10)
-    classified = []
+    classified, resets = [], []
 
-    class Recognizer:  # stands in for the window: old enough, with enough records
+    class Recognizer:  # stands in for the window: enough records, and 10 s old at first
         window_started = -10.0
 
         def features(self, counters=None):
@@ -116,7 +116,8 @@ def test_classification_backs_off_while_the_workload_stays_the_same(monkeypatch)
             return {"records": MIN_RECORDS}
 
         def reset(self, counters=None):
-            pass
+            resets.append(now[0])
+            self.window_started = now[0]
 
     class Clock:  # the module's time, with its clock scripted (time.monotonic itself left alone)
         def __getattr__(self, name):
@@ -135,6 +136,8 @@ def test_classification_backs_off_while_the_workload_stays_the_same(monkeypatch)
     finally:
         memscope_otel.stop()
         provider.shutdown()
-    # game_loop at 0 (a change from "generic"), then the same at 5, 15, 35, 65, 95; web_server at
-    # 125 (a change): 5 s again; the same at 130, then 10 s.
-    assert classified[:9] == [0, 5, 15, 35, 65, 95, 125, 130, 140], classified
+    # game_loop at 0 (a change from "generic"), then the same 5, 10, 20 s later; at 50 the window
+    # is 60 s old: classified whatever the back-off, then a new one; the same 30 s later, at 80;
+    # web_server (a change) at 110, the next full window: 5 s again, then 10, 20.
+    assert classified[:10] == [0, 5, 15, 35, 50, 80, 110, 115, 125, 145], classified
+    assert resets[:2] == [50, 110], resets
