@@ -270,6 +270,23 @@ class ExportError(Exception):
     """An export that did not reach the receiver or that it refused (the message says which)."""
 
 
+# Set in a forked child whose fork found a gRPC export of ours still in flight (profiles_push's
+# FORK_WAIT_S passed): gRPC's fork handlers were skipped, so its core state in this process (and
+# in any process forked from it) is not safe to use.
+_grpc_forked_in_flight = False
+_fork_in_flight = False  # what the fork being made found (the parent's view, until the child's)
+
+
+def note_fork(grpc_in_flight):
+    global _fork_in_flight
+    _fork_in_flight = grpc_in_flight
+
+
+def forked_child():
+    global _grpc_forked_in_flight
+    _grpc_forked_in_flight = _grpc_forked_in_flight or _fork_in_flight
+
+
 def _read(path):
     with open(path, "rb") as f:
         return f.read()
@@ -310,9 +327,13 @@ class ProfilesExporter:
             self._export_http(request)
 
     def _export_grpc(self, request):
+        s = self.settings
+        if _grpc_forked_in_flight:
+            raise ExportError(f"gRPC export to {s.endpoint} not made: this process was forked while a gRPC export "
+                              f"was in flight, which leaves gRPC unusable here (use "
+                              f"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf in processes that fork)")
         import grpc
 
-        s = self.settings
         try:
             response = self._grpc_stub().Export(
                 request, timeout=s.timeout_s, metadata=list(s.headers.items()) or None,

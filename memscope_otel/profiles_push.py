@@ -11,11 +11,13 @@ building, never for a wait on the network.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 
-from . import sampler
+from . import profiles_otlp, sampler
 from .profiles_otlp import ExportError, encode_request
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,11 @@ QUEUE_REQUESTS = 2
 # of the wall time, a request this many bytes, and no request dropped.
 EXPORT_BUSY_BUDGET = 0.5
 PAYLOAD_BUDGET = 4 * 2**20
+# gRPC's own fork handlers do nothing when another thread is inside a gRPC call at the fork, and a
+# child that then opens a channel can crash in gRPC's core. A fork therefore waits this long at
+# most for a gRPC export in flight to end (an export takes milliseconds when the Collector is
+# up); past that the fork goes on and the child sends nothing over gRPC (profiles_otlp).
+FORK_WAIT_S = 1.0
 
 
 class ProfilePusher:
@@ -44,12 +51,15 @@ class ProfilePusher:
         self._queue = queue.Queue(QUEUE_REQUESTS)
         self._stop = threading.Event()
         self._threads = []
+        self._exporting = threading.Lock()  # held by an export, and by a fork for its duration
+        self._held_for_fork = False
 
     def start(self):
         self._threads = [threading.Thread(target=self._build_loop, name="memscope-profiles", daemon=True),
                          threading.Thread(target=self._send_loop, name="memscope-profiles-send", daemon=True)]
         for t in self._threads:
             t.start()
+        _pushers.add(self)
 
     def stop(self, timeout=5.0):
         """Pushes the last interval (if the queue has room) and ends both threads; a request still
@@ -96,7 +106,8 @@ class ProfilePusher:
                 return
             t0 = time.monotonic()
             try:
-                self.exporter.export(request)
+                with self._exporting:
+                    self.exporter.export(request)
             except ExportError as exc:
                 self.stats["failed"] += 1
                 # One line when exports start failing and one when they work again, not one per
@@ -130,3 +141,40 @@ class ProfilePusher:
             "profiles_payload": (size / PAYLOAD_BUDGET, f"profiles: {size / 2**20:.1f} MiB per request"),
             "profiles_dropped": (float(lost), f"profiles: {lost} requests dropped (queue full)"),
         }
+
+    def before_fork(self):
+        """Keeps this pusher's gRPC export out of the fork (see FORK_WAIT_S): True when it did."""
+        if getattr(getattr(self.exporter, "settings", None), "protocol", None) != "grpc":
+            return True
+        self._held_for_fork = self._exporting.acquire(timeout=FORK_WAIT_S)
+        return self._held_for_fork
+
+    def after_fork(self):
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._exporting.release()
+
+
+_pushers = weakref.WeakSet()  # the started pushers, for the fork handlers
+
+
+def _before_fork():
+    in_flight = [p for p in list(_pushers) if not p.before_fork()]
+    profiles_otlp.note_fork(grpc_in_flight=bool(in_flight))
+
+
+def _after_fork():
+    for pusher in list(_pushers):
+        pusher.after_fork()
+
+
+def _after_fork_in_child():
+    # The parent's pushers have no threads here (the child starts a pusher of its own), and a lock
+    # their sender held at the fork stays held: forget them, or the child's own forks would wait.
+    for pusher in list(_pushers):
+        pusher._exporting, pusher._held_for_fork = threading.Lock(), False
+    _pushers.clear()
+    profiles_otlp.forked_child()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork_in_child)

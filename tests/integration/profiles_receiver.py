@@ -4,8 +4,12 @@ protobuf, optionally gzip-encoded), as a Collector with the profiles feature gat
 It keeps every request with the headers it came with, and can be told to answer slowly."""
 from __future__ import annotations
 
+import base64
 import gzip
 import http.server
+import json
+import subprocess
+import sys
 import threading
 import time
 from concurrent import futures
@@ -89,3 +93,54 @@ class ProfilesReceiver:
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
+
+
+class ReceiverProcess(ProfilesReceiver):
+    """The same receiver in a process of its own, for a test that forks: gRPC does nothing at a
+    fork while another thread of the process is inside gRPC (a server's threads always may be),
+    and a child that then makes a gRPC call can crash. ``requests`` and ``wait`` as above."""
+
+    def start(self):
+        self._proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True)
+        self.grpc_port, self.http_port = json.loads(self._proc.stdout.readline())
+        threading.Thread(target=self._forwarded, daemon=True).start()
+        return self
+
+    def _forwarded(self):
+        for line in self._proc.stdout:
+            protocol, headers, body = json.loads(line)
+            request = profiles_service_pb2.ExportProfilesServiceRequest()
+            request.ParseFromString(base64.b64decode(body))
+            with self.arrived:
+                self.requests.append((protocol, headers, request))
+                self.arrived.notify_all()
+
+    def stop(self):
+        self._proc.stdin.close()  # the process ends at the end of its input
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _forward_requests():
+    """ReceiverProcess's process: the ports, then each request on a line of its own."""
+    printing = threading.Lock()
+
+    class Forwarding(ProfilesReceiver):
+        def _keep(self, protocol, headers, request):
+            line = json.dumps([protocol, {k: str(v) for k, v in headers.items()},
+                               base64.b64encode(request.SerializeToString()).decode()])
+            with printing:
+                print(line, flush=True)
+
+    receiver = Forwarding().start()
+    print(json.dumps([receiver.grpc_port, receiver.http_port]), flush=True)
+    sys.stdin.read()
+    receiver.stop()
+
+
+if __name__ == "__main__":
+    _forward_requests()

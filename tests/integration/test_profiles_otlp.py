@@ -4,6 +4,7 @@ metrics' resource, and the expected samples; a Collector that refuses connection
 slowly costs the application nothing but a bounded queue, and what is dropped is counted."""
 import logging
 import os
+import threading
 import time
 
 import pytest
@@ -14,7 +15,7 @@ import memscope_otel
 from memscope_otel import profiles_otlp, profiles_push, tracker as tracker_module
 from memscope_otel.profiles_otlp import Frame, Profile, decode_samples, encode_request
 
-from .profiles_receiver import ProfilesReceiver
+from .profiles_receiver import ProfilesReceiver, ReceiverProcess
 
 N_BLOCKS, BLOCK = 30, 200_000
 OTLP_VARIABLES = [k for k in os.environ if k.startswith("OTEL_EXPORTER_OTLP_")]
@@ -122,9 +123,19 @@ def allocate_in_child():
 CHILD_LINE = allocate_in_child.__code__.co_firstlineno + 1
 
 
-def test_forked_child_pushes_its_own_profiles(receiver, clean_env):
+def test_forked_child_pushes_its_own_profiles(clean_env):
     """A forked child has a pusher of its own (the parent's threads and connection stay the
-    parent's), and its allocation profile starts from its own zero."""
+    parent's), and its allocation profile starts from its own zero. (The receiver runs in a
+    process of its own: its gRPC server's threads in this one would make the fork unsafe for
+    gRPC, whatever memscope does.)"""
+    receiver = ReceiverProcess().start()
+    try:
+        _fork_a_pushing_child(receiver, clean_env)
+    finally:
+        receiver.stop()
+
+
+def _fork_a_pushing_child(receiver, clean_env):
     clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.grpc_port}")
     provider = MeterProvider(resource=Resource.create({"service.name": "forking-app"}))
     memscope_otel.start(meter_provider=provider, profiles_exporter="otlp", profiles_interval=1, adaptive=False)
@@ -236,3 +247,101 @@ def test_pressure_on_the_optimizer_counts_drops_and_busy_time():
     assert 0.6 <= loads["profiles_export"] <= 1.8 + 1e-9
     assert loads["profiles_payload"] < 0.01
     assert pusher.pressure(1.0)["profiles_dropped"][0] == 0  # per interval, not cumulative
+
+
+class _BlockingExporter:
+    """Stands in for ProfilesExporter: an export takes ``seconds``, and says when it started and ended."""
+
+    def __init__(self, protocol, seconds):
+        self.settings = profiles_otlp.OtlpSettings(protocol=protocol)
+        self.seconds = seconds
+        self.started, self.ended = threading.Event(), []
+
+    def export(self, request):
+        self.started.set()
+        time.sleep(self.seconds)
+        self.ended.append(time.monotonic())
+
+    def close(self):
+        pass
+
+
+def _fork_during_an_export(protocol, seconds):
+    """Forks while the pusher's export is in flight: (when fork() returned in the parent, the
+    exporter, the child's exit code). The child exits 0 when it may use gRPC, 5 when an export
+    over gRPC is refused there with the fork named, and 6 otherwise."""
+    exporter = _BlockingExporter(protocol, seconds)
+    pusher = profiles_push.ProfilePusher(lambda: [], exporter, {"service.name": "s"}, interval_s=3600)
+    pusher.start()
+    try:
+        assert pusher.push_now()
+        assert exporter.started.wait(10)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 6
+            try:
+                if not profiles_otlp._grpc_forked_in_flight:
+                    code = 0
+                else:
+                    try:
+                        profiles_otlp.ProfilesExporter(profiles_otlp.OtlpSettings(endpoint="127.0.0.1:9")).export(
+                            encode_request([], {"service.name": "s"}))
+                    except profiles_otlp.ExportError as exc:
+                        code = 5 if "forked while a gRPC export was in flight" in str(exc) else 6
+            finally:
+                os._exit(code)
+        forked_at = time.monotonic()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        pusher.stop()
+    return forked_at, exporter, os.waitstatus_to_exitcode(status)
+
+
+def test_a_fork_waits_for_the_grpc_export_in_flight():
+    """gRPC skips its fork handlers while another thread is inside a call, and a child that then
+    uses gRPC can crash: the fork waits for the export to end, and the child may use gRPC."""
+    forked_at, exporter, code = _fork_during_an_export("grpc", 0.4)
+    assert exporter.ended and forked_at >= exporter.ended[0]
+    assert code == 0
+    assert not profiles_otlp._grpc_forked_in_flight  # (the parent's own view never changes)
+
+
+def test_a_fork_past_the_wait_leaves_the_child_off_grpc(monkeypatch):
+    monkeypatch.setattr(profiles_push, "FORK_WAIT_S", 0.1)
+    forked_at, exporter, code = _fork_during_an_export("grpc", 1.5)
+    assert exporter.ended and forked_at < exporter.ended[0]  # the fork did not wait for it
+    assert code == 5  # the child refuses gRPC, with the reason
+    assert not profiles_otlp._grpc_forked_in_flight
+
+
+def test_a_fork_does_not_wait_for_an_http_export():
+    forked_at, exporter, code = _fork_during_an_export("http/protobuf", 1.5)
+    assert exporter.ended and forked_at < exporter.ended[0]
+    assert code == 0
+
+
+def test_a_child_forked_past_the_wait_forks_again_without_waiting(monkeypatch):
+    """The parent's pusher, whose sender held its lock at the fork, is forgotten in the child: a
+    fork there does not wait on a lock nobody will release."""
+    monkeypatch.setattr(profiles_push, "FORK_WAIT_S", 0.5)
+    exporter = _BlockingExporter("grpc", 3.0)
+    pusher = profiles_push.ProfilePusher(lambda: [], exporter, {"service.name": "s"}, interval_s=3600)
+    pusher.start()
+    try:
+        assert pusher.push_now() and exporter.started.wait(10)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                t0 = time.monotonic()
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os._exit(0)
+                os.waitpid(grandchild, 0)
+                code = 0 if time.monotonic() - t0 < 0.4 else 7
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        pusher.stop()
+    assert os.waitstatus_to_exitcode(status) == 0
