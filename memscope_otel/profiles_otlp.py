@@ -270,21 +270,15 @@ class ExportError(Exception):
     """An export that did not reach the receiver or that it refused (the message says which)."""
 
 
-# Set in a forked child whose fork found a gRPC export of ours still in flight (profiles_push's
-# FORK_WAIT_S passed): gRPC's fork handlers were skipped, so its core state in this process (and
-# in any process forked from it) is not safe to use.
-_grpc_forked_in_flight = False
-_fork_in_flight = False  # what the fork being made found (the parent's view, until the child's)
+# Set in a process forked while a gRPC export of ours was still in flight (profiles_push's
+# FORK_WAIT_S passed): gRPC's fork handlers were skipped, so its core state here (and in any
+# process forked from here) is not safe to use.
+_grpc_unusable = False
 
 
-def note_fork(grpc_in_flight):
-    global _fork_in_flight
-    _fork_in_flight = grpc_in_flight
-
-
-def forked_child():
-    global _grpc_forked_in_flight
-    _grpc_forked_in_flight = _grpc_forked_in_flight or _fork_in_flight
+def forked_during_a_grpc_call():
+    global _grpc_unusable
+    _grpc_unusable = True
 
 
 def _read(path):
@@ -328,7 +322,7 @@ class ProfilesExporter:
 
     def _export_grpc(self, request):
         s = self.settings
-        if _grpc_forked_in_flight:
+        if _grpc_unusable:
             raise ExportError(f"gRPC export to {s.endpoint} not made: this process was forked while a gRPC export "
                               f"was in flight, which leaves gRPC unusable here (use "
                               f"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf in processes that fork)")

@@ -29,14 +29,15 @@ EXPORT_BUSY_BUDGET = 0.5
 PAYLOAD_BUDGET = 4 * 2**20
 # gRPC's own fork handlers do nothing when another thread is inside a gRPC call at the fork, and a
 # child that then opens a channel can crash in gRPC's core. A fork therefore waits this long at
-# most for a gRPC export in flight to end (an export takes milliseconds when the Collector is
-# up); past that the fork goes on and the child sends nothing over gRPC (profiles_otlp).
+# most for a gRPC export in flight to end (1.6 to 13.5 ms each to a receiver on the same machine,
+# README); past that the fork goes on and the child sends nothing over gRPC (profiles_otlp).
 FORK_WAIT_S = 1.0
 
 
 class ProfilePusher:
     """``build()`` returns the profiles of one push (a list of ``profiles_otlp.Profile``); the
-    pusher encodes them under ``resource_attributes`` and sends them with ``exporter``."""
+    pusher encodes them under ``resource_attributes`` and sends them with ``exporter`` (a
+    ``profiles_otlp.ProfilesExporter``: ``export``, ``close`` and its ``settings``)."""
 
     def __init__(self, build, exporter, resource_attributes, interval_s, scope_version=""):
         self.build = build
@@ -52,7 +53,6 @@ class ProfilePusher:
         self._stop = threading.Event()
         self._threads = []
         self._exporting = threading.Lock()  # held by an export, and by a fork for its duration
-        self._held_for_fork = False
 
     def start(self):
         self._threads = [threading.Thread(target=self._build_loop, name="memscope-profiles", daemon=True),
@@ -71,6 +71,7 @@ class ProfilePusher:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
+        _pushers.discard(self)
         self.exporter.close()
 
     def push_now(self):
@@ -142,39 +143,32 @@ class ProfilePusher:
             "profiles_dropped": (float(lost), f"profiles: {lost} requests dropped (queue full)"),
         }
 
-    def before_fork(self):
-        """Keeps this pusher's gRPC export out of the fork (see FORK_WAIT_S): True when it did."""
-        if getattr(getattr(self.exporter, "settings", None), "protocol", None) != "grpc":
-            return True
-        self._held_for_fork = self._exporting.acquire(timeout=FORK_WAIT_S)
-        return self._held_for_fork
-
-    def after_fork(self):
-        if self._held_for_fork:
-            self._held_for_fork = False
-            self._exporting.release()
-
 
 _pushers = weakref.WeakSet()  # the started pushers, for the fork handlers
+_held = []  # the pushers whose gRPC export a fork is keeping out, for its duration
+_grpc_in_flight = False  # the fork being made found one still in flight after FORK_WAIT_S
 
 
 def _before_fork():
-    in_flight = [p for p in list(_pushers) if not p.before_fork()]
-    profiles_otlp.note_fork(grpc_in_flight=bool(in_flight))
+    global _held, _grpc_in_flight
+    over_grpc = [p for p in list(_pushers) if p.exporter.settings.protocol == "grpc"]
+    _held = [p for p in over_grpc if p._exporting.acquire(timeout=FORK_WAIT_S)]
+    _grpc_in_flight = len(_held) < len(over_grpc)
 
 
-def _after_fork():
-    for pusher in list(_pushers):
-        pusher.after_fork()
+def _after_fork_in_parent():
+    for pusher in _held:
+        pusher._exporting.release()
+    _held.clear()
 
 
 def _after_fork_in_child():
-    # The parent's pushers have no threads here (the child starts a pusher of its own), and a lock
-    # their sender held at the fork stays held: forget them, or the child's own forks would wait.
-    for pusher in list(_pushers):
-        pusher._exporting, pusher._held_for_fork = threading.Lock(), False
+    # The parent's pushers have no threads here (the child starts a pusher of its own), and a
+    # lock their sender held at the fork stays held: forgotten, or the child's forks would wait.
     _pushers.clear()
-    profiles_otlp.forked_child()
+    _held.clear()
+    if _grpc_in_flight:
+        profiles_otlp.forked_during_a_grpc_call()
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

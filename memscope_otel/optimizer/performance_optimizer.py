@@ -35,13 +35,10 @@ def longer_export_interval_ms(interval_s, export_share, of_app):
     EXPORT_OF_APP_NOTE), at least twice the interval (so one recommendation does it, rather than
     halving it again every window), and never past the SDK's default of 60 s."""
     factor = max(2.0, export_share / EXPORT_NOTE, of_app / EXPORT_OF_APP_NOTE)
-    wanted = interval_s * 1000.0 * factor
-    cap = int(DEFAULT_EXPORT_INTERVAL_S * 1000)
+    wanted = interval_s * 1000.0 * factor * (1 - 1e-9)  # (a share exactly 5x a note wants 5x, not 10x)
     decade = 10 ** max(0, math.floor(math.log10(max(wanted, 1.0))))
-    for step in (1, 2, 5, 10):
-        if step * decade >= wanted - 1e-9 * wanted:
-            return min(int(step * decade), cap)
-    return cap  # (not reached: 10 * decade >= wanted)
+    step = next(s * decade for s in (1, 2, 5, 10) if s * decade >= wanted)
+    return min(step, int(DEFAULT_EXPORT_INTERVAL_S * 1000))
 
 
 class PerformanceOptimizer:

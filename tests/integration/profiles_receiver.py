@@ -112,9 +112,7 @@ class ReceiverProcess(ProfilesReceiver):
             protocol, headers, body = json.loads(line)
             request = profiles_service_pb2.ExportProfilesServiceRequest()
             request.ParseFromString(base64.b64decode(body))
-            with self.arrived:
-                self.requests.append((protocol, headers, request))
-                self.arrived.notify_all()
+            self._keep(protocol, headers, request)
 
     def stop(self):
         self._proc.stdin.close()  # the process ends at the end of its input

@@ -123,19 +123,19 @@ def allocate_in_child():
 CHILD_LINE = allocate_in_child.__code__.co_firstlineno + 1
 
 
-def test_forked_child_pushes_its_own_profiles(clean_env):
+@pytest.fixture
+def receiver_process():
+    r = ReceiverProcess().start()
+    yield r
+    r.stop()
+
+
+def test_forked_child_pushes_its_own_profiles(receiver_process, clean_env):
     """A forked child has a pusher of its own (the parent's threads and connection stay the
     parent's), and its allocation profile starts from its own zero. (The receiver runs in a
     process of its own: its gRPC server's threads in this one would make the fork unsafe for
     gRPC, whatever memscope does.)"""
-    receiver = ReceiverProcess().start()
-    try:
-        _fork_a_pushing_child(receiver, clean_env)
-    finally:
-        receiver.stop()
-
-
-def _fork_a_pushing_child(receiver, clean_env):
+    receiver = receiver_process
     clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.grpc_port}")
     provider = MeterProvider(resource=Resource.create({"service.name": "forking-app"}))
     memscope_otel.start(meter_provider=provider, profiles_exporter="otlp", profiles_interval=1, adaptive=False)
@@ -224,31 +224,6 @@ def test_encoding_round_trips_and_shares_one_dictionary():
     assert tracker_module.current() is None
 
 
-def test_pressure_on_the_optimizer_counts_drops_and_busy_time():
-    class SlowExporter:
-        def export(self, request):
-            time.sleep(0.3)
-
-        def close(self):
-            pass
-
-    pusher = profiles_push.ProfilePusher(lambda: [], SlowExporter(), {"service.name": "s"}, interval_s=3600)
-    pusher.start()
-    try:
-        pushed = [pusher.push_now() for _ in range(6)]  # one in flight, two queued, the rest dropped
-        time.sleep(1.0)
-        loads = {name: load for name, (load, _) in pusher.pressure(1.0).items()}
-    finally:
-        pusher.stop()
-    assert pushed.count(False) == pusher.stats["dropped"] >= 2
-    assert loads["profiles_dropped"] == pusher.stats["dropped"]
-    # 0.3 s per export, three at most in the second that passed (one in flight, two queued), over a
-    # budget of half the time: at least one done however loaded the machine
-    assert 0.6 <= loads["profiles_export"] <= 1.8 + 1e-9
-    assert loads["profiles_payload"] < 0.01
-    assert pusher.pressure(1.0)["profiles_dropped"][0] == 0  # per interval, not cumulative
-
-
 class _BlockingExporter:
     """Stands in for ProfilesExporter: an export takes ``seconds``, and says when it started and ended."""
 
@@ -266,10 +241,28 @@ class _BlockingExporter:
         pass
 
 
-def _fork_during_an_export(protocol, seconds):
+def test_pressure_on_the_optimizer_counts_drops_and_busy_time():
+    pusher = profiles_push.ProfilePusher(lambda: [], _BlockingExporter("grpc", 0.3), {"service.name": "s"},
+                                         interval_s=3600)
+    pusher.start()
+    try:
+        pushed = [pusher.push_now() for _ in range(6)]  # one in flight, two queued, the rest dropped
+        time.sleep(1.0)
+        loads = {name: load for name, (load, _) in pusher.pressure(1.0).items()}
+    finally:
+        pusher.stop()
+    assert pushed.count(False) == pusher.stats["dropped"] >= 2
+    assert loads["profiles_dropped"] == pusher.stats["dropped"]
+    # 0.3 s per export, three at most in the second that passed (one in flight, two queued), over a
+    # budget of half the time: at least one done however loaded the machine
+    assert 0.6 <= loads["profiles_export"] <= 1.8 + 1e-9
+    assert loads["profiles_payload"] < 0.01
+    assert pusher.pressure(1.0)["profiles_dropped"][0] == 0  # per interval, not cumulative
+
+
+def _fork_during_an_export(protocol, seconds, in_child):
     """Forks while the pusher's export is in flight: (when fork() returned in the parent, the
-    exporter, the child's exit code). The child exits 0 when it may use gRPC, 5 when an export
-    over gRPC is refused there with the fork named, and 6 otherwise."""
+    exporter, the child's exit code: ``in_child()``'s)."""
     exporter = _BlockingExporter(protocol, seconds)
     pusher = profiles_push.ProfilePusher(lambda: [], exporter, {"service.name": "s"}, interval_s=3600)
     pusher.start()
@@ -278,16 +271,9 @@ def _fork_during_an_export(protocol, seconds):
         assert exporter.started.wait(10)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child reports through its exit code
-            code = 6
+            code = 1
             try:
-                if not profiles_otlp._grpc_forked_in_flight:
-                    code = 0
-                else:
-                    try:
-                        profiles_otlp.ProfilesExporter(profiles_otlp.OtlpSettings(endpoint="127.0.0.1:9")).export(
-                            encode_request([], {"service.name": "s"}))
-                    except profiles_otlp.ExportError as exc:
-                        code = 5 if "forked while a gRPC export was in flight" in str(exc) else 6
+                code = in_child()
             finally:
                 os._exit(code)
         forked_at = time.monotonic()
@@ -297,51 +283,51 @@ def _fork_during_an_export(protocol, seconds):
     return forked_at, exporter, os.waitstatus_to_exitcode(status)
 
 
+def _grpc_export_in_child():
+    """0: the export got past the fork check (to a port nobody listens on: refused by gRPC
+    itself); 5: refused for the fork."""
+    try:
+        profiles_otlp.ProfilesExporter(profiles_otlp.OtlpSettings(endpoint="127.0.0.1:9", timeout_s=2)).export(
+            encode_request([], {"service.name": "s"}))
+    except profiles_otlp.ExportError as exc:
+        return 5 if "forked while a gRPC export was in flight" in str(exc) else 0
+    return 0
+
+
 def test_a_fork_waits_for_the_grpc_export_in_flight():
     """gRPC skips its fork handlers while another thread is inside a call, and a child that then
     uses gRPC can crash: the fork waits for the export to end, and the child may use gRPC."""
-    forked_at, exporter, code = _fork_during_an_export("grpc", 0.4)
+    forked_at, exporter, code = _fork_during_an_export("grpc", 0.4, _grpc_export_in_child)
     assert exporter.ended and forked_at >= exporter.ended[0]
     assert code == 0
-    assert not profiles_otlp._grpc_forked_in_flight  # (the parent's own view never changes)
 
 
 def test_a_fork_past_the_wait_leaves_the_child_off_grpc(monkeypatch):
     monkeypatch.setattr(profiles_push, "FORK_WAIT_S", 0.1)
-    forked_at, exporter, code = _fork_during_an_export("grpc", 1.5)
+    forked_at, exporter, code = _fork_during_an_export("grpc", 1.5, _grpc_export_in_child)
     assert exporter.ended and forked_at < exporter.ended[0]  # the fork did not wait for it
     assert code == 5  # the child refuses gRPC, with the reason
-    assert not profiles_otlp._grpc_forked_in_flight
+    assert not profiles_otlp._grpc_unusable  # (in the parent, gRPC stays usable)
 
 
 def test_a_fork_does_not_wait_for_an_http_export():
-    forked_at, exporter, code = _fork_during_an_export("http/protobuf", 1.5)
+    forked_at, exporter, _ = _fork_during_an_export("http/protobuf", 1.5, lambda: 0)
     assert exporter.ended and forked_at < exporter.ended[0]
-    assert code == 0
 
 
 def test_a_child_forked_past_the_wait_forks_again_without_waiting(monkeypatch):
     """The parent's pusher, whose sender held its lock at the fork, is forgotten in the child: a
-    fork there does not wait on a lock nobody will release."""
+    fork there does not wait FORK_WAIT_S on a lock nobody will release (a fork of a process
+    that exits at once takes milliseconds)."""
     monkeypatch.setattr(profiles_push, "FORK_WAIT_S", 0.5)
-    exporter = _BlockingExporter("grpc", 3.0)
-    pusher = profiles_push.ProfilePusher(lambda: [], exporter, {"service.name": "s"}, interval_s=3600)
-    pusher.start()
-    try:
-        assert pusher.push_now() and exporter.started.wait(10)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit code
-            code = 1
-            try:
-                t0 = time.monotonic()
-                grandchild = os.fork()
-                if grandchild == 0:
-                    os._exit(0)
-                os.waitpid(grandchild, 0)
-                code = 0 if time.monotonic() - t0 < 0.4 else 7
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        pusher.stop()
-    assert os.waitstatus_to_exitcode(status) == 0
+
+    def fork_again():
+        t0 = time.monotonic()
+        grandchild = os.fork()
+        if grandchild == 0:
+            os._exit(0)
+        os.waitpid(grandchild, 0)
+        return 0 if time.monotonic() - t0 < profiles_push.FORK_WAIT_S else 7
+
+    _, _, code = _fork_during_an_export("grpc", 3.0, fork_again)
+    assert code == 0
