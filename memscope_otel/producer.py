@@ -6,6 +6,10 @@ export agree with each other. Per-site series are bounded: the top ``max_sites``
 estimated bytes get a series each, the rest one ``<other>`` series. Each cumulative series only
 ever receives increases (a site's growth goes to its own series while it is in the top, to
 ``<other>`` while it is not), so every exported counter is monotonic, as Prometheus expects.
+A site's live series starts with its first estimate other than zero, like a labelled counter
+that appears at its first increment: most sites of a busy program free all they allocate
+between two collections, and their zeros were a fifth of the points the SDK aggregates and
+exports at each collection (the demo's game loop: 34 of its 38 sites' live series).
 """
 import threading
 import time
@@ -117,6 +121,7 @@ class Producer:
         self._types = RoutedCounters(max_sites)
         self._max_sites = max_sites
         self._site_view = None  # (generation, {site: (bytes, count, live)}, {type: (bytes, count)})
+        self._live_sites = set()  # sites whose live series exists (their live was not 0 once)
         self.instruments = []
         # What memscope's own collections cost, cumulative: CPU past the drains and the workload
         # recognition they run (those count as their own components), and points. Figures for
@@ -189,6 +194,7 @@ class Producer:
             self._types = RoutedCounters(self._max_sites)
             self._snapshot = None
             self._site_view = None
+            self._live_sites = set()
             self._served = {}
             self._export_threads = weakref.WeakKeyDictionary()
             self._cpu = _Cumulative()
@@ -349,7 +355,9 @@ class Producer:
         ranked = sorted(sites.items(), key=lambda kv: kv[1][2], reverse=True)
         top, rest = ranked[: self._max_sites], ranked[self._max_sites:]
         for site, (_, _, live) in top:
-            yield Observation(live, _site_attributes(site))
+            if live != 0.0 or site in self._live_sites:  # (then down to 0 again: still exported)
+                self._live_sites.add(site)
+                yield Observation(live, _site_attributes(site))
         yield Observation(sum(v[2] for _, v in rest) + folded_live, OTHER_SITE)
 
     def _type_allocated(self, snap):

@@ -189,6 +189,41 @@ def test_site_attribution_names_the_function_and_line(tracked):
     del keep
 
 
+def _freed_at_once():
+    for _ in range(50):
+        block = bytearray(30000)  # its buffer large: sampled for certain
+        del block
+
+
+def _kept():
+    kept = []
+    for _ in range(5):  # (not a comprehension: its own frame up to 3.11, another site)
+        kept.append(bytearray(30000))
+    return kept
+
+
+def _site_points(metrics, name, function):
+    return [p.value for p in metrics[name].data.data_points
+            if p.attributes["code.file.path"] == __file__ and p.attributes["code.function.name"] == function.__name__]
+
+
+def test_a_site_live_series_starts_with_live_bytes_and_stays(tracked):
+    _freed_at_once()
+    kept = _kept()
+    metrics = collect(tracked)
+    # (the objects' headers are small: estimated, so a site's figures are at least its buffers')
+    [allocated] = _site_points(metrics, "memscope.site.allocated", _freed_at_once)
+    assert allocated >= 50 * 30000
+    assert _site_points(metrics, "memscope.site.live", _freed_at_once) == []  # never live: no series
+    [live] = _site_points(metrics, "memscope.site.live", _kept)
+    assert live >= 5 * 30000
+    del kept
+    _freed_at_once()
+    metrics = collect(tracked)
+    assert _site_points(metrics, "memscope.site.live", _freed_at_once) == []
+    assert _site_points(metrics, "memscope.site.live", _kept) == [0]  # back to 0: exported as 0, not gone
+
+
 def test_metrics_survive_stop_and_restart():
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
