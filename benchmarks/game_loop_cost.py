@@ -16,7 +16,15 @@ round: one machine's CPU per frame drifts by several per cent from one run to th
 figure is the median of the rounds, and the overhead is the median of each round's tracked run
 against its own untracked run.
 
-    python benchmarks/game_loop_cost.py [--seconds 6] [--interval-ms 500] [--rounds 3]
+With ``--in-process``, the parts apart and in one interpreter, each tracked run from the
+tracker's start (as the demo measures): the game loop runs untracked; tracked with every sampling
+path off (exact counting: the hooks' fast paths and the tracker's threads) and at default
+settings, both through a MeterProvider without readers (nothing is collected or exported); and
+at default settings exporting every ``--interval-ms`` as above. The four alternate ``--rounds``
+times in rotated order; printed are the loop thread's CPU and the process's per second of the
+loop, and the median and quartiles of each round's overhead against that round's untracked run.
+
+    python benchmarks/game_loop_cost.py [--seconds 6] [--interval-ms 500] [--rounds 3] [--in-process]
 """
 import argparse
 import json
@@ -40,22 +48,12 @@ def child(seconds, interval_ms, tracked):
         return {"process_ms": (time.process_time() - c0) / seconds * 1e3}
 
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
     import memscope_otel
     from memscope_otel import sampler
 
-    class Dropping(MetricExporter):
-        def export(self, metrics_data, timeout_millis=10_000, **kwargs):
-            return MetricExportResult.SUCCESS
-
-        def force_flush(self, timeout_millis=10_000):
-            return True
-
-        def shutdown(self, timeout_millis=30_000, **kwargs):
-            pass
-
-    reader = PeriodicExportingMetricReader(Dropping(), export_interval_millis=interval_ms)
+    reader = PeriodicExportingMetricReader(_dropping_exporter(), export_interval_millis=interval_ms)
     tracker = memscope_otel.start(meter_provider=MeterProvider(metric_readers=[reader]))
     try:
         game_loop.run(duration_s=1.0)  # warm-up: sites resolved, the first collections made
@@ -81,11 +79,89 @@ def child(seconds, interval_ms, tracked):
             "mover_ms": d[6] / 1e6, "sampled_path_ms": d[7] / 1e6, "features_ms": features_ms}
 
 
+class _Exporting:
+    """memscope at default settings through a MeterProvider of its own whose periodic reader
+    exports every ``interval_ms`` to an exporter that drops the points (as child() does)."""
+
+    def __init__(self, name, interval_ms):
+        self.name, self.interval_ms, self.provider = name, interval_ms, None
+
+    def start(self):
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        import memscope_otel
+
+        reader = PeriodicExportingMetricReader(_dropping_exporter(), export_interval_millis=self.interval_ms)
+        self.provider = MeterProvider(metric_readers=[reader])
+        memscope_otel.start(meter_provider=self.provider)
+
+    def stop(self):
+        import memscope_otel
+
+        memscope_otel.stop()
+        self.provider.shutdown()
+
+
+def _dropping_exporter():
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    class Dropping(MetricExporter):
+        def export(self, metrics_data, timeout_millis=10_000, **kwargs):
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=10_000):
+            return True
+
+        def shutdown(self, timeout_millis=30_000, **kwargs):
+            pass
+
+    return Dropping()
+
+
+def in_process(seconds, interval_ms, rounds):
+    """The loop untracked and tracked three ways, alternating in this interpreter."""
+    from workloads import game_loop
+
+    trackers = [_common.Tracker("untracked", "none"),
+                _common.Tracker("exact counting only", "memscope", _common.FAST_PATH_ONLY),
+                _common.Tracker("default settings", "memscope"),
+                _Exporting(f"exporting every {interval_ms} ms", interval_ms)]
+    loop_ms = {t.name: [] for t in trackers}
+    process_ms = {t.name: [] for t in trackers}
+    game_loop.run(duration_s=1.0)  # warm-up
+    for round_ in range(rounds):
+        for tracker in _common.rotated(trackers, round_):
+            tracker.start()
+            try:
+                c0, t0 = time.process_time(), time.thread_time()
+                game_loop.run(duration_s=seconds)
+                loop_ms[tracker.name].append((time.thread_time() - t0) / seconds * 1e3)
+                process_ms[tracker.name].append((time.process_time() - c0) / seconds * 1e3)
+            finally:
+                tracker.stop()
+    print(f"{seconds:g} s of the game loop from the tracker's start, {rounds} rounds in one interpreter; ms of CPU "
+          f"per second (medians), and each round's overhead against its untracked run (median [quartiles]):")
+    for name in loop_ms:
+        parts = []
+        for what, series in (("loop's thread", loop_ms), ("process", process_ms)):
+            over = [100 * (x / u - 1) for x, u in zip(series[name], series["untracked"])]
+            figure = f"{what} {statistics.median(series[name]):6.2f}"
+            if name != "untracked":
+                figure += (f" ({statistics.median(over):+.1f} % [{_common.quantile(over, 0.25):+.1f}, "
+                           f"{_common.quantile(over, 0.75):+.1f}])")
+            parts.append(figure)
+        print(f"  {name:<26} " + ";  ".join(parts))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--interval-ms", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3, help="untracked and tracked runs, alternating")
+    ap.add_argument("--in-process", action="store_true",
+                    help="untracked, exact counting only and default settings alternating in one interpreter, "
+                         "nothing exported")
     ap.add_argument("--child", choices=["untracked", "tracked"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -94,6 +170,9 @@ def main(argv=None):
     if args.rounds < 1:
         ap.error(f"--rounds must be at least 1, got {args.rounds}")
     print("memscope-otel game loop cost:", _common.machine())
+    if args.in_process:
+        in_process(args.seconds, args.interval_ms, args.rounds)
+        return
     runs = {"untracked": [], "tracked": []}
     for round_ in range(args.rounds):
         for mode in runs:
