@@ -120,7 +120,8 @@ def _dropping_exporter():
 
 
 def in_process(seconds, interval_ms, rounds):
-    """The loop untracked and tracked three ways, alternating in this interpreter."""
+    """The loop untracked and tracked three ways (see the module's docstring), alternating in this
+    interpreter."""
     from workloads import game_loop
 
     trackers = [_common.Tracker("untracked", "none"),
@@ -160,8 +161,8 @@ def main(argv=None):
     ap.add_argument("--interval-ms", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3, help="untracked and tracked runs, alternating")
     ap.add_argument("--in-process", action="store_true",
-                    help="untracked, exact counting only and default settings alternating in one interpreter, "
-                         "nothing exported")
+                    help="untracked, exact counting only and default settings without exporting, and default "
+                         "settings exporting every --interval-ms, alternating in one interpreter")
     ap.add_argument("--child", choices=["untracked", "tracked"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
