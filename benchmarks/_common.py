@@ -78,6 +78,26 @@ def meter_provider():
     return _PROVIDER
 
 
+def null_exporter(on_export=None):
+    """A MetricExporter that sends nothing: the SDK aggregates and builds every batch of points,
+    then ``on_export(metrics_data)``, when given, sees it."""
+    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+    class NullExporter(MetricExporter):
+        def export(self, metrics_data, timeout_millis=10_000, **kwargs):
+            if on_export is not None:
+                on_export(metrics_data)
+            return MetricExportResult.SUCCESS
+
+        def force_flush(self, timeout_millis=10_000):
+            return True
+
+        def shutdown(self, timeout_millis=30_000, **kwargs):
+            pass
+
+    return NullExporter()
+
+
 def standard_trackers():
     return [
         Tracker("none", "none"),

@@ -53,7 +53,7 @@ def child(seconds, interval_ms, tracked):
     import memscope_otel
     from memscope_otel import sampler
 
-    reader = PeriodicExportingMetricReader(_dropping_exporter(), export_interval_millis=interval_ms)
+    reader = PeriodicExportingMetricReader(_common.null_exporter(), export_interval_millis=interval_ms)
     tracker = memscope_otel.start(meter_provider=MeterProvider(metric_readers=[reader]))
     try:
         game_loop.run(duration_s=1.0)  # warm-up: sites resolved, the first collections made
@@ -92,7 +92,7 @@ class _Exporting:
 
         import memscope_otel
 
-        reader = PeriodicExportingMetricReader(_dropping_exporter(), export_interval_millis=self.interval_ms)
+        reader = PeriodicExportingMetricReader(_common.null_exporter(), export_interval_millis=self.interval_ms)
         self.provider = MeterProvider(metric_readers=[reader])
         memscope_otel.start(meter_provider=self.provider)
 
@@ -101,22 +101,6 @@ class _Exporting:
 
         memscope_otel.stop()
         self.provider.shutdown()
-
-
-def _dropping_exporter():
-    from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
-
-    class Dropping(MetricExporter):
-        def export(self, metrics_data, timeout_millis=10_000, **kwargs):
-            return MetricExportResult.SUCCESS
-
-        def force_flush(self, timeout_millis=10_000):
-            return True
-
-        def shutdown(self, timeout_millis=30_000, **kwargs):
-            pass
-
-    return Dropping()
 
 
 def in_process(seconds, interval_ms, rounds):

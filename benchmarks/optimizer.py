@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "tests" / "optimizer"))
 
+import _common  # noqa: E402
+
 
 def _start(**config):
     from opentelemetry.sdk.metrics import MeterProvider
@@ -126,30 +128,18 @@ def cmd_fastpath(args):
           f"{(on - off) / calls_per_run * 1e9:.1f} |")
 
 
-class SlowExporter:
-    """A MetricExporter whose backend takes ``delay_s`` per export."""
+def slow_exporter(delay_s):
+    """A MetricExporter whose backend takes ``delay_s`` per export; its ``points``: each export's."""
+    points = []
 
-    def __new__(cls, delay_s):
-        from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+    def slow(metrics_data):
+        points.append(sum(len(m.data.data_points) for rm in metrics_data.resource_metrics
+                          for sm in rm.scope_metrics for m in sm.metrics))
+        time.sleep(delay_s)
 
-        class _Slow(MetricExporter):
-            def __init__(self):
-                super().__init__()
-                self.points = []
-
-            def export(self, metrics_data, timeout_millis=10_000, **kwargs):
-                self.points.append(sum(len(m.data.data_points) for rm in metrics_data.resource_metrics
-                                       for sm in rm.scope_metrics for m in sm.metrics))
-                time.sleep(delay_s)
-                return MetricExportResult.SUCCESS
-
-            def force_flush(self, timeout_millis=10_000):
-                return True
-
-            def shutdown(self, timeout_millis=30_000, **kwargs):
-                pass
-
-        return _Slow()
+    exporter = _common.null_exporter(slow)
+    exporter.points = points
+    return exporter
 
 
 def cmd_slow_exporter(args):
@@ -176,7 +166,7 @@ def cmd_slow_exporter(args):
     for _ in range(args.rounds):
         best["untracked"] = min(best["untracked"], cpu_seconds())
         for adaptive in (False, True):
-            exporter = SlowExporter(args.delay_s)
+            exporter = slow_exporter(args.delay_s)
             provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(
                 exporter, export_interval_millis=args.interval_ms)])
             memscope_otel.start(provider, adaptive=adaptive)
