@@ -5,7 +5,8 @@
 For each workload (a WSGI app under load from client threads, a data pipeline, a game frame loop,
 a numpy training loop; see examples/workloads) it:
 
-1. runs it untracked, to get its CPU cost per unit of work (requests, batches, frames, steps);
+1. runs it untracked, to get its CPU cost per unit of work (requests, batches, frames, steps),
+   for as long as each tracked run it is compared with;
 2. runs it tracked (metrics exported every 500 ms; a tracked run lasts two export intervals at
    least), then shows the recognized workload with the features behind it, the tracker's CPU
    overhead, and the error of the estimated allocation count against the exact counters;
@@ -19,7 +20,9 @@ a numpy training loop; see examples/workloads) it:
 
 Overheads are in process CPU time (all threads), which a busy machine disturbs less than wall
 time. The untracked, before and after runs are repeated ``--rounds`` times, interleaved, and
-each CPU cost per unit of work is the lowest of its rounds (the least disturbed run); a change
+each CPU cost per unit of work is the lowest of its rounds (the least disturbed run), a tracked
+run's overhead against the untracked runs of its own length (the lowest of a few short runs
+strays further below their typical cost than that of as many long ones); a change
 is the difference of the rounds' means, given with its noise (twice its standard error, from the
 rounds' spread); records/s is the median; the count error and its predicted standard error are root
 mean squares over the rounds, and z the RMS of their ratios (about 1 for unbiased estimates; above
@@ -217,10 +220,14 @@ def main(argv=None):
     for name in args.only or WORKLOADS:
         module, unit = WORKLOADS[name]
         print(f"\n== {name} ({module.__name__})")
-        untracked, runs, recs = [], {}, None
+        untracked, runs, recs = {}, {}, None  # untracked: {run length: [cost per unit of work]}
+
+        def untracked_run(seconds):
+            units, cpu = run_with_progress(f"{name} (untracked)", module, unit, seconds)
+            untracked.setdefault(seconds, []).append(cpu / max(units, 1))
+
         for round_ in range(max(args.rounds, 1)):
-            units, cpu = run_with_progress(f"{name} (untracked)", module, unit, args.seconds)
-            untracked.append(cpu / max(units, 1))
+            untracked_run(run_seconds(args.seconds, restart_settings(None)[1]))  # the before run's length
             before = tracked_run(name, module, unit, args.seconds)
             runs.setdefault("before", []).append(before)
             if round_ == 0:
@@ -234,14 +241,20 @@ def main(argv=None):
                 plans = {"after": [r for r in recs if not spends_cpu(r)]}
                 if any(spends_cpu(r) for r in recs):
                     plans["after + accuracy"] = list(recs)
+            lengths = {run_seconds(args.seconds, restart_settings(applied)[1]) for applied in plans.values()}
+            for seconds in sorted(lengths - {before["seconds"]}):
+                untracked_run(seconds)
             for label, applied in plans.items():
                 after = tracked_run(name, module, unit, args.seconds, apply_from=applied, label=label)
                 runs.setdefault(label, []).append(after)
                 if round_ == 0:
                     print(f"  recognized {label}: {after['workload']}  ({'; '.join(after['reasons'])})")
-        base_cost = min(untracked)
+        print(f"  untracked CPU per {unit[:-1]}, lowest and median of the rounds: " + "; ".join(
+            f"{seconds:g} s runs {min(costs) * 1e6:.0f} and {statistics.median(costs) * 1e6:.0f} us"
+            for seconds, costs in sorted(untracked.items())))
         summary = {}
         for label, done in runs.items():
+            base_cost = min(untracked[done[0]["seconds"]])
             overheads = [r["cpu"] / max(r["units"], 1) / base_cost - 1 for r in done]
             records = sorted(r["records"] / r["seconds"] for r in done)[len(done) // 2]
             z = [r["error"] / r["predicted"] for r in done if r["predicted"] > 0]
@@ -249,7 +262,7 @@ def main(argv=None):
                               "error": _rms([r["error"] for r in done]), "predicted": _rms([r["predicted"] for r in done]),
                               "z": _rms(z) if z else float("nan")}
         first = runs["before"][0]
-        work_cpu_per_s = base_cost * first["units"] / first["seconds"]  # the workload's own CPU, cores
+        work_cpu_per_s = min(untracked[first["seconds"]]) * first["units"] / first["seconds"]  # its own CPU, cores
         for label in runs:
             change = None
             if label != "before":
