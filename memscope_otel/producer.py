@@ -352,12 +352,14 @@ class Producer:
 
     def _site_live(self, snap):
         _, sites, _, _, folded_live = self._grouped(snap)
-        ranked = sorted(sites.items(), key=lambda kv: kv[1][2], reverse=True)
+        # Ranked among the sites with a series or one due now: a site never live takes no place
+        # in the top from one whose live went back to 0 (its 0 is news; theirs never was).
+        ranked = sorted(((site, sums) for site, sums in sites.items() if sums[2] != 0.0 or site in self._live_sites),
+                        key=lambda kv: kv[1][2], reverse=True)
         top, rest = ranked[: self._max_sites], ranked[self._max_sites:]
         for site, (_, _, live) in top:
-            if live != 0.0 or site in self._live_sites:  # (then down to 0 again: still exported)
-                self._live_sites.add(site)
-                yield Observation(live, _site_attributes(site))
+            self._live_sites.add(site)
+            yield Observation(live, _site_attributes(site))
         yield Observation(sum(v[2] for _, v in rest) + folded_live, OTHER_SITE)
 
     def _type_allocated(self, snap):

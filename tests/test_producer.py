@@ -202,6 +202,16 @@ def _kept():
     return kept
 
 
+def _never_live_sites(n):
+    """n sites (the lines of one generated function) that free at once what they allocate; the
+    code is returned, for the caller to keep its sites alive."""
+    source = "def many():\n" + "".join("    b = bytearray(30000); del b\n" for _ in range(n))
+    namespace = {}
+    exec(compile(source, "<never live>", "exec"), namespace)
+    namespace["many"]()
+    return namespace["many"]
+
+
 def _site_points(metrics, name, function):
     """The points of the sites in ``function``: the line of its bytearray, and any other of its
     lines whose small blocks (the range iterator, the list) happened to be sampled."""
@@ -210,6 +220,9 @@ def _site_points(metrics, name, function):
 
 
 def test_a_site_live_series_starts_with_live_bytes_and_stays(tracked):
+    # More sites never live than the fixture's max_sites, made first: they must take no place in
+    # the top from the kept site when its live is back at 0.
+    many = _never_live_sites(1050)
     _freed_at_once()
     kept = _kept()
     metrics = collect(tracked)
@@ -223,6 +236,9 @@ def test_a_site_live_series_starts_with_live_bytes_and_stays(tracked):
     assert _site_points(metrics, "memscope.site.live", _freed_at_once) == []
     live = _site_points(metrics, "memscope.site.live", _kept)
     assert live and all(v == 0 for v in live), live  # back to 0: exported as 0, not gone
+    assert not [p for p in metrics["memscope.site.live"].data.data_points
+                if p.attributes["code.file.path"] == "<never live>"]
+    del many
 
 
 def test_metrics_survive_stop_and_restart():
