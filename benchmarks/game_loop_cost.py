@@ -38,6 +38,16 @@ import _common
 sys.path.insert(0, os.path.join(_common.ROOT, "examples"))
 
 
+def _exporting_provider(interval_ms):
+    """A MeterProvider whose periodic reader exports every ``interval_ms`` to an exporter that
+    drops the points (the SDK's aggregation and batch are built, nothing is sent)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    reader = PeriodicExportingMetricReader(_common.null_exporter(), export_interval_millis=interval_ms)
+    return MeterProvider(metric_readers=[reader])
+
+
 def child(seconds, interval_ms, tracked):
     from workloads import game_loop
 
@@ -47,14 +57,10 @@ def child(seconds, interval_ms, tracked):
         game_loop.run(duration_s=seconds)
         return {"process_ms": (time.process_time() - c0) / seconds * 1e3}
 
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
     import memscope_otel
     from memscope_otel import sampler
 
-    reader = PeriodicExportingMetricReader(_common.null_exporter(), export_interval_millis=interval_ms)
-    tracker = memscope_otel.start(meter_provider=MeterProvider(metric_readers=[reader]))
+    tracker = memscope_otel.start(meter_provider=_exporting_provider(interval_ms))
     try:
         game_loop.run(duration_s=1.0)  # warm-up: sites resolved, the first collections made
         producer, drainer, recognizer = tracker.producer, tracker.drainer, tracker.optimizer.recognizer
@@ -80,20 +86,16 @@ def child(seconds, interval_ms, tracked):
 
 
 class _Exporting:
-    """memscope at default settings through a MeterProvider of its own whose periodic reader
-    exports every ``interval_ms`` to an exporter that drops the points (as child() does)."""
+    """memscope at default settings, exporting every ``interval_ms`` as child() does (a provider of
+    its own each run: _common.Tracker's has no reader)."""
 
     def __init__(self, name, interval_ms):
         self.name, self.interval_ms, self.provider = name, interval_ms, None
 
     def start(self):
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
         import memscope_otel
 
-        reader = PeriodicExportingMetricReader(_common.null_exporter(), export_interval_millis=self.interval_ms)
-        self.provider = MeterProvider(metric_readers=[reader])
+        self.provider = _exporting_provider(self.interval_ms)
         memscope_otel.start(meter_provider=self.provider)
 
     def stop(self):

@@ -27,12 +27,15 @@ def collect(reader):
     return out
 
 
+MAX_SITES = 1000  # the fixture's per-site series; the suite's process can have more sites than that
+
+
 @pytest.fixture
 def tracked():
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     # Sites are process-wide: earlier tests leave bigger ones; keep every site exported.
-    memscope_otel.start(meter_provider=provider, seed=7, drain_interval_ms=60000, max_sites=1000)
+    memscope_otel.start(meter_provider=provider, seed=7, drain_interval_ms=60000, max_sites=MAX_SITES)
     yield reader
     memscope_otel.stop()
 
@@ -222,7 +225,7 @@ def _site_points(metrics, name, function):
 def test_a_site_live_series_starts_with_live_bytes_and_stays(tracked):
     # More sites never live than the fixture's max_sites, made first: they must take no place in
     # the top from the kept site when its live is back at 0.
-    many = _never_live_sites(1050)
+    many = _never_live_sites(MAX_SITES + 50)
     _freed_at_once()
     kept = _kept()
     metrics = collect(tracked)
