@@ -345,7 +345,8 @@ void ms_reduce_scalar(const ms_record_t *records, size_t n, ms_summary_t *summar
 void ms_reduce_simd(const ms_record_t *records, size_t n, ms_summary_t *summary);
 /* 1 when this CPU has the vector path (AVX2 on x86-64, NEON on AArch64). */
 int ms_reduce_simd_available(void);
-/* ENABLE_SIMD: 0 makes ms_reduce use the scalar path; 1 (default) the vector path if available. */
+/* ENABLE_SIMD: 0 makes ms_reduce (and the frame-clock search, ms_window_simd_active) use the
+ * scalar path; 1 (default) the vector path if available. */
 void ms_reduce_use_simd(int enabled);
 /* 1 when ms_reduce currently takes the vector path. */
 int ms_reduce_simd_active(void);
@@ -434,6 +435,9 @@ void ms_window_stats(ms_window_t *w, ms_window_stats_t *out);
  * copies only); the copies and temporaries (about three times the times' bytes) are unmapped
  * before it returns. */
 void ms_window_features(ms_window_t *w, ms_window_stats_t *out);
+/* 1 when ms_window_features searches the frame clock with its vector twin (AVX2 on x86-64,
+ * allowed by ms_reduce_use_simd like the reducers'), bit-identical to the scalar search. */
+int ms_window_simd_active(void);
 /* Copies out (at most capacity): sites ascending with their summed weights; the kept times
  * (in no particular order); the lifetimes (us, in no particular order); the awaited allocations
  * (address, time allocated); threads[i] = 1 when thread i wrote a record read

@@ -298,7 +298,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(big blocks stay, small ones are kept in proportion with weights to match), so the live "
             "estimate stays unbiased with a larger variance."),
     Setting("ENABLE_SIMD", Flag(), True,
-            "Use the SIMD reducers where the CPU has them; false forces the scalar reducers."),
+            "Use the SIMD paths (the reducers, the recognizer's frame-clock search) where the CPU has them; "
+            "false forces the scalar ones."),
     Setting("ADAPTIVE", Flag(), True,
             "Let the optimizer lower sampling rates under export pressure."),
     Setting("OPTIMIZER_HIGH_WATER", Real(0.0, 1.0), 0.6,

@@ -1,6 +1,7 @@
 """The window's features (csrc/window.c) against the same definitions written with numpy: idle
 time, the frame clock (the Rayleigh statistic over candidate periods), the short-lived fraction and
 the median lifetime (numpy.median's definition)."""
+import platform
 import zlib
 
 import numpy as np
@@ -113,6 +114,34 @@ def test_a_long_frame_loop_keeps_a_strong_clock():
     lowest = dirichlet * late - 6 * np.sqrt((1 - late**2) / n)
     assert stats.frame_clock >= lowest > 0.9
     assert abs(stats.frame_period_us - period) <= LIB.MS_WINDOW_PERIOD_STEP_US
+
+
+def test_the_frame_clock_search_has_a_scalar_twin_with_the_same_bits():
+    """The AVX2 search (four candidate periods a register) against the scalar one, over frame
+    loops of random period, lateness and length and over starts at random moments: the same
+    strength and period, to the bit (so the numpy definition above holds for both)."""
+    if platform.machine() not in ("x86_64", "AMD64") or not LIB.ms_reduce_simd_available():
+        pytest.skip("the frame clock's vector twin is AVX2 on x86-64, which this machine lacks")
+    rng = np.random.default_rng(16)
+    cases = [frame_loop(rng, int(rng.integers(8, 400)), int(rng.integers(5_000, 100_000)),
+                        int(rng.integers(0, 5_000)), per_frame=int(rng.integers(1, 6))) for _ in range(40)]
+    cases += [np.sort(rng.integers(0, 10_000_000, int(rng.integers(100, 3000)))) for _ in range(5)]
+    found = []
+    try:
+        for times in cases:
+            window, _ = window_of(times, [])
+            LIB.ms_reduce_use_simd(1)
+            assert LIB.ms_window_simd_active() == 1
+            vector = window.stats(features=True)
+            LIB.ms_reduce_use_simd(0)
+            assert LIB.ms_window_simd_active() == 0
+            scalar = window.stats(features=True)
+            assert (vector.frame_clock.hex(), vector.frame_period_us) == (scalar.frame_clock.hex(),
+                                                                           scalar.frame_period_us)
+            found.append(scalar.frame_clock)
+    finally:
+        LIB.ms_reduce_use_simd(1)
+    assert min(found) > 0 and max(found) > 0.9  # (every case had a search, some a clear clock)
 
 
 def test_median_of_an_even_and_an_odd_count():
