@@ -21,10 +21,12 @@ def test_relative_error_matches_the_binomial_formula():
 
 @pytest.mark.parametrize("interval_s, export_share, of_app, expected_ms", [
     (0.1, 0.021, 0.0, 200),     # just over a note: the least step, twice the interval
-    (0.5, 0.02, 0.50, 5000),    # half the application's CPU: 10x, the step 5 s
-    (0.5, 0.09, 0.21, 5000),    # 4.5x of a core, 4.2x of the application: 2.25 s wanted, 5 s given
+    (0.5, 0.02, 0.50, 20000),   # half the application's CPU: 25x, 12.5 s wanted, the step 20 s
+    (0.5, 0.09, 0.21, 10000),   # 4.5x of a core, 10.5x of the application: 5.25 s wanted, 10 s given
+    (0.5, 0.09, 0.08, 5000),    # 4.5x of a core, 4x of the application: 2.25 s wanted, 5 s given
     (1.0, 0.10, 0.0, 5000),     # exactly 5x: the step itself
-    (2.0, 0.001, 0.06, 5000),   # 1.2x would do: twice, 4 s, is the 5 s step
+    (1.0, 0.0, 0.10, 5000),     # exactly 5x of the application: likewise
+    (2.0, 0.001, 0.024, 5000),  # 1.2x would do: twice, 4 s, is the 5 s step
     (10.0, 0.5, 0.0, 60000),    # 25x would be 250 s: never past the SDK's default
     (45.0, 0.03, 0.0, 60000),
 ])
