@@ -519,6 +519,15 @@ static inline double round_near(double x)
     return (double)(int64_t)(x + (x < 0.0 ? -0.5 : 0.5));
 }
 
+/* The two polynomials, as macros: turn_sincos and its vector twin (strengths_avx2) make the same
+ * operations in the same order with them, whatever the type of a. */
+#define SIN_TAYLOR(a, a2) ((a) * (1.0 + (a2) * (-1.0 / 6 + (a2) * (1.0 / 120 + (a2) * (-1.0 / 5040 \
+    + (a2) * (1.0 / 362880 + (a2) * (-1.0 / 39916800 + (a2) * (1.0 / 6227020800 \
+    + (a2) * (-1.0 / 1307674368000)))))))))
+#define COS_TAYLOR(a2) (1.0 + (a2) * (-1.0 / 2 + (a2) * (1.0 / 24 + (a2) * (-1.0 / 720 + (a2) * (1.0 / 40320 \
+    + (a2) * (-1.0 / 3628800 + (a2) * (1.0 / 479001600 + (a2) * (-1.0 / 87178291200 \
+    + (a2) * (1.0 / 20922789888000)))))))))
+
 /* The sine and cosine of 2 pi turns, to about 1e-16 past the rounding of turns itself: the
  * fraction of a turn is reduced to within an eighth of the nearest quarter, whose sine and cosine
  * are Taylor polynomials to degree 15 and 16 (the next terms are below 5e-17 at pi/4), then
@@ -529,11 +538,7 @@ static inline void turn_sincos(double turns, double *sin_out, double *cos_out)
     double r = turns - round_near(turns);  /* [-1/2, 1/2] */
     double quarter = round_near(4.0 * r);  /* -2 .. 2 */
     double a = (r - 0.25 * quarter) * (2.0 * M_PI), a2 = a * a;
-    double s = a * (1.0 + a2 * (-1.0 / 6 + a2 * (1.0 / 120 + a2 * (-1.0 / 5040 + a2 * (1.0 / 362880
-                    + a2 * (-1.0 / 39916800 + a2 * (1.0 / 6227020800 + a2 * (-1.0 / 1307674368000))))))));
-    double c = 1.0 + a2 * (-1.0 / 2 + a2 * (1.0 / 24 + a2 * (-1.0 / 720 + a2 * (1.0 / 40320
-                    + a2 * (-1.0 / 3628800 + a2 * (1.0 / 479001600 + a2 * (-1.0 / 87178291200
-                    + a2 * (1.0 / 20922789888000))))))));
+    double s = SIN_TAYLOR(a, a2), c = COS_TAYLOR(a2);
     switch ((int)quarter & 3) { /* sin and cos of a + quarter * pi / 2 */
     case 0: *sin_out = s; *cos_out = c; break;
     case 1: *sin_out = c; *cos_out = -s; break;
@@ -566,8 +571,8 @@ static void strengths_scalar(const uint64_t *starts, size_t n, size_t from, size
 
 #if defined(MS_WINDOW_HAVE_AVX2)
 /* The AVX2 twin of strengths_scalar, four candidate periods a register: each lane makes the
- * scalar path's operations in its order (the same products, Horner steps and sums over the
- * starts, no fused multiply-add: the build is ISO C, whose floating-point contraction is off),
+ * scalar path's operations in its order (the same products, the same polynomials, the same sums
+ * over the starts, no fused multiply-add: the build is ISO C, whose floating-point contraction is off),
  * so that the strengths are the same bits (tests/optimizer/test_window_features.py). Why: the
  * search is most of a classification (3.5 of 5 ms for the game loop's window, 243,000 sine and
  * cosine pairs), and this takes about a third of the scalar time. */
@@ -598,11 +603,7 @@ __attribute__((target("avx2"))) static size_t strengths_avx2(const uint64_t *sta
             v4d r = turns - round_near4(turns);
             v4d quarter = round_near4(4.0 * r);
             v4d a = (r - 0.25 * quarter) * (2.0 * M_PI), a2 = a * a;
-            v4d sa = a * (1.0 + a2 * (-1.0 / 6 + a2 * (1.0 / 120 + a2 * (-1.0 / 5040 + a2 * (1.0 / 362880
-                         + a2 * (-1.0 / 39916800 + a2 * (1.0 / 6227020800 + a2 * (-1.0 / 1307674368000))))))));
-            v4d ca = 1.0 + a2 * (-1.0 / 2 + a2 * (1.0 / 24 + a2 * (-1.0 / 720 + a2 * (1.0 / 40320
-                         + a2 * (-1.0 / 3628800 + a2 * (1.0 / 479001600 + a2 * (-1.0 / 87178291200
-                         + a2 * (1.0 / 20922789888000))))))));
+            v4d sa = SIN_TAYLOR(a, a2), ca = COS_TAYLOR(a2);
             /* turn_sincos's switch on quarter & 3 (quarter is -2 .. 2): odd quarters swap sine and
              * cosine; the sine is negated at 2 and 3 (-2, -1), the cosine at 1 and 2 (-2). */
             v4l odd = (quarter == 1.0) | (quarter == -1.0);
