@@ -37,11 +37,15 @@ def run_json_child(cmd, what, env=None):
 
 
 class Tracker:
-    """One way of running: no tracker, tracemalloc, or memscope with given settings."""
+    """One way of running: no tracker, tracemalloc, or memscope with given settings. memscope
+    reports to the run's one provider without readers (meter_provider()), or, with
+    ``new_provider``, to a MeterProvider that callable makes for each start and that stop() shuts
+    down (one that exports, say)."""
 
-    def __init__(self, name, kind, settings=None):
+    def __init__(self, name, kind, settings=None, new_provider=None):
         self.name, self.kind, self.settings = name, kind, settings or {}
-        self.handle = None
+        self.new_provider = new_provider
+        self.handle = self._own_provider = None
 
     def start(self):
         if self.kind == "tracemalloc":
@@ -49,7 +53,8 @@ class Tracker:
         elif self.kind == "memscope":
             import memscope_otel
 
-            self.handle = memscope_otel.start(meter_provider=meter_provider(), **self.settings)
+            self._own_provider = self.new_provider() if self.new_provider is not None else None
+            self.handle = memscope_otel.start(meter_provider=self._own_provider or meter_provider(), **self.settings)
             if self.handle is None:
                 raise RuntimeError("memscope did not start (OTEL_PYTHON_MEMSCOPE_ENABLED / OTEL_SDK_DISABLED?)")
 
@@ -61,6 +66,9 @@ class Tracker:
 
             memscope_otel.stop()
             self.handle = None
+            if self._own_provider is not None:
+                self._own_provider.shutdown()
+                self._own_provider = None
 
 
 _PROVIDER = None

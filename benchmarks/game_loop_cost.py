@@ -85,26 +85,6 @@ def child(seconds, interval_ms, tracked):
             "mover_ms": d[6] / 1e6, "sampled_path_ms": d[7] / 1e6, "features_ms": features_ms}
 
 
-class _Exporting:
-    """memscope at default settings, exporting every ``interval_ms`` as child() does (a provider of
-    its own each run: _common.Tracker's has no reader)."""
-
-    def __init__(self, name, interval_ms):
-        self.name, self.interval_ms, self.provider = name, interval_ms, None
-
-    def start(self):
-        import memscope_otel
-
-        self.provider = _exporting_provider(self.interval_ms)
-        memscope_otel.start(meter_provider=self.provider)
-
-    def stop(self):
-        import memscope_otel
-
-        memscope_otel.stop()
-        self.provider.shutdown()
-
-
 def in_process(seconds, interval_ms, rounds):
     """The loop untracked and tracked three ways (see the module's docstring), alternating in this
     interpreter."""
@@ -113,7 +93,8 @@ def in_process(seconds, interval_ms, rounds):
     trackers = [_common.Tracker("untracked", "none"),
                 _common.Tracker("exact counting only", "memscope", _common.FAST_PATH_ONLY),
                 _common.Tracker("default settings", "memscope"),
-                _Exporting(f"exporting every {interval_ms} ms", interval_ms)]
+                _common.Tracker(f"exporting every {interval_ms} ms", "memscope",
+                                new_provider=lambda: _exporting_provider(interval_ms))]
     loop_ms = {t.name: [] for t in trackers}
     process_ms = {t.name: [] for t in trackers}
     game_loop.run(duration_s=1.0)  # warm-up

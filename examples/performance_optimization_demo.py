@@ -264,10 +264,11 @@ def main(argv=None):
             records = sorted(r["records"] / r["seconds"] for r in done)[len(done) // 2]
             z = [r["error"] / r["predicted"] for r in done if r["predicted"] > 0]
             summary[label] = {"overhead": min(overheads), "overheads": overheads, "records": records, "run": done[0],
+                              "base_cost": base_cost,
                               "error": _rms([r["error"] for r in done]), "predicted": _rms([r["predicted"] for r in done]),
                               "z": _rms(z) if z else float("nan")}
         first = runs["before"][0]
-        work_cpu_per_s = min(untracked[first["seconds"]]) * first["units"] / first["seconds"]  # its own CPU, cores
+        work_cpu_per_s = summary["before"]["base_cost"] * first["units"] / first["seconds"]  # its own CPU, cores
         for label in runs:
             change = None
             if label != "before":

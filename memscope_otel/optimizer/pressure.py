@@ -42,7 +42,8 @@ CADENCE_DRIFT_BUDGET = 1.0   # a collection gap of twice the export interval
 FAST_PATH_NOTE = 0.005       # the unsampled fast path over 0.5% of one core: recommend fewer hooks
 EXPORT_NOTE = 0.02           # collecting and exporting over 2% of one core: recommend exporting less often,
 EXPORT_OF_APP_NOTE = 0.02    # or over 2% of the application's own CPU: a mostly idle program pays for each export,
-                             # and its hooks already take about half of the 10% it may be slowed by (a frame loop)
+                             # and exact counting alone costs a frame loop +6% of the 10% it may be slowed by
+                             # (benchmarks/game_loop_cost.py --in-process, docs/performance.md)
 DEFAULT_EXPORT_INTERVAL_S = 60.0  # the SDK's periodic reader's default; never recommended past it
 
 
