@@ -700,7 +700,7 @@ def render_html(rep: Report) -> str:
     mids = (rep.bin_edges_s[:-1] + rep.bin_edges_s[1:]) / 2
     config = ", ".join(f"{_esc(k)}={_esc(v)}" for k, v in sorted(rep.config.items())) or "none recorded"
     body = [
-        f"<h1>memscope-otel report</h1>",
+        "<h1>memscope-otel report</h1>",
         f"<p class='meta'>{_esc(rep.path)}</p>",
         f"<p class='meta'>{_esc(rep.origin)}</p>" if rep.origin else
         f"<p class='meta'>recorded {_esc(_utc(rep.first_us))}, {rep.duration_s:.2f} s; {rep.n_records:,} sampled records "

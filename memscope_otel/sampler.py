@@ -4,7 +4,6 @@ Nothing here interprets data: it starts and stops the hooks, moves records out o
 numpy arrays, and reads the exact counters. The cffi module is imported lazily so that
 ``memscope_otel.config`` and the instrumentor import even where the extension failed to build.
 """
-import contextlib
 import ctypes
 import hashlib
 import logging

@@ -246,7 +246,7 @@ def test_keyword_arguments_beat_the_environment(caplog):
         "enable_simd": True, "adaptive": True, "max_sites": 3, "drain_interval_ms": 50,
         "optimizer_high_water": 0.9, "optimizer_low_water": 0.2, "optimizer_rate_floor": 0.5,
         "dump_path": pathlib.Path("/tmp/other.dump"), "seed": 99, "profiles_exporter": "none", "profiles_interval": 30,
-        "dump_path": pathlib.Path("/tmp/other.dump"), "seed": 99, "max_stack_depth": 8,
+        "max_stack_depth": 8,
         "site_frame": "application",
     }
     assert set(overrides) == set(SETTINGS_BY_KEYWORD)

@@ -4,8 +4,6 @@ Sixteen native threads each sample a few hundred large blocks, with a budget tha
 of their rings: the others get none, their records are dropped (for the dump file and the
 workload recognizer) and added straight into the estimates, which stay whole.
 """
-import numpy as np
-
 import memscope_otel
 from memscope_otel import sampler
 from testhook import LARGE, RAW

@@ -115,7 +115,6 @@ class Site:
 @pytest.mark.parametrize("domain,seed", [("raw", 5), ("obj", 6), ("mem", 7), ("native", 8)])
 def test_live_estimate_after_freeing_known_subsets(workload, domain, seed):
     rng = np.random.default_rng(seed)
-    d = DOMAINS.index(domain)
     # Summed over the rounds (each round's deviation is independent of the others'):
     estimate = {"long_lived_here": 0.0, "short_lived_here": 0.0, "domain": 0.0}
     extra_bytes = extra_d = foreign_freed = 0.0
