@@ -8,13 +8,17 @@
  * reads one filter byte and stops there; the filter never says "absent" for a present address,
  * and says "maybe" for an absent one with a probability of about (sampled live blocks / 2^18).
  *
+ * A bucket's lock and its mask of used ways share one 2-byte slot: a sampled event's lines are
+ * rarely in cache in a real program, and the lock instruction that brings the lock's line in
+ * then brings the mask with it.
+ *
  * Growth. Large blocks are always sampled, so the table must hold every live large block of the
  * program: it starts at 8,192 entries (256 KiB) and doubles when three quarters full, up to the
  * budget (LIVE_TABLE_MAX_ENTRIES). A doubling locks every bucket of the old table (in index order,
  * like every other taker of two locks), rehashes into the new one, publishes it, and unlocks; a
  * thread that then gets an old lock sees the table changed and starts again on the new one. So
  * nobody reads the old entries after the switch and they are unmapped at once; the old locks
- * (1/256 of the entries' size) stay allocated, since a late thread may still take one.
+ * and masks (1/128 of the entries' size) stay allocated, since a late thread may still take one.
  *
  * Past the budget the estimate stays unbiased by sampling the table itself, by threshold: an
  * entry's value is v = weight x size (its share of the live estimate); under a threshold tau, a
@@ -43,12 +47,17 @@
 
 typedef ms_live_entry_t live_bucket_t[LIVE_WAYS];
 
+/* A bucket's lock and its used mask (bit i: way i holds an entry, address != 0; read and written
+ * under the lock), side by side. */
+typedef struct {
+    ms_spin_t lock;
+    uint8_t used;
+} live_meta_t;
+
 typedef struct {
     uint32_t bits;
     live_bucket_t *buckets; /* mapped; unmapped once a larger table replaced it */
-    uint8_t *used;          /* per bucket, bit i: way i holds an entry (address != 0); mapped
-                               after the buckets; read and written under the bucket's lock */
-    ms_spin_t *locks;       /* never freed: a thread may still take an old table's lock */
+    live_meta_t *meta;      /* never freed: a thread may still take an old table's lock */
 } live_table_t;
 
 _Atomic uint8_t ms_live_filter[FILTER_SIZE];
@@ -60,7 +69,7 @@ static ms_spin_t g_resize_lock;
 static _Atomic uint64_t g_entries;
 static _Atomic uint32_t g_max_bits = 15; /* from the budget: 2^15 buckets = 262,144 entries */
 static _Atomic double g_threshold;      /* tau: 0 until the budget is reached */
-static _Atomic uint64_t g_table_bytes;   /* entries and locks mapped or allocated now */
+static _Atomic uint64_t g_table_bytes;   /* entries mapped and bucket slots allocated now */
 
 static void filter_add(uint64_t address)
 {
@@ -89,7 +98,7 @@ static uint64_t capacity_of(const live_table_t *t)
  * inside allocator hooks: neither allocates through Python. */
 static size_t table_size(uint32_t bits)
 {
-    return (sizeof(live_bucket_t) + sizeof(uint8_t)) << bits;
+    return sizeof(live_bucket_t) << bits;
 }
 
 static live_table_t *table_make(uint32_t bits)
@@ -99,17 +108,20 @@ static live_table_t *table_make(uint32_t bits)
     void *buckets = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (buckets == MAP_FAILED)
         return NULL;
-    if (t->locks == NULL) {
-        t->locks = calloc((size_t)1 << bits, sizeof(ms_spin_t));
-        if (t->locks == NULL) {
+    if (t->meta == NULL) {
+        t->meta = calloc((size_t)1 << bits, sizeof(live_meta_t));
+        if (t->meta == NULL) {
             munmap(buckets, size);
             return NULL;
         }
-        atomic_fetch_add(&g_table_bytes, ((uint64_t)1 << bits) * sizeof(ms_spin_t));
+        atomic_fetch_add(&g_table_bytes, ((uint64_t)1 << bits) * sizeof(live_meta_t));
+    } else {
+        /* (Tables only grow, so a size is made once; but its masks must start empty whatever.) */
+        for (size_t b = 0; b < (size_t)1 << bits; b++)
+            t->meta[b].used = 0;
     }
     t->bits = bits;
     t->buckets = buckets;
-    t->used = (uint8_t *)buckets + (sizeof(live_bucket_t) << bits);
     atomic_fetch_add(&g_table_bytes, size);
     return t;
 }
@@ -119,7 +131,6 @@ static void table_unmap(live_table_t *t)
     size_t size = table_size(t->bits);
     munmap(t->buckets, size);
     t->buckets = NULL;
-    t->used = NULL;
     atomic_fetch_sub(&g_table_bytes, size);
 }
 
@@ -164,23 +175,23 @@ __attribute__((always_inline)) static inline live_table_t *lock_pair(uint64_t ad
             return NULL;
         buckets_of(t, address, a, b);
         uint32_t lo = *a < *b ? *a : *b, hi = *a < *b ? *b : *a;
-        ms_spin_lock(&t->locks[lo]);
+        ms_spin_lock(&t->meta[lo].lock);
         if (lo != hi)
-            ms_spin_lock(&t->locks[hi]);
+            ms_spin_lock(&t->meta[hi].lock);
         if (MS_LIKELY(atomic_load_explicit(&g_table, memory_order_acquire) == t))
             return t;
         /* replaced while we waited: its entries are gone, start again on the new one */
-        ms_spin_unlock(&t->locks[lo]);
+        ms_spin_unlock(&t->meta[lo].lock);
         if (lo != hi)
-            ms_spin_unlock(&t->locks[hi]);
+            ms_spin_unlock(&t->meta[hi].lock);
     }
 }
 
 static void unlock_pair(live_table_t *t, uint32_t a, uint32_t b)
 {
-    ms_spin_unlock(&t->locks[a]);
+    ms_spin_unlock(&t->meta[a].lock);
     if (a != b)
-        ms_spin_unlock(&t->locks[b]);
+        ms_spin_unlock(&t->meta[b].lock);
 }
 
 static bool is_manual(const ms_live_entry_t *e)
@@ -191,24 +202,24 @@ static bool is_manual(const ms_live_entry_t *e)
 /* e's bit in its bucket's used mask: set when e gets an address, cleared when it loses it.
  * Lookups visit only the ways in use (a sampled block's free usually finds one or two), and
  * the emptiness of a bucket is a popcount. */
-static void set_used(live_table_t *t, const ms_live_entry_t *e, bool used)
+__attribute__((always_inline)) static inline void set_used(live_table_t *t, const ms_live_entry_t *e, bool used)
 {
     size_t k = (size_t)(e - &t->buckets[0][0]);
     uint8_t bit = (uint8_t)(1u << (k % LIVE_WAYS));
     if (used)
-        t->used[k / LIVE_WAYS] |= bit;
+        t->meta[k / LIVE_WAYS].used |= bit;
     else
-        t->used[k / LIVE_WAYS] &= (uint8_t)~bit;
+        t->meta[k / LIVE_WAYS].used &= (uint8_t)~bit;
 }
 
 /* The entry of (address, keyspace) whose moving mark is moving; address 0 finds an empty slot. */
 static ms_live_entry_t *find_in(live_table_t *t, uint32_t b, uint64_t address, bool manual, uint32_t moving)
 {
     if (address == 0) {
-        unsigned empty = ~(unsigned)t->used[b] & 0xffu;
+        unsigned empty = ~(unsigned)t->meta[b].used & 0xffu;
         return empty ? &t->buckets[b][__builtin_ctz(empty)] : NULL;
     }
-    for (unsigned ways = t->used[b]; ways != 0; ways &= ways - 1) {
+    for (unsigned ways = t->meta[b].used; ways != 0; ways &= ways - 1) {
         ms_live_entry_t *e = &t->buckets[b][__builtin_ctz(ways)];
         if (e->address == address && is_manual(e) == manual && e->moving == moving)
             return e;
@@ -228,16 +239,16 @@ static ms_live_entry_t *find(live_table_t *t, uint32_t b1, uint32_t b2, uint64_t
     return find_marked(t, b1, b2, address, manual, 0);
 }
 
-static int free_ways(live_table_t *t, uint32_t b)
+__attribute__((always_inline)) static inline int free_ways(live_table_t *t, uint32_t b)
 {
-    unsigned n = t->used[b]; /* its popcount, without a libgcc call on a baseline x86-64 */
+    unsigned n = t->meta[b].used; /* its popcount, without a libgcc call on a baseline x86-64 */
     n = n - ((n >> 1) & 0x55u);
     n = (n & 0x33u) + ((n >> 2) & 0x33u);
     return LIVE_WAYS - (int)((n + (n >> 4)) & 0x0fu);
 }
 
 /* An empty slot in the emptier of the two buckets, or NULL when both are full. */
-static ms_live_entry_t *free_slot(live_table_t *t, uint32_t b1, uint32_t b2)
+__attribute__((always_inline)) static inline ms_live_entry_t *free_slot(live_table_t *t, uint32_t b1, uint32_t b2)
 {
     uint32_t b = free_ways(t, b1) >= free_ways(t, b2) ? b1 : b2;
     return find_in(t, b, 0, false, 0);
@@ -373,7 +384,7 @@ static bool make_room(live_table_t *t, uint64_t *rng)
     }
     uint32_t n = 1u << t->bits;
     for (uint32_t b = 0; b < n; b++)
-        ms_spin_lock(&t->locks[b]);
+        ms_spin_lock(&t->meta[b].lock);
     live_table_t *bigger = NULL;
     if (t->bits < atomic_load(&g_max_bits) && (bigger = table_make(t->bits + 1)) != NULL) {
         rehash(t, bigger);
@@ -382,7 +393,7 @@ static bool make_room(live_table_t *t, uint64_t *rng)
         done = rng != NULL && thin(t, rng);
     }
     for (uint32_t b = 0; b < n; b++)
-        ms_spin_unlock(&t->locks[b]);
+        ms_spin_unlock(&t->meta[b].lock);
     if (bigger)
         table_unmap(t); /* nobody reads it any more: see lock_pair */
     ms_spin_unlock(&g_resize_lock);
@@ -508,7 +519,7 @@ void ms_live_clear(void)
     live_table_t *t = current();
     /* Bucket by bucket under each lock: a thread still inside a hook may be using one. */
     for (uint32_t b = 0; t && b < (1u << t->bits); b++) {
-        ms_spin_lock(&t->locks[b]);
+        ms_spin_lock(&t->meta[b].lock);
         for (int i = 0; i < LIVE_WAYS; i++) {
             if (t->buckets[b][i].address != 0) {
                 filter_remove(t->buckets[b][i].address);
@@ -516,8 +527,8 @@ void ms_live_clear(void)
                 atomic_fetch_sub(&g_entries, 1);
             }
         }
-        t->used[b] = 0;
-        ms_spin_unlock(&t->locks[b]);
+        t->meta[b].used = 0;
+        ms_spin_unlock(&t->meta[b].lock);
     }
     atomic_store(&g_threshold, 0.0);
     /* Saturated bytes are the only ones the loop above cannot bring back to zero. */
@@ -540,7 +551,7 @@ void ms_live_fork_child_locks(void)
     atomic_store_explicit(&g_resize_lock, 0, memory_order_relaxed);
     live_table_t *t = atomic_load(&g_table);
     for (uint32_t b = 0; t && b < (1u << t->bits); b++)
-        atomic_store_explicit(&t->locks[b], 0, memory_order_relaxed);
+        atomic_store_explicit(&t->meta[b].lock, 0, memory_order_relaxed);
 }
 
 void ms_live_fork_child(void)
@@ -569,13 +580,13 @@ static void for_each_entry(void (*visit)(const ms_live_entry_t *, void *), void 
     ms_spin_lock(&g_resize_lock);
     live_table_t *t = atomic_load(&g_table);
     for (uint32_t b = 0; t && b < (1u << t->bits); b++) {
-        ms_spin_lock(&t->locks[b]);
+        ms_spin_lock(&t->meta[b].lock);
         for (int i = 0; i < LIVE_WAYS; i++) {
             const ms_live_entry_t *e = &t->buckets[b][i];
             if (e->address != 0 && e->site < MS_MAX_IDS)
                 visit(e, arg);
         }
-        ms_spin_unlock(&t->locks[b]);
+        ms_spin_unlock(&t->meta[b].lock);
     }
     ms_spin_unlock(&g_resize_lock);
 }
