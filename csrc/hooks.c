@@ -39,7 +39,7 @@ static _Atomic uint64_t g_epoch = 1;
 /* What a draw needs of each class's rate, derived when the rates are set rather than at every
  * draw (a log1p and a division): 1 / log(1 - rate), and the weight 1 / rate as a record stores
  * it. A draw reads them with the rate as one snapshot (g_draw_seq is odd while set_rates writes),
- * so that a countdown and its weight always come from the same rate. 0 until the first start. */
+ * so that a countdown and its weight always come from the same rate. 0 until rates are first set. */
 static _Atomic uint32_t g_draw_seq;
 static _Atomic double g_draw_scale[2];
 static _Atomic float g_draw_weight[2];

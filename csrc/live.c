@@ -69,7 +69,7 @@ static ms_spin_t g_resize_lock;
 static _Atomic uint64_t g_entries;
 static _Atomic uint32_t g_max_bits = 15; /* from the budget: 2^15 buckets = 262,144 entries */
 static _Atomic double g_threshold;      /* tau: 0 until the budget is reached */
-static _Atomic uint64_t g_table_bytes;   /* entries mapped and bucket slots allocated now */
+static _Atomic uint64_t g_table_bytes;   /* entries mapped, and buckets' locks and masks allocated, now */
 
 static void filter_add(uint64_t address)
 {
