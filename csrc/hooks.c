@@ -56,7 +56,8 @@ static void set_rates(double small_rate, double medium_rate)
     for (int cls = 0; cls < 2; cls++) {
         double p = rates[cls];
         atomic_store_explicit(&g_rate[cls], p, memory_order_relaxed);
-        atomic_store_explicit(&g_draw_scale[cls], p > 0.0 && p < 1.0 ? 1.0 / log1p(-p) : 0.0, memory_order_relaxed);
+        double scale = p > 0.0 && p < 1.0 ? 1.0 / log1p(-p) : 0.0;
+        atomic_store_explicit(&g_draw_scale[cls], scale, memory_order_relaxed);
         atomic_store_explicit(&g_draw_weight[cls], p > 0.0 ? (float)(1.0 / p) : 0.0f, memory_order_relaxed);
     }
     atomic_store_explicit(&g_draw_seq, seq + 2, memory_order_release);
@@ -64,11 +65,13 @@ static void set_rates(double small_rate, double medium_rate)
 }
 
 /* In a child forked while another thread was in set_rates: the lock is free again, and what the
- * draws read is derived anew from the rates as they stand. */
+ * draws read is derived anew from the rates as they stand (only then: an even count says the
+ * snapshot the child inherited is whole). */
 static void rates_fork_child(void)
 {
     atomic_store_explicit(&g_rates_lock, 0, memory_order_relaxed);
-    set_rates(atomic_load(&g_rate[MS_CLASS_SMALL]), atomic_load(&g_rate[MS_CLASS_MEDIUM]));
+    if (atomic_load_explicit(&g_draw_seq, memory_order_relaxed) & 1u)
+        set_rates(atomic_load(&g_rate[MS_CLASS_SMALL]), atomic_load(&g_rate[MS_CLASS_MEDIUM]));
 }
 
 /* Saved allocators, one per domain, and whether our hook is in that domain's chain. The hooks
@@ -1102,8 +1105,9 @@ void ms_track_deallocation(uint64_t address)
 static _Atomic int g_active_before_fork;
 
 /* Runs inside fork() in the child: no Python, no allocation, no work beyond resetting locks
- * (the live table's 8 KiB of bucket locks the largest). Tracking pauses until the Python side
- * calls ms_after_fork_child, so that a fork+exec child pays almost nothing. */
+ * (the live table's bucket locks the most: read, and written only where held). Tracking pauses
+ * until the Python side calls ms_after_fork_child, so that a fork+exec child pays almost
+ * nothing. */
 static void fork_child_quick(void)
 {
     atomic_store(&g_active_before_fork, atomic_load(&g_active));

@@ -550,8 +550,11 @@ void ms_live_fork_child_locks(void)
      * these locks. */
     atomic_store_explicit(&g_resize_lock, 0, memory_order_relaxed);
     live_table_t *t = atomic_load(&g_table);
+    /* Load first: a store would copy every page of the parent's locks and masks into the child
+     * (fork+exec children included), where a held lock is rare. */
     for (uint32_t b = 0; t && b < (1u << t->bits); b++)
-        atomic_store_explicit(&t->meta[b].lock, 0, memory_order_relaxed);
+        if (atomic_load_explicit(&t->meta[b].lock, memory_order_relaxed) != 0)
+            atomic_store_explicit(&t->meta[b].lock, 0, memory_order_relaxed);
 }
 
 void ms_live_fork_child(void)
