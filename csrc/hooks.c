@@ -36,43 +36,6 @@ static _Atomic uint64_t g_critical = 8192;
 static _Atomic int64_t g_frequency = 1000;
 static _Atomic double g_rate[2] = {0.001, 0.05}; /* [small, medium] */
 static _Atomic uint64_t g_epoch = 1;
-/* What a draw needs of each class's rate, derived when the rates are set rather than at every
- * draw (a log1p and a division): 1 / log(1 - rate), and the weight 1 / rate as a record stores
- * it. A draw reads them with the rate as one snapshot (g_draw_seq is odd while set_rates writes),
- * so that a countdown and its weight always come from the same rate. 0 until rates are first set. */
-static _Atomic uint32_t g_draw_seq;
-static _Atomic double g_draw_scale[2];
-static _Atomic float g_draw_weight[2];
-static ms_spin_t g_rates_lock;
-
-static void set_rates(double small_rate, double medium_rate)
-{
-    ms_spin_lock(&g_rates_lock);
-    uint32_t seq = atomic_load_explicit(&g_draw_seq, memory_order_relaxed);
-    seq += seq & 1u; /* (odd only in a child forked half-way through: see rates_fork_child) */
-    atomic_store_explicit(&g_draw_seq, seq + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-    const double rates[2] = {[MS_CLASS_SMALL] = small_rate, [MS_CLASS_MEDIUM] = medium_rate};
-    for (int cls = 0; cls < 2; cls++) {
-        double p = rates[cls];
-        atomic_store_explicit(&g_rate[cls], p, memory_order_relaxed);
-        double scale = p > 0.0 && p < 1.0 ? 1.0 / log1p(-p) : 0.0;
-        atomic_store_explicit(&g_draw_scale[cls], scale, memory_order_relaxed);
-        atomic_store_explicit(&g_draw_weight[cls], p > 0.0 ? (float)(1.0 / p) : 0.0f, memory_order_relaxed);
-    }
-    atomic_store_explicit(&g_draw_seq, seq + 2, memory_order_release);
-    ms_spin_unlock(&g_rates_lock);
-}
-
-/* In a child forked while another thread was in set_rates: the lock is free again, and what the
- * draws read is derived anew from the rates as they stand (only then: an even count says the
- * snapshot the child inherited is whole). */
-static void rates_fork_child(void)
-{
-    atomic_store_explicit(&g_rates_lock, 0, memory_order_relaxed);
-    if (atomic_load_explicit(&g_draw_seq, memory_order_relaxed) & 1u)
-        set_rates(atomic_load(&g_rate[MS_CLASS_SMALL]), atomic_load(&g_rate[MS_CLASS_MEDIUM]));
-}
 
 /* Saved allocators, one per domain, and whether our hook is in that domain's chain. The hooks
  * find the next allocator here rather than through ctx: a thread racing PyMem_SetAllocator on
@@ -145,23 +108,7 @@ uint64_t ms_rng_next(uint64_t *state)
  * per allocation, and lets a countdown be redrawn at any moment when the rate changes. */
 void ms_draw_countdown(ms_thread_t *t, int cls)
 {
-    double p = 0.0, scale = 0.0;
-    float weight = 0.0f;
-    /* A few tries while set_rates writes, then the rate alone (a writer descheduled half-way
-     * must not hold a hook up). */
-    for (int attempt = 0;; attempt++) {
-        uint32_t seq = atomic_load_explicit(&g_draw_seq, memory_order_acquire);
-        p = atomic_load_explicit(&g_rate[cls], memory_order_relaxed);
-        scale = atomic_load_explicit(&g_draw_scale[cls], memory_order_relaxed);
-        weight = atomic_load_explicit(&g_draw_weight[cls], memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
-        if (!(seq & 1) && atomic_load_explicit(&g_draw_seq, memory_order_relaxed) == seq)
-            break;
-        if (attempt == 16) {
-            scale = 0.0;
-            break;
-        }
-    }
+    double p = atomic_load_explicit(&g_rate[cls], memory_order_relaxed);
     if (p >= 1.0) {
         t->countdown[cls] = 1;
         t->weight[cls] = 1.0f;
@@ -170,16 +117,11 @@ void ms_draw_countdown(ms_thread_t *t, int cls)
         t->countdown[cls] = 1 << 20;
         t->weight[cls] = 0.0f;
     } else {
-        if (MS_UNLIKELY(scale == 0.0)) { /* before the first start, or no snapshot */
-            scale = 1.0 / log1p(-p);
-            weight = (float)(1.0 / p);
-        }
         double u = ((double)(ms_rng_next(&t->rng) >> 11) + 1.0) * 0x1.0p-53; /* (0, 1] */
-        double n = floor(log(u) * scale) + 1.0;
-        /* (NaN too: u = 1 times an infinite scale, from a subnormal rate) */
-        t->countdown[cls] = n < 0x1.0p40 ? (int64_t)n : (int64_t)1 << 40;
+        double n = floor(log(u) / log1p(-p)) + 1.0;
+        t->countdown[cls] = n > 0x1.0p40 ? (int64_t)1 << 40 : (int64_t)n;
         /* The weight is 1/p as stored (f32): the record carries exactly the weight used. */
-        t->weight[cls] = weight;
+        t->weight[cls] = (float)(1.0 / p);
     }
 }
 
@@ -938,7 +880,8 @@ static int start_locked(const ms_config_t *cfg)
     ms_frames_configure((int)cfg->max_stack_depth);
     atomic_store(&g_critical, cfg->critical_size);
     atomic_store(&g_frequency, (int64_t)cfg->frequency_interval);
-    set_rates(cfg->small_rate, cfg->medium_rate);
+    atomic_store(&g_rate[MS_CLASS_SMALL], cfg->small_rate);
+    atomic_store(&g_rate[MS_CLASS_MEDIUM], cfg->medium_rate);
     atomic_fetch_add(&g_epoch, 1);
     ms_buffers_configure(cfg->ring_capacity, cfg->rings_max_bytes, cfg->seed);
     ms_clock_tick(); /* the counter's reference (the mover's passes then scale it) */
@@ -1056,7 +999,8 @@ void ms_set_rates(double medium_rate, double small_rate)
 {
     if (!rate_ok(medium_rate) || !rate_ok(small_rate))
         return;
-    set_rates(small_rate, medium_rate);
+    atomic_store(&g_rate[MS_CLASS_SMALL], small_rate);
+    atomic_store(&g_rate[MS_CLASS_MEDIUM], medium_rate);
     atomic_fetch_add_explicit(&g_epoch, 1, memory_order_release);
 }
 
@@ -1112,7 +1056,6 @@ static void fork_child_quick(void)
 {
     atomic_store(&g_active_before_fork, atomic_load(&g_active));
     set_active(0);
-    rates_fork_child();
     ms_buffers_fork_child_quick();
     ms_sites_fork_child();
     ms_live_fork_child_locks();

@@ -115,10 +115,6 @@ static live_table_t *table_make(uint32_t bits)
             return NULL;
         }
         atomic_fetch_add(&g_table_bytes, ((uint64_t)1 << bits) * sizeof(live_meta_t));
-    } else {
-        /* (Tables only grow, so a size is made once; but its masks must start empty whatever.) */
-        for (size_t b = 0; b < (size_t)1 << bits; b++)
-            t->meta[b].used = 0;
     }
     t->bits = bits;
     t->buckets = buckets;
