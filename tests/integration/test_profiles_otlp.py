@@ -322,12 +322,15 @@ def test_a_child_forked_past_the_wait_forks_again_without_waiting(monkeypatch):
     monkeypatch.setattr(profiles_push, "FORK_WAIT_S", 0.5)
 
     def fork_again():
+        # A wait here would be the whole 30 s: a loaded machine's slow fork (it once took over
+        # the 0.5 s the parent's fork waited) cannot pass for one.
+        profiles_push.FORK_WAIT_S = 30.0
         t0 = time.monotonic()
         grandchild = os.fork()
         if grandchild == 0:
             os._exit(0)
         os.waitpid(grandchild, 0)
-        return 0 if time.monotonic() - t0 < profiles_push.FORK_WAIT_S else 7
+        return 0 if time.monotonic() - t0 < 10.0 else 7
 
     _, _, code = _fork_during_an_export("grpc", 3.0, fork_again)
     assert code == 0

@@ -113,9 +113,17 @@ def test_small_object_program_keeps_its_rates_and_is_told_about_the_fast_path(ex
     # Several million hook calls a second, 1 in 500 sampled or so (allocation frequency slots).
     worker = threading.Thread(target=small_object_work, args=(stop, 0.001))
     worker.start()
+    readings = []
+
+    def ten_exports_seen():
+        latest = tracker.optimizer.monitor.latest
+        if latest is not None and (not readings or readings[-1] is not latest):
+            readings.append(latest)
+        return exporter.exports - start >= 10
+
     try:
         start = exporter.exports
-        assert wait_until(lambda: exporter.exports - start >= 10, 20.0)
+        assert wait_until(ten_exports_seen, 20.0, poll_s=0.02)
         recs = {r.setting: r for r in tracker.optimizer.get_optimization_recommendations()}
         latest = tracker.optimizer.monitor.latest
     finally:
@@ -124,9 +132,13 @@ def test_small_object_program_keeps_its_rates_and_is_told_about_the_fast_path(ex
     assert tracker.optimizer.controller.history == [], [c.reason for c in tracker.optimizer.controller.history]
     assert sampler.rates() == CONFIGURED
     assert latest.figures["fast_path_share"] > FAST_PATH_NOTE, latest.figures
-    # and the sampled path, which rates would change, is far from its budget: nothing to answer
-    # (its share was seen equal to the fast path's on a loaded machine, 0.77% of a core each)
-    assert latest.components["sampled_path"] < 0.5, latest.figures
+    # and the sampled path, which rates would change, is far from its budget: nothing to answer.
+    # Judged by the median reading: the path is timed by the wall clock, one event in 8 counted 8
+    # times, so one preemption inside a timed event lifts a single 250 ms reading several-fold (a
+    # loaded CI machine showed 0.53 once, against 0.05-0.14 here with or without load).
+    loads = sorted(r.components["sampled_path"] for r in readings)
+    assert len(loads) >= 5, len(loads)
+    assert loads[len(loads) // 2] < 0.5, [r.figures for r in readings]
     rec = recs.get("domains")
     assert rec is not None, list(recs)
     assert "fast path" in rec.why and rec.predicted_cpu < 0 and not rec.live
