@@ -140,7 +140,13 @@ def test_sigterm_to_run_is_passed_on_to_the_program():
     process = subprocess.Popen(cli_argv("run", "--", str(PROGRAMS / "steady_loop.py"), "120"), cwd=PROGRAMS,
                                env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(2.5)  # a reading or two
+        # A reading or two: readings come every second once the program's interpreter has started
+        # (1-2 s on an idle machine, both interpreters' imports), so the wait counts from the
+        # program's own start, with room for a loaded machine.
+        deadline = time.monotonic() + 30.0
+        while not _children(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(5.0)
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     finally:
@@ -151,3 +157,18 @@ def test_sigterm_to_run_is_passed_on_to_the_program():
     summary = err.decode()
     assert "killed by SIGTERM" in summary.splitlines()[0], summary
     assert "steady_loop.py:build_frames" in summary and out == b""
+
+
+def _children(pid):
+    """The pids whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # (a process that just ended)
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

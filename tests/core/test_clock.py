@@ -83,7 +83,7 @@ def test_stamps_never_step_back(start_tracker, th):
     # six or more re-anchorings by the mover, each slewed rather than stepped.
     worst = th.lib.th_stamps_step_back(int(ffi.cast("uintptr_t", ffi.addressof(mlib, "ms_stamp_ns"))),
                                        1_200_000_000, calls)
-    assert calls[0] > 10_000_000
+    assert calls[0] > 2_000_000  # back to back (20-60 ns each on an idle core; a loaded one gives less)
     assert worst == 0, f"a stamp {worst} ns behind the one before it"
 
 

@@ -39,20 +39,20 @@ def test_a_few_records_are_drained_at_most_every_skips_plus_one_intervals(start_
 def test_enough_waiting_records_are_drained_every_interval(start_tracker):
     tracker = start_tracker(drain_interval_ms=INTERVAL_MS)
     pairs = 3 * lib.MS_DRAIN_MIN_RECORDS // 4  # records waiting: 1.5x the minimum, under half the stage
-    bursts = 8
+    bursts = 12
 
     def burst():
         for _ in range(pairs):
             bytearray(9000)  # large: sampled, an allocation and a free record
-        time.sleep(INTERVAL_MS / 1000 * 1.2)  # a periodic wake-up finds them
+        time.sleep(INTERVAL_MS / 1000 * 2)  # a periodic wake-up finds them (an interval of room)
 
     drains = 0
     for _ in range(bursts):
         before = tracker.drainer.drains
         burst()
         drains += tracker.drainer.drains > before
-    # Skipping would leave most bursts undrained after 1.2 intervals: at most 1 in 5 drained.
-    assert drains >= bursts - 2, drains
+    # Skipping would leave most bursts undrained after 2 intervals: about 2 in 5 drained (5 of 12).
+    assert drains >= bursts - 3, drains
 
 
 def _settle(tracker, quiet_s=0.5, timeout_s=20.0):
@@ -126,7 +126,8 @@ def test_with_a_dump_every_interval_drains(start_tracker, tmp_path):
         kept.append(bytearray(20000))
         time.sleep(0.02)
 
-    seconds = 1.5
+    seconds = 3.0
     drains = _drains_during(tracker, trickle, seconds)
     skipping_at_most = seconds * 1000 / (INTERVAL_MS * (lib.MS_DRAIN_SKIPS + 1)) + 1
-    assert drains > 2 * skipping_at_most, drains  # 15 expected; a busy machine drains a few fewer
+    # 30 expected; a busy machine drains fewer (each wake-up late by its latency and the drain)
+    assert drains > 2 * skipping_at_most, drains

@@ -39,8 +39,9 @@ def test_filling_rings_are_emptied_without_the_drainer(start_tracker):
     _bursts(40, 150)  # 12,000 records through a ring of 1,024 (300 a burst: past half a segment)
     after = sampler.read_counters()
     # No record found its ring full, though the drainer did not run: the mover made room (the
-    # stage wakes the drainer only once half full: 32,768 records).
-    assert after.dropped == before.dropped
+    # stage wakes the drainer only once half full: 32,768 records). A loaded machine may leave the
+    # woken mover without a CPU for a burst or so (300 records); without the mover, 10,000 drop.
+    assert after.dropped - before.dropped <= 300, after.dropped - before.dropped
     assert tracker.drainer.drains == drains
     passes, _ = tracker.drainer.ring_passes
     assert passes - passes0 >= 12000 // 1024
@@ -69,11 +70,14 @@ def test_the_drain_lock_holds_the_mover_too(start_tracker):
         with tracker.drainer.lock:  # (re-entrant: the mover resumes at the outer release)
             _large_pairs(2000)
         held = sampler.read_counters()
-    time.sleep(0.05)  # (the mover, woken at the release, empties the full ring)
+        passes_held, _ = tracker.drainer.ring_passes
+    deadline = time.monotonic() + 10.0  # (the mover, woken at the release, empties the full ring)
+    while tracker.drainer.ring_passes[0] == passes_held and time.monotonic() < deadline:
+        time.sleep(0.005)
     after_release = sampler.read_counters()
     assert held.dropped - before.dropped >= 4000 - 1024
     _bursts(10, 150)
-    assert sampler.read_counters().dropped == after_release.dropped  # moving again
+    assert sampler.read_counters().dropped - after_release.dropped <= 300  # moving again (see above)
     tracker.drainer.drain()
     large = int((sampler.read_counters().allocations[:, LARGE] - before.allocations[:, LARGE]).sum())
     assert tracker.summary.count[:, LARGE].sum() - large0 == large

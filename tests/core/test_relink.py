@@ -29,8 +29,11 @@ def test_tracemalloc_stop_under_a_running_tracker(start_tracker, caplog):
         assert a1 - a0 >= 100_000  # memscope counts, under tracemalloc's hook
     finally:
         tracemalloc.stop()
-    # Unlinked now: nothing is counted until the drainer's next wake-up puts the hooks back.
-    time.sleep(3 * INTERVAL_MS / 1000)  # one interval, with room for a busy machine
+    # Unlinked now: nothing is counted until the drainer's next wake-up puts the hooks back
+    # (within one interval on an idle machine).
+    deadline = time.monotonic() + 10.0
+    while sampler.read_counters().relinks == 0 and time.monotonic() < deadline:
+        time.sleep(INTERVAL_MS / 1000 / 4)
     a2 = sampler.read_counters().allocations.sum()
     work()
     a3 = sampler.read_counters().allocations.sum()
