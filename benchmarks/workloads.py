@@ -257,8 +257,8 @@ def main(argv=None):
     print("records/s x 32 B = dump bytes per second of CPU; footprint = C rings, thread states and live "
           "table (counter footprint_bytes) + summary arrays (MAX_IDS x 3 x 8 B) + drain buffer; "
           "start ms = CPU time of start() plus a tracked warm-up and its drain, outside the ratio; "
-          "sampled ns = mean time inside the sampled path (slow_path_ns / slow_path_calls; wall clock, so a busy "
-          "machine's preemptions inflate it)")
+          "sampled ns = mean time inside the sampled path (slow_path_ns / slow_path_calls; wall clock, a timed "
+          "event counted 100 us at most, so a busy machine's preemptions still lift it a little)")
 
 
 if __name__ == "__main__":

@@ -142,9 +142,16 @@ static void emit_free(ms_thread_t *t, const ms_live_entry_t *e);
  * and the optimizer needs the path's total, not each event's. Which events are timed comes from
  * the thread's event count through a Weyl step (its top bits), not from the sampling RNG, whose
  * stream stays the sampling decisions' own; a program whose costs repeat with a short period
- * still has every phase timed in turn. */
+ * still has every phase timed in turn.
+ * The clock is the wall's: a thread preempted (or its container throttled) inside a timed event
+ * would add the milliseconds it waited, times SLOW_TIMED_EVERY, to a path of a few hundred ns,
+ * and one such event in a short export interval can read as a sampled path over its budget (a
+ * rate cut for nothing: the rates do not cause the wait). An event counts SLOW_TIMED_MAX_NS at most: far
+ * above the path's own slowest work (a deep stack's walk, a ring's new segment, a few us) and
+ * far below a scheduler's time slice. */
 #define SLOW_TIMED_BITS 3
 #define SLOW_TIMED_EVERY (UINT64_C(1) << SLOW_TIMED_BITS)
+#define SLOW_TIMED_MAX_NS UINT64_C(100000)
 
 static inline bool slow_timed(ms_thread_t *t)
 {
@@ -181,8 +188,10 @@ __attribute__((noinline, cold)) static void sample(ms_thread_t *t, int domain, u
         .thread = t->index,
     };
     ms_ring_push(t, &rec, ms_clock_us(t0)); /* one clock read for both */
-    if (slow_timed(t))
-        ms_bump(&t->slow_ns, (ms_stamp_ns() - t0) * SLOW_TIMED_EVERY);
+    if (slow_timed(t)) {
+        uint64_t took = ms_stamp_ns() - t0;
+        ms_bump(&t->slow_ns, (took < SLOW_TIMED_MAX_NS ? took : SLOW_TIMED_MAX_NS) * SLOW_TIMED_EVERY);
+    }
     ms_bump(&t->slow_calls, 1);
 }
 

@@ -128,7 +128,7 @@ typedef struct {
     uint64_t live_untracked;        /* sampled allocations the live table had no room for (no
                                        memory): their frees are not seen, the estimate misses them */
     uint64_t slow_path_calls;       /* sampled events */
-    uint64_t slow_path_ns;          /* nanoseconds spent in the sampled path, estimated (hooks.c: one event in 8 timed) */
+    uint64_t slow_path_ns;          /* nanoseconds spent in the sampled path, estimated (hooks.c: one event in 8 timed, 100 us at most) */
     uint64_t threads_seen;          /* threads that ever entered a hook */
     uint64_t threads_live;          /* threads registered now */
     uint64_t ids_used;              /* ids ever handed out (fixed ones too): every id in use is below */

@@ -13,10 +13,15 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "testhook.h"
 
@@ -659,4 +664,93 @@ uint64_t th_stamps_step_back(uintptr_t stamp, uint64_t duration_ns, uint64_t *ca
     }
     *calls = n;
     return worst;
+}
+
+/* ---- an allocating thread stopped now and then, as a preempted one is ---- */
+
+static uint64_t p_pause_ns;
+static _Atomic uint64_t p_handled;
+static _Atomic int p_stop;
+static _Atomic pid_t p_tid;
+
+static void sleep_ns(uint64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void pause_handler(int signo)
+{
+    (void)signo;
+    int saved = errno;
+    sleep_ns(p_pause_ns); /* nanosleep is async-signal-safe */
+    atomic_fetch_add(&p_handled, 1);
+    errno = saved;
+}
+
+typedef struct {
+    size_t size;
+    uint64_t pairs, cpu_ns;
+} paused_job_t;
+
+static void *paused_main(void *arg)
+{
+    paused_job_t *job = arg;
+    atomic_store(&p_tid, (pid_t)syscall(SYS_gettid));
+    uint64_t c0 = thread_cpu_ns(), n = 0;
+    while (!atomic_load(&p_stop)) {
+        PyMem_RawFree(PyMem_RawMalloc(job->size));
+        n++;
+    }
+    job->cpu_ns = thread_cpu_ns() - c0;
+    job->pairs = n;
+    return NULL;
+}
+
+int64_t th_paused_pairs(size_t size, int pauses, uint64_t pause_ns, uint64_t run_ns, uint64_t *pairs)
+{
+    int signo = SIGRTMIN + 4;
+    struct sigaction act, old;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = pause_handler;
+    act.sa_flags = SA_RESTART;
+    sigemptyset(&act.sa_mask);
+    if (sigaction(signo, &act, &old) != 0)
+        return -1;
+    p_pause_ns = pause_ns;
+    atomic_store(&p_handled, 0);
+    atomic_store(&p_stop, 0);
+    atomic_store(&p_tid, 0);
+    paused_job_t job = {size, 0, 0};
+    pthread_t worker;
+    if (pthread_create(&worker, NULL, paused_main, &job) != 0) {
+        sigaction(signo, &old, NULL);
+        return -1;
+    }
+    while (atomic_load(&p_tid) == 0)
+        sleep_ns(100000);
+    pid_t pid = getpid(), tid = atomic_load(&p_tid);
+    int64_t result = 0;
+    for (int i = 0; i < pauses; i++) {
+        sleep_ns(run_ns);
+        if (syscall(SYS_tgkill, pid, tid, signo) != 0) {
+            result = -1;
+            break;
+        }
+        while (atomic_load(&p_handled) < (uint64_t)i + 1) /* one pause at a time */
+            sleep_ns(100000);
+    }
+    atomic_store(&p_stop, 1);
+    pthread_join(worker, NULL);
+    sigaction(signo, &old, NULL);
+    *pairs = job.pairs;
+    return result < 0 ? -1 : (int64_t)job.cpu_ns;
 }

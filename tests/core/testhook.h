@@ -44,6 +44,12 @@ uint64_t th_hammer_stop(uint64_t *bad);
  * CLOCK_MONOTONIC; *calls: how many calls. Returns the largest step back between two consecutive
  * stamps in ns (0: none). */
 uint64_t th_stamps_step_back(uintptr_t stamp, uint64_t duration_ns, uint64_t *calls);
+/* A pthread with no Python thread state makes RAW allocations of size bytes, freeing each at
+ * once, while another pthread stops it `pauses` times: a real-time signal whose handler sleeps
+ * pause_ns (as a preemption or a throttled container would), then run_ns of running between two.
+ * Returns the allocating thread's CPU time in ns (CLOCK_THREAD_CPUTIME_ID), or -1 if it could
+ * not be set up; *pairs: its allocation and free pairs. */
+int64_t th_paused_pairs(size_t size, int pauses, uint64_t pause_ns, uint64_t run_ns, uint64_t *pairs);
 /* TESTHOOK_CDEF_END */
 
 #endif
