@@ -3,8 +3,8 @@ work, not the waits of a thread stopped inside it.
 
 The path is timed by the wall clock, one event in 8 counted 8 times. A thread preempted inside a
 timed event (or a CPU-throttled container's) would add its whole wait, times 8, to a path of a few
-hundred ns; a single such event in a short export interval read as the sampled path over its
-budget. An event counts 100 µs at most (hooks.c, SLOW_TIMED_MAX_NS).
+hundred ns, and a single such event in a short export interval could read as the sampled path
+over its budget. An event counts 100 µs at most (hooks.c, SLOW_TIMED_MAX_NS).
 """
 from memscope_otel import sampler
 

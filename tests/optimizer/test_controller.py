@@ -134,8 +134,9 @@ def test_small_object_program_keeps_its_rates_and_is_told_about_the_fast_path(ex
     assert latest.figures["fast_path_share"] > FAST_PATH_NOTE, latest.figures
     # and the sampled path, which rates would change, is far from its budget: nothing to answer.
     # Judged by the median reading: the path is timed by the wall clock, one event in 8 counted 8
-    # times, so one preemption inside a timed event lifts a single 250 ms reading several-fold (a
-    # loaded CI machine showed 0.53 once, against 0.05-0.14 here with or without load).
+    # times, so a thread preempted inside timed events lifts a single 250 ms reading (a loaded CI
+    # machine showed 0.53 once, against 0.05-0.14 here with or without load; each timed event now
+    # counts 100 us at most, tests/core/test_sampled_path_time.py).
     loads = sorted(r.components["sampled_path"] for r in readings)
     assert len(loads) >= 5, len(loads)
     assert loads[len(loads) // 2] < 0.5, [r.figures for r in readings]
