@@ -34,8 +34,8 @@ tracemalloc.start()
 import memscope_otel
 from memscope_otel import sampler
 from memscope_otel.config import load_config
-config = load_config(adaptive=False, drain_interval_ms=60000, live_table_max_entries=budget)
-tracker = memscope_otel.start(**{k: getattr(config, k) for k in ("adaptive", "drain_interval_ms", "live_table_max_entries")})
+config = load_config(adaptive=False, drain_interval_ms=60000, live_table_max_entries=budget, seed=int(sys.argv[2]))
+tracker = memscope_otel.start(**{k: getattr(config, k) for k in ("adaptive", "drain_interval_ms", "live_table_max_entries", "seed")})
 def live():
     return float(memscope_otel.snapshot().live_bytes[:3].sum())
 def big_buffer():
@@ -73,9 +73,10 @@ memscope_otel.stop()
 """
 
 # 262,144 entries (the default): every large block fits. 16,384: the table samples itself.
-@pytest.mark.parametrize("budget", [262_144, 16_384], ids=["within the budget", "past the budget"])
-def test_live_estimate_of_a_big_heap(budget):
-    result = subprocess.run([sys.executable, "-c", CHILD, str(budget)], capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("budget,seed", [(262_144, 11), (16_384, 12)], ids=["within the budget", "past the budget"])
+def test_live_estimate_of_a_big_heap(budget, seed):
+    result = subprocess.run([sys.executable, "-c", CHILD, str(budget), str(seed)], capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     found = {k: float(v) for k, v in (line.split(": ") for line in result.stdout.splitlines())}
     true, estimated, sigma = found["true"], found["estimated"], found["sigma"]
