@@ -146,9 +146,9 @@ static void emit_free(ms_thread_t *t, const ms_live_entry_t *e);
  * The clock is the wall's: a thread preempted (or its container throttled) inside a timed event
  * would add the milliseconds it waited, times SLOW_TIMED_EVERY, to a path of a few hundred ns,
  * and one such event in a short export interval can read as a sampled path over its budget (a
- * rate cut for nothing: the rates do not cause the wait). An event counts SLOW_TIMED_MAX_NS at most: far
- * above the path's own slowest work (a deep stack's walk, a ring's new segment, a few us) and
- * far below a scheduler's time slice. */
+ * rate cut for nothing: the rates do not cause the wait). An event counts SLOW_TIMED_MAX_NS at
+ * most: far above the path's own slowest work (a deep stack's walk, a ring's new segment, a few
+ * us) and far below a scheduler's time slice. */
 #define SLOW_TIMED_BITS 3
 #define SLOW_TIMED_EVERY (UINT64_C(1) << SLOW_TIMED_BITS)
 #define SLOW_TIMED_MAX_NS UINT64_C(100000)

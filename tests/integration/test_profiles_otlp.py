@@ -252,18 +252,21 @@ def test_pressure_on_the_optimizer_counts_drops_and_busy_time():
     pusher = profiles_push.ProfilePusher(lambda: [], exporter, {"service.name": "s"}, interval_s=3600)
     pusher.start()
     try:
-        pushed = [pusher.push_now() for _ in range(6)]  # one in flight, two queued, the rest dropped
+        first = pusher.push_now()
+        assert exporter.started.wait(10)  # the sender has taken it: the queue is empty again
+        pushed = [first] + [pusher.push_now() for _ in range(5)]  # two queued, three dropped
         time.sleep(1.0)
         loads = {name: load for name, (load, _) in pusher.pressure(1.0).items()}
+        ended, dropped = len(exporter.ended), pusher.stats["dropped"]  # (stop() pushes once more)
     finally:
         pusher.stop()
-    assert pushed.count(False) == pusher.stats["dropped"] >= 2
-    assert loads["profiles_dropped"] == pusher.stats["dropped"]
-    # 0.3 s per export, three at most in the second that passed (one in flight, two queued: three
-    # when the sender took the first before the third was pushed), over a budget of half the time:
-    # at least one done however loaded the machine. Each export's sleep runs a little over 0.3 s;
-    # an export counted twice would come to 2.4 at least.
-    assert len(exporter.ended) <= 1 + profiles_push.QUEUE_REQUESTS
+    assert pushed == [True, True, True, False, False, False] and dropped == 3
+    assert loads["profiles_dropped"] == 3
+    # 0.3 s per export, the three (one in flight, two queued) done within the second on an idle
+    # machine, over a budget of half the time: 1.8 and a little (each sleep runs a little over
+    # 0.3 s); at least one done however loaded the machine. An export counted twice would come to
+    # 2.4 at least.
+    assert ended <= 1 + profiles_push.QUEUE_REQUESTS
     assert 0.6 <= loads["profiles_export"] <= 3 * 0.3 / 0.5 + 0.2
     assert loads["profiles_payload"] < 0.01
     assert pusher.pressure(1.0)["profiles_dropped"][0] == 0  # per interval, not cumulative
